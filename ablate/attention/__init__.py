@@ -1,0 +1,14 @@
+"""Attention modules, one file per paper, all registered in `registry` (timm `layers/` style).
+
+Importing this package imports every sibling module file, which registers its classes.
+"""
+import importlib
+import pkgutil
+
+from ablate.attention.registry import (  # noqa: F401
+    AttentionInfo, Knob, create_attention, get_attention, list_attention, register_attention, resolve_knobs,
+)
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "registry":
+        importlib.import_module(f"{__name__}.{_mod.name}")

@@ -1,0 +1,203 @@
+"""Trial config: the validated schema (pydantic), YAML loading, dotted overrides, one-line errors.
+
+Light on purpose (no torch import): the CLI validates configs before anything heavy loads, so bad
+input fails fast and touches no store.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ablate.errors import AblateError
+
+POSITIONS = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")
+DATASETS = ("digits", "cluttered-digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AttentionSpec(Strict):
+    """Which module goes where: `name: none` is the plain backbone."""
+
+    name: str = "none"
+    position: Literal[POSITIONS] = "block"
+    stages: list[int] | None = Field(None, description="1-based stages to touch, as papers count; null = all")
+    every: int = Field(1, ge=1, description="every n-th block within a stage")
+    pattern: str | None = Field(None, description="module-path glob for position: pattern")
+    init: Literal["default", "identity"] = "default"
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stages")
+    @classmethod
+    def _positive_stages(cls, v):
+        if v is not None and (not v or any(s < 1 for s in v)):
+            raise ValueError("stages are 1-based and non-empty, e.g. [3, 4]")
+        return v
+
+
+class ModelConfig(Strict):
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    checkpoint: str | None = Field(None, description="local weights file, for machines without a network")
+    attention: AttentionSpec = Field(default_factory=AttentionSpec)
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth")
+
+
+class DataConfig(Strict):
+    name: Literal[DATASETS] = "cluttered-digits"
+    root: str | None = Field(None, description="dataset folder for cifar10/cifar100/imagefolder")
+    download: bool = False
+    image_size: int = Field(64, ge=8)
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
+    val_size: int | None = Field(None, ge=1)
+    clutter: int = Field(8, ge=0, description="cluttered-digits: fragments per canvas")
+    num_classes: int = Field(10, ge=2, description="synthetic only")
+    auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
+    hflip: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    decay_epochs: int = Field(30, ge=1, description="step schedule: epochs between decays")
+    decay_rate: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    progress_bar: bool = True
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
+    experiment: str = "ablate"
+    run_name: str | None = None
+
+
+class TrialConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------- loading and errors
+
+def load_yaml(path: str | Path) -> dict:
+    """Safe-load a YAML mapping; syntax errors become one line with the file and position."""
+    path = Path(path)
+    if not path.is_file():
+        raise AblateError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise AblateError(f"{path}: YAML syntax error{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AblateError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "command line") -> dict:
+    """Return a copy of `data` with `a.b.c=value` overrides applied (values parsed as YAML)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise AblateError(f"{source}: override {item!r} is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise AblateError(f"{source}: {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validation_error(source: str, err: ValidationError, schema: type[BaseModel], prefix: str = "") -> AblateError:
+    """The first pydantic error as one line: 'file: key.path: message (did you mean ...?)'."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(([prefix] if prefix else []) + loc)
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(schema, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+        msg = f"unknown key ({hint})"
+    elif first["type"] == "literal_error":
+        msg = f"{first['input']!r} is not allowed ({first['ctx']['expected']})"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        msg = f"{msg} (got {first['input']!r})"
+    return AblateError(f"{source}: {key}: {msg}")
+
+
+def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = schema.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        schema = ann
+    return list(schema.model_fields)
+
+
+def parse_trial(data: dict, source: str = "config") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(source, e, TrialConfig) from None
+
+
+def load_trial(path: str | Path, overrides: list[str] = ()) -> TrialConfig:
+    return parse_trial(apply_overrides(load_yaml(path), list(overrides)), str(path))
+
+
+def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value (MLflow params, report columns)."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out

@@ -1,0 +1,116 @@
+"""The registry contract: knob validation, metadata, plugins through entry points."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ablate.attention import create_attention, get_attention, list_attention, resolve_knobs
+from ablate.errors import AblateError
+
+
+def test_at_least_16_modules_with_metadata():
+    infos = list_attention()
+    assert len(infos) >= 16
+    for info in infos:
+        assert info.kind in ("gate", "conv", "head")
+        assert info.paper
+        for knob in info.knobs.values():
+            assert knob.describe()
+
+
+def test_unknown_module_suggests_close_names():
+    with pytest.raises(AblateError, match=r"unknown attention module 'cbma' \(did you mean cbam"):
+        get_attention("cbma")
+
+
+@pytest.mark.parametrize("name, knobs, message", [
+    ("se", {"reduction": 128}, "out of range for 64 channels"),
+    ("se", {"reduction": 0}, "out of range"),
+    ("se", {"reduction": 2.5}, "not allowed"),
+    ("cbam", {"kernel_size": 4}, "must be odd"),
+    ("cbam", {"pool_types": ["avg", "median"]}, "not allowed"),
+    ("cbam", {"arrangement": "sideways"}, "not allowed"),
+    ("se", {"kernel_size": 3}, "takes no knob 'kernel_size'"),
+])
+def test_bad_knobs_are_one_line_errors(name, knobs, message):
+    with pytest.raises(AblateError, match=message) as err:
+        create_attention(name, 64, **knobs)
+    assert "\n" not in str(err.value)
+
+
+def test_knobs_resolve_to_paper_defaults():
+    assert resolve_knobs("se", {}) == {"reduction": 16}
+    assert resolve_knobs("cbam", {"pool_types": "avg+lse"})["pool_types"] == ("avg", "lse")
+    cbam = resolve_knobs("cbam", {})
+    assert cbam["kernel_size"] == 7 and cbam["pool_types"] == ("avg", "max") and cbam["arrangement"] == "channel_first"
+
+
+def test_se_hidden_width_is_exactly_c_over_r():
+    se = create_attention("se", 64, reduction=16)
+    assert sum(p.numel() for p in se.parameters()) == 2 * 64 * 4 + 4 + 64
+
+
+def test_cbam_param_count_matches_the_paper_formula():
+    c, r, k = 256, 16, 7
+    cbam = create_attention("cbam", c)
+    mlp = c * (c // r) + c // r + (c // r) * c + c
+    assert sum(p.numel() for p in cbam.parameters()) == mlp + 2 * k * k + 1
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "lp", "lse"])
+def test_cbam_pool_types_match_the_official_definitions(pool):
+    import torch.nn.functional as F
+    from ablate.attention.cbam import _global_pool
+
+    x = torch.randn(2, 8, 5, 5)
+    expected = {
+        "avg": F.avg_pool2d(x, 5), "max": F.max_pool2d(x, 5), "lp": F.lp_pool2d(x, 2, 5),
+        "lse": torch.logsumexp(x.flatten(2), 2)[..., None, None],
+    }[pool].flatten(1)
+    torch.testing.assert_close(_global_pool(x, pool), expected)
+
+
+def test_cbam_arrangements_differ_and_keep_shape():
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 8, 8)
+    outs = {}
+    for arrangement in ("channel_first", "spatial_first", "parallel"):
+        torch.manual_seed(1)
+        m = create_attention("cbam", 32, arrangement=arrangement)
+        outs[arrangement] = m(x)
+        assert outs[arrangement].shape == x.shape
+    assert not torch.allclose(outs["channel_first"], outs["spatial_first"])
+    assert not torch.allclose(outs["channel_first"], outs["parallel"])
+
+
+def test_eca_adaptive_kernel_follows_the_paper():
+    # k = |(log2 C + b) / gamma|_odd: C=64 -> 3, C=512 -> 5, C=2048 -> 7 (gamma=2, b=1)
+    for channels, k in [(64, 3), (512, 5), (2048, 7)]:
+        assert create_attention("eca", channels).conv.kernel_size == (k,)
+    assert create_attention("eca", 2048, kernel_size=3).conv.kernel_size == (3,)
+
+
+def test_plugin_registers_through_entry_point(tmp_path):
+    dist = tmp_path / "myplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ablate.attention]\nmy_gate = myplug_mod\n")
+    (tmp_path / "myplug_mod.py").write_text(textwrap.dedent('''
+        from torch import nn
+        from ablate.attention import Knob, register_attention
+
+        @register_attention("my_gate", kind="gate", paper="Nobody, 2026", knobs={"scale": Knob(float, 1.0)})
+        class MyGate(nn.Module):
+            def __init__(self, channels, scale=1.0):
+                super().__init__()
+                self.scale = scale
+
+            def forward(self, x):
+                return x * self.scale
+    '''))
+    out = subprocess.run([sys.executable, "-m", "ablate.cli", "modules"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "my_gate" in out.stdout and "Nobody, 2026" in out.stdout
