@@ -1,0 +1,107 @@
+"""The `ablate` command: parse, call the library, print. Heavy imports live inside the commands."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from ablate.errors import AblateError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Attention-module ablations and architecture search on timm backbones.")
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context):
+    if ctx.invoked_subcommand is None:  # bare `ablate`: the help, not an error
+        typer.echo(ctx.get_help())
+
+
+def _parse_knobs(items: list[str]) -> dict:
+    import yaml
+
+    knobs = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise AblateError(f"--knob: {item!r} is not of the form name=value")
+        knobs[key] = yaml.safe_load(raw)
+    return knobs
+
+
+@app.command()
+def modules():
+    """Every registered attention module: name, kind, paper, knobs with defaults."""
+    from ablate.attention import list_attention
+
+    infos = list_attention()
+    rows = [(i.name, i.kind, ", ".join(f"{k}={_show(v.default)}" for k, v in i.knobs.items()) or "-",
+             i.paper) for i in infos]
+    widths = [max(len(r[c]) for r in rows + [("name", "kind", "knobs (defaults)", "paper")]) for c in range(3)]
+    header = ("name", "kind", "knobs (defaults)", "paper")
+    for row in [header] + rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    typer.echo(f"{len(infos)} modules")
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return "+".join(map(str, value))
+    return "null" if value is None else str(value)
+
+
+@app.command()
+def inspect(
+    backbone: str = typer.Argument(..., help="timm model name, e.g. resnet50"),
+    attention: str = typer.Option("none", help="registered module name (see `ablate modules`)"),
+    position: str = typer.Option("block", help="block, block_out, stage, stem, head, conv, pattern"),
+    knob: List[str] = typer.Option([], help="module knob as name=value (repeatable)"),
+    stages: Optional[str] = typer.Option(None, help="1-based stages, comma separated, e.g. 3,4"),
+    every: int = typer.Option(1, help="every n-th block within a stage"),
+    pattern: Optional[str] = typer.Option(None, help="module-path glob for --position pattern"),
+    init: str = typer.Option("default", help="default or identity"),
+    image_size: int = typer.Option(224, help="input size for channels, feature sizes and GMACs"),
+    in_chans: int = typer.Option(3),
+    num_classes: int = typer.Option(1000),
+):
+    """Where the module goes in BACKBONE, and the params and GMACs it adds; nothing is trained."""
+    from pydantic import ValidationError
+
+    from ablate.config import ModelConfig, validation_error
+
+    try:
+        cfg = ModelConfig(backbone=backbone, attention=dict(
+            name=attention, position=position, knobs=_parse_knobs(knob), every=every, pattern=pattern, init=init,
+            stages=[int(s) for s in stages.split(",")] if stages else None))
+    except ValidationError as e:
+        raise validation_error("inspect", e, ModelConfig) from None
+    except ValueError:
+        raise AblateError(f"--stages: {stages!r} is not a comma-separated list of stage numbers") from None
+    from ablate.models import build_model
+
+    built = build_model(cfg, num_classes, in_chans, image_size)
+    typer.echo(built.report.to_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="ablate", standalone_mode=False)
+    except AblateError as e:
+        print(f"ablate: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C
+        print("ablate: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.TyperException, click.ClickException) as e:  # usage errors (typer may vendor click)
+        print(f"ablate: error: {e.format_message()}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+
+
+if __name__ == "__main__":
+    main()
