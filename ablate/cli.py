@@ -85,6 +85,72 @@ def inspect(
     typer.echo(built.report.to_text())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    config: str = typer.Argument(..., help="trial config YAML"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+):
+    """Train one trial config (extra args are dotted overrides, e.g. train.lr=0.05) and track it in MLflow."""
+    from ablate.config import load_trial
+
+    overrides = list(ctx.args) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
+    cfg = load_trial(config, overrides)
+    from ablate import tracking
+    from ablate.train import run_trial
+
+    result = run_trial(cfg)
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    typer.echo(f"run {result.run_id} in experiment {cfg.tracking.experiment!r} at {uri}")
+    typer.echo("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def run(
+    ctx: typer.Context,
+    study: str = typer.Argument(..., help="study YAML, e.g. studies/cbam_vs_se.yaml"),
+    trials: Optional[int] = typer.Option(None, help="number of trials (default: every grid cell x seed)"),
+    jobs: int = typer.Option(1, min=1, help="worker processes on this machine (one accelerator each)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage: journal file (default) or postgresql://..."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the trials with params and GMACs; train nothing"),
+):
+    """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
+    from ablate.study import load_study
+
+    overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials else [])
+    if tracking_uri:
+        overrides.append(f"tracking.uri={tracking_uri}")
+    loaded = load_study(study, overrides)
+    if dry_run:
+        from ablate.study import dry_run_table
+
+        typer.echo(dry_run_table(loaded).to_string())
+        return
+    from ablate.study import run_study, summary_table
+
+    try:
+        study_obj = run_study(loaded, overrides, jobs=jobs, storage_url=storage)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: finished trials are kept; resume with: ablate run {study}", err=True)
+        raise typer.Exit(130)
+    typer.echo(summary_table(study_obj).to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="port on the host"),
+    host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes your runs"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+):
+    """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise)."""
+    from ablate import tracking
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host}: anyone who can reach it can read and change your runs", err=True)
+    raise typer.Exit(tracking.serve_ui(port, host, tracking_uri))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     command = typer.main.get_command(app)
