@@ -1,0 +1,447 @@
+"""Datamodules: `build_datamodule(cfg.data)` -> a LightningDataModule exposing num_classes, in_chans, image_size.
+
+Small datasets (digits, cluttered-digits, synthetic, cifar10/100) live in memory as uint8 tensors (N, C, H, W).
+Their DataLoader fetches whole index batches at once (`__getitems__`, no per-sample Python), Lightning moves the
+uint8 batch to the device, and `on_after_batch_transfer` augments (random crop, hflip) and normalises it there
+in batched tensor ops. Only `auto_augment` runs per sample: it is timm's PIL implementation (same semantics and
+spec strings as the imagefolder path), applied inside the DataLoader so `num_workers` parallelises it.
+`imagefolder` is the usual torchvision ImageFolder + timm transforms path.
+
+Outside a Lightning Trainer (plain loops, tests) call `dm.transform_batch(batch, train=...)` on each batch.
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ablate.config import DataConfig
+from ablate.errors import AblateError
+
+# cluttered-digits geometry, as fractions of the canvas so image_size changes resolution, not the task
+DIGIT_SIZE = (0.5, 0.625)  # digit side relative to the canvas: 16..20 px on 32 px (STN: 28 on 60)
+FRAGMENT_SIZE = 0.094  # clutter fragment side relative to the canvas: 3 px on 32 px, a stroke, not a digit
+CLUTTERED_SIZES = (4000, 1000)  # default train/val samples synthesised
+SYNTHETIC_SIZES = (256, 64)
+
+
+def build_datamodule(cfg: DataConfig) -> pl.LightningDataModule:
+    builders = {
+        "digits": DigitsDataModule,
+        "cluttered-digits": ClutteredDigitsDataModule,
+        "synthetic": SyntheticDataModule,
+        "cifar10": CifarDataModule,
+        "cifar100": CifarDataModule,
+        "imagefolder": ImageFolderDataModule,
+    }
+    if cfg.name not in builders:
+        raise AblateError(f"data.name: {cfg.name!r} is not a dataset (allowed: {', '.join(builders)})")
+    return builders[cfg.name](cfg)
+
+
+def dataset_shape(cfg: DataConfig) -> tuple[int, int]:
+    """(num_classes, in_chans) without loading anything: what a dry run needs to build the model.
+    For imagefolder the class count is `data.num_classes` (the folders may not be on this machine)."""
+    return {
+        "digits": (10, 1), "cluttered-digits": (10, 1), "synthetic": (cfg.num_classes, 3),
+        "cifar10": (10, 3), "cifar100": (100, 3), "imagefolder": (cfg.num_classes, 3),
+    }[cfg.name]
+
+
+# ---------------------------------------------------------------- in-memory tensor datasets
+
+class _Batches(Dataset):
+    """(x, y) uint8 tensors; `__getitems__` lets the DataLoader fetch a whole batch with one indexing op."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, auto_augment=None):
+        self.x, self.y, self.auto_augment = x, y, auto_augment
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        x, y = self.x[idx], self.y[idx]
+        if self.auto_augment is not None:
+            from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+
+            x = torch.stack([pil_to_tensor(self.auto_augment(to_pil_image(img))) for img in x])
+        return x, y
+
+
+def _keep_batch(batch):
+    # the dataset already returns a batch; module-level so worker processes can pickle it
+    return batch
+
+
+class _Base(pl.LightningDataModule):
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+    def transform_batch(self, batch, train: bool):
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # runs on the already-moved batch; the trainer says whether this is a training step
+        return self.transform_batch(batch, train=self.trainer is not None and self.trainer.training)
+
+
+class TensorDataModule(_Base):
+    """Shared path for in-memory uint8 datasets: batched fetch, on-device crop/flip/resize/normalise."""
+
+    crop_padding = 0.125  # random-crop padding as a fraction of the side (CIFAR's classic 4 px at 32)
+
+    def __init__(self, cfg: DataConfig, x_train, y_train, x_val, y_val, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train.long(), x_val, y_val.long()
+        self.num_classes = int(num_classes)
+        self.in_chans = int(x_train.shape[1])
+        self.image_size = int(cfg.image_size)
+        self.mean, self.std = _channel_stats(x_train)
+        self.auto_augment = _auto_augment(cfg.auto_augment, x_train.shape[-1], self.mean.tolist())
+        self._aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
+
+    def train_dataloader(self):
+        data = _Batches(self.x_train, self.y_train, self.auto_augment)
+        # a fresh loader replays the same shuffle and augmentation streams: same seed -> same batches
+        shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
+        return self._loader(data, shuffle=True, generator=shuffle, drop_last=len(data) >= self.cfg.batch_size)
+
+    def val_dataloader(self):
+        return self._loader(_Batches(self.x_val, self.y_val), shuffle=False)
+
+    def _loader(self, data, **kwargs):
+        workers = self.cfg.num_workers
+        return DataLoader(data, batch_size=self.cfg.batch_size, collate_fn=_keep_batch, num_workers=workers,
+                          persistent_workers=workers > 0, **kwargs)
+
+    def transform_batch(self, batch, train: bool):
+        x, y = batch
+        if train:
+            x = self._crop_flip(x)
+        x = x.float().div_(255)
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        mean, std = self.mean.to(x.device)[:, None, None], self.std.to(x.device)[:, None, None]
+        return (x - mean) / std, y
+
+    def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
+        # random parameters come from our own CPU generator, so they do not depend on the device or global RNG
+        b, _, h, w = x.shape
+        pad = round(self.crop_padding * h)
+        if pad:
+            off = torch.randint(0, 2 * pad + 1, (2, b), generator=self._aug_gen).to(x.device)
+            x = F.pad(x, (pad, pad, pad, pad))
+            rows = off[0, :, None] + torch.arange(h, device=x.device)
+            cols = off[1, :, None] + torch.arange(w, device=x.device)
+            # one gather crops every image at its own offset: result is (b, h, w, c)
+            x = x[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+            x = x.permute(0, 3, 1, 2)
+        if self.cfg.hflip:
+            flip = (torch.rand(b, generator=self._aug_gen) < self.cfg.hflip).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x.contiguous()
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std in [0, 1] units, exact and cheap from a histogram: uint8 has only 256 values."""
+    counts = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(x.shape[1])]).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    std = ((counts * values.square()).sum(1) / n - mean.square()).clamp_min(0).sqrt()
+    return mean.float(), std.float().clamp_min(1e-3)
+
+
+def _auto_augment(spec: str | None, size: int, mean: list[float]):
+    """timm's PIL auto-augment for `spec` (dispatch as in timm.data.create_transform); None when unset."""
+    if not spec:
+        return None
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    fill = tuple(min(255, round(255 * m)) for m in mean)  # PIL wants one fill value per channel
+    hparams = dict(translate_const=int(size * 0.45), img_mean=fill)
+    try:
+        if spec.startswith("rand"):
+            return rand_augment_transform(spec, hparams)
+        if spec.startswith("augmix"):
+            return augment_and_mix_transform(spec, dict(hparams, translate_pct=0.3))
+        return auto_augment_transform(spec, hparams)
+    except (AssertionError, KeyError, ValueError, IndexError) as e:
+        raise AblateError(f"data.auto_augment: {spec!r} is not a timm auto-augment spec ({e}; e.g. "
+                          "'rand-m9-mstd0.5' for RandAugment, 'original' for AutoAugment, 'augmix-m5-w4-d2')") from None
+
+
+def _pick(available: int, n: int | None, key: str, gen: torch.Generator) -> torch.Tensor:
+    """Sorted positions of a random n-subset (all when n is null); n beyond what exists is a config error."""
+    if n is None:
+        return torch.arange(available)
+    if n > available:
+        raise AblateError(f"data.{key}: {n} is more than the {available} samples available "
+                          f"(use at most {available}, or null for all)")
+    return torch.randperm(available, generator=gen)[:n].sort().values
+
+
+# ---------------------------------------------------------------- digits
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1797 real 8x8 digits shipped inside scikit-learn, values 0..16
+    return torch.tensor(digits.images / 16.0, dtype=torch.float32), torch.tensor(digits.target)
+
+
+def digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified 80/20 split of the 1797 source digits (sorted indices into load_digits), fixed by seed."""
+    _, labels = _load_digits()
+    gen = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in range(10):
+        members = torch.nonzero(labels == c)[:, 0]
+        members = members[torch.randperm(len(members), generator=gen)]
+        cut = round(0.2 * len(members))
+        val.append(members[:cut])
+        train.append(members[cut:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=2)
+def _digit_bank(lo: int, hi: int) -> torch.Tensor:
+    """Every bundled digit upscaled at every side lo..hi, zero-padded to hi x hi: one gather picks any (side, digit)."""
+    images, _ = _load_digits()
+    bank = torch.zeros(hi - lo + 1, len(images), hi, hi, dtype=torch.uint8)
+    for i, s in enumerate(range(lo, hi + 1)):
+        up = F.interpolate(images[:, None], size=(s, s), mode="bilinear", align_corners=False)
+        bank[i, :, :s, :s] = _to_uint8(up[:, 0])
+    return bank
+
+
+class DigitsDataModule(TensorDataModule):
+    """scikit-learn's 8x8 digits, bilinearly upscaled to image_size.
+
+    One channel (in_chans=1): timm models accept in_chans=1, and replicating grey to RGB would only triple the
+    stem's input without adding information.
+    """
+
+    def __init__(self, cfg: DataConfig):
+        images, labels = _load_digits()
+        train, val = digits_split(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train = train[_pick(len(train), cfg.train_size, "train_size", gen)]
+        val = val[_pick(len(val), cfg.val_size, "val_size", gen)]
+        size = (cfg.image_size, cfg.image_size)
+        x = _to_uint8(F.interpolate(images[:, None], size=size, mode="bilinear", align_corners=False))
+        super().__init__(cfg, x[train], labels[train], x[val], labels[val], num_classes=10)
+        self.train_source, self.val_source = train, val
+
+
+# ---------------------------------------------------------------- cluttered digits
+
+class ClutteredDigitsDataModule(TensorDataModule):
+    """Cluttered digits, the protocol of Jaderberg et al. 2015 (Spatial Transformer Networks) on the bundled digits.
+
+    Each canvas (image_size, default 64 px) holds one upscaled digit (16..20 px at 64) at a random position plus
+    `clutter` square fragments (6 px at 64) cut at random from OTHER digits of the same split, composited with max.
+    The 1797 source digits are split first (stratified 80/20 by seed), so train and val share no digit, not even in the
+    clutter. Exposed for tests and attention maps: train_source/val_source (source indices of each split) and, per
+    split, `*_digit` (source index of each sample's digit), `*_clutter` (N, clutter source indices) and `*_boxes`
+    (N, 3: y, x, side: the digit occupies canvas[y:y+side, x:x+side]).
+    """
+
+    crop_padding = 0.0  # placement is already random; a crop could push the digit off the canvas
+
+    def __init__(self, cfg: DataConfig):
+        _, labels = _load_digits()
+        self.train_source, self.val_source = digits_split(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        n_train, n_val = cfg.train_size or CLUTTERED_SIZES[0], cfg.val_size or CLUTTERED_SIZES[1]
+        x_train, self.train_digit, self.train_clutter, self.train_boxes = synthesize_cluttered(
+            self.train_source, n_train, cfg.image_size, cfg.clutter, gen)
+        x_val, self.val_digit, self.val_clutter, self.val_boxes = synthesize_cluttered(
+            self.val_source, n_val, cfg.image_size, cfg.clutter, gen)
+        super().__init__(cfg, x_train, labels[self.train_digit], x_val, labels[self.val_digit], num_classes=10)
+
+
+def synthesize_cluttered(source: torch.Tensor, n: int, size: int, clutter: int, gen: torch.Generator):
+    """n canvases (uint8, n x 1 x size x size) from the bundled digits `source` (indices), vectorised over samples.
+
+    Returns (canvases, digit source index per canvas, (n, clutter) fragment source indices, (n, 3) y/x/side boxes).
+    """
+    lo = max(2, round(DIGIT_SIZE[0] * size))
+    hi = max(lo, round(DIGIT_SIZE[1] * size))
+    sides = torch.arange(lo, hi + 1)
+    bank = _digit_bank(lo, hi)[:, source]
+
+    pick = torch.randint(len(source), (n,), generator=gen)
+    which = torch.randint(len(sides), (n,), generator=gen)
+    side = sides[which]
+    y, x = (torch.rand(2, n, generator=gen) * (size - side + 1)).long()
+    patches, ys, xs = [bank[which, pick]], [y], [x]
+
+    frag = min(lo, max(1, round(FRAGMENT_SIZE * size)))
+    ar = torch.arange(frag)
+    other = torch.zeros(n, 0, dtype=torch.long)
+    if clutter:
+        # per fragment: a different source digit (shifted index), a random frag x frag window of it, a random spot
+        other = (pick[:, None] + torch.randint(1, max(2, len(source)), (n, clutter), generator=gen)) % len(source)
+        w = torch.randint(len(sides), (n, clutter), generator=gen)
+        oy, ox = (torch.rand(2, n, clutter, generator=gen) * (sides[w] - frag + 1)).long()
+        pieces = bank[w[..., None, None], other[..., None, None], (oy[..., None] + ar)[..., :, None],
+                      (ox[..., None] + ar)[..., None, :]]
+        py, px = (torch.rand(2, n, clutter, generator=gen) * (size - frag + 1)).long()
+        patches.append(pieces)
+        ys.append(py)
+        xs.append(px)
+
+    # one scatter with max-compositing for the digit and all fragments (overlaps resolve deterministically)
+    width = size + hi - lo  # margin: the hi x hi digit patch is zero beyond its side, which ends inside the canvas
+    canvas = torch.zeros(n, width * width, dtype=torch.uint8)
+    index = [((yy[..., None] + torch.arange(p.shape[-1]))[..., :, None] * width
+              + (xx[..., None] + torch.arange(p.shape[-1]))[..., None, :]).reshape(n, -1)
+             for p, yy, xx in zip(patches, ys, xs)]
+    canvas.scatter_reduce_(1, torch.cat(index, 1), torch.cat([p.reshape(n, -1) for p in patches], 1), "amax")
+    x_out = canvas.view(n, 1, width, width)[:, :, :size, :size].contiguous()
+    return x_out, source[pick], source[other], torch.stack([y, x, side], 1)
+
+
+# ---------------------------------------------------------------- synthetic
+
+class SyntheticDataModule(TensorDataModule):
+    """Random but learnable: each class is a fixed smooth random RGB template, each sample template + noise."""
+
+    crop_padding = 0.0
+
+    def __init__(self, cfg: DataConfig):
+        gen = torch.Generator().manual_seed(cfg.seed)
+        k, size = cfg.num_classes, cfg.image_size
+        # smooth (4x4 upsampled) templates stay distinguishable after a backbone's downsampling
+        templates = F.interpolate(torch.rand(k, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear",
+                                  align_corners=False)
+
+        def make(n):
+            y = torch.randint(k, (n,), generator=gen)
+            return _to_uint8(0.7 * templates[y] + 0.3 * torch.rand(n, 3, size, size, generator=gen)), y
+
+        x_train, y_train = make(cfg.train_size or SYNTHETIC_SIZES[0])
+        x_val, y_val = make(cfg.val_size or SYNTHETIC_SIZES[1])
+        super().__init__(cfg, x_train, y_train, x_val, y_val, num_classes=k)
+
+
+# ---------------------------------------------------------------- CIFAR
+
+class CifarDataModule(TensorDataModule):
+    """CIFAR-10/100 from cfg.root, read into uint8 tensors; resized on the device when image_size != 32."""
+
+    def __init__(self, cfg: DataConfig):
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        dataset, title, label_key, k = {
+            "cifar10": (CIFAR10, "CIFAR-10", "labels", 10),
+            "cifar100": (CIFAR100, "CIFAR-100", "fine_labels", 100),
+        }[cfg.name]
+        if cfg.root is None:
+            raise AblateError(f"data.root: required for {cfg.name} (the folder that holds {dataset.base_folder}, "
+                              "or where to put it with data.download: true)")
+        root = Path(cfg.root).expanduser()
+        folder = root / dataset.base_folder
+        if not folder.is_dir():
+            if not cfg.download:
+                raise AblateError(f"data.root: {title} not found under {root} (expected {folder}; put the dataset "
+                                  "there or set data.download: true)")
+            dataset(str(root), train=True, download=True)  # torchvision fetches and checksums the archive
+        # read the pickled batches ourselves (the format torchvision reads) to get tensors, not a PIL dataset
+        x_train, y_train = _read_cifar(folder, [name for name, _ in dataset.train_list], label_key, title)
+        x_val, y_val = _read_cifar(folder, [name for name, _ in dataset.test_list], label_key, title)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train = _pick(len(y_train), cfg.train_size, "train_size", gen)
+        val = _pick(len(y_val), cfg.val_size, "val_size", gen)
+        super().__init__(cfg, x_train[train], y_train[train], x_val[val], y_val[val], num_classes=k)
+
+
+def _read_cifar(folder: Path, files: list[str], label_key: str, title: str):
+    xs, ys = [], []
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise AblateError(f"data.root: {path} is missing (an incomplete {title} folder; replace it or remove "
+                              "it and set data.download: true)")
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            xs.append(torch.from_numpy(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
+            ys.append(torch.as_tensor(entry[label_key], dtype=torch.long))
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+            raise AblateError(f"data.root: {path} is not a {title} batch file ({type(e).__name__}: {e})") from None
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ---------------------------------------------------------------- image folders
+
+class ImageFolderDataModule(_Base):
+    """ImageNet layout root/train/<class>/* and root/val/<class>/*, torchvision ImageFolder + timm transforms."""
+
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        from timm.data import create_transform
+        from torchvision.datasets import ImageFolder
+
+        self.cfg = cfg
+        layout = "root/train/<class>/*.jpg and root/val/<class>/*"
+        if cfg.root is None:
+            raise AblateError(f"data.root: required for imagefolder (a folder laid out as {layout})")
+        root = Path(cfg.root).expanduser()
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                expected = layout.replace("root", str(root))
+                raise AblateError(f"data.root: {root / split} not found (imagefolder expects {expected})")
+        _auto_augment(cfg.auto_augment, cfg.image_size, [0.5])  # same one-line error for a bad spec as tensor datasets
+        train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment, hflip=cfg.hflip)
+        val_tf = create_transform(cfg.image_size, is_training=False)
+        try:
+            train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+        except FileNotFoundError as e:
+            raise AblateError(f"data.root: {' '.join(str(e).split())} (expected {layout})") from None
+        if train.classes != val.classes:
+            missing = sorted(set(train.classes) ^ set(val.classes))[:5]
+            raise AblateError(f"data.root: {root}/train and {root}/val have different class folders "
+                              f"(e.g. {', '.join(missing)}); both need the same <class> names")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.train_set = _subset(train, _pick(len(train), cfg.train_size, "train_size", gen))
+        self.val_set = _subset(val, _pick(len(val), cfg.val_size, "val_size", gen))
+        self.classes = train.classes
+        self.num_classes, self.in_chans, self.image_size = len(train.classes), 3, int(cfg.image_size)
+
+    def train_dataloader(self):
+        shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
+        return self._loader(self.train_set, shuffle=True, generator=shuffle,
+                            drop_last=len(self.train_set) >= self.cfg.batch_size)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, data, **kwargs):
+        workers = self.cfg.num_workers
+        return DataLoader(data, batch_size=self.cfg.batch_size, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def _subset(data: Dataset, positions: torch.Tensor) -> Dataset:
+    return data if len(positions) == len(data) else Subset(data, positions.tolist())

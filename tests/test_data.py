@@ -1,0 +1,188 @@
+"""Datamodules: shapes, determinism, disjoint cluttered-digits splits, CIFAR/imagefolder loading and errors."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ablate.config import DataConfig
+from ablate.data import build_datamodule
+from ablate.errors import AblateError
+
+
+def first_batch(dm, train=True):
+    loader = dm.train_dataloader() if train else dm.val_dataloader()
+    return dm.transform_batch(next(iter(loader)), train=train)
+
+
+def test_digits_shapes():
+    dm = build_datamodule(DataConfig(name="digits", image_size=32, batch_size=16))
+    assert (dm.num_classes, dm.in_chans, dm.image_size) == (10, 1, 32)
+    assert dm.x_train.shape[1:] == (1, 32, 32) and dm.x_train.dtype == torch.uint8
+    assert len(dm.y_train) + len(dm.y_val) == 1797 and 350 <= len(dm.y_val) <= 370  # stratified 80/20
+    assert set(dm.y_train.tolist()) == set(dm.y_val.tolist()) == set(range(10))
+    assert not set(dm.train_source.tolist()) & set(dm.val_source.tolist())
+    for train in (True, False):
+        x, y = first_batch(dm, train)
+        assert x.shape == (16, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_synthetic_shapes():
+    dm = build_datamodule(DataConfig(name="synthetic", num_classes=5, image_size=16, batch_size=8))
+    assert (dm.num_classes, dm.in_chans, dm.image_size) == (5, 3, 16)
+    x, y = first_batch(dm)
+    assert x.shape == (8, 3, 16, 16) and int(y.max()) < 5
+    # normalised with the train statistics
+    assert abs(float(dm.transform_batch((dm.x_train, dm.y_train), train=False)[0].mean())) < 1e-3
+
+
+def cluttered(**kw):
+    return build_datamodule(DataConfig(name="cluttered-digits", train_size=200, val_size=50, batch_size=32, **kw))
+
+
+def test_cluttered_shapes():
+    dm = cluttered()
+    assert (dm.num_classes, dm.in_chans, dm.image_size) == (10, 1, 64)
+    assert dm.x_train.shape == (200, 1, 64, 64) and dm.x_val.shape == (50, 1, 64, 64)
+    assert dm.x_train.dtype == torch.uint8 and dm.train_clutter.shape == (200, DataConfig().clutter)
+    x, y = first_batch(dm)
+    assert x.shape == (32, 1, 64, 64) and y.shape == (32,)
+
+
+def test_cluttered_deterministic_by_seed():
+    a, b, c = cluttered(seed=3), cluttered(seed=3), cluttered(seed=4)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
+    assert not torch.equal(a.x_train, c.x_train)
+    assert torch.equal(first_batch(a)[0], first_batch(b)[0])
+
+
+def test_cluttered_train_val_digits_disjoint():
+    dm = cluttered()
+    train, val = set(dm.train_source.tolist()), set(dm.val_source.tolist())
+    assert not train & val and len(train | val) == 1797
+    assert set(dm.train_digit.tolist()) | set(dm.train_clutter.flatten().tolist()) <= train
+    assert set(dm.val_digit.tolist()) | set(dm.val_clutter.flatten().tolist()) <= val
+    assert (dm.train_clutter != dm.train_digit[:, None]).all()  # fragments come from other digits
+
+
+def test_cluttered_zero_clutter_is_one_digit():
+    clean, busy = cluttered(clutter=0), cluttered(clutter=8)
+    for dm in (clean, busy):
+        outside = torch.ones_like(dm.x_train, dtype=torch.bool)
+        for mask, (y, x, s) in zip(outside, dm.train_boxes.tolist()):
+            mask[:, y:y + s, x:x + s] = False
+        inked = (dm.x_train > 0) & outside
+        if dm is clean:
+            assert not inked.any()  # every lit pixel lies in the digit's box
+            assert (dm.x_train.flatten(1) > 0).any(1).all()  # and every canvas has a digit
+        else:
+            assert inked.flatten(1).any(1).float().mean() > 0.9
+
+
+def test_train_batches_deterministic_with_augmentation():
+    cfg = DataConfig(name="digits", image_size=16, batch_size=8, hflip=0.5, seed=1)
+    a, b = build_datamodule(cfg), build_datamodule(cfg)
+    xa, ya = first_batch(a)
+    xb, yb = first_batch(b)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # augmentation is on in training only
+    x_val = next(iter(a.val_dataloader()))
+    assert torch.equal(a.transform_batch(x_val, train=False)[0], a.transform_batch(x_val, train=False)[0])
+
+
+def test_auto_augment_on_tensors_and_bad_spec():
+    dm = build_datamodule(DataConfig(name="synthetic", image_size=16, batch_size=4, auto_augment="rand-m9-mstd0.5"))
+    x, _ = first_batch(dm)
+    assert x.shape == (4, 3, 16, 16)
+    with pytest.raises(AblateError, match="data.auto_augment"):
+        build_datamodule(DataConfig(name="synthetic", auto_augment="bogus"))
+
+
+def test_size_beyond_split_raises():
+    with pytest.raises(AblateError, match="data.train_size"):
+        build_datamodule(DataConfig(name="digits", train_size=5000))
+
+
+def test_cifar_missing_raises(tmp_path):
+    with pytest.raises(AblateError, match="data.root") as err:
+        build_datamodule(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert "\n" not in str(err.value) and "cifar-10-batches-py" in str(err.value)
+
+
+def write_fake_cifar10(root, per_file=3):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, per_file).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_fake_cifar10_loads(tmp_path):
+    write_fake_cifar10(tmp_path)
+    dm = build_datamodule(DataConfig(name="cifar10", root=str(tmp_path), batch_size=4, image_size=32, hflip=0.5))
+    assert (dm.num_classes, dm.in_chans, dm.image_size) == (10, 3, 32)
+    assert dm.x_train.shape == (15, 3, 32, 32) and dm.x_val.shape == (3, 3, 32, 32)
+    x, y = first_batch(dm)
+    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
+    # image_size other than 32: resized on the fly
+    dm = build_datamodule(DataConfig(name="cifar10", root=str(tmp_path), batch_size=4, image_size=48))
+    assert first_batch(dm, train=False)[0].shape == (3, 3, 48, 48)
+
+
+def write_image_folder(root, splits=("train", "val"), classes=("cat", "dog"), per_class=3):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+
+
+def test_imagefolder_loads(tmp_path):
+    write_image_folder(tmp_path)
+    dm = build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path), image_size=32, batch_size=4))
+    assert (dm.num_classes, dm.in_chans, dm.image_size) == (2, 3, 32)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and set(y.tolist()) <= {0, 1}
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 32, 32)
+
+
+def test_imagefolder_missing_val_raises(tmp_path):
+    write_image_folder(tmp_path, splits=("train",))
+    with pytest.raises(AblateError, match="data.root") as err:
+        build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path)))
+    assert "val" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_lightning_trainer_applies_batch_transform():
+    import pytorch_lightning as pl
+
+    seen = []
+
+    class Probe(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3 * 8 * 8, 4)
+
+        def training_step(self, batch, _):
+            seen.append(("train", batch[0].dtype))
+            return torch.nn.functional.cross_entropy(self.head(batch[0].flatten(1)), batch[1])
+
+        def validation_step(self, batch, _):
+            seen.append(("val", batch[0].dtype))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = build_datamodule(DataConfig(name="synthetic", num_classes=4, image_size=8, batch_size=8, hflip=0.5))
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(Probe(), datamodule=dm)
+    assert seen == [("train", torch.float32)] * 2 + [("val", torch.float32)]
