@@ -1,0 +1,158 @@
+"""MLflow: where the store lives, one experiment per study, runs that always end, batched logging.
+
+Plain functions over MLflow's own `MlflowClient` (no fluent API: its global active-run stack does not
+suit several trials in one process). A trial's run is a context manager, so an exception passing
+through ends it FAILED (reason in the `reason` tag) or KILLED, never RUNNING.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna import TrialPruned
+
+HOME = "mlruns"  # the project's tracking home, relative to the working directory
+REASON_TAG = "reason"
+MAX_REASON = 4000  # well under MLflow's tag-value limit
+# stopped on purpose (pruned, Ctrl-C, sys.exit): KILLED; anything else: FAILED
+KILLED_BY = (TrialPruned, KeyboardInterrupt, SystemExit)
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s/]+@")
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """Explicit uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db.
+
+    Never the old ./mlruns file store: MLflow 3 refuses to start on it.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / HOME / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        # SQLite creates the file but not its folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts sit beside a SQLite store (<cwd>/mlruns/artifacts by default), in mlruns/ for other databases;
+    None for a tracking server, which owns its artifact root."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent.joinpath("artifacts").as_uri()
+    return (Path.cwd().resolve() / HOME / "artifacts").as_uri()
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=resolve_uri(uri))
+
+
+def get_or_create_experiment(name: str, uri: str | None = None) -> str:
+    """The experiment's id, creating it once; another process creating it first is not an error."""
+    mlflow = client(uri)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_root(mlflow.tracking_uri))
+    except MlflowException as e:
+        if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def mask_password(text: str) -> str:
+    """postgresql://user:secret@host -> postgresql://user:***@host (params and tags are visible to all)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def start_run(mlflow: MlflowClient, experiment_id: str, *, run_name: str | None = None,
+              parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+    tags = {k: mask_password(str(v)) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # how MLflow (and its UI) nests a child run
+    return mlflow.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def end_run(mlflow: MlflowClient, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """FINISHED, FAILED or KILLED; the reason (one line) goes to the `reason` tag."""
+    try:
+        if reason:
+            mlflow.set_tag(run_id, REASON_TAG, mask_password(reason)[:MAX_REASON])
+    finally:
+        mlflow.set_terminated(run_id, status)  # even if the tag could not be written
+
+
+@contextmanager
+def tracked_run(mlflow: MlflowClient, experiment_id: str, **start_kwargs) -> Iterator[str]:
+    """Yield a new run's id; end it FINISHED, or KILLED/FAILED with the reason when an exception passes."""
+    run_id = start_run(mlflow, experiment_id, **start_kwargs)
+    status, reason = "FAILED", None
+    try:
+        yield run_id
+        status = "FINISHED"
+    except KILLED_BY as e:
+        status, reason = "KILLED", describe(e)
+        raise
+    except BaseException as e:
+        reason = describe(e)
+        raise
+    finally:
+        end_run(mlflow, run_id, status, reason)
+
+
+def describe(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # one line, whatever the exception printed
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def log_params(mlflow: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Params as MLflow writes them (str), URL passwords masked; MlflowClient.log_batch chunks by 100."""
+    mlflow.log_batch(run_id, params=[Param(k, mask_password(str(v))) for k, v in params.items()])
+
+
+def log_metrics(mlflow: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """All of one step's metrics in one call: one SQLite transaction instead of one per value."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    if batch:
+        mlflow.log_batch(run_id, metrics=batch)
+
+
+def log_trial_artifacts(mlflow: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:
+    """config.yaml (the resolved trial config) and, when there is one, the insertion report as JSON and text."""
+    import yaml
+
+    mlflow.log_text(run_id, mask_password(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
+    if report is not None:
+        mlflow.log_dict(run_id, report.to_dict(), "insertion_report.json")
+        if hasattr(report, "to_text"):
+            mlflow.log_text(run_id, report.to_text(), "insertion_report.txt")
+
+
+def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> list[str]:
+    uri = resolve_uri(uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]  # one local user: one worker is plenty
+    root = artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    return cmd
+
+
+def serve_ui(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> int:
+    """MLflow's UI over the project's store, loopback-only unless `host` says otherwise; blocks until stopped."""
+    try:
+        return subprocess.call(ui_command(port, host, uri))
+    except KeyboardInterrupt:  # Ctrl-C reaches the server too; it shuts itself down
+        return 0

@@ -1,0 +1,115 @@
+"""ablate.tracking: store location, experiments (and their creation race), run statuses, batching, the UI command."""
+import subprocess
+from contextlib import nullcontext
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from ablate import tracking
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    """One SQLite store for the module: creating its tables is the slow part."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    tracking.get_or_create_experiment("warm", uri)
+    return uri
+
+
+def test_resolve_uri_default_is_absolute_sqlite_under_cwd(tmp_path):
+    uri = tracking.resolve_uri(None)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+    assert tracking.artifact_root(uri) == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
+
+
+def test_resolve_uri_explicit_beats_env_beats_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_uri(None) == "http://127.0.0.1:5000"
+    assert tracking.resolve_uri(f"sqlite:///{tmp_path}/x/m.db") == f"sqlite:///{tmp_path}/x/m.db"
+    assert (tmp_path / "x").is_dir()  # SQLite needs the folder to exist
+    assert tracking.artifact_root("http://127.0.0.1:5000") is None  # a server owns its artifacts
+
+
+def test_experiment_created_once_with_artifacts_beside_the_store(uri):
+    first = tracking.get_or_create_experiment("study-a", uri)
+    assert tracking.get_or_create_experiment("study-a", uri) == first
+    location = MlflowClient(uri).get_experiment(first).artifact_location
+    assert location == (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+
+
+def test_experiment_created_by_another_process_first(uri, monkeypatch):
+    # the other process wins between our lookup and our create: we must return its experiment
+    theirs = MlflowClient(uri).create_experiment("raced")
+    lookup = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def stale_first_lookup(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_first_lookup)
+    assert tracking.get_or_create_experiment("raced", uri) == theirs
+
+
+@pytest.mark.parametrize("exc, status", [
+    (None, "FINISHED"),
+    (RuntimeError("disk\nfull"), "FAILED"),
+    (optuna.TrialPruned("pruned at epoch 2"), "KILLED"),
+    (KeyboardInterrupt(), "KILLED"),
+])
+def test_tracked_run_always_ends(uri, exc, status):
+    mlflow = tracking.client(uri)
+    exp = tracking.get_or_create_experiment("statuses", uri)
+    parent = tracking.start_run(mlflow, exp, run_name="study")
+    with pytest.raises(type(exc)) if exc else nullcontext():
+        with tracking.tracked_run(mlflow, exp, parent_run_id=parent, tags={"optuna.trial": 3}) as run_id:
+            if exc:
+                raise exc
+    run = mlflow.get_run(run_id)
+    assert run.info.status == status
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["optuna.trial"] == "3"
+    if status == "FAILED":
+        assert run.data.tags["reason"] == "RuntimeError: disk full"  # one line
+    if exc is not None and status == "KILLED":
+        assert run.data.tags["reason"].startswith(type(exc).__name__)
+
+
+def test_params_masked_and_metrics_in_one_batch(uri, monkeypatch):
+    mlflow = tracking.client(uri)
+    exp = tracking.get_or_create_experiment("logging", uri)
+    with tracking.tracked_run(mlflow, exp) as run_id:
+        tracking.log_params(mlflow, run_id, {"tracking.uri": "postgresql://ann:s3cr3t@db:5432/optuna",
+                                             "model.attention.stages": [3, 4], "n": 1})
+        calls = []
+        real = mlflow.log_batch
+        monkeypatch.setattr(mlflow, "log_batch", lambda *a, **k: calls.append(k) or real(*a, **k))
+        for epoch in range(3):
+            tracking.log_metrics(mlflow, run_id, {"val/acc1": 0.1 * epoch, "val/loss": 2.0 - epoch}, step=epoch)
+    assert len(calls) == 3  # one call per epoch, not one per value
+    params = mlflow.get_run(run_id).data.params
+    assert params["tracking.uri"] == "postgresql://ann:***@db:5432/optuna"
+    assert params["model.attention.stages"] == "[3, 4]"
+    history = mlflow.get_metric_history(run_id, "val/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0), (2, 0.0)]
+
+
+def test_mask_password_leaves_plain_urls_alone():
+    assert tracking.mask_password("http://127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
+    assert tracking.mask_password("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert tracking.mask_password("a=postgresql://u:p@h/db") == "a=postgresql://u:***@h/db"
+
+
+def test_serve_ui_runs_mlflow_server_on_loopback_over_the_project_store(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: ran.append(cmd) or 0)
+    assert tracking.serve_ui(5055) == 0
+    cmd = ran[0]
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    opts = dict(zip(cmd[4::2], cmd[5::2]))
+    assert opts["--backend-store-uri"] == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert opts["--host"] == "127.0.0.1" and opts["--port"] == "5055"
+    assert opts["--default-artifact-root"] == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
