@@ -97,9 +97,13 @@ def train(
     overrides = list(ctx.args) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
     cfg = load_trial(config, overrides)
     from ablate import tracking
-    from ablate.train import run_trial
+    from ablate.train import DivergedError, run_trial
 
-    result = run_trial(cfg)
+    try:
+        result = run_trial(cfg)
+    except DivergedError as e:  # not bad input: the run exists and ended FAILED with this reason
+        typer.echo(f"ablate: trial diverged: {e} (its MLflow run is marked FAILED)", err=True)
+        raise typer.Exit(1)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     typer.echo(f"run {result.run_id} in experiment {cfg.tracking.experiment!r} at {uri}")
     typer.echo("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))

@@ -61,7 +61,7 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
     train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
     val_size: int | None = Field(None, ge=1)
-    clutter: int = Field(8, ge=0, description="cluttered-digits: fragments per canvas")
+    clutter: int = Field(4, ge=0, description="cluttered-digits: fragments per canvas")
     num_classes: int = Field(10, ge=2, description="synthetic only")
     auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
     hflip: float = Field(0.0, ge=0, le=1)
@@ -201,3 +201,48 @@ def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+# ---------------------------------------------------------------- study files
+
+# What a trial logs and a study may optimise (train.py logs these names).
+METRICS = ("val/acc1", "val/acc5", "val/loss", "val/acc1_best", "val/acc1_ema", "train/loss", "train/throughput",
+           "train/epoch_time", "model/params", "model/gmacs")
+
+
+class Objective(Strict):
+    metric: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Range(Strict):
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+    type: Literal["int", "float"] = "float"
+
+
+class StudySection(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: str | list[Objective] = "val/acc1"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: Literal["grid", "tpe", "random", "gp"] = "grid"
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    trials: int | None = Field(None, ge=1, description="default: every grid cell x seed")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    ladder: bool = Field(False, description="cells are cumulative: each adds its keys to the previous one")
+
+    def objectives(self) -> list[Objective]:
+        if isinstance(self.metric, str):
+            return [Objective(metric=self.metric, direction=self.direction)]
+        return self.metric
+
+
+class StudyConfig(Strict):
+    study: StudySection
+    base: dict = Field(default_factory=dict, description="the trial config every trial starts from")
+    include: list[str] = Field(default_factory=list, description="search_spaces/*.yaml files merged into space")
+    space: dict[str, list | Range] = Field(default_factory=dict, description="dotted key -> choices or range")
+    cells: list[dict] = Field(default_factory=list, description="explicit configurations (dotted key -> value)")
+    reference: list[dict] = Field(default_factory=list, description="published numbers: {match: {...}, column: value}")

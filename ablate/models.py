@@ -29,6 +29,8 @@ class BuiltModel:
 def check_backbone(name: str, where: str = "model.backbone") -> None:
     import timm
 
+    import ablate.backbones  # noqa: F401  (registers our small CPU backbones with timm)
+
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
