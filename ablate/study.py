@@ -1,0 +1,539 @@
+"""Studies: a study YAML -> an Optuna study whose trials are tracked Lightning runs.
+
+  load_study(path)       validate everything (file, keys, modules, knobs, metric) before any store is touched
+  grid_cells(study)      the configurations of a grid study (conditional knobs dropped, duplicates removed)
+  run_study(study, ...)  storage + sampler + pruner + MLflow parent run, then N workers claim trials
+
+Grid studies enqueue every cell x seed as a WAITING Optuna trial; workers claim them through Optuna's
+atomic trial queue, so `--jobs N` never runs a cell twice. Running a study again resumes it: trials
+left RUNNING by a killed process are failed (their MLflow runs too), and every cell x seed without a
+COMPLETE or PRUNED trial is enqueued again.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ablate.config import (METRICS, Range, StudyConfig, TrialConfig, apply_overrides, load_yaml, parse_trial,
+                           validation_error)
+from ablate.errors import AblateError
+
+KNOB_PREFIX = "model.attention.knobs."
+MODULE_KEY = "model.attention.name"
+JOURNAL = "mlruns/optuna.journal"
+
+
+@dataclass
+class Study:
+    path: Path
+    cfg: StudyConfig
+    base: dict  # the base trial config with command-line overrides applied
+    space: dict[str, list | Range] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.study.name
+
+    @property
+    def is_grid(self) -> bool:
+        return self.cfg.study.sampler == "grid"
+
+
+# ---------------------------------------------------------------- loading and validation
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
+    """Parse and fully validate a study file; every error names the file and the key."""
+    path = Path(path)
+    data = load_yaml(path)
+    study_overrides = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in ("study", "space")]
+    data = apply_overrides(data, study_overrides, "command line")
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(str(path), e, StudyConfig) from None
+    base = apply_overrides(cfg.base, [o for o in overrides if o not in study_overrides], "command line")
+    base_cfg = parse_trial(base, f"{path}: base")
+    base.setdefault("tracking", {})["experiment"] = cfg.study.name  # one experiment per study
+
+    space: dict[str, list | Range] = {}
+    for include in cfg.include:
+        space.update(_load_space(path, include))
+    space.update(cfg.space)
+    study = Study(path, cfg, base, space)
+    _check_space(study, base_cfg)
+    for objective in cfg.study.objectives():
+        if objective.metric not in METRICS:
+            raise AblateError(f"{path}: study.metric: no trial logs {objective.metric!r} (metrics: {', '.join(METRICS)})")
+    if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
+        raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
+    if study.is_grid:
+        for cell in grid_cells(study):
+            trial_config(study, cell, cfg.study.seeds[0])  # every cell must be a valid trial
+    elif cfg.study.trials is None:
+        raise AblateError(f"{path}: study.trials: sampler {cfg.study.sampler!r} needs a number of trials")
+    return study
+
+
+def _load_space(study_path: Path, include: str) -> dict:
+    for candidate in (Path(include), study_path.parent / include, study_path.parent.parent / include):
+        if candidate.is_file():
+            data = load_yaml(candidate)
+            data = data.get("space", data)
+            try:
+                return StudyConfig.model_validate({"study": {"name": "x"}, "space": data}).space
+            except ValidationError as e:
+                raise validation_error(str(candidate), e, StudyConfig) from None
+    raise AblateError(f"{study_path}: include: no search space file {include!r}")
+
+
+def _check_space(study: Study, base_cfg: TrialConfig) -> None:
+    from ablate.attention import get_attention, resolve_knobs
+
+    where = f"{study.path}: space"
+    modules = study.space.get(MODULE_KEY, [base_cfg.model.attention.name])
+    for key, spec in study.space.items():
+        if isinstance(spec, list) and not spec:
+            raise AblateError(f"{where}.{key}: empty choices")
+        if isinstance(spec, Range):
+            if spec.low > spec.high:
+                raise AblateError(f"{where}.{key}: range low {spec.low} > high {spec.high}")
+            if spec.log and spec.low <= 0:
+                raise AblateError(f"{where}.{key}: a log range needs low > 0")
+            if study.is_grid and spec.step is None:
+                raise AblateError(f"{where}.{key}: a grid needs choices or a range with step")
+    for name in modules:
+        if name != "none":
+            get_attention(name, f"{where}.{MODULE_KEY}")
+    for key, spec in study.space.items():
+        if key.startswith(KNOB_PREFIX):
+            knob = key.removeprefix(KNOB_PREFIX)
+            takers = [m for m in modules if m != "none" and knob in get_attention(m).knobs]
+            if not takers:
+                raise AblateError(f"{where}.{key}: no module in the study takes knob {knob!r}")
+            for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+                for m in takers:
+                    resolve_knobs(m, {knob: value}, where=f"{where}.{key}")
+        elif key != "seed":
+            trial = _set(copy.deepcopy(study.base), key, spec[0] if isinstance(spec, list) else spec.low)
+            parse_trial(trial, f"{study.path}: space")
+
+
+def _set(tree: dict, dotted: str, value: Any) -> dict:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return tree
+
+
+def _module_of(params: dict, study: Study) -> str:
+    return params.get(MODULE_KEY, study.base.get("model", {}).get("attention", {}).get("name", "none"))
+
+
+def _applies(key: str, params: dict, study: Study) -> bool:
+    """A knob is sampled only for modules that take it (define-by-run from the registry's metadata)."""
+    if not key.startswith(KNOB_PREFIX):
+        return True
+    from ablate.attention import get_attention
+
+    module = _module_of(params, study)
+    return module != "none" and key.removeprefix(KNOB_PREFIX) in get_attention(module).knobs
+
+
+def _values(spec: list | Range) -> list:
+    if isinstance(spec, list):
+        return spec
+    n = int(round((spec.high - spec.low) / spec.step)) + 1
+    values = [spec.low + i * spec.step for i in range(n)]
+    return [int(v) for v in values] if spec.type == "int" else values
+
+
+def grid_cells(study: Study) -> list[dict]:
+    """Every configuration of a grid study, as dotted-key dicts, in file order."""
+    explicit = study.cfg.cells or [{}]
+    if study.cfg.study.ladder:  # each row adds its keys to the previous row
+        rows, acc = [], {}
+        for cell in explicit:
+            acc = acc | cell
+            rows.append(dict(acc))
+        explicit = rows
+    keys = list(study.space)
+    cells, seen = [], set()
+    for prefix in explicit:
+        for combo in itertools.product(*(_values(study.space[k]) for k in keys)):
+            params = dict(prefix) | dict(zip(keys, combo))
+            params = {k: v for k, v in params.items() if _applies(k, params, study)}
+            key = repr(sorted(params.items()))
+            if key not in seen:
+                seen.add(key)
+                cells.append(params)
+    return cells
+
+
+def trial_config(study: Study, params: dict, seed: int) -> TrialConfig:
+    tree = copy.deepcopy(study.base)
+    for key, value in params.items():
+        if key != "name":  # a ladder row's label
+            _set(tree, key, value)
+    _set(tree, "train.seed", seed)
+    return parse_trial(tree, f"{study.path}: cell {params}")
+
+
+def cell_label(params: dict) -> str:
+    """A row's name: a ladder row's own name, else its varied keys ('attention=se, reduction=8')."""
+    if "name" in params:
+        return str(params["name"])
+
+    def short(key: str) -> str:
+        return "attention" if key == MODULE_KEY else key.split(".")[-1]
+
+    return ", ".join(f"{short(k)}={v}" for k, v in params.items()) or "base"
+
+
+# ---------------------------------------------------------------- Optuna objects (factories)
+
+def make_storage(url: str | None, jobs: int):
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    url = url or JOURNAL
+    if "://" not in url:  # a journal file: safe for several processes on one machine
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    if url.startswith("sqlite") and jobs > 1:
+        raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
+    try:
+        # several machines: heartbeats let another worker retry a dead machine's trial
+        return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except Exception as e:  # noqa: BLE001 (driver and connection errors come in many types)
+        from ablate.tracking import mask_password
+
+        raise AblateError(f"--storage: cannot open {mask_password(url)}: {' '.join(str(e).split())[:200]}") from None
+
+
+def make_sampler(study: Study, worker: int = 0):
+    import optuna
+
+    seed = study.cfg.study.seeds[0] + worker  # distinct streams, or parallel workers would sample alike
+    kind = study.cfg.study.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid trials carry fixed params; the sampler is unused
+
+
+def make_pruner(study: Study):
+    import optuna
+
+    epochs = study.base.get("train", {}).get("epochs", 10)
+    return {
+        "none": optuna.pruners.NopPruner,
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
+    }[study.cfg.study.pruner]()
+
+
+def open_study(study: Study, storage, worker: int = 0):
+    import optuna
+
+    objectives = study.cfg.study.objectives()
+    try:
+        return optuna.create_study(study_name=study.name, storage=storage, sampler=make_sampler(study, worker),
+                                   pruner=make_pruner(study), directions=[o.direction for o in objectives],
+                                   load_if_exists=True)
+    except ValueError as e:  # e.g. directions differ from the stored study
+        raise AblateError(f"{study.path}: study: {e}") from None
+
+
+# ---------------------------------------------------------------- the objective
+
+class PruningCallback:
+    """Report the metric to Optuna after each validation; stop the trial when the pruner says so.
+
+    optuna-integration's callback imports the `lightning` package; ours serves `pytorch_lightning`.
+    """
+
+    def __new__(cls, trial, metric: str):
+        import optuna
+        import pytorch_lightning as pl
+
+        class _Pruning(pl.Callback):
+            def on_validation_end(self, trainer, module):
+                if trainer.sanity_checking or metric not in trainer.callback_metrics:
+                    return
+                epoch = trainer.current_epoch
+                trial.report(float(trainer.callback_metrics[metric]), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        return _Pruning()
+
+
+def sample_params(trial, study: Study, cells: list[dict] | None) -> tuple[dict, int]:
+    """The trial's configuration: a claimed grid cell, or define-by-run sampling of the space."""
+    seeds = study.cfg.study.seeds
+    if cells is not None:
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        if "fixed_params" not in frozen.system_attrs:  # not from the queue: another worker took the last cell
+            raise LookupError("no grid cell left")
+        cell = trial.suggest_categorical("cell", list(range(len(cells))))
+        return cells[cell], trial.suggest_categorical("seed", seeds)
+    params: dict = {}
+    keys = sorted(study.space, key=lambda k: k.startswith(KNOB_PREFIX))  # the module before its knobs
+    for key in keys:
+        if not _applies(key, params, study):
+            continue
+        spec = study.space[key]
+        if isinstance(spec, list):
+            params[key] = trial.suggest_categorical(key, spec)
+        elif spec.type == "int":
+            params[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+        else:
+            params[key] = trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
+    return params, seeds[trial.number % len(seeds)]
+
+
+def make_objective(study: Study, parent_run_id: str, cells: list[dict] | None):
+    from ablate.tracking import describe
+    from ablate.train import run_trial
+
+    objectives = study.cfg.study.objectives()
+
+    def objective(trial):
+        try:
+            params, seed = sample_params(trial, study, cells)
+            trial.set_user_attr("params", params)
+            trial.set_user_attr("label", cell_label(params))
+            trial.set_user_attr("seed", seed)
+            cfg = trial_config(study, params, seed)
+            callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
+            tags = {"optuna.study": study.name, "optuna.trial": str(trial.number), "ablate.cell": cell_label(params)}
+            result = run_trial(cfg, callbacks=callbacks, parent_run_id=parent_run_id, tags=tags)
+        except Exception as e:
+            if type(e).__name__ != "TrialPruned":
+                trial.set_user_attr("fail_reason", describe(e))
+            raise
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("metrics", result.metrics)
+        missing = [o.metric for o in objectives if o.metric not in result.metrics]
+        if missing:
+            raise AblateError(f"{study.path}: study.metric: the trial logged no {missing[0]!r}")
+        values = [float(result.metrics[o.metric]) for o in objectives]
+        return values[0] if len(values) == 1 else values  # maximise/minimise per study.metric
+
+    return objective
+
+
+# ---------------------------------------------------------------- running
+
+def _recover(study_obj, uri: str, experiment_id: str, single_machine: bool) -> None:
+    """After a crash: fail trials nobody is running any more, and end their MLflow runs FAILED."""
+    from optuna.trial import TrialState
+
+    from ablate import tracking
+
+    if single_machine:  # journal storage: this process is the only runner of the study now
+        for t in study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study_obj.tell(t.number, state=TrialState.FAIL)
+    finished = {str(t.number) for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()}
+    mlflow = tracking.client(uri)
+    for run in mlflow.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        if run.data.tags.get("optuna.trial") in finished:
+            tracking.end_run(mlflow, run.info.run_id, "FAILED", "the worker died during this trial (killed?)")
+
+
+def _enqueue_missing(study_obj, study: Study, cells: list[dict]) -> int:
+    """Queue every cell x seed that has no COMPLETE, PRUNED, RUNNING or WAITING trial yet."""
+    from optuna.trial import TrialState
+
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    have = {(t.params.get("cell", t.system_attrs.get("fixed_params", {}).get("cell")),
+             t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed")))
+            for t in study_obj.get_trials(deepcopy=False, states=alive)}
+    queued = 0
+    for seed in study.cfg.study.seeds:
+        for cell in range(len(cells)):
+            if (cell, seed) not in have:
+                study_obj.enqueue_trial({"cell": cell, "seed": seed}, skip_if_exists=False)
+                queued += 1
+    return queued
+
+
+def _parent_run(study_obj, study: Study, uri: str, experiment_id: str) -> str:
+    """One MLflow parent run per study, kept across resumes (its id lives in the Optuna study)."""
+    from ablate import tracking
+
+    mlflow = tracking.client(uri)
+    run_id = study_obj.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        try:
+            mlflow.update_run(run_id, status="RUNNING")
+            return run_id
+        except Exception:  # noqa: BLE001 (the tracking store was reset: start a new parent)
+            pass
+    run_id = tracking.start_run(mlflow, experiment_id, run_name=study.name,
+                                tags={"optuna.study": study.name, "ablate.role": "study"})
+    study_obj.set_user_attr("mlflow_parent_run_id", run_id)
+    s = study.cfg.study
+    tracking.log_params(mlflow, run_id, {"study.sampler": s.sampler, "study.pruner": s.pruner,
+                                         "study.seeds": s.seeds, "study.metric": [o.metric for o in s.objectives()],
+                                         "study.file": str(study.path)})
+    mlflow.log_artifact(run_id, str(study.path))
+    return run_id
+
+
+def n_trials(study: Study, cells: list[dict] | None) -> int:
+    if study.cfg.study.trials is not None:
+        return study.cfg.study.trials
+    return len(cells) * len(study.cfg.study.seeds)
+
+
+def _worker(study_path: str, overrides: list[str], storage_url: str | None, jobs: int, worker: int,
+            parent_run_id: str, total: int) -> None:
+    """One process's trial loop. Spawned workers get their own accelerator when there are enough."""
+    if jobs > 1:
+        devices = os.environ.get("ABLATE_WORKER_DEVICES")
+        if devices:
+            os.environ["CUDA_VISIBLE_DEVICES"] = devices.split(",")[worker]
+        import torch
+
+        # share the cores: oversubscribed OpenMP threads spin-wait (10x slower steps measured on 2 cores)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(study_path, overrides)
+    storage = make_storage(storage_url, jobs)
+    study_obj = open_study(study, storage, worker)
+    cells = grid_cells(study) if study.is_grid else None
+    objective = make_objective(study, parent_run_id, cells)
+    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    while True:
+        if cells is not None:
+            if not study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return
+        elif len(study_obj.get_trials(deepcopy=False, states=done_states + (TrialState.RUNNING,))) >= total:
+            return
+        study_obj.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total)])
+
+
+def _progress(total: int):
+    def report(study_obj, trial):
+        from optuna.trial import TrialState
+
+        trials = study_obj.get_trials(deepcopy=False)
+        count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+        best = ""
+        if len(study_obj.directions) == 1 and count[TrialState.COMPLETE]:
+            b = study_obj.best_trial
+            best = f" | best {b.value:.4f} (trial {b.number}: {b.user_attrs.get('label', '')})"
+        state = trial.state.name.lower()
+        reason = f" ({trial.user_attrs['fail_reason']})" if "fail_reason" in trial.user_attrs else ""
+        print(f"[{study_obj.study_name}] trial {trial.number} {state}{reason} | {done}/{total} done, "
+              f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{best}", flush=True)
+
+    return report
+
+
+def run_study(study: Study, overrides: list[str] = (), *, jobs: int = 1, storage_url: str | None = None,
+              tracking_uri: str | None = None):
+    """Run (or resume) the study to the end; returns the Optuna study."""
+    import multiprocessing as mp
+
+    import optuna
+
+    from ablate import tracking
+
+    overrides = list(overrides)
+    if tracking_uri:
+        overrides.append(f"tracking.uri={tracking_uri}")
+        study = load_study(study.path, overrides)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(storage_url, jobs)
+    uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
+    experiment_id = tracking.get_or_create_experiment(study.name, uri)  # once, before any worker starts
+    study_obj = open_study(study, storage)
+    _recover(study_obj, uri, experiment_id, single_machine="://" not in (storage_url or JOURNAL))
+    cells = grid_cells(study) if study.is_grid else None
+    if cells is not None:
+        _enqueue_missing(study_obj, study, cells)
+    parent = _parent_run(study_obj, study, uri, experiment_id)
+    total = n_trials(study, cells)
+    status = "FINISHED"
+    try:
+        if jobs == 1:
+            _worker(str(study.path), overrides, storage_url, 1, 0, parent, total)
+        else:
+            import torch
+
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
+            if torch.cuda.is_available() and len(visible.split(",")) >= jobs:  # one trial per GPU
+                os.environ["ABLATE_WORKER_DEVICES"] = visible
+            ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/threads state
+            procs = [ctx.Process(target=_worker, args=(str(study.path), overrides, storage_url, jobs, w, parent, total))
+                     for w in range(jobs)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.end_run(tracking.client(uri), parent, status)
+    return study_obj
+
+
+def summary_table(study_obj):
+    """A plain pandas table of COMPLETE trials per configuration: mean, std and n of each metric."""
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study_obj.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics = t.user_attrs.get("metrics", {})
+        rows.append({"config": t.user_attrs.get("label", str(t.params)), "seed": t.user_attrs.get("seed"),
+                     **{k: metrics.get(k) for k in ("val/acc1", "val/acc5", "model/params", "model/gmacs")}})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df["config"]))
+    agg = df.groupby("config", sort=False).agg(
+        top1_mean=("val/acc1", "mean"), top1_std=("val/acc1", "std"), n=("seed", "count"),
+        params_m=("model/params", "first"), gmacs=("model/gmacs", "first"))
+    agg["params_m"] = agg["params_m"] / 1e6
+    return agg.loc[order]
+
+
+def dry_run_table(study: Study):
+    """The trials the study would run, with each configuration's params and GMACs; nothing is trained."""
+    import pandas as pd
+
+    from ablate.data import dataset_shape
+    from ablate.models import build_model
+
+    cells = grid_cells(study) if study.is_grid else [{}]
+    rows = []
+    for params in cells:
+        cfg = trial_config(study, params, study.cfg.study.seeds[0])
+        num_classes, in_chans = dataset_shape(cfg.data)
+        built = build_model(cfg.model, num_classes, in_chans, cfg.data.image_size)
+        rows.append({"config": cell_label(params), "seeds": len(study.cfg.study.seeds),
+                     "params_m": built.params / 1e6, "gmacs": built.gmacs, **params})
+    df = pd.DataFrame(rows).set_index("config")
+    if not study.is_grid:
+        df["trials"] = study.cfg.study.trials
+    return df

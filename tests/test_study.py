@@ -1,0 +1,186 @@
+"""Studies end to end on tiny trials: grid, resume, kill, parallel workers, conditional sampling, bad files."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from ablate.errors import AblateError
+from ablate.study import grid_cells, load_study
+
+TINY_BASE = {
+    "model": {"backbone": "resnet10_narrow"},
+    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
+    "train": {"epochs": 1, "progress_bar": False},
+}
+
+
+def write_study(path: Path, **sections) -> Path:
+    doc = {"study": {"name": "tiny", "seeds": [0, 1]}, "base": TINY_BASE,
+           "space": {"model.attention.name": ["none", "se"]}}
+    doc.update(sections)  # a given section replaces the default one
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def ablate(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def load(name="tiny"):
+    from ablate.study import JOURNAL, make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(JOURNAL, 1))
+
+
+def runs(name="tiny"):
+    client = mlflow.MlflowClient(f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def cells_done(study):
+    done = [(t.params["cell"], t.params["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    return sorted(done)
+
+
+# ---------------------------------------------------------------- validation (nothing runs, nothing is written)
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["study"].update(sampler="annealing"), "study.sampler: 'annealing' is not allowed"),
+    (lambda d: d["study"].update(metrc="val/acc1"), "study.metrc: unknown key (did you mean 'metric'?)"),
+    (lambda d: d["space"].update({"model.attention.name": ["none", "sse"]}), "unknown attention module 'sse'"),
+    (lambda d: d["space"].update({"train.lr": []}), "space.train.lr: empty choices"),
+    (lambda d: d["space"].update({"train.lr": {"low": 0.5, "high": 0.1, "step": 0.1}}), "range low 0.5 > high 0.1"),
+    (lambda d: d["study"].update(metric="val/acc9"), "study.metric: no trial logs 'val/acc9'"),
+    (lambda d: d["base"]["train"].update(epochs=-1), "base: train.epochs: Input should be greater than or equal to 1"),
+    (lambda d: d["space"].update({"model.attention.knobs.reduction": [0]}), "se.reduction=0 is out of range"),
+    (lambda d: d["space"].update({"model.attention.knobs.kernel_size": [3]}), "no module in the study takes knob"),
+])
+def test_bad_study_files_fail_fast_and_touch_no_store(tmp_path, mutate, message):
+    doc = {"study": {"name": "tiny", "seeds": [0]}, "base": yaml.safe_load(yaml.safe_dump(TINY_BASE)),
+           "space": {"model.attention.name": ["none", "se"]}}
+    mutate(doc)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(AblateError) as err:
+        load_study(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value)
+    proc = ablate("run", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("study:\n  name: x\n  seeds: [0, 1\n")
+    with pytest.raises(AblateError, match=r"broken.yaml: YAML syntax error at line \d+"):
+        load_study(path)
+
+
+def test_grid_drops_knobs_a_module_does_not_take(tmp_path):
+    path = write_study(tmp_path / "s.yaml", space={
+        "model.attention.name": ["none", "se", "eca", "cbam"],
+        "model.attention.knobs.reduction": [8, 16],
+        "model.attention.knobs.kernel_size": [3, 7],
+    })
+    cells = grid_cells(load_study(path))
+    per_module = {m: sum(c["model.attention.name"] == m for c in cells) for m in ("none", "se", "eca", "cbam")}
+    assert per_module == {"none": 1, "se": 2, "eca": 2, "cbam": 4}
+    assert all("model.attention.knobs.kernel_size" not in c for c in cells if c["model.attention.name"] == "se")
+
+
+def test_ladder_cells_accumulate(tmp_path):
+    path = write_study(tmp_path / "s.yaml", space={}, study={"name": "ladder", "ladder": True, "seeds": [0]},
+                       cells=[{"name": "baseline"}, {"name": "+ cosine", "train.schedule": "cosine"},
+                              {"name": "+ label smoothing", "train.label_smoothing": 0.1}])
+    cells = grid_cells(load_study(path))
+    assert [c["name"] for c in cells] == ["baseline", "+ cosine", "+ label smoothing"]
+    assert cells[2]["train.schedule"] == "cosine" and cells[2]["train.label_smoothing"] == 0.1
+
+
+# ---------------------------------------------------------------- running
+
+def test_grid_study_runs_tracks_and_resumes(tmp_path):
+    path = write_study(tmp_path / "tiny.yaml")
+    proc = ablate("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "attention=se" in proc.stdout and "attention=none" in proc.stdout  # the summary table
+    study = load()
+    assert cells_done(study) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    all_runs = runs()
+    parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "study"]
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 4
+    assert all(r.info.status == "FINISHED" for r in all_runs)
+    assert {r.data.tags["optuna.trial"] for r in children} == {"0", "1", "2", "3"}
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
+
+    again = ablate("run", str(path))  # resume: nothing left to do
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(load().trials) == 4 and len(runs()) == 5
+
+
+def test_killed_study_resumes_every_cell_exactly_once(tmp_path):
+    slow = {"epochs": 20, "progress_bar": False}  # long enough that the kill lands inside trial 1
+    path = write_study(tmp_path / "tiny.yaml", base=TINY_BASE | {"train": slow})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill mid-trial: trial 0 finished, trial 1 is running
+        time.sleep(0.5)
+        if (Path("mlruns") / "optuna.journal").exists():
+            states = {t.number: t.state for t in load().trials}
+            if states.get(0) == TrialState.COMPLETE and states.get(1) == TrialState.RUNNING:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load().trials[1].state == TrialState.RUNNING, "the kill did not land mid-trial"
+
+    resumed = ablate("run", str(path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    study = load()
+    assert cells_done(study) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # each cell x seed exactly once
+    assert any(t.state == TrialState.FAIL for t in study.trials)  # the interrupted trial
+    assert not [r for r in runs() if r.info.status == "RUNNING"]
+    assert any(r.info.status == "FAILED" for r in runs())
+
+
+def test_two_workers_run_every_cell_once(tmp_path):
+    path = write_study(tmp_path / "tiny.yaml")
+    proc = ablate("run", str(path), "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cells_done(load()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path):
+    path = write_study(tmp_path / "tpe.yaml", study={"name": "tpe", "sampler": "tpe", "trials": 6, "seeds": [0]},
+                       space={"model.attention.name": ["se", "eca", "cbam"],
+                              "model.attention.knobs.reduction": [4, 8],
+                              "model.attention.knobs.kernel_size": [3, 5]})
+    proc = ablate("run", str(path), "data.train_size=16", "data.val_size=16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    children = [r for r in runs("tpe") if r.data.tags.get("ablate.role") != "study"]
+    assert len(children) == 6
+    for run in children:
+        module = run.data.params["model.attention.name"]
+        assert ("model.attention.knobs.kernel_size" in run.data.params) == (module in ("eca", "cbam"))
+        assert ("model.attention.knobs.reduction" in run.data.params) == (module in ("se", "cbam"))
+
+
+def test_dry_run_lists_trials_with_params_and_gmacs_and_trains_nothing(tmp_path):
+    path = write_study(tmp_path / "tiny.yaml")
+    proc = ablate("run", str(path), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "attention=none" in proc.stdout and "attention=se" in proc.stdout and "gmacs" in proc.stdout
+    assert not (tmp_path / "mlruns").exists()
