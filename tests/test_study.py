@@ -139,10 +139,12 @@ def test_killed_study_resumes_every_cell_exactly_once(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline:  # kill mid-trial: trial 0 finished, trial 1 is running
         time.sleep(0.5)
-        if (Path("mlruns") / "optuna.journal").exists():
+        try:
             states = {t.number: t.state for t in load().trials}
-            if states.get(0) == TrialState.COMPLETE and states.get(1) == TrialState.RUNNING:
-                break
+        except KeyError:  # the study is not in the journal yet
+            continue
+        if states.get(0) == TrialState.COMPLETE and states.get(1) == TrialState.RUNNING:
+            break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load().trials[1].state == TrialState.RUNNING, "the kill did not land mid-trial"
@@ -184,3 +186,30 @@ def test_dry_run_lists_trials_with_params_and_gmacs_and_trains_nothing(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "attention=none" in proc.stdout and "attention=se" in proc.stdout and "gmacs" in proc.stdout
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_multi_objective_study_keeps_the_pareto_front(tmp_path):
+    path = write_study(tmp_path / "pareto.yaml", study={
+        "name": "pareto", "seeds": [0],
+        "metric": [{"metric": "val/acc1", "direction": "maximize"}, {"metric": "model/gmacs", "direction": "minimize"}]},
+        space={"model.attention.name": ["none", "se", "cbam"]})
+    proc = ablate("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = load("pareto")
+    assert len(study.directions) == 2 and len(study.trials) == 3
+    front = study.best_trials
+    assert front and all(t.state == TrialState.COMPLETE for t in front)
+    cheapest = min(study.trials, key=lambda t: t.values[1])
+    assert cheapest in front  # nothing beats the plain model on GMACs
+
+
+def test_imagenet_table_dry_run_gives_the_papers_params_without_data():
+    study = Path(__file__).resolve().parent.parent / "studies" / "imagenet_cbam_table.yaml"
+    proc = ablate("run", str(study), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours = {line.split()[0] + " " + line.split()[1]: float(line.split()[3])
+            for line in proc.stdout.splitlines()[1:] if line.startswith("backbone=")}
+    for ref in yaml.safe_load(study.read_text())["reference"]:
+        key = f"backbone={ref['match']['model.backbone']}, attention={ref['match']['model.attention.name']}"
+        assert round(ours[key], 2) == ref["params_m"], key
+    assert not Path("mlruns").exists()
