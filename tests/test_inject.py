@@ -141,3 +141,14 @@ def test_bad_specs_raise_one_line_errors(spec, message):
 def test_convnext_has_no_block_slot():
     with pytest.raises(AblateError, match="no attention slot for position 'block'"):
         inject(plain("convnext_atto"), AttentionSpec(name="se"), image_size=SIZE)
+
+
+@pytest.mark.parametrize("family", ["resnet18", "convnext_atto"])  # flattening pool / (B, C, 1, 1) pool
+def test_head_module_replaces_global_pooling(family):
+    model = plain(family)
+    report = inject(model, AttentionSpec(name="attn_pool", position="head"), image_size=SIZE)
+    channels = report.rows[0].channels
+    assert report.rows[0].params == channels  # one score weight per channel (DeepMoji)
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    assert out.shape == (2, 10)
+    out.sum().backward()

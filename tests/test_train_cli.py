@@ -93,3 +93,10 @@ def test_cpu_runs_mixed_precision_and_channels_last(tmp_path, overrides):
     cfg = CBAM_TRIAL | {"train": CBAM_TRIAL["train"] | {"epochs": 1}}
     proc = ablate("train", str(write(tmp_path / "trial.yaml", cfg)), *overrides)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_torch_compile_trains_on_cpu(tmp_path):
+    cfg = {"model": {"backbone": "resnet10_narrow"}, "train": {"epochs": 1, "compile": True, "progress_bar": False},
+           "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16}}
+    proc = ablate("train", str(write(tmp_path / "trial.yaml", cfg)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
