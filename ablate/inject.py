@@ -292,9 +292,14 @@ def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_si
                         setattr(parent, follower, nn.Identity())
             installed = path
         elif how == "pool":
+            before = count_params(model)
+            out_features = getattr(attn, "out_features", None)
+            if out_features is not None:  # the head ends in its own features: the classifier takes those
+                _reset_classifier(model, out_features, f"{where}.name: {spec.name}")
+                parent = model.get_submodule(parent_path) if parent_path else model  # may be rebuilt
             old_pool = model.get_submodule(path)
             setattr(parent, attr, _HeadPool(attn, flatten=getattr(old_pool, "flatten", None)))
-            added -= count_params(old_pool)
+            added = count_params(model) - before  # new head (+ classifier) - replaced pool (+ classifier)
             installed = f"{path}.attn"
         else:
             target = model.get_submodule(path)
@@ -315,6 +320,36 @@ def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_si
         row.gmacs = per_module.get(row.path, 0.0) - replaced
     report.rows = rows
     return report
+
+
+def _reset_classifier(model: nn.Module, in_features: int, where: str) -> None:
+    """Rebuild the model's classifier (same classes) to take `in_features`, through timm's reset_classifier.
+
+    timm sizes the new classifier from `model.num_features`, so it is set for the call and restored after.
+    reset_classifier may rebuild global_pool too (ResNet), so it runs before the head is installed; a head
+    norm between pool and classifier (ConvNeXt's NormMlpClassifierHead) is dropped (`reset_other`): such a
+    head normalises its own output.
+    """
+    import inspect as pyinspect
+
+    reset = getattr(model, "reset_classifier", None)
+    num_features = getattr(model, "num_features", None)
+    if reset is None or num_features is None:
+        raise AblateError(f"{where} owns the classifier, but {type(model).__name__} has no timm reset_classifier")
+    kwargs = {"reset_other": True} if "reset_other" in pyinspect.signature(reset).parameters else {}
+    model.num_features = in_features
+    try:
+        reset(model.num_classes, **kwargs)
+    except AssertionError as e:
+        raise AblateError(f"{where} owns the classifier, but {type(model).__name__}'s head cannot take "
+                          f"{in_features} features ({e})") from None
+    finally:
+        model.num_features = num_features
+    classifier = model.get_classifier()
+    width = getattr(classifier, "in_features", in_features)
+    if not isinstance(classifier, nn.Identity) and width != in_features:
+        raise AblateError(f"{where} owns the classifier, but {type(model).__name__}'s classifier still takes "
+                          f"{width} features, not {in_features}")
 
 
 class _HeadPool(nn.Module):
