@@ -131,14 +131,37 @@ def run(
 
         typer.echo(dry_run_table(loaded).to_string())
         return
-    from ablate.study import run_study, summary_table
+    from ablate.report import write_report
+    from ablate.study import run_study
 
     try:
-        study_obj = run_study(loaded, overrides, jobs=jobs, storage_url=storage)
+        run_study(loaded, overrides, jobs=jobs, storage_url=storage)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished trials are kept; resume with: ablate run {study}", err=True)
         raise typer.Exit(130)
-    typer.echo(summary_table(study_obj).to_string(float_format=lambda v: f"{v:.4f}"))
+    except RuntimeError as e:  # a worker process died (OOM killer, kill -9): not bad input
+        typer.echo(f"ablate: {e}: ablate run {study}", err=True)
+        raise typer.Exit(1)
+    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri))
+
+
+@app.command()
+def report(
+    study: str = typer.Argument(..., help="study name (study.name) or study YAML"),
+    format: str = typer.Option("md", "--format", help="md, csv, latex, html or json"),
+    out: Optional[str] = typer.Option(None, help="write the report here (default: print it)"),
+    by: Optional[str] = typer.Option(None, help="group rows by these keys, comma separated (default: the cells)"),
+    baseline: Optional[str] = typer.Option(None, help="the delta's reference row: a label or key=value"),
+    plots: Optional[str] = typer.Option(None, help="write the plots (PNG) to this folder"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+):
+    """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
+    from ablate.report import write_report
+
+    text = write_report(study, format, out, by, baseline, plots, storage, tracking_uri)
+    if not out:
+        typer.echo(text)
 
 
 @app.command()

@@ -1,0 +1,281 @@
+"""The report on a tiny real study (run once per module): table, deltas, formats, reference, ladder, errors, UI."""
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from ablate.report import ablation_table, delta_ci
+
+TINY_BASE = {
+    "model": {"backbone": "resnet10_narrow"},
+    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
+    "train": {"epochs": 1, "progress_bar": False},
+}
+REFERENCE = [{"match": {"model.attention.name": "none"}, "params_m": 25.56, "top1_err": 24.56},
+             {"match": {"model.attention.name": "se"}, "params_m": 28.09, "top1_err": 23.14}]
+
+
+def ablate(*args, cwd, timeout=900):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A grid study none / se x seeds 0,1,2 and a two-row ladder, run for real in one folder."""
+    folder = tmp_path_factory.mktemp("report")
+    study = folder / "tiny.yaml"
+    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0, 1, 2]}, "base": TINY_BASE,
+                                     "space": {"model.attention.name": ["none", "se"]}, "reference": REFERENCE}))
+    ladder = folder / "ladder.yaml"
+    ladder.write_text(yaml.safe_dump({"study": {"name": "ladder", "seeds": [0, 1], "ladder": True}, "base": TINY_BASE,
+                                      "cells": [{"name": "baseline"}, {"name": "+ se", "model.attention.name": "se"}]}))
+    proc = ablate("run", str(study), cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran_ladder = ablate("run", str(ladder), cwd=folder)
+    assert ran_ladder.returncode == 0, ran_ladder.stderr[-2000:]
+    return {"folder": folder, "study": study, "ladder": ladder, "run_stdout": proc.stdout,
+            "storage": str(folder / "mlruns" / "optuna.journal"), "uri": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
+
+
+def table(tiny, name="tiny", **kwargs):
+    return ablation_table(name, storage=tiny["storage"], tracking_uri=tiny["uri"], **kwargs)
+
+
+def optuna_study(tiny, name="tiny"):
+    from ablate.study import make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(tiny["storage"], 1))
+
+
+def test_run_prints_the_markdown_report(tiny):
+    out = tiny["run_stdout"]
+    assert "| config" in out and "attention=none" in out and "attention=se" in out and "(baseline)" in out
+
+
+def test_rows_are_configurations_aggregated_over_seeds(tiny):
+    df = table(tiny)
+    assert list(df.index) == ["attention=none", "attention=se"]
+    assert df["n"].tolist() == [3, 3] and df["pruned"].tolist() == [0, 0] and df["failed"].tolist() == [0, 0]
+    trials = [t for t in optuna_study(tiny).trials if t.user_attrs["label"] == "attention=se"]
+    top1 = pd.Series([100 * t.user_attrs["metrics"]["val/acc1"] for t in trials])
+    assert df.loc["attention=se", "top-1 acc (%)"] == pytest.approx(top1.mean())
+    assert df.loc["attention=se", "top-1 acc (%) sd"] == pytest.approx(top1.std())
+    assert df.loc["attention=se", "top-1 err (%)"] == pytest.approx(100 - top1.mean())
+    assert df["top-5 acc (%)"].notna().all() and (df["throughput (img/s)"] > 0).all()
+
+
+def test_params_and_gmacs_are_what_the_model_builder_gives(tiny):
+    from ablate.data import dataset_shape
+    from ablate.models import build_model
+    from ablate.study import load_study, trial_config
+
+    df = table(tiny)
+    study = load_study(tiny["study"])
+    for name in ("none", "se"):
+        cfg = trial_config(study, {"model.attention.name": name}, 0)
+        built = build_model(cfg.model, *dataset_shape(cfg.data), cfg.data.image_size)
+        assert df.loc[f"attention={name}", "params (M)"] == pytest.approx(built.params / 1e6)
+        assert df.loc[f"attention={name}", "GMACs"] == pytest.approx(built.gmacs)
+
+
+def test_delta_against_the_none_row_with_a_paired_interval(tiny):
+    df = table(tiny)
+    assert df.attrs["baseline"] == "attention=none" and df.loc["attention=none", "Δ top-1"] == 0
+    d = df.loc["attention=se"]
+    assert d["Δ top-1"] == pytest.approx(d["top-1 acc (%)"] - df.loc["attention=none", "top-1 acc (%)"])
+    assert d["Δ top-1 lo"] <= d["Δ top-1"] <= d["Δ top-1 hi"]
+    assert d["Δ top-1 sig"] == bool(d["Δ top-1 lo"] > 0 or d["Δ top-1 hi"] < 0)
+    flipped = table(tiny, baseline="attention=se")
+    assert flipped.loc["attention=none", "Δ top-1"] == pytest.approx(-d["Δ top-1"])
+
+
+def test_delta_interval_is_paired_by_seed_else_welch():
+    from scipy import stats
+
+    base = pd.Series([70.0, 72.0, 74.0], index=[0, 1, 2])
+    d, lo, hi = delta_ci(base, base + pd.Series([1.9, 2.0, 2.1], index=[0, 1, 2]))
+    assert d == pytest.approx(2.0) and hi - d == pytest.approx(stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5)
+    assert lo > 0  # paired: the seed-to-seed spread of 2 points cancels out
+    d, lo, hi = delta_ci(base, pd.Series([72.0, 74.0, 76.0], index=[3, 4, 5]))  # no shared seeds: Welch
+    assert d == pytest.approx(2.0) and lo < 0 < hi
+
+
+def test_by_key_groups_rows_and_unknown_by_key_exits_2(tiny):
+    df = table(tiny, by="attention")
+    assert list(df.index) == ["none", "se"] and df["n"].tolist() == [3, 3]
+    proc = ablate("report", "tiny", "--by", "model.depth", cwd=tiny["folder"])
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--by: unknown key" in proc.stderr
+
+
+def test_csv_and_json_round_trip(tiny, tmp_path):
+    df = table(tiny)
+    out = tmp_path / "report.csv"
+    proc = ablate("report", str(tiny["study"]), "--format", "csv", "--out", str(out), cwd=tiny["folder"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    back = pd.read_csv(out, index_col="config")
+    assert list(back.index) == list(df.index) and back["n"].tolist() == [3, 3]
+    for col in ("top-1 acc (%)", "params (M)", "GMACs", "Δ top-1"):
+        assert back[col].tolist() == pytest.approx(df[col].tolist())
+    proc = ablate("report", "tiny", "--format", "json", cwd=tiny["folder"])
+    rows = json.loads(proc.stdout)
+    assert [r["config"] for r in rows] == list(df.index)
+
+
+def test_latex_is_booktabs_with_the_rows(tiny):
+    proc = ablate("report", "tiny", "--format", "latex", cwd=tiny["folder"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tex = proc.stdout
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    df = table(tiny)
+    for label, row in df.iterrows():
+        line = next(line for line in tex.splitlines() if line.startswith(label))
+        assert f"{row['top-1 acc (%)']:.2f} $\\pm$ {row['top-1 acc (%) sd']:.2f}" in line
+        assert f"{row['params (M)']:.3f}" in line
+
+
+def test_html_and_markdown_formats(tiny):
+    html = ablate("report", "tiny", "--format", "html", cwd=tiny["folder"]).stdout
+    assert "<table" in html and "attention=se" in html
+    md = ablate("report", "tiny", cwd=tiny["folder"]).stdout.splitlines()
+    widths = {len(line) for line in md if line.startswith("|")}
+    assert len(widths) == 1  # aligned
+    assert any("*" in line or "[" in line for line in md if "attention=se" in line)  # delta with its interval
+
+
+def test_reference_columns_stand_beside_ours(tiny):
+    df = table(tiny)  # the reference comes from the study file the parent run recorded
+    assert df.loc["attention=none", "paper params (M)"] == 25.56
+    assert df.loc["attention=se", "paper top-1 err"] == 23.14
+    assert df["ours params (M)"].tolist() == df["params (M)"].tolist()
+    assert df["ours top-1 err"].tolist() == df["top-1 err (%)"].tolist()
+    md = ablate("report", "tiny", cwd=tiny["folder"]).stdout
+    header = md.splitlines()[0]
+    assert header.index("paper params (M)") < header.index("ours params (M)")
+    assert "25.56" in md and "28.09" in md
+
+
+def test_ladder_report_has_a_delta_to_the_previous_row(tiny):
+    df = table(tiny, name="ladder")
+    assert list(df.index) == ["baseline", "+ se"] and df["n"].tolist() == [2, 2]
+    assert pd.isna(df.loc["baseline", "Δ prev top-1"])
+    assert df.loc["+ se", "Δ prev top-1"] == pytest.approx(
+        df.loc["+ se", "top-1 acc (%)"] - df.loc["baseline", "top-1 acc (%)"])
+    assert "Δ prev top-1" in ablate("report", str(tiny["ladder"]), cwd=tiny["folder"]).stdout
+    assert "Δ prev top-1" not in table(tiny).columns
+
+
+def test_unknown_study_and_no_finished_trials_exit_2(tiny, tmp_path):
+    proc = ablate("report", "nosuch", cwd=tiny["folder"])
+    assert proc.returncode == 2 and "unknown study 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    from ablate.study import make_storage
+
+    journal = str(tmp_path / "failed.journal")
+    failed = optuna.create_study(study_name="failed", storage=make_storage(journal, 1))
+    failed.tell(failed.ask(), state=optuna.trial.TrialState.FAIL)
+    proc = ablate("report", "failed", "--storage", journal, cwd=tmp_path)
+    assert proc.returncode == 2 and "no finished trials" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_report_and_plots_are_logged_on_the_parent_run(tiny, tmp_path):
+    plots = tmp_path / "plots"
+    proc = ablate("report", "tiny", "--plots", str(plots), cwd=tiny["folder"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (plots / "top1_by_config.png").stat().st_size > 0
+    client = mlflow.MlflowClient(tiny["uri"])
+    parent = optuna_study(tiny).user_attrs["mlflow_parent_run_id"]
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert "report/report.md" in logged
+    assert "report/plots/top1_by_config.png" in {a.path for a in client.list_artifacts(parent, "report/plots")}
+    text = Path(client.download_artifacts(parent, "report/report.md", str(tmp_path))).read_text()
+    assert "attention=se" in text
+
+
+def test_searched_study_gets_optunas_plots(tmp_path):
+    """Optuna's own plots of a searched study; a stored study with fake trials stands in for a real run."""
+    from ablate.report import make_plots
+
+    study = optuna.create_study(study_name="searched", direction="maximize")
+    for i in range(6):
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.01 * (i + 1)}, value=0.5 + 0.01 * i,
+                        distributions={"lr": optuna.distributions.FloatDistribution(0.001, 1.0)}))
+    df = pd.DataFrame({"top-1 acc (%)": [50.0, 55.0], "top-1 acc (%) sd": [1.0, 2.0], "GMACs": [0.1, 0.2]},
+                      index=["a", "b"])
+    names = {p.name for p in make_plots(df, study, tmp_path)}
+    assert {"top1_by_config.png", "optimization_history.png", "parallel_coordinate.png",
+            "param_importances.png"} <= names
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_parent_and_every_child(tiny):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    # its own session: the MLflow server's worker processes are stopped with it
+    ui = subprocess.Popen([sys.executable, "-m", "ablate.cli", "ui", "--port", str(port)], cwd=tiny["folder"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5)
+                break
+            except OSError:
+                if time.time() > deadline or ui.poll() is not None:
+                    pytest.skip(f"`ablate ui` did not answer on port {port} within 180 s")
+                time.sleep(2)
+        experiment = mlflow.MlflowClient(tiny["uri"]).get_experiment_by_name("tiny")
+        body = json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 1000}).encode()
+        request = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        runs = json.load(io.TextIOWrapper(urllib.request.urlopen(request, timeout=30)))["runs"]
+        ids = {r["info"]["run_id"] for r in runs}
+        study = optuna_study(tiny)
+        parent = study.user_attrs["mlflow_parent_run_id"]
+        assert parent in ids
+        children = {t.user_attrs["mlflow_run_id"] for t in study.trials}
+        assert len(children) == 6 and children <= ids
+        for run in runs:
+            if run["info"]["run_id"] in children:
+                tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+                assert tags["mlflow.parentRunId"] == parent
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_multi_objective_study_gets_a_pareto_plot(tmp_path):
+    from ablate.report import make_plots
+
+    study = optuna.create_study(study_name="pareto", directions=["maximize", "minimize"])
+    cell = optuna.distributions.CategoricalDistribution([0, 1])
+    for i in range(2):
+        study.add_trial(optuna.trial.create_trial(params={"cell": i}, distributions={"cell": cell},
+                                                  values=[0.5 + 0.1 * i, 0.1 + 0.1 * i]))
+    df = pd.DataFrame({"top-1 acc (%)": [50.0, 60.0], "top-1 acc (%) sd": [1.0, 2.0], "GMACs": [0.1, 0.2]},
+                      index=["attention=none", "attention=se"])
+    names = {p.name for p in make_plots(df, study, tmp_path)}
+    assert names == {"top1_by_config.png", "pareto.png"}  # a grid: no search plots
