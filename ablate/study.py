@@ -489,33 +489,16 @@ def run_study(study: Study, overrides: list[str] = (), *, jobs: int = 1, storage
                 p.start()
             for p in procs:
                 p.join()
+            crashed = [f"worker {w} (exit code {p.exitcode})" for w, p in enumerate(procs) if p.exitcode != 0]
+            if crashed:  # finished trials are safe in the storage; the rest resume on the next run
+                status = "FAILED"
+                raise RuntimeError(f"{', '.join(crashed)} died; finished trials are kept, resume with the same command")
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         tracking.end_run(tracking.client(uri), parent, status)
     return study_obj
-
-
-def summary_table(study_obj):
-    """A plain pandas table of COMPLETE trials per configuration: mean, std and n of each metric."""
-    import pandas as pd
-    from optuna.trial import TrialState
-
-    rows = []
-    for t in study_obj.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        metrics = t.user_attrs.get("metrics", {})
-        rows.append({"config": t.user_attrs.get("label", str(t.params)), "seed": t.user_attrs.get("seed"),
-                     **{k: metrics.get(k) for k in ("val/acc1", "val/acc5", "model/params", "model/gmacs")}})
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    order = list(dict.fromkeys(df["config"]))
-    agg = df.groupby("config", sort=False).agg(
-        top1_mean=("val/acc1", "mean"), top1_std=("val/acc1", "std"), n=("seed", "count"),
-        params_m=("model/params", "first"), gmacs=("model/gmacs", "first"))
-    agg["params_m"] = agg["params_m"] / 1e6
-    return agg.loc[order]
 
 
 def dry_run_table(study: Study):
