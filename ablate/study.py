@@ -120,9 +120,9 @@ def _check_space(study: Study, base_cfg: TrialConfig) -> None:
             for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
                 for m in takers:
                     resolve_knobs(m, {knob: value}, where=f"{where}.{key}")
-        elif key != "seed":
-            trial = _set(copy.deepcopy(study.base), key, spec[0] if isinstance(spec, list) else spec.low)
-            parse_trial(trial, f"{study.path}: space")
+        elif key != "seed":  # every choice (both ends of a range) must make a valid trial config
+            for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+                parse_trial(_set(copy.deepcopy(study.base), key, value), f"{study.path}: space")
 
 
 def _set(tree: dict, dotted: str, value: Any) -> dict:

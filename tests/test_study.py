@@ -65,6 +65,8 @@ def cells_done(study):
     (lambda d: d["base"]["train"].update(epochs=-1), "base: train.epochs: Input should be greater than or equal to 1"),
     (lambda d: d["space"].update({"model.attention.knobs.reduction": [0]}), "se.reduction=0 is out of range"),
     (lambda d: d["space"].update({"model.attention.knobs.kernel_size": [3]}), "no module in the study takes knob"),
+    (lambda d: d.update(study={"name": "tiny", "sampler": "tpe", "trials": 2}) or d["space"].update(
+        {"train.optimizer": ["sgd", "bogus"]}), "train.optimizer: 'bogus' is not allowed"),
 ])
 def test_bad_study_files_fail_fast_and_touch_no_store(tmp_path, mutate, message):
     doc = {"study": {"name": "tiny", "seeds": [0]}, "base": yaml.safe_load(yaml.safe_dump(TINY_BASE)),
