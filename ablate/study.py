@@ -399,8 +399,7 @@ def n_trials(study: Study, cells: list[dict] | None) -> int:
     return len(cells) * len(study.cfg.study.seeds)
 
 
-def _worker(study_path: str, overrides: list[str], storage_url: str | None, jobs: int, worker: int,
-            parent_run_id: str, total: int) -> None:
+def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, parent_run_id: str, total: int) -> None:
     """One process's trial loop. Spawned workers get their own accelerator when there are enough."""
     if jobs > 1:
         devices = os.environ.get("ABLATE_WORKER_DEVICES")
@@ -414,9 +413,7 @@ def _worker(study_path: str, overrides: list[str], storage_url: str | None, jobs
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_study(study_path, overrides)
-    storage = make_storage(storage_url, jobs)
-    study_obj = open_study(study, storage, worker)
+    study_obj = open_study(study, make_storage(storage_url, jobs), worker)
     cells = grid_cells(study) if study.is_grid else None
     objective = make_objective(study, parent_run_id, cells)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -448,19 +445,14 @@ def _progress(total: int):
     return report
 
 
-def run_study(study: Study, overrides: list[str] = (), *, jobs: int = 1, storage_url: str | None = None,
-              tracking_uri: str | None = None):
-    """Run (or resume) the study to the end; returns the Optuna study."""
+def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
+    """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `study`."""
     import multiprocessing as mp
 
     import optuna
 
     from ablate import tracking
 
-    overrides = list(overrides)
-    if tracking_uri:
-        overrides.append(f"tracking.uri={tracking_uri}")
-        study = load_study(study.path, overrides)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, jobs)
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
@@ -475,7 +467,7 @@ def run_study(study: Study, overrides: list[str] = (), *, jobs: int = 1, storage
     status = "FINISHED"
     try:
         if jobs == 1:
-            _worker(str(study.path), overrides, storage_url, 1, 0, parent, total)
+            _worker(study, storage_url, 1, 0, parent, total)
         else:
             import torch
 
@@ -483,7 +475,7 @@ def run_study(study: Study, overrides: list[str] = (), *, jobs: int = 1, storage
             if torch.cuda.is_available() and len(visible.split(",")) >= jobs:  # one trial per GPU
                 os.environ["ABLATE_WORKER_DEVICES"] = visible
             ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/threads state
-            procs = [ctx.Process(target=_worker, args=(str(study.path), overrides, storage_url, jobs, w, parent, total))
+            procs = [ctx.Process(target=_worker, args=(study, storage_url, jobs, w, parent, total))
                      for w in range(jobs)]
             for p in procs:
                 p.start()
