@@ -19,18 +19,6 @@ def _root(ctx: typer.Context):
         typer.echo(ctx.get_help())
 
 
-def _parse_knobs(items: list[str]) -> dict:
-    import yaml
-
-    knobs = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise AblateError(f"--knob: {item!r} is not of the form name=value")
-        knobs[key] = yaml.safe_load(raw)
-    return knobs
-
-
 @app.command()
 def modules():
     """Every registered attention module: name, kind, paper, knobs with defaults."""
@@ -69,16 +57,18 @@ def inspect(
     """Where the module goes in BACKBONE, and the params and GMACs it adds; nothing is trained."""
     from pydantic import ValidationError
 
-    from ablate.config import ModelConfig, validation_error
+    from ablate.config import ModelConfig, apply_overrides, validation_error
 
     try:
-        cfg = ModelConfig(backbone=backbone, attention=dict(
-            name=attention, position=position, knobs=_parse_knobs(knob), every=every, pattern=pattern, init=init,
-            stages=[int(s) for s in stages.split(",")] if stages else None))
-    except ValidationError as e:
-        raise validation_error("inspect", e, ModelConfig) from None
+        stage_list = [int(s) for s in stages.split(",")] if stages else None
     except ValueError:
         raise AblateError(f"--stages: {stages!r} is not a comma-separated list of stage numbers") from None
+    knobs = apply_overrides({}, knob, "--knob")  # the same name=value parsing as trial overrides
+    try:
+        cfg = ModelConfig(backbone=backbone, attention=dict(name=attention, position=position, knobs=knobs,
+                                                            stages=stage_list, every=every, pattern=pattern, init=init))
+    except ValidationError as e:
+        raise validation_error("inspect", e, ModelConfig) from None
     from ablate.models import build_model
 
     built = build_model(cfg, num_classes, in_chans, image_size)
@@ -135,7 +125,7 @@ def run(
     from ablate.study import run_study
 
     try:
-        run_study(loaded, overrides, jobs=jobs, storage_url=storage)
+        run_study(loaded, jobs=jobs, storage_url=storage)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished trials are kept; resume with: ablate run {study}", err=True)
         raise typer.Exit(130)

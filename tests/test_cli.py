@@ -38,6 +38,8 @@ def test_modules_lists_every_module_with_kind_and_defaults(capsys):
     (["inspect", "resnet18", "--attention", "cbam", "--knob", "kernel_size=4"], "must be odd"),
     (["inspect", "resnet18", "--attention", "se", "--position", "middle"], "position: 'middle' is not allowed"),
     (["inspect", "resnet18", "--attention", "se", "--stages", "5"], "stage 5 does not exist"),
+    (["inspect", "resnet18", "--attention", "se", "--knob", "oops"], "--knob: override 'oops' is not of the form"),
+    (["inspect", "resnet18", "--attention", "se", "--stages", "3,x"], "--stages: '3,x' is not a comma-separated"),
     (["inspect", "resnet18", "--bogus"], "No such option: --bogus"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args, message):
