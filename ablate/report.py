@@ -119,13 +119,18 @@ def _delta_columns(per_seed: pd.DataFrame, pairs: list[tuple], name: str) -> pd.
 
 # ---------------------------------------------------------------- the table
 
-def _resolve_by(by, df: pd.DataFrame) -> list[str]:
+def _columns_for(key: str, df: pd.DataFrame) -> list[str]:
+    """A user's key -> the trial columns it names: `attention`, a dotted key, or its last part."""
     from ablate.study import MODULE_KEY
 
+    key = MODULE_KEY if key == "attention" else key
+    return [c for c in df.columns if c == key] or [c for c in df.columns if c.endswith("." + key)]
+
+
+def _resolve_by(by, df: pd.DataFrame) -> list[str]:
     keys = []
     for key in ([k.strip() for k in by.split(",")] if isinstance(by, str) else list(by)):
-        key = MODULE_KEY if key == "attention" else key
-        match = [c for c in df.columns if c == key] or [c for c in df.columns if "." in c and c.endswith("." + key)]
+        match = _columns_for(key, df)
         if len(match) != 1:
             varied = ", ".join(_param_keys(df)) or "nothing"
             raise AblateError(f"--by: unknown key {key!r} (the study varies: {varied})")
@@ -142,13 +147,10 @@ def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
     """--baseline: a row label, or key=value pairs matched against the trials' params."""
     if expr in table.index:
         return expr
-    from ablate.study import MODULE_KEY
-
     match = frame
     for part in expr.split(","):
         key, sep, value = part.strip().partition("=")
-        key = MODULE_KEY if key == "attention" else key
-        cols = [c for c in frame.columns if c == key or c.endswith("." + key)]
+        cols = _columns_for(key, frame)
         if not sep or not cols:
             raise AblateError(f"--baseline: no row {expr!r} (rows: {', '.join(map(str, table.index))})")
         match = match[match[cols[0]].astype(str) == value]
