@@ -13,6 +13,17 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Attention-module ablations and architecture search on timm backbones.")
 
 
+# custom attention modules come from installed entry points or from this flag, never from a study file
+PLUGIN = typer.Option([], "--plugin", help="import this module first (it registers attention modules); repeatable")
+
+
+def _plugins(names: list[str]) -> None:
+    if names:
+        from ablate.attention import load_plugins
+
+        load_plugins(names)
+
+
 @app.callback(invoke_without_command=True)
 def _root(ctx: typer.Context):
     if ctx.invoked_subcommand is None:  # bare `ablate`: the help, not an error
@@ -20,8 +31,9 @@ def _root(ctx: typer.Context):
 
 
 @app.command()
-def modules():
+def modules(plugin: List[str] = PLUGIN):
     """Every registered attention module: name, kind, paper, knobs with defaults."""
+    _plugins(plugin)
     from ablate.attention import list_attention
 
     infos = list_attention()
@@ -53,8 +65,10 @@ def inspect(
     image_size: int = typer.Option(224, help="input size for channels, feature sizes and GMACs"),
     in_chans: int = typer.Option(3),
     num_classes: int = typer.Option(1000),
+    plugin: List[str] = PLUGIN,
 ):
     """Where the module goes in BACKBONE, and the params and GMACs it adds; nothing is trained."""
+    _plugins(plugin)
     from pydantic import ValidationError
 
     from ablate.config import ModelConfig, apply_overrides, validation_error
@@ -80,8 +94,10 @@ def train(
     ctx: typer.Context,
     config: str = typer.Argument(..., help="trial config YAML"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    plugin: List[str] = PLUGIN,
 ):
     """Train one trial config (extra args are dotted overrides, e.g. train.lr=0.05) and track it in MLflow."""
+    _plugins(plugin)
     from ablate.config import load_trial
 
     overrides = list(ctx.args) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
@@ -108,8 +124,10 @@ def run(
     storage: Optional[str] = typer.Option(None, help="Optuna storage: journal file (default) or postgresql://..."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the trials with params and GMACs; train nothing"),
+    plugin: List[str] = PLUGIN,
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
+    _plugins(plugin)
     from ablate.study import load_study
 
     overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials else [])
@@ -152,6 +170,22 @@ def report(
     text = write_report(study, format, out, by, baseline, plots, storage, tracking_uri)
     if not out:
         typer.echo(text)
+
+
+@app.command()
+def gradcam(
+    study: str = typer.Argument(..., help="study name (study.name) or study YAML"),
+    images: int = typer.Option(6, min=1, help="validation images (columns of the figure)"),
+    out: Optional[str] = typer.Option(None, help="PNG path (default <study>_gradcam.png)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    plugin: List[str] = PLUGIN,
+):
+    """Grad-CAM of each configuration's best run on the same validation images, in one figure."""
+    _plugins(plugin)
+    from ablate.gradcam import write_gradcam
+
+    typer.echo(f"wrote {write_gradcam(study, images, out, storage, tracking_uri)}")
 
 
 @app.command()

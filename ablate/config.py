@@ -99,6 +99,7 @@ class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
     experiment: str = "ablate"
     run_name: str | None = None
+    log_weights: bool = Field(True, description="save the trained state_dict as the run's model.pt (Grad-CAM)")
 
 
 class TrialConfig(Strict):
@@ -232,6 +233,9 @@ class StudySection(Strict):
     trials: int | None = Field(None, ge=1, description="default: every grid cell x seed")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     ladder: bool = Field(False, description="cells are cumulative: each adds its keys to the previous one")
+    # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")
 
     def objectives(self) -> list[Objective]:
         if isinstance(self.metric, str):

@@ -42,6 +42,10 @@ class Study:
         return self.cfg.study.name
 
     @property
+    def heartbeat(self) -> tuple[int, int]:
+        return self.cfg.study.heartbeat_interval, self.cfg.study.grace_period
+
+    @property
     def is_grid(self) -> bool:
         return self.cfg.study.sampler == "grid"
 
@@ -200,7 +204,7 @@ def cell_label(params: dict) -> str:
 
 # ---------------------------------------------------------------- Optuna objects (factories)
 
-def make_storage(url: str | None, jobs: int):
+def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 120)):
     import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
@@ -213,7 +217,7 @@ def make_storage(url: str | None, jobs: int):
         raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
     try:
         # several machines: heartbeats let another worker retry a dead machine's trial
-        return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+        return RDBStorage(url, heartbeat_interval=heartbeat[0], grace_period=heartbeat[1],
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as e:  # noqa: BLE001 (driver and connection errors come in many types)
         from ablate.tracking import mask_password
@@ -413,7 +417,7 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_obj = open_study(study, make_storage(storage_url, jobs), worker)
+    study_obj = open_study(study, make_storage(storage_url, jobs, study.heartbeat), worker)
     cells = grid_cells(study) if study.is_grid else None
     objective = make_objective(study, parent_run_id, cells)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -454,7 +458,7 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
     from ablate import tracking
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(storage_url, jobs)
+    storage = make_storage(storage_url, jobs, study.heartbeat)
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
     experiment_id = tracking.get_or_create_experiment(study.name, uri)  # once, before any worker starts
     study_obj = open_study(study, storage)

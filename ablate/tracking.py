@@ -140,6 +140,21 @@ def log_trial_artifacts(mlflow: MlflowClient, run_id: str, config: Mapping[str, 
             mlflow.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
+WEIGHTS = "model.pt"
+
+
+def log_weights(mlflow: MlflowClient, run_id: str, model) -> None:
+    """The trained state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / WEIGHTS
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        mlflow.log_artifact(run_id, str(path))
+
+
 def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> list[str]:
     uri = resolve_uri(uri)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,

@@ -235,5 +235,7 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         tracking.log_trial_artifacts(mlflow, run_id, cfg.model_dump(mode="json"), built.report)
         epoch_logger.bind(mlflow, run_id)
         trainer.fit(module, datamodule=data)
+        if cfg.tracking.log_weights:
+            tracking.log_weights(mlflow, run_id, built.model)
     metrics = epoch_logger.last | {k: float(v) for k, v in size.items()}
     return TrialResult(run_id, metrics, metrics.get("val/acc1_best"))

@@ -11,6 +11,9 @@ Kinds (what the injector may do with the module):
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -19,6 +22,7 @@ from ablate.errors import AblateError
 
 KINDS = ("gate", "conv", "head")
 ENTRY_POINT_GROUP = "ablate.attention"
+PLUGINS_ENV = "ABLATE_PLUGINS"  # comma-separated module paths from --plugin, inherited by worker processes
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ def register_attention(
 
 
 def _load_plugins() -> None:
-    """Import third-party modules advertised under the `ablate.attention` entry-point group."""
+    """Import third-party modules: installed entry points, then the `--plugin` modules named in $ABLATE_PLUGINS."""
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -140,6 +144,24 @@ def _load_plugins() -> None:
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()  # importing the plugin runs its @register_attention decorators
+    for name in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
+        importlib.import_module(name)
+
+
+def load_plugins(names: list[str]) -> None:
+    """Import `--plugin` modules now (one-line error if one cannot be), and name them in $ABLATE_PLUGINS
+    so worker processes import them too. Study files never name code: only the command line does."""
+    if not names:
+        return
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a plugin file next to the study, as `python -m` would find it
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 (whatever the plugin raises, the user needs one line)
+            raise AblateError(f"--plugin: cannot import {name!r}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+    known = [n for n in os.environ.get(PLUGINS_ENV, "").split(",") if n]
+    os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(known + list(names)))
 
 
 def list_attention(kind: str | None = None) -> list[AttentionInfo]:
