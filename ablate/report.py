@@ -45,6 +45,16 @@ def open_optuna_study(study_name: str, storage: str | None = None):
         raise AblateError(f"unknown study {study_name!r} in {url}") from None
 
 
+def resolve_study(study, tracking_uri: str | None = None):
+    """STUDY as the commands take it (a name, a study file or a loaded Study) -> (name, Study or None, uri)."""
+    from ablate.study import Study, load_study
+
+    if isinstance(study, Study) or study.endswith((".yaml", ".yml")) or Path(study).is_file():
+        loaded = study if isinstance(study, Study) else load_study(study)
+        return loaded.name, loaded, tracking_uri or loaded.base.get("tracking", {}).get("uri")
+    return study, None, tracking_uri
+
+
 def study_file(study_obj, tracking_uri: str | None = None):
     """The parsed study file the parent run recorded (reference numbers, ladder), or None if it is gone."""
     from ablate import tracking
@@ -362,13 +372,8 @@ def write_report(study, fmt: str = "md", out: str | None = None, by: str | None 
 
     if fmt not in FORMATS:
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    from ablate.study import Study, load_study
-
-    reference = ladder = None
-    if isinstance(study, Study) or study.endswith((".yaml", ".yml")) or Path(study).is_file():
-        loaded = study if isinstance(study, Study) else load_study(study)
-        study, reference, ladder = loaded.name, loaded.cfg.reference, loaded.cfg.study.ladder
-        tracking_uri = tracking_uri or loaded.base.get("tracking", {}).get("uri")
+    study, loaded, tracking_uri = resolve_study(study, tracking_uri)
+    reference, ladder = (loaded.cfg.reference, loaded.cfg.study.ladder) if loaded else (None, None)
     table = ablation_table(study, storage, tracking_uri, by, baseline, reference, ladder)
     text = render(table, fmt)
     if out:
