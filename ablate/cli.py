@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import click
@@ -137,7 +138,7 @@ def run(
     if dry_run:
         from ablate.study import dry_run_table
 
-        typer.echo(dry_run_table(loaded).to_string())
+        typer.echo(dry_run_table(loaded).to_string(float_format="{:.3f}".format))
         return
     from ablate.report import write_report
     from ablate.study import run_study
@@ -163,9 +164,16 @@ def report(
     plots: Optional[str] = typer.Option(None, help="write the plots (PNG) to this folder"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="a study file's params and GMACs beside the paper's; "
+                                 "nothing trained or read from the stores"),
 ):
     """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
-    from ablate.report import write_report
+    from ablate.report import dry_run_report, write_report
+
+    if dry_run:
+        text = dry_run_report(study, format)
+        Path(out).write_text(text) if out else typer.echo(text)
+        return
 
     text = write_report(study, format, out, by, baseline, plots, storage, tracking_uri)
     if not out:

@@ -122,7 +122,8 @@ def _delta_columns(per_seed: pd.DataFrame, pairs: list[tuple], name: str) -> pd.
     """For (row, reference row) pairs: the delta, its interval and whether the interval excludes zero."""
     rows = {}
     for row, ref in pairs:
-        d, lo, hi = delta_ci(per_seed[ref], per_seed[row]) if ref is not None else (np.nan,) * 3
+        measured = ref in per_seed and row in per_seed  # a row with no finished trial has no delta
+        d, lo, hi = delta_ci(per_seed[ref], per_seed[row]) if measured else (np.nan,) * 3
         rows[row] = {name: d, f"{name} lo": lo, f"{name} hi": hi, f"{name} sig": bool(lo > 0 or hi < 0)}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -197,10 +198,12 @@ def ablation_table(study_name: str, storage: str | None = None, tracking_uri: st
     grouped = done.groupby("row", sort=False)
     table = grouped[spread].mean().join(grouped[spread].std().add_suffix(" sd"))
     table = table.join(grouped[["params (M)", "GMACs"]].mean()).join(grouped["seed"].count().rename("n"))
+    # every configuration tried, in the study file's order: one whose trials all failed shows as n = 0
+    table = table.reindex(df.groupby("row")["order"].min().sort_values().index)
+    table["n"] = table["n"].fillna(0).astype(int)
     counts = df.groupby(["row", "state"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=["PRUNED", "FAIL"], fill_value=0).set_axis(["pruned", "failed"], axis=1)
     table = table.join(counts)
-    table = table.loc[done.groupby("row")["order"].min().sort_values().index]  # the study file's order
     table = table[["n", "pruned", "failed", *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
 
     # per-seed top-1 (mean over repeats of a seed): the samples the intervals are computed from
@@ -210,17 +213,19 @@ def ablation_table(study_name: str, storage: str | None = None, tracking_uri: st
         base = _find_row(table, done, baseline)
     else:
         plain = done[done[MODULE_KEY].astype(str) == "none"]["row"] if MODULE_KEY in done else pd.Series([])
-        base = plain.iloc[0] if len(plain) else rows[0]
+        base = plain.iloc[0] if len(plain) else table.index[table["n"] > 0][0]
     table = table.join(_delta_columns(per_seed, [(r, base) for r in rows], DELTA))
     if ladder:
         table = table.join(_delta_columns(per_seed, list(zip(rows, [None] + rows[:-1])), DELTA_PREV))
     table.index.name = "config"
     table.attrs.update(baseline=base, study=study_name, ladder=ladder)
-    return _with_reference(table, done, reference)
+    return with_reference(table, done, reference)
 
 
-def _with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
-    """The paper's numbers beside ours: `paper X` and `ours X` for every numeric reference column."""
+def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
+    """The paper's numbers beside ours: `paper X` and `ours X` for every numeric reference column we have.
+
+    `done` maps the table's rows (its `row` column) to their params, which the references `match`."""
     ours = {"top-1 err": "top-1 err (%)", "top-5 err": "top-5 err (%)", "top-1 acc": "top-1 acc (%)",
             "top-5 acc": "top-5 acc (%)", "params (M)": "params (M)", "GMACs": "GMACs"}
     for ref in reference:
@@ -232,7 +237,8 @@ def _with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dic
             if key in REFERENCE_COLUMNS and isinstance(value, (int, float)) and not match.empty:
                 name = REFERENCE_COLUMNS[key]
                 table.loc[match["row"].unique(), f"paper {name}"] = float(value)
-                table[f"ours {name}"] = table[ours[name]]
+                if ours[name] in table:  # a dry run has params and GMACs, no accuracy yet
+                    table[f"ours {name}"] = table[ours[name]]
     return table
 
 
@@ -266,8 +272,8 @@ def presentable(table: pd.DataFrame) -> pd.DataFrame:
     out["n"] = table["n"]
     for col in ("top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)"):
         out[col] = _pm(table[col], table[col + " sd"])
-    out["params (M)"] = table["params (M)"].map("{:.3f}".format)
-    out["GMACs"] = table["GMACs"].map("{:.4f}".format)
+    out["params (M)"] = table["params (M)"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    out["GMACs"] = table["GMACs"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
     out["img/s"] = _pm(table["throughput (img/s)"], table["throughput (img/s) sd"], 0)
     out[f"{DELTA} (95% CI)"] = _delta_text(table, DELTA, table.attrs.get("baseline"))
     if DELTA_PREV in table:
@@ -278,30 +284,51 @@ def presentable(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """An aligned Markdown table (pandas' to_markdown needs tabulate, which we do without)."""
-    view = presentable(table).reset_index().astype(str)
+def markdown(view: pd.DataFrame, note: str = "") -> str:
+    """An aligned Markdown table of strings (pandas' to_markdown needs tabulate, which we do without)."""
+    view = view.reset_index().astype(str)
     widths = [max(len(c), *view[c].str.len()) for c in view.columns]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     rule = "| " + " | ".join("-" * w for w in widths) + " |"
-    note = (f"\n\nΔ: top-1 accuracy vs `{table.attrs.get('baseline')}` in points, 95% CI over seeds "
-            "(paired by seed, else Welch); * the interval excludes 0.")
     return "\n".join([line(view.columns), rule, *(line(r) for r in view.itertuples(index=False))]) + note
 
 
-def render(table: pd.DataFrame, fmt: str) -> str:
+def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "") -> str:
+    """`table` holds the numbers (CSV, JSON); `view` the strings a reader sees (Markdown, LaTeX, HTML)."""
+    if view is None:
+        view = presentable(table)
+        note = (f"\n\nΔ: top-1 accuracy vs `{table.attrs.get('baseline')}` in points, 95% CI over seeds "
+                "(paired by seed, else Welch); * the interval excludes 0.")
     if fmt == "md":
-        return markdown(table)
+        return markdown(view, note)
     if fmt == "csv":
         return table.to_csv()
     if fmt == "json":
         return table.reset_index().to_json(orient="records", indent=2, force_ascii=False)
     if fmt == "latex":
-        latex = presentable(table).rename_axis(None).style.to_latex(hrules=True)  # booktabs rules
+        latex = view.rename_axis(None).style.to_latex(hrules=True)  # booktabs rules
         return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
     if fmt == "html":
-        return presentable(table).to_html()
+        return view.to_html()
     raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def dry_run_report(study, fmt: str = "md") -> str:
+    """A study file's configurations, our params and GMACs beside the paper's, before anything is trained."""
+    from ablate.study import dry_run_table
+
+    if fmt not in FORMATS:
+        raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    name, loaded, _ = resolve_study(study)
+    if loaded is None:
+        raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
+    table = dry_run_table(loaded)
+    digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
+    view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
+                       if col.dtype.kind == "f" else col)
+    note = ("\n\nDry run: nothing trained. GMACs by torch.utils.flop_counter; papers' GFLOPs often come from "
+            "another counter (ResNet-50: 4.089 here, 3.858 in CBAM), so compare the differences between rows.")
+    return render(table, fmt, view, note)
 
 
 # ---------------------------------------------------------------- plots

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,9 +325,10 @@ def make_objective(study: Study, parent_run_id: str, cells: list[dict] | None):
             callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
             tags = {"optuna.study": study.name, "optuna.trial": str(trial.number), "ablate.cell": cell_label(params)}
             result = run_trial(cfg, callbacks=callbacks, parent_run_id=parent_run_id, tags=tags)
-        except Exception as e:
+        except BaseException as e:  # Ctrl-C too: the trial is marked with why it stopped
             if type(e).__name__ != "TrialPruned":
                 trial.set_user_attr("fail_reason", describe(e))
+            _free_memory()  # an out-of-memory trial must not starve the next one
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("metrics", result.metrics)
@@ -339,20 +341,39 @@ def make_objective(study: Study, parent_run_id: str, cells: list[dict] | None):
     return objective
 
 
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------- running
 
-def _recover(study_obj, uri: str, experiment_id: str, single_machine: bool) -> None:
+def _recover(study_obj, storage, uri: str, experiment_id: str, single_machine: bool) -> None:
     """After a crash: fail trials nobody is running any more, and end their MLflow runs FAILED."""
     from optuna.trial import TrialState
 
+    if single_machine:  # journal storage: this process is the only runner of the study now
+        study_id = storage.get_study_id_from_name(study_obj.study_name)
+        for t in study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_user_attr(trial_id, "fail_reason", "the worker died during this trial (killed?)")
+            study_obj.tell(t.number, state=TrialState.FAIL)
+    _end_orphaned_runs(study_obj, uri, experiment_id)
+
+
+def _end_orphaned_runs(study_obj, uri: str, experiment_id: str) -> None:
+    """MLflow runs still RUNNING whose Optuna trial is over (a dead worker's) end FAILED."""
     from ablate import tracking
 
-    if single_machine:  # journal storage: this process is the only runner of the study now
-        for t in study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study_obj.tell(t.number, state=TrialState.FAIL)
     finished = {str(t.number) for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()}
     mlflow = tracking.client(uri)
-    for run in mlflow.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+    query = f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study_obj.study_name}'"
+    for run in mlflow.search_runs([experiment_id], query):
         if run.data.tags.get("optuna.trial") in finished:
             tracking.end_run(mlflow, run.info.run_id, "FAILED", "the worker died during this trial (killed?)")
 
@@ -416,18 +437,43 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
     import optuna
     from optuna.trial import TrialState
 
+    from ablate import tracking
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_obj = open_study(study, make_storage(storage_url, jobs, study.heartbeat), worker)
+    storage = make_storage(storage_url, jobs, study.heartbeat)
+    study_obj = open_study(study, storage, worker)
     cells = grid_cells(study) if study.is_grid else None
     objective = make_objective(study, parent_run_id, cells)
+    uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
+    heartbeats = "://" in (storage_url or JOURNAL)  # RDB: other machines' dead trials get failed as we go
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    while True:
-        if cells is not None:
-            if not study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    previous = signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        while True:
+            if cells is not None:
+                if not study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    return
+            elif len(study_obj.get_trials(deepcopy=False, states=done_states + (TrialState.RUNNING,))) >= total:
                 return
-        elif len(study_obj.get_trials(deepcopy=False, states=done_states + (TrialState.RUNNING,))) >= total:
-            return
-        study_obj.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total)])
+            study_obj.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total)])
+            if heartbeats:  # a stale trial failed by the heartbeat check: end its MLflow run too
+                _end_orphaned_runs(study_obj, uri, tracking.get_or_create_experiment(study.name, uri))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_once(signum, frame):
+    """Ctrl-C stops the trial; a second one must not cut short marking it (Optuna) and ending its run (MLflow)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _worker_process(*args) -> None:
+    """A spawned worker: Ctrl-C ends it quietly with exit code 130 (the trial is already marked)."""
+    try:
+        _worker(*args)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def _progress(total: int):
@@ -462,7 +508,7 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
     experiment_id = tracking.get_or_create_experiment(study.name, uri)  # once, before any worker starts
     study_obj = open_study(study, storage)
-    _recover(study_obj, uri, experiment_id, single_machine="://" not in (storage_url or JOURNAL))
+    _recover(study_obj, storage, uri, experiment_id, single_machine="://" not in (storage_url or JOURNAL))
     cells = grid_cells(study) if study.is_grid else None
     if cells is not None:
         _enqueue_missing(study_obj, study, cells)
@@ -479,12 +525,21 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
             if torch.cuda.is_available() and len(visible.split(",")) >= jobs:  # one trial per GPU
                 os.environ["ABLATE_WORKER_DEVICES"] = visible
             ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/threads state
-            procs = [ctx.Process(target=_worker, args=(study, storage_url, jobs, w, parent, total))
+            procs = [ctx.Process(target=_worker_process, args=(study, storage_url, jobs, w, parent, total))
                      for w in range(jobs)]
             for p in procs:
                 p.start()
-            for p in procs:
-                p.join()
+            try:
+                for p in procs:
+                    p.join()
+            except KeyboardInterrupt:  # Ctrl-C at a terminal reaches the workers too; a kill -INT only us
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # let them finish marking their trials
+                for p in procs:
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGINT)
+                for p in procs:
+                    p.join()
+                raise
             crashed = [f"worker {w} (exit code {p.exitcode})" for w, p in enumerate(procs) if p.exitcode != 0]
             if crashed:  # finished trials are safe in the storage; the rest resume on the next run
                 status = "FAILED"
@@ -498,11 +553,12 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
 
 
 def dry_run_table(study: Study):
-    """The trials the study would run, with each configuration's params and GMACs; nothing is trained."""
+    """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained."""
     import pandas as pd
 
     from ablate.data import dataset_shape
     from ablate.models import build_model
+    from ablate.report import with_reference
 
     cells = grid_cells(study) if study.is_grid else [{}]
     rows = []
@@ -510,9 +566,11 @@ def dry_run_table(study: Study):
         cfg = trial_config(study, params, study.cfg.study.seeds[0])
         num_classes, in_chans = dataset_shape(cfg.data)
         built = build_model(cfg.model, num_classes, in_chans, cfg.data.image_size)
-        rows.append({"config": cell_label(params), "seeds": len(study.cfg.study.seeds),
-                     "params_m": built.params / 1e6, "gmacs": built.gmacs, **params})
-    df = pd.DataFrame(rows).set_index("config")
+        rows.append({"config": cell_label(params), "trials": len(study.cfg.study.seeds),
+                     "params (M)": built.params / 1e6, "GMACs": built.gmacs})
+    table = pd.DataFrame(rows).set_index("config")
     if not study.is_grid:
-        df["trials"] = study.cfg.study.trials
-    return df
+        table["trials"] = study.cfg.study.trials
+    cells_frame = pd.DataFrame([{"label": cell_label(p), "row": cell_label(p), **p} for p in cells])
+    table = with_reference(table, cells_frame, study.cfg.reference)
+    return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X

@@ -234,7 +234,12 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         tracking.log_metrics(mlflow, run_id, size, step=0)
         tracking.log_trial_artifacts(mlflow, run_id, cfg.model_dump(mode="json"), built.report)
         epoch_logger.bind(mlflow, run_id)
-        trainer.fit(module, datamodule=data)
+        try:
+            trainer.fit(module, datamodule=data)
+        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); callers need to see the interrupt
+            if trainer.interrupted:
+                raise KeyboardInterrupt("interrupted (Ctrl-C)") from None
+            raise
         if cfg.tracking.log_weights:
             tracking.log_weights(mlflow, run_id, built.model)
     metrics = epoch_logger.last | {k: float(v) for k, v in size.items()}

@@ -179,6 +179,19 @@ def test_ladder_report_has_a_delta_to_the_previous_row(tiny):
     assert "Δ prev top-1" not in table(tiny).columns
 
 
+def test_dry_run_report_puts_the_papers_params_beside_ours_without_data(tmp_path):
+    """The CBAM paper's ImageNet table: 9 models, our params equal the paper's to its 2 decimals."""
+    study = Path(__file__).resolve().parent.parent / "studies" / "imagenet_cbam_table.yaml"
+    proc = ablate("report", str(study), "--dry-run", "--format", "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    df = pd.read_csv(io.StringIO(proc.stdout), index_col="config")
+    assert len(df) == 9 and df["paper params (M)"].notna().all()
+    assert (df["ours params (M)"].round(2) == df["paper params (M)"]).all()
+    assert "paper top-1 err" in df and not (tmp_path / "mlruns").exists()  # read the file, touched no store
+    md = ablate("report", str(study), "--dry-run", cwd=tmp_path).stdout
+    assert "| backbone=resnet50, attention=cbam" in md and "28.09" in md
+
+
 def test_unknown_study_and_no_finished_trials_exit_2(tiny, tmp_path):
     proc = ablate("report", "nosuch", cwd=tiny["folder"])
     assert proc.returncode == 2 and "unknown study 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr

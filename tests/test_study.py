@@ -188,7 +188,7 @@ def test_dry_run_lists_trials_with_params_and_gmacs_and_trains_nothing(tmp_path)
     path = write_study(tmp_path / "tiny.yaml")
     proc = ablate("run", str(path), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "attention=none" in proc.stdout and "attention=se" in proc.stdout and "gmacs" in proc.stdout
+    assert "attention=none" in proc.stdout and "attention=se" in proc.stdout and "GMACs" in proc.stdout
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -205,15 +205,3 @@ def test_multi_objective_study_keeps_the_pareto_front(tmp_path):
     assert front and all(t.state == TrialState.COMPLETE for t in front)
     cheapest = min(study.trials, key=lambda t: t.values[1])
     assert cheapest in front  # nothing beats the plain model on GMACs
-
-
-def test_imagenet_table_dry_run_gives_the_papers_params_without_data():
-    study = Path(__file__).resolve().parent.parent / "studies" / "imagenet_cbam_table.yaml"
-    proc = ablate("run", str(study), "--dry-run")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ours = {line.split()[0] + " " + line.split()[1]: float(line.split()[3])
-            for line in proc.stdout.splitlines()[1:] if line.startswith("backbone=")}
-    for ref in yaml.safe_load(study.read_text())["reference"]:
-        key = f"backbone={ref['match']['model.backbone']}, attention={ref['match']['model.attention.name']}"
-        assert round(ours[key], 2) == ref["params_m"], key
-    assert not Path("mlruns").exists()

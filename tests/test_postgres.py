@@ -1,0 +1,217 @@
+"""Several `ablate run --storage postgresql://...` workers on one PostgreSQL server (the multi-machine path).
+
+Needs a server: $ABLATE_TEST_POSTGRES is its SQLAlchemy URL (.ci/run starts a throwaway one with .ci/postgres).
+Each test gets a fresh database on it, dropped afterwards. MLflow stays on the local SQLite store: the
+workers run on this machine, in the test's folder.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+ENV = "ABLATE_TEST_POSTGRES"
+TINY_BASE = {
+    "model": {"backbone": "resnet10_narrow"},
+    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
+    "train": {"epochs": 1, "progress_bar": False},
+}
+MODULES = ["none", "se", "eca"]
+SEEDS = [0, 1]
+ALL_CELLS = sorted((c, s) for c in range(len(MODULES)) for s in SEEDS)
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty database on the test server; its URL. Skips (saying why) when there is no server."""
+    url = os.environ.get(ENV)
+    if not url:
+        pytest.skip(f"${ENV} is not set: no PostgreSQL server to test against (.ci/run starts one with .ci/postgres)")
+    from sqlalchemy.engine import make_url
+
+    try:
+        import psycopg
+    except ImportError as e:
+        pytest.skip(f"psycopg is not installed ({e}); install the test extra: pip install -e '.[test]'")
+    admin = make_url(url)
+    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+    except psycopg.Error as e:
+        pytest.skip(f"${ENV}: the PostgreSQL server does not answer: {' '.join(str(e).split())[:200]}")
+    name = f"ablate_test_{uuid.uuid4().hex[:12]}"
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin.set(database=name).render_as_string(hide_password=False)
+        finally:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # FORCE: our own pooled connections
+
+
+def write_study(path: Path, epochs: int, **study) -> Path:
+    doc = {"study": {"name": "pg", "seeds": SEEDS, **study},
+           "base": TINY_BASE | {"train": {"epochs": epochs, "progress_bar": False}},
+           "space": {"model.attention.name": MODULES}}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+# `ablate run ARGS` once the starting gun (a file) fires: the slow imports come first, so that workers
+# started together reach the storage within milliseconds of each other, as machines started by a
+# scheduler would, instead of seconds apart by chance.
+SYNCHRONISED = """
+import sys, time
+from pathlib import Path
+import mlflow, optuna, pytorch_lightning, torch  # noqa: F401 (imported before the start, not after)
+import ablate.study, ablate.tracking, ablate.train  # noqa: F401
+from ablate.cli import main
+ready, go, *args = sys.argv[1:]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+main(["run", *args])
+"""
+
+
+def start_worker(log: Path, *args, ready: Path | None = None, go: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    head = ["-c", SYNCHRONISED, str(ready), str(go)] if go else ["-m", "ablate.cli", "run"]
+    with open(log, "w") as out:  # a file, not a pipe: nobody reads while the worker runs
+        return subprocess.Popen([sys.executable, *head, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def fire_together(procs: list[subprocess.Popen], ready: list[Path], go: Path, timeout=120) -> None:
+    deadline = time.time() + timeout
+    while not all(r.exists() for r in ready) and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout=300) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, f"worker exit code {proc.returncode}:\n{text[-3000:]}"
+    return text
+
+
+def trials_completed_by(output: str) -> list[int]:
+    """The trial numbers one worker finished (its own progress lines: '[pg] trial 3 complete | ...')."""
+    return [int(n) for n in re.findall(r"^\[pg\] trial (\d+) complete\b", output, re.M)]
+
+
+def load(url: str, name="pg"):
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def cells_done(study) -> list[tuple[int, int]]:
+    return sorted((t.params["cell"], t.params["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def mlflow_client():
+    (Path.cwd() / "mlruns").mkdir(exist_ok=True)
+    return mlflow.MlflowClient(f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
+
+
+def init_mlflow_store() -> None:
+    """Create the local MLflow SQLite store before the workers start: two processes creating it at once
+    race in MLflow's schema migrations ("duplicate column name"). Machines sharing a study share an
+    MLflow server instead, so this is the test's local stand-in, not the path under test."""
+    mlflow_client().search_experiments()
+
+
+def runs(name="pg"):
+    client = mlflow_client()
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def assert_no_password(url: str, *texts: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    password = make_url(url).password
+    if password:
+        for run in runs():
+            texts += tuple(map(str, run.data.params.values())) + tuple(map(str, run.data.tags.values()))
+        assert not [t for t in texts if password in t], "the storage password leaked"
+
+
+def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url):
+    path = write_study(tmp_path / "pg.yaml", epochs=3)  # long enough that both workers get trials
+    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+    ready, go = [tmp_path / "ready0", tmp_path / "ready1"], tmp_path / "go"
+    init_mlflow_store()
+    optuna.storages.RDBStorage(pg_url)  # TEMP: schema first
+    procs = [start_worker(log, str(path), "--storage", pg_url, ready=r, go=go) for log, r in zip(logs, ready)]
+    fire_together(procs, ready, go)  # both open the fresh database and queue the grid at the same moment
+    outputs = [finish(p, log) for p, log in zip(procs, logs)]
+
+    study = load(pg_url)
+    assert cells_done(study) == ALL_CELLS  # each cell x seed COMPLETE exactly once, none missing
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+    per_worker = [trials_completed_by(out) for out in outputs]
+    print(f"trials completed per worker: {per_worker}; all trials: {[(t.number, t.state.name) for t in study.trials]}")
+    assert all(per_worker), f"a worker ran no trial, so the test shows no parallelism: {per_worker}"
+    assert sorted(sum(per_worker, [])) == sorted(t.number for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+    all_runs = runs()
+    parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "study"]
+    assert len(parents) == 1, f"{len(parents)} MLflow parent runs for one study"
+    children = [r for r in all_runs if r.data.tags.get("ablate.role") != "study"]
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert not [r for r in all_runs if r.info.status == "RUNNING"]
+    assert_no_password(pg_url, *outputs)
+
+
+def test_dead_workers_trial_is_retried_by_another_worker(tmp_path, pg_url):
+    path = write_study(tmp_path / "pg.yaml", epochs=20, heartbeat_interval=1, grace_period=3)
+    storage = optuna.storages.RDBStorage(pg_url)  # creates the schema before any worker starts
+    killed_log = tmp_path / "killed.log"
+    proc = start_worker(killed_log, str(path), "--storage", pg_url)
+    deadline, states = time.time() + 180, {}
+    try:
+        while time.time() < deadline and proc.poll() is None:  # kill mid-trial: trial 0 trains under its run
+            time.sleep(0.5)
+            try:
+                states = {t.number: t.state for t in optuna.load_study(study_name="pg", storage=storage).trials}
+            except KeyError:  # the worker has not created the study yet
+                continue
+            if states.get(0) == TrialState.RUNNING and [r for r in runs() if r.data.tags.get("optuna.trial") == "0"]:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert states.get(0) == TrialState.RUNNING, f"the kill did not land mid-trial:\n{killed_log.read_text()[-3000:]}"
+
+    log = tmp_path / "survivor.log"
+    output = finish(start_worker(log, str(path), "--storage", pg_url, "train.epochs=1"), log)
+
+    study = load(pg_url)
+    trials = study.trials
+    print(f"trials after the retry: {[(t.number, t.state.name, t.system_attrs.get('failed_trial')) for t in trials]}")
+    assert cells_done(study) == ALL_CELLS, output[-3000:]  # each cell x seed COMPLETE exactly once
+    assert trials[0].state == TrialState.FAIL  # failed by the heartbeat check: nobody beat for it
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retried) == 1 and retried[0].system_attrs["retry_history"] == [0]
+    assert retried[0].state == TrialState.COMPLETE
+    assert (retried[0].params["cell"], retried[0].params["seed"]) == (trials[0].params["cell"], trials[0].params["seed"])
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+    assert not [r for r in runs() if r.info.status == "RUNNING"]  # the dead worker's run is ended too
+    killed = [r for r in runs() if r.data.tags.get("optuna.trial") == "0"]
+    assert [r.info.status for r in killed] == ["FAILED"]
+    assert_no_password(pg_url, output)
