@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="ablate", standalone_mode=False)
+        code = command.main(args=argv, prog_name="ablate", standalone_mode=False)
+        # without standalone mode click returns typer.Exit's code instead of exiting with it
+        sys.exit(code if isinstance(code, int) else 0)
     except AblateError as e:
         print(f"ablate: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,7 +1,8 @@
 """Grad-CAM of each configuration's best run on the same validation images, side by side (the CBAM paper's Fig. 4).
 
   best_runs(study_obj, uri)         the best COMPLETE trial of every configuration, in the study's row order
-  load_run_model(mlflow, run_id)    config.yaml + model.pt from the run's artifacts -> (TrialConfig, eval-mode model)
+  load_run_model(mlflow, run_id)    the run's config.yaml and model.pt artifacts -> (TrialConfig, state_dict)
+  build_trained(cfg, state, dm)     the model rebuilt from its config, the state_dict loaded strictly, eval mode
   validation_batch(dm, n)           the first n validation samples: normalised model input, [0, 1] image, labels
   target_layer(model, x)            the deepest feature stage whose map still has a spatial extent
   gradcam_grid(study, n, ...)       -> GradCamGrid: per configuration its run, layer, CAMs (n, H, W) and P(true class)
@@ -10,8 +11,9 @@
 
 "Best" is the study's (first) objective in its direction, i.e. the final val/acc1 for every shipped study; ties go to
 the earliest trial. Each configuration sees the first n samples of its own data config's validation split: the same
-images whenever the configurations share a data config (ablations vary the model), and always the same positions.
-The CAM targets the true class, as the paper does. Grad-CAM itself is pytorch-grad-cam's, not ours.
+images whenever the configurations share a data config (ablations vary the model), and always the same positions;
+the input row shows the first configuration's. The CAM targets the true class and each cell prints its softmax
+probability P, as in the paper. Grad-CAM itself is pytorch-grad-cam's, not ours.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ class CamRow:
     run_id: str
     score: float  # the objective the run was chosen by
     layer: str  # the module the CAM was taken at, e.g. "layer2"
-    feature_size: tuple[int, int]  # that module's output map (H, W)
+    feature_size: tuple[int, int] | None  # that module's output map (H, W); None when the caller named the layer
     images: np.ndarray  # (n, H, W, 3) float32 in [0, 1]: what this configuration's model saw
     cams: np.ndarray  # (n, H, W) float32 in [0, 1], pytorch-grad-cam's per-image scaling
     probs: np.ndarray  # (n,) softmax probability of the true class
@@ -59,7 +61,8 @@ class GradCamGrid:
 # ---------------------------------------------------------------- choosing and loading the runs
 
 def best_runs(study_obj, tracking_uri: str | None = None):
-    """One row per configuration (label, order, number, run_id, objective, metrics): its best COMPLETE trial."""
+    """A DataFrame, one row per configuration in the study's order: its best COMPLETE trial (trials_frame columns
+    plus `objective`)."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
@@ -79,7 +82,7 @@ def best_runs(study_obj, tracking_uri: str | None = None):
 
 
 def load_run_model(mlflow, run_id: str, label: str):
-    """Rebuild the run's model from its config.yaml and load its model.pt strictly; nothing is downloaded."""
+    """The run's resolved TrialConfig and trained state_dict; an AblateError when it saved no weights."""
     import torch
     import yaml
 
@@ -91,7 +94,8 @@ def load_run_model(mlflow, run_id: str, label: str):
                           "tracking.log_weights: false (or before weights were saved); run the study again under a "
                           "new name with weights, e.g. ablate run STUDY.yaml study.name=NEW tracking.log_weights=true")
     # MLflow draws a progress bar per downloaded file: noise on the command's output
-    with tempfile.TemporaryDirectory() as tmp, patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    with tempfile.TemporaryDirectory() as tmp, patch.dict(os.environ, quiet):
         config = Path(mlflow.download_artifacts(run_id, "config.yaml", tmp))
         cfg = parse_trial(yaml.safe_load(config.read_text()), f"run {run_id}: config.yaml")
         state = torch.load(mlflow.download_artifacts(run_id, WEIGHTS, tmp), map_location="cpu", weights_only=True)
@@ -130,7 +134,8 @@ def validation_batch(dm, n: int):
     # tensor datamodules normalise with their own channel stats; imagefolder with timm's ImageNet defaults
     mean = torch.as_tensor(getattr(dm, "mean", IMAGENET_DEFAULT_MEAN), dtype=x.dtype)[:, None, None]
     std = torch.as_tensor(getattr(dm, "std", IMAGENET_DEFAULT_STD), dtype=x.dtype)[:, None, None]
-    image = (x * std + mean).clamp(0, 1).expand(-1, 3, -1, -1) if x.shape[1] == 1 else (x * std + mean).clamp(0, 1)
+    image = (x * std + mean).clamp(0, 1)
+    image = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image  # grey digits: RGB for the overlay
     return x, image.permute(0, 2, 3, 1).numpy().astype(np.float32), y
 
 

@@ -439,7 +439,8 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
 
     from ablate import tracking
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial's traceback is in its run's error.txt; our progress line gives the reason
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = make_storage(storage_url, jobs, study.heartbeat)
     study_obj = open_study(study, storage, worker)
     cells = grid_cells(study) if study.is_grid else None

@@ -11,7 +11,8 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+import traceback
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -106,6 +107,8 @@ def tracked_run(mlflow: MlflowClient, experiment_id: str, **start_kwargs) -> Ite
         raise
     except BaseException as e:
         reason = describe(e)
+        with suppress(Exception):  # the whole traceback goes with the run; the console gets the one-line reason
+            mlflow.log_text(run_id, mask_password(traceback.format_exc()), "error.txt")
         raise
     finally:
         end_run(mlflow, run_id, status, reason)

@@ -153,7 +153,6 @@ def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url)
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
     ready, go = [tmp_path / "ready0", tmp_path / "ready1"], tmp_path / "go"
     init_mlflow_store()
-    optuna.storages.RDBStorage(pg_url)  # TEMP: schema first
     procs = [start_worker(log, str(path), "--storage", pg_url, ready=r, go=go) for log, r in zip(logs, ready)]
     fire_together(procs, ready, go)  # both open the fresh database and queue the grid at the same moment
     outputs = [finish(p, log) for p, log in zip(procs, logs)]
@@ -179,7 +178,9 @@ def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url)
 
 
 def test_dead_workers_trial_is_retried_by_another_worker(tmp_path, pg_url):
-    path = write_study(tmp_path / "pg.yaml", epochs=20, heartbeat_interval=1, grace_period=3)
+    # grace 20 s: the survivor's own queue (5 one-epoch trials) empties before the dead trial goes stale, so
+    # it must wait for the heartbeat check rather than exit with the dead trial's cell undone
+    path = write_study(tmp_path / "pg.yaml", epochs=20, heartbeat_interval=1, grace_period=20)
     storage = optuna.storages.RDBStorage(pg_url)  # creates the schema before any worker starts
     killed_log = tmp_path / "killed.log"
     proc = start_worker(killed_log, str(path), "--storage", pg_url)

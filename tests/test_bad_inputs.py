@@ -1,0 +1,390 @@
+"""Malformed input, end to end: study files, trial configs, search spaces and command-line arguments.
+
+Every case runs the real `ablate` process and must end with exactly one line on stderr,
+`ablate: error: <file>: <key>: ...`, exit code 2, no traceback, nothing on stdout, and neither store
+touched: the MLflow store (mlruns/mlflow.db + mlruns/artifacts/) and the Optuna journal
+(mlruns/optuna.journal) are hashed before and after, byte for byte with mtimes, and no file may appear.
+
+Most cases run (one after the other) in one module-scoped folder that already holds real stores from a
+tiny study; the `empty` cases run in a fresh folder and must not create mlruns/ (or any other file).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ablate
+
+REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/ and search_spaces/
+
+TINY_BASE = {
+    "model": {"backbone": "resnet10_narrow"},
+    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
+    "train": {"epochs": 1, "progress_bar": False},
+}
+TINY_TRIAL = copy.deepcopy(TINY_BASE) | {"tracking": {"experiment": "bad-inputs"}}
+DIR = object()  # a `files` value: make a directory, not a file
+PASSWORD = "s3cretpw"
+PG_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"  # nothing listens on port 1: refused at once
+
+
+def ablate_cli(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ from plugins
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+# ---------------------------------------------------------------- the stores every case must leave alone
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A folder whose mlruns/ holds both stores, written by a real tiny study (none / se, one seed)."""
+    folder = tmp_path_factory.mktemp("stores")
+    (folder / "tiny.yaml").write_text(yaml.safe_dump({
+        "study": {"name": "tiny", "seeds": [0]}, "base": TINY_BASE, "space": {"model.attention.name": ["none", "se"]}}))
+    proc = ablate_cli("run", "tiny.yaml", cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (folder / "mlruns" / "mlflow.db").is_file() and (folder / "mlruns" / "optuna.journal").is_file()
+    assert any((folder / "mlruns" / "artifacts").rglob("model.pt"))
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path under mlruns/: directories by name, files by size, mtime and SHA-256."""
+    state = {}
+    root = folder / "mlruns"
+    for path in sorted(root.rglob("*")) if root.exists() else []:
+        rel = str(path.relative_to(folder))
+        if path.is_dir():
+            state[rel] = "dir"
+        else:
+            st = path.stat()
+            state[rel] = (st.st_size, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return state
+
+
+def outside_stores(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.relative_to(folder).parts[0] != "mlruns"}
+
+
+# ---------------------------------------------------------------- case builders
+
+def case(id, args, expect, files=None, where="stores", forbid=()):
+    """args: the command line ('{repo}' is the repository); expect: substrings of the error line."""
+    return pytest.param(list(args), tuple(expect), dict(files or {}), where, tuple(forbid), id=id)
+
+
+def study_doc(name, mutate=None):
+    doc = {"study": {"name": name, "seeds": [0]}, "base": copy.deepcopy(TINY_BASE),
+           "space": {"model.attention.name": ["none", "se"]}}
+    if mutate:
+        mutate(doc)
+    return doc
+
+
+def bad_study(id, mutate, *expect, args=(), files=None, where="stores", text=None):
+    """`ablate run <id>.yaml`: the error names the study file."""
+    name = f"{id}.yaml"
+    content = text if text is not None else study_doc(id, mutate)
+    return case(id, ["run", name, *args], (name, *expect), {name: content, **(files or {})}, where)
+
+
+def bad_trial(id, mutate, *expect, args=(), where="stores", text=None, named=True):
+    """`ablate train <id>.yaml`: the error names the trial config (named=False: the command line is the source)."""
+    name = f"{id}.yaml"
+    doc = copy.deepcopy(TINY_TRIAL)
+    if mutate:
+        mutate(doc)
+    content = text if text is not None else doc
+    return case(id, ["train", name, *args], ((name,) if named else ()) + expect, {name: content}, where)
+
+
+def ok_study(id):
+    return {f"{id}.yaml": study_doc(id, lambda d: d.update(space={"model.attention.name": ["se"]}))}
+
+
+def se_base(**attention):
+    """Mutator: the base trial puts SE (or the given attention spec) into the backbone; no space."""
+    def mutate(doc):
+        doc["base"]["model"]["attention"] = {"name": "se", **attention}
+        doc["space"] = {}
+    return mutate
+
+
+INSPECT = ["inspect", "resnet10_narrow", "--image-size", "32"]
+
+CASES = [
+    # ------------------------------------------------------------ study files (ablate run)
+    bad_study("study-yaml-syntax", None, "YAML syntax error at line 4, column 1",
+              text="study:\n  name: x\n  seeds: [0, 1\n"),
+    bad_study("study-yaml-tab", None, "YAML syntax error at line 2", text="study:\n\tname: x\n"),
+    bad_study("study-top-level-list", None, "expected a mapping of keys at the top level, got list",
+              text="- study\n- base\n"),
+    bad_study("study-empty-file", None, "study: Field required", text=""),
+    bad_study("study-unknown-section", lambda d: d.update(spaces=d.pop("space")),
+              "spaces: unknown key (did you mean 'space'?)"),
+    bad_study("study-unknown-key", lambda d: d["study"].update(metrc="val/acc1"),
+              "study.metrc: unknown key (did you mean 'metric'?)"),
+    bad_study("study-seeds-wrong-type", lambda d: d["study"].update(seeds="zero"),
+              "study.seeds: Input should be a valid list"),
+    bad_study("study-seeds-empty", lambda d: d["study"].update(seeds=[]), "study.seeds:"),
+    bad_study("study-trials-wrong-type", lambda d: d["study"].update(trials="many"), "study.trials:", "many"),
+    bad_study("study-unknown-sampler", lambda d: d["study"].update(sampler="annealing"),
+              "study.sampler: 'annealing' is not allowed"),
+    bad_study("study-unknown-direction", lambda d: d["study"].update(direction="up"),
+              "study.direction: 'up' is not allowed"),
+    bad_study("study-heartbeat-zero", lambda d: d["study"].update(heartbeat_interval=0),
+              "study.heartbeat_interval:", "greater than or equal to 1"),
+    bad_study("study-missing-name", lambda d: d["study"].pop("name"), "study.name: Field required"),
+    bad_study("study-name-bad-characters", lambda d: d["study"].update(name="my study/1"),
+              "study.name: String should match pattern", "my study/1"),
+    bad_study("study-unknown-metric", lambda d: d["study"].update(metric="val/acc9"),
+              "study.metric: no trial logs 'val/acc9'"),
+    # the bad key is the objective's direction; the message must not name a pydantic union branch
+    bad_study("study-objective-bad-direction",
+              lambda d: d["study"].update(metric=[{"metric": "val/acc1", "direction": "sideways"}]),
+              "study.metric", "direction"),
+    bad_study("study-pruner-multi-objective", lambda d: d["study"].update(
+        sampler="tpe", trials=2, pruner="median",
+        metric=[{"metric": "val/acc1"}, {"metric": "model/gmacs", "direction": "minimize"}]),
+        "study.pruner: Optuna cannot prune multi-objective studies"),
+    bad_study("study-search-without-trials", lambda d: d["study"].update(sampler="tpe"),
+              "study.trials: sampler 'tpe' needs a number of trials"),
+    bad_study("study-cells-wrong-type", lambda d: d.update(cells={"train.lr": 0.1}),
+              "cells: Input should be a valid list"),
+    bad_study("study-cell-unknown-key", lambda d: d.update(cells=[{"train.lrr": 0.1}]),
+              "train.lrr: unknown key (did you mean 'lr'?)"),
+    bad_study("study-include-not-a-list", lambda d: d.update(include="search_spaces/attention.yaml"),
+              "include: Input should be a valid list"),
+    # base: the trial config every trial starts from
+    bad_study("base-unknown-key", lambda d: d["base"]["train"].update(lr_=0.1),
+              "base: train.lr_: unknown key (did you mean 'lr'?)"),
+    bad_study("base-wrong-type", lambda d: d["base"]["train"].update(epochs="ten"),
+              "base: train.epochs: Input should be a valid integer", "'ten'"),
+    bad_study("base-not-a-mapping", lambda d: d.update(base=["resnet18"]), "base: Input should be a valid dictionary"),
+    bad_study("base-unknown-dataset", lambda d: d["base"]["data"].update(name="mnist"),
+              "base: data.name: 'mnist' is not allowed"),
+    # checks that need the backbone or the data: still before any store is touched
+    bad_study("base-unknown-backbone", lambda d: d["base"]["model"].update(backbone="resnet_nope"),
+              "model.backbone", "resnet_nope", args=()),
+    bad_study("base-cifar10-missing-root", lambda d: d["base"]["data"].update(name="cifar10", root="no-cifar-here"),
+              "data.root", "no-cifar-here"),
+    bad_study("base-stage-does-not-exist", se_base(stages=[9]), "stages", "stage 9 does not exist"),
+    bad_study("base-gate-module-at-conv", se_base(position="conv"), "model.attention.position", "'conv'"),
+    bad_study("base-pattern-matches-nothing", se_base(position="pattern", pattern="nomatch.*"),
+              "model.attention.pattern", "matches no module"),
+    # search spaces
+    bad_study("space-unknown-module", lambda d: d["space"].update({"model.attention.name": ["none", "sse"]}),
+              "space.model.attention.name: unknown attention module 'sse'"),
+    bad_study("space-module-not-a-list", lambda d: d["space"].update({"model.attention.name": "se"}),
+              "space.model.attention.name", "Input should be a valid list"),
+    bad_study("space-unknown-knob", lambda d: d["space"].update({"model.attention.knobs.kernal_size": [3]}),
+              "space.model.attention.knobs.kernal_size: no module in the study takes knob 'kernal_size'"),
+    bad_study("space-knob-out-of-range", lambda d: d["space"].update({"model.attention.knobs.reduction": [0, 16]}),
+              "space.model.attention.knobs.reduction", "se.reduction=0 is out of range"),
+    bad_study("space-knob-even-kernel", lambda d: d["space"].update(
+        {"model.attention.name": ["eca"], "model.attention.knobs.kernel_size": [3, 4]}),
+        "space.model.attention.knobs.kernel_size", "eca.kernel_size=4 must be odd"),
+    bad_study("space-knob-wrong-type", lambda d: d["space"].update({"model.attention.knobs.reduction": ["eight"]}),
+              "space.model.attention.knobs.reduction", "se.reduction='eight' is not allowed"),
+    # 1024 > the 256 channels of resnet10_narrow's last stage: known from the backbone before any trial
+    bad_study("space-knob-exceeds-channels", lambda d: d.update(
+        space={"model.attention.name": ["se"], "model.attention.knobs.reduction": [1024]}),
+        "model.attention.knobs.reduction", "1024"),
+    bad_study("space-empty-choices", lambda d: d["space"].update({"train.lr": []}), "space.train.lr: empty choices"),
+    bad_study("space-range-low-above-high", lambda d: d["space"].update({"train.lr": {"low": 0.5, "high": 0.1, "step": 0.1}}),
+              "space.train.lr: range low 0.5 > high 0.1"),
+    bad_study("space-log-range-from-zero", lambda d: d["space"].update(
+        {"train.lr": {"low": 0, "high": 1, "log": True, "step": 0.5}}), "space.train.lr: a log range needs low > 0"),
+    bad_study("space-grid-range-without-step", lambda d: d["space"].update({"train.lr": {"low": 0.01, "high": 0.1}}),
+              "space.train.lr: a grid needs choices or a range with step"),
+    # the bad key is the range's 'hi'; the message must not name a pydantic union branch
+    bad_study("space-range-unknown-key", lambda d: d["space"].update({"train.lr": {"low": 0.01, "hi": 0.1}}),
+              "space.train.lr", "hi"),
+    bad_study("space-scalar-not-choices", lambda d: d["space"].update({"train.lr": 0.1}),
+              "space.train.lr", "Input should be a valid list"),
+    bad_study("space-unknown-trial-key", lambda d: d["space"].update({"train.lrr": [0.1]}),
+              "space: train.lrr: unknown key (did you mean 'lr'?)"),
+    bad_study("space-bad-choice", lambda d: d["space"].update({"model.attention.position": ["block", "middle"]}),
+              "space: model.attention.position: 'middle' is not allowed"),
+    bad_study("space-not-a-mapping", lambda d: d.update(space=None), "space: Input should be a valid dictionary"),
+    # a sampler that searches needs something to search
+    bad_study("space-empty-for-search", lambda d: (d.update(space={}), d["study"].update(sampler="tpe", trials=1)),
+              "space"),
+    # include: search space files
+    bad_study("include-missing-file", lambda d: d.update(include=["search_spaces/nosuch.yaml"]),
+              "include: no search space file 'search_spaces/nosuch.yaml'"),
+    case("include-yaml-syntax", ["run", "include-yaml-syntax.yaml"],
+         ["inc-syntax.yaml", "YAML syntax error at line"],
+         {"include-yaml-syntax.yaml": study_doc("include-yaml-syntax", lambda d: d.update(include=["inc-syntax.yaml"])),
+          "inc-syntax.yaml": "space:\n  train.lr: [0.1, 0.2\n"}),
+    case("include-top-level-list", ["run", "include-top-level-list.yaml"],
+         ["inc-list.yaml", "expected a mapping of keys at the top level, got list"],
+         {"include-top-level-list.yaml": study_doc("include-top-level-list", lambda d: d.update(include=["inc-list.yaml"])),
+          "inc-list.yaml": "- train.lr\n- train.epochs\n"}),
+    case("include-wrong-type", ["run", "include-wrong-type.yaml"], ["inc-type.yaml", "space.train.lr"],
+         {"include-wrong-type.yaml": study_doc("include-wrong-type", lambda d: d.update(include=["inc-type.yaml"])),
+          "inc-type.yaml": {"space": {"train.lr": 0.1}}}),
+    # the bad module is in the included file: that file is the one to name
+    case("include-unknown-module", ["run", "include-unknown-module.yaml"],
+         ["inc-module.yaml", "model.attention.name", "unknown attention module 'sse'"],
+         {"include-unknown-module.yaml": study_doc("include-unknown-module",
+                                                   lambda d: d.update(space={}, include=["inc-module.yaml"])),
+          "inc-module.yaml": {"space": {"model.attention.name": ["none", "sse"]}}}),
+    # files that are not there
+    case("study-missing-file", ["run", "nosuch-study.yaml"], ["nosuch-study.yaml", "no such file"], where="empty"),
+    case("study-is-a-directory", ["run", "a-folder.yaml"], ["a-folder.yaml"], {"a-folder.yaml": DIR}),
+    # command-line overrides of a study
+    case("study-override-bad-sampler", ["run", "{repo}/studies/se_reduction.yaml", "study.sampler=annealing"],
+         ["se_reduction.yaml", "study.sampler: 'annealing' is not allowed"]),
+    case("study-override-empty-choices", ["run", "{repo}/studies/se_reduction.yaml", "space.model.attention.knobs.reduction=[]"],
+         ["se_reduction.yaml", "space.model.attention.knobs.reduction: empty choices"]),
+    case("study-override-trials-zero-key", ["run", "{repo}/studies/attention_search.yaml", "study.trials=0"],
+         ["attention_search.yaml", "study.trials:", "greater than or equal to 1"]),
+    case("study-override-without-equals", ["run", "{repo}/studies/se_reduction.yaml", "train.lr"],
+         ["command line", "override 'train.lr' is not of the form key.path=value"]),
+
+    # ------------------------------------------------------------ trial configs (ablate train)
+    bad_trial("trial-yaml-syntax", None, "YAML syntax error at line 2, column 6",
+              text="model: {backbone: resnet18\ntrain: {epochs: 1}\n"),
+    bad_trial("trial-top-level-scalar", None, "expected a mapping of keys at the top level, got str",
+              text="resnet18\n"),
+    bad_trial("trial-unknown-section", lambda d: d.update(trainer=d.pop("train")),
+              "trainer: unknown key (did you mean 'train'?)"),
+    bad_trial("trial-unknown-key", lambda d: d["train"].update(epohcs=2),
+              "train.epohcs: unknown key (did you mean 'epochs'?)"),
+    bad_trial("trial-epochs-wrong-type", lambda d: d["train"].update(epochs="ten"),
+              "train.epochs: Input should be a valid integer", "'ten'"),
+    bad_trial("trial-negative-lr", lambda d: d["train"].update(lr=-0.1), "train.lr: Input should be greater than 0"),
+    bad_trial("trial-unknown-optimizer", lambda d: d["train"].update(optimizer="adamax"),
+              "train.optimizer: 'adamax' is not allowed"),
+    bad_trial("trial-bool-wrong-type", lambda d: d["tracking"].update(log_weights="maybe"),
+              "tracking.log_weights: Input should be a valid boolean"),
+    bad_trial("trial-section-not-a-mapping", lambda d: d.update(train=5), "train: Input should be a valid dictionary"),
+    bad_trial("trial-drop-rate-out-of-range", lambda d: d["model"].update(drop_rate=1.5), "model.drop_rate:"),
+    bad_trial("trial-unknown-dataset", lambda d: d["data"].update(name="mnist"), "data.name: 'mnist' is not allowed"),
+    bad_trial("trial-unknown-position", lambda d: d["model"].update(attention={"name": "se", "position": "middle"}),
+              "model.attention.position: 'middle' is not allowed"),
+    # checks made when the data or the model is built (still before the store is touched)
+    bad_trial("trial-cifar10-missing-root", lambda d: d.update(data={"name": "cifar10", "root": "no-cifar-here"}),
+              "data.root", "no-cifar-here"),
+    bad_trial("trial-imagefolder-without-root", lambda d: d.update(data={"name": "imagefolder"}),
+              "data.root: required for imagefolder"),
+    bad_trial("trial-unknown-backbone", lambda d: d["model"].update(backbone="resnet_nope"),
+              "model.backbone: unknown timm backbone 'resnet_nope'"),
+    bad_trial("trial-unknown-module", lambda d: d["model"].update(attention={"name": "cbma"}),
+              "model.attention.name: unknown attention module 'cbma'"),
+    bad_trial("trial-knob-out-of-range", lambda d: d["model"].update(attention={"name": "se", "knobs": {"reduction": 0}}),
+              "model.attention.knobs", "se.reduction=0 is out of range"),
+    # command-line overrides of a trial
+    bad_trial("trial-override-without-equals", None, "command line", "override 'train.lr' is not of the form",
+              args=["train.lr"], named=False),
+    bad_trial("trial-override-into-a-value", lambda d: d["train"].update(lr=0.1),
+              "command line", "train.lr.x: 'lr' is not a section", args=["train.lr.x=1"], named=False),
+    bad_trial("trial-override-wrong-type", None, "train.epochs: Input should be a valid integer",
+              args=["train.epochs=ten"]),
+    case("trial-missing-file", ["train", "nosuch-trial.yaml"], ["nosuch-trial.yaml", "no such file"], where="empty"),
+    bad_trial("trial-unreadable-tracking-uri", None, "tracking", "bogus://nowhere",
+              args=["--tracking-uri", "bogus://nowhere"]),
+
+    # ------------------------------------------------------------ command-line arguments
+    case("cli-unknown-command", ["trian", "x.yaml"], ["No such command 'trian'"]),
+    case("cli-unknown-option", ["run", "x.yaml", "--job", "2"], ["No such option: --job"]),
+    case("run-jobs-zero", ["run", "cli-jobs.yaml", "--jobs", "0"], ["--jobs"], ok_study("cli-jobs"), where="empty"),
+    case("run-trials-negative", ["run", "cli-trials.yaml", "--trials", "-1"],
+         ["cli-trials.yaml", "study.trials:", "greater than or equal to 1"], ok_study("cli-trials")),
+    # --trials 0 must be refused like -1, not dropped (which would run the whole study)
+    case("run-trials-zero", ["run", "cli-trials0.yaml", "--trials", "0"], ["trials"], ok_study("cli-trials0")),
+    case("run-storage-unreachable-postgres", ["run", "cli-pg.yaml", "--storage", PG_URL],
+         ["--storage: cannot open postgresql://u:***@127.0.0.1:1/db"], ok_study("cli-pg"), where="empty",
+         forbid=[PASSWORD]),
+    case("run-storage-unopenable-sqlite", ["run", "cli-sqlite.yaml", "--storage", "sqlite:///cli-sqlite.yaml/x.db"],
+         ["--storage", "sqlite:///cli-sqlite.yaml/x.db"], ok_study("cli-sqlite")),
+    case("run-storage-sqlite-parallel", ["run", "cli-sqlite2.yaml", "--storage", "sqlite:///x.db", "--jobs", "2"],
+         ["--storage: SQLite does not take parallel workers"], ok_study("cli-sqlite2"), where="empty"),
+    case("run-storage-journal-is-a-directory", ["run", "cli-journal.yaml", "--storage", "journal-dir"],
+         ["--storage", "journal-dir"], {**ok_study("cli-journal"), "journal-dir": DIR}),
+    case("run-tracking-uri-unopenable", ["run", "cli-uri.yaml", "--tracking-uri", "sqlite:///cli-uri.yaml/m.db"],
+         ["tracking", "sqlite:///cli-uri.yaml/m.db"], ok_study("cli-uri")),
+    case("run-plugin-missing", ["run", "cli-plugin.yaml", "--plugin", "no_such_plugin_mod"],
+         ["--plugin: cannot import 'no_such_plugin_mod'", "ModuleNotFoundError"], ok_study("cli-plugin")),
+    case("modules-plugin-raises", ["modules", "--plugin", "broken_plugin"],
+         ["--plugin: cannot import 'broken_plugin': RuntimeError: boom"],
+         {"broken_plugin.py": "raise RuntimeError('boom')\n"}),
+    case("inspect-unknown-backbone", ["inspect", "resnt50"], ["model.backbone: unknown timm backbone 'resnt50'"]),
+    case("inspect-unknown-attention", [*INSPECT, "--attention", "cbma"], ["unknown attention module 'cbma'"]),
+    case("inspect-unknown-position", [*INSPECT, "--attention", "se", "--position", "middle"],
+         ["attention.position: 'middle' is not allowed"]),
+    case("inspect-gate-at-conv", [*INSPECT, "--attention", "se", "--position", "conv"],
+         ["model.attention.position: 'se' is a gate module", "not 'conv'"]),
+    case("inspect-stage-does-not-exist", [*INSPECT, "--attention", "se", "--stages", "9"],
+         ["stages: stage 9 does not exist (this backbone has stages 1-4)"]),
+    case("inspect-stages-not-numbers", [*INSPECT, "--attention", "se", "--stages", "x"],
+         ["--stages: 'x' is not a comma-separated list"]),
+    case("inspect-pattern-without-glob", [*INSPECT, "--attention", "se", "--position", "pattern"],
+         ["model.attention.pattern: position 'pattern' needs a module-path glob"]),
+    case("inspect-unknown-knob", [*INSPECT, "--attention", "se", "--knob", "kernel_size=3"],
+         ["module 'se' takes no knob 'kernel_size'"]),
+    case("inspect-knob-even-kernel", [*INSPECT, "--attention", "cbam", "--knob", "kernel_size=4"],
+         ["cbam.kernel_size=4 must be odd"]),
+    case("inspect-knob-without-equals", [*INSPECT, "--attention", "se", "--knob", "reduction"],
+         ["--knob: override 'reduction' is not of the form"]),
+    case("inspect-every-zero", [*INSPECT, "--attention", "se", "--every", "0"],
+         ["attention.every: Input should be greater than or equal to 1"]),
+    case("inspect-image-size-not-int", ["inspect", "resnet10_narrow", "--image-size", "big"],
+         ["'--image-size'", "big"]),
+    case("report-unknown-study", ["report", "nosuch"], ["unknown study 'nosuch' in mlruns/optuna.journal"]),
+    case("report-unknown-study-no-stores", ["report", "nosuch"], ["unknown study 'nosuch'", "mlruns/optuna.journal"],
+         where="empty"),
+    case("report-bad-format", ["report", "tiny", "--format", "pdf"], ["--format: 'pdf' is not one of"]),
+    case("report-unknown-by-key", ["report", "tiny", "--by", "model.depth"],
+         ["--by: unknown key 'model.depth' (the study varies: model.attention.name)"]),
+    case("report-unknown-baseline", ["report", "tiny", "--baseline", "attention=cbam"],
+         ["--baseline: no row 'attention=cbam'"]),
+    case("report-missing-journal", ["report", "tiny", "--storage", "nosuch.journal"],
+         ["unknown study 'tiny': no Optuna journal at nosuch.journal"]),
+    case("report-bad-study-file", ["report", "report-bad.yaml"], ["report-bad.yaml", "study.sampler: 'anneal'"],
+         {"report-bad.yaml": study_doc("report-bad", lambda d: d["study"].update(sampler="anneal"))}),
+    case("gradcam-unknown-study", ["gradcam", "nosuch"], ["unknown study 'nosuch'"]),
+    case("gradcam-images-zero", ["gradcam", "tiny", "--images", "0"], ["'--images'"]),
+    case("ui-port-not-int", ["ui", "--port", "abc"], ["'--port'", "abc"]),
+]
+
+
+@pytest.mark.parametrize("args, expect, files, where, forbid", CASES)
+def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, args, expect, files, where, forbid):
+    folder = request.getfixturevalue("stores") if where == "stores" else tmp_path
+    for name, content in files.items():
+        path = folder / name
+        if content is DIR:
+            path.mkdir(exist_ok=True)
+        else:
+            path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    before, others = snapshot(folder), outside_stores(folder)
+    if where == "stores":
+        assert before, "the stores fixture lost its stores"
+
+    proc = ablate_cli(*[a.replace("{repo}", str(REPO)) for a in args], cwd=folder)
+
+    output = proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in output, output[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("ablate: error: "), output[-3000:]
+    for text in expect:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    for text in forbid:
+        assert text not in output
+    assert proc.returncode == 2, output[-3000:]
+    assert proc.stdout.strip() == "", proc.stdout[-3000:]
+    assert snapshot(folder) == before, "a store under mlruns/ was changed"
+    assert outside_stores(folder) == others, "a file appeared"
+    if where == "empty":
+        assert not (folder / "mlruns").exists()
