@@ -58,7 +58,7 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Mod
         return timm.create_model(cfg.backbone, **kwargs)
     except TypeError as e:  # e.g. drop_path_rate on a family that has no stochastic depth
         raise AblateError(f"model: {cfg.backbone} does not accept {e}") from None
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError):
         if cfg.pretrained and not cfg.checkpoint:
             raise AblateError(f"model.pretrained: could not fetch {cfg.backbone} weights (offline?): set "
                               f"model.checkpoint to a local weights file") from None

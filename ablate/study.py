@@ -206,7 +206,6 @@ def cell_label(params: dict) -> str:
 # ---------------------------------------------------------------- Optuna objects (factories)
 
 def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 120)):
-    import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 

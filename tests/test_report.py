@@ -17,21 +17,10 @@ import pytest
 import yaml
 
 from ablate.report import ablation_table, delta_ci
+from helpers import TINY_BASE, ablate
 
-TINY_BASE = {
-    "model": {"backbone": "resnet10_narrow"},
-    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
-    "train": {"epochs": 1, "progress_bar": False},
-}
 REFERENCE = [{"match": {"model.attention.name": "none"}, "params_m": 25.56, "top1_err": 24.56},
              {"match": {"model.attention.name": "se"}, "params_m": 28.09, "top1_err": 23.14}]
-
-
-def ablate(*args, cwd, timeout=900):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -4,54 +4,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import mlflow
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from ablate.errors import AblateError
 from ablate.study import grid_cells, load_study
-
-TINY_BASE = {
-    "model": {"backbone": "resnet10_narrow"},
-    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
-    "train": {"epochs": 1, "progress_bar": False},
-}
-
-
-def write_study(path: Path, **sections) -> Path:
-    doc = {"study": {"name": "tiny", "seeds": [0, 1]}, "base": TINY_BASE,
-           "space": {"model.attention.name": ["none", "se"]}}
-    doc.update(sections)  # a given section replaces the default one
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def ablate(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def load(name="tiny"):
-    from ablate.study import JOURNAL, make_storage
-
-    return optuna.load_study(study_name=name, storage=make_storage(JOURNAL, 1))
-
-
-def runs(name="tiny"):
-    client = mlflow.MlflowClient(f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(name)
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
-def cells_done(study):
-    done = [(t.params["cell"], t.params["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    return sorted(done)
-
+from helpers import TINY_BASE, ablate, cells_done, load, runs, write_study
 
 # ---------------------------------------------------------------- validation (nothing runs, nothing is written)
 
