@@ -4,7 +4,7 @@
   load_run_model(mlflow, run_id)    the run's config.yaml and model.pt artifacts -> (TrialConfig, state_dict)
   build_trained(cfg, state, dm)     the model rebuilt from its config, the state_dict loaded strictly, eval mode
   validation_batch(dm, n)           the first n validation samples: normalised model input, [0, 1] image, labels
-  target_layer(model, x)            the deepest feature stage whose map still has a spatial extent
+  target_layer(model, x)            the deepest timm feature stage with a map of at least MIN_SIDE (4) a side
   gradcam_grid(study, n, ...)       -> GradCamGrid: per configuration its run, layer, CAMs (n, H, W) and P(true class)
   draw_grid(grid)                   the figure: the inputs with their labels, then one row of overlays per configuration
   write_gradcam(study, n, ...)      draws, saves the PNG and logs it on the study's parent run as report/gradcam.png

@@ -37,13 +37,18 @@ def ablate(*args, cwd, timeout=600):
                           timeout=timeout, env=env, cwd=cwd)
 
 
-def run_cli(capsys, *args):
-    """The command in this process (no second start-up of torch and MLflow): exit code, stdout, stderr."""
+def exit_code(*args) -> int:
+    """The command in this process (no second start-up of torch and MLflow): its exit code."""
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
         raise SystemExit(0)
+    return exit_info.value.code
+
+
+def run_cli(capsys, *args):
+    code = exit_code(*args)
     out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
+    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,7 @@ def tiny(tmp_path_factory):
     bare.write_text(yaml.safe_dump({"study": {"name": "bare"}, "base": NO_WEIGHTS_BASE,
                                     "space": {"model.attention.name": ["none"]}}))
     for path in (study, bare):  # in this process: the same code as `ablate run`, without its start-up
-        main(["run", str(path), "--storage", storage, "--tracking-uri", uri])
+        assert exit_code("run", str(path), "--storage", storage, "--tracking-uri", uri) == 0
     grid = gradcam_grid("tiny", N, storage=storage, tracking_uri=uri)
     return {"folder": folder, "study": study, "storage": storage, "uri": uri, "grid": grid}
 
