@@ -6,8 +6,10 @@
 
 Grid studies enqueue every cell x seed as a WAITING Optuna trial; workers claim them through Optuna's
 atomic trial queue, so `--jobs N` never runs a cell twice. Running a study again resumes it: trials
-left RUNNING by a killed process are failed (their MLflow runs too), and every cell x seed without a
-COMPLETE or PRUNED trial is enqueued again.
+left RUNNING by a dead process are failed (their MLflow runs too), and every cell x seed without a
+COMPLETE or PRUNED trial is enqueued again. Several `ablate run` processes may share a study: setup is
+serialised by a lock (a file beside the journal, or a PostgreSQL advisory lock), and on PostgreSQL
+heartbeats let a live worker fail and retry a dead machine's trial.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import copy
 import itertools
 import os
 import signal
+import socket
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,10 +219,20 @@ def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 1
         return JournalStorage(JournalFileBackend(url))
     if url.startswith("sqlite") and jobs > 1:
         raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
+    import time
+
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     try:
-        # several machines: heartbeats let another worker retry a dead machine's trial
-        return RDBStorage(url, heartbeat_interval=heartbeat[0], grace_period=heartbeat[1],
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        for attempt in range(5):
+            try:
+                # several machines: heartbeats let another worker retry a dead machine's trial
+                return RDBStorage(url, heartbeat_interval=heartbeat[0], grace_period=heartbeat[1],
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            except (IntegrityError, ProgrammingError):  # another worker is creating the same schema right now
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except Exception as e:  # noqa: BLE001 (driver and connection errors come in many types)
         from ablate.tracking import mask_password
 
@@ -316,6 +330,7 @@ def make_objective(study: Study, parent_run_id: str, cells: list[dict] | None):
 
     def objective(trial):
         try:
+            trial.set_user_attr("worker", _worker_id())  # so a resume can tell a live trial from a dead one
             params, seed = sample_params(trial, study, cells)
             trial.set_user_attr("params", params)
             trial.set_user_attr("label", cell_label(params))
@@ -352,17 +367,40 @@ def _free_memory() -> None:
 
 # ---------------------------------------------------------------- running
 
-def _recover(study_obj, storage, uri: str, experiment_id: str, single_machine: bool) -> None:
-    """After a crash: fail trials nobody is running any more, and end their MLflow runs FAILED."""
+def _recover(study_obj, storage, uri: str, experiment_id: str, journal: bool) -> None:
+    """After a crash: fail trials nobody is running any more, and end their MLflow runs FAILED.
+
+    A journal lives on one machine, so a RUNNING trial whose worker process is gone is dead; on a database,
+    workers on other machines are judged by their heartbeats instead."""
     from optuna.trial import TrialState
 
-    if single_machine:  # journal storage: this process is the only runner of the study now
+    if journal:
         study_id = storage.get_study_id_from_name(study_obj.study_name)
         for t in study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _alive(t.user_attrs.get("worker")):
+                continue  # another `ablate run` of this study on this machine is running it
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_user_attr(trial_id, "fail_reason", "the worker died during this trial (killed?)")
             study_obj.tell(t.number, state=TrialState.FAIL)
     _end_orphaned_runs(study_obj, uri, experiment_id)
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(worker: str | None) -> bool:
+    """Is the process `host:pid` (a trial's worker) still running on this machine?"""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _end_orphaned_runs(study_obj, uri: str, experiment_id: str) -> None:
@@ -452,7 +490,10 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
         while True:
             if cells is not None:
                 if not study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                    return
+                    if not (heartbeats and _await_stale(study_obj, study.heartbeat[0])):
+                        return
+                    _end_orphaned_runs(study_obj, uri, tracking.get_or_create_experiment(study.name, uri))
+                    continue
             elif len(study_obj.get_trials(deepcopy=False, states=done_states + (TrialState.RUNNING,))) >= total:
                 return
             study_obj.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total)])
@@ -460,6 +501,22 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
                 _end_orphaned_runs(study_obj, uri, tracking.get_or_create_experiment(study.name, uri))
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _await_stale(study_obj, interval: int) -> bool:
+    """Nothing left to claim, but trials still RUNNING (maybe on a dead machine): check their heartbeats
+    every interval until one is failed and queued again (True) or none is running any more (False)."""
+    import time
+
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    while study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        fail_stale_trials(study_obj)  # one query; the retry callback queues a WAITING copy
+        if study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        time.sleep(min(interval, 2))  # a live worker's trial may end any moment
+    return bool(study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _interrupt_once(signum, frame):
@@ -495,6 +552,37 @@ def _progress(total: int):
     return report
 
 
+@contextmanager
+def _setup_lock(storage, name: str, journal: str | None):
+    """Serialise a study's setup (create, recover, enqueue the grid, parent run) across `ablate run` processes:
+    a lock file beside a journal, a PostgreSQL session advisory lock; both released if the process dies."""
+    from optuna.storages import RDBStorage
+
+    if journal is not None:
+        import fcntl
+
+        with open(f"{journal}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        return
+    if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
+        yield  # other databases: setups of one study must not start at the same moment
+        return
+    import zlib
+
+    import sqlalchemy as sa
+
+    key = zlib.crc32(f"ablate.study:{name}".encode())
+    with storage.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
 def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
     """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `study`."""
     import multiprocessing as mp
@@ -506,13 +594,16 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, jobs, study.heartbeat)
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
-    experiment_id = tracking.get_or_create_experiment(study.name, uri)  # once, before any worker starts
-    study_obj = open_study(study, storage)
-    _recover(study_obj, storage, uri, experiment_id, single_machine="://" not in (storage_url or JOURNAL))
     cells = grid_cells(study) if study.is_grid else None
-    if cells is not None:
-        _enqueue_missing(study_obj, study, cells)
-    parent = _parent_run(study_obj, study, uri, experiment_id)
+    journal = None if "://" in (storage_url or JOURNAL) else (storage_url or JOURNAL)
+    with _setup_lock(storage, study.name, journal):  # another `ablate run` of the same study waits here
+        # the MLflow store and experiment are created once, before any worker starts
+        experiment_id = tracking.get_or_create_experiment(study.name, uri)
+        study_obj = open_study(study, storage)
+        _recover(study_obj, storage, uri, experiment_id, journal=journal is not None)
+        if cells is not None:
+            _enqueue_missing(study_obj, study, cells)
+        parent = _parent_run(study_obj, study, uri, experiment_id)
     total = n_trials(study, cells)
     status = "FINISHED"
     try:

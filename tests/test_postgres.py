@@ -1,6 +1,7 @@
 """Several `ablate run --storage postgresql://...` workers on one PostgreSQL server (the multi-machine path).
 
-Needs a server: $ABLATE_TEST_POSTGRES is its SQLAlchemy URL (.ci/run starts a throwaway one with .ci/postgres).
+Needs a server: $ABLATE_TEST_POSTGRES is its SQLAlchemy URL (.ci/run starts a throwaway one with .ci/postgres,
+or sets $ABLATE_TEST_POSTGRES_ERROR to why it could not, and these tests skip saying so).
 Each test gets a fresh database on it, dropped afterwards. MLflow stays on the local SQLite store: the
 workers run on this machine, in the test's folder.
 """
@@ -13,18 +14,15 @@ import time
 import uuid
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
+import helpers
+from helpers import TINY_BASE, cells_done
+
 ENV = "ABLATE_TEST_POSTGRES"
-TINY_BASE = {
-    "model": {"backbone": "resnet10_narrow"},
-    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
-    "train": {"epochs": 1, "progress_bar": False},
-}
 MODULES = ["none", "se", "eca"]
 SEEDS = [0, 1]
 ALL_CELLS = sorted((c, s) for c in range(len(MODULES)) for s in SEEDS)
@@ -35,7 +33,8 @@ def pg_url():
     """A fresh, empty database on the test server; its URL. Skips (saying why) when there is no server."""
     url = os.environ.get(ENV)
     if not url:
-        pytest.skip(f"${ENV} is not set: no PostgreSQL server to test against (.ci/run starts one with .ci/postgres)")
+        why = os.environ.get(f"{ENV}_ERROR", f"${ENV} is not set (.ci/run starts a server with .ci/postgres)")
+        pytest.skip(f"no PostgreSQL server to test against: {why}")
     from sqlalchemy.engine import make_url
 
     try:
@@ -116,26 +115,8 @@ def load(url: str, name="pg"):
     return optuna.load_study(study_name=name, storage=url)
 
 
-def cells_done(study) -> list[tuple[int, int]]:
-    return sorted((t.params["cell"], t.params["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,)))
-
-
-def mlflow_client():
-    (Path.cwd() / "mlruns").mkdir(exist_ok=True)
-    return mlflow.MlflowClient(f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
-
-
-def init_mlflow_store() -> None:
-    """Create the local MLflow SQLite store before the workers start: two processes creating it at once
-    race in MLflow's schema migrations ("duplicate column name"). Machines sharing a study share an
-    MLflow server instead, so this is the test's local stand-in, not the path under test."""
-    mlflow_client().search_experiments()
-
-
-def runs(name="pg"):
-    client = mlflow_client()
-    experiment = client.get_experiment_by_name(name)
-    return client.search_runs([experiment.experiment_id]) if experiment else []
+def runs():
+    return helpers.runs("pg")
 
 
 def assert_no_password(url: str, *texts: str) -> None:
@@ -152,7 +133,6 @@ def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url)
     path = write_study(tmp_path / "pg.yaml", epochs=3)  # long enough that both workers get trials
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
     ready, go = [tmp_path / "ready0", tmp_path / "ready1"], tmp_path / "go"
-    init_mlflow_store()
     procs = [start_worker(log, str(path), "--storage", pg_url, ready=r, go=go) for log, r in zip(logs, ready)]
     fire_together(procs, ready, go)  # both open the fresh database and queue the grid at the same moment
     outputs = [finish(p, log) for p, log in zip(procs, logs)]
