@@ -1,7 +1,4 @@
 """Grad-CAM on a tiny real study (run once per module): best run per configuration, same images, the figure, errors."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -14,6 +11,7 @@ import yaml
 from ablate.cli import main
 from ablate.errors import AblateError
 from ablate.gradcam import best_runs, draw_grid, gradcam_grid, write_gradcam
+from helpers import ablate
 
 # cluttered digits at 32 px: a digit somewhere on the canvas, so a CAM has a place to point at
 TINY_BASE = {
@@ -28,13 +26,6 @@ NO_WEIGHTS_BASE = {
     "tracking": {"log_weights": False},
 }
 N = 4
-
-
-def ablate(*args, cwd, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
 
 
 def exit_code(*args) -> int:
