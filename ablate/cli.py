@@ -108,6 +108,8 @@ def train(
 
     try:
         result = run_trial(cfg)
+    except AblateError as e:  # raised while building data or model, before the store: name the file
+        raise AblateError(f"{config}: {e}") from None
     except DivergedError as e:  # not bad input: the run exists and ended FAILED with this reason
         typer.echo(f"ablate: trial diverged: {e} (its MLflow run is marked FAILED)", err=True)
         raise typer.Exit(1)
@@ -131,7 +133,7 @@ def run(
     _plugins(plugin)
     from ablate.study import load_study
 
-    overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials else [])
+    overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials is not None else [])
     if tracking_uri:
         overrides.append(f"tracking.uri={tracking_uri}")
     loaded = load_study(study, overrides)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,8 +131,10 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def apply_overrides(data: dict, overrides: list[str], source: str = "command line") -> dict:
-    """Return a copy of `data` with `a.b.c=value` overrides applied (values parsed as YAML)."""
+def apply_overrides(data: dict, overrides: list[str], source: str = "command line", nested: bool = True) -> dict:
+    """Return a copy of `data` with `a.b.c=value` overrides applied (values parsed as YAML).
+
+    nested=False sets the dotted key itself (a search space's keys are dotted paths)."""
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -142,7 +145,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
         except yaml.YAMLError:
             value = raw
         node = data
-        parts = key.split(".")
+        parts = key.split(".") if nested else [key]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
@@ -152,14 +155,34 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
     return data
 
 
+# pydantic names the branch of a union it tried in the error's location: 'str', 'list[any]', 'Range'
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|[A-Z]\w*)$")
+
+
+def _is_tag(part) -> bool:
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
+def _first_error(err: ValidationError) -> dict:
+    """The error to show: the first, or for a union the branch that got furthest into the user's input
+    (metric: [{direction: sideways}] fails as a list of objectives, not as 'not a string')."""
+    errors = err.errors()
+    first = errors[0]
+    tags = [i for i, part in enumerate(first["loc"]) if _is_tag(part)]
+    if not tags:
+        return first
+    same = [e for e in errors if e["loc"][:tags[0]] == first["loc"][:tags[0]]]
+    return max(same, key=lambda e: (len(e["loc"]), e["type"] == "extra_forbidden"))
+
+
 def validation_error(source: str, err: ValidationError, schema: type[BaseModel], prefix: str = "") -> AblateError:
     """The first pydantic error as one line: 'file: key.path: message (did you mean ...?)'."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    first = _first_error(err)
+    loc = [str(p) for p in first["loc"] if not _is_tag(p)]
     key = ".".join(([prefix] if prefix else []) + loc)
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        allowed = _fields_at(schema, loc[:-1])
+        allowed = _fields_at(schema, list(first["loc"][:-1]))
         close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
         msg = f"unknown key ({hint})"
@@ -170,14 +193,20 @@ def validation_error(source: str, err: ValidationError, schema: type[BaseModel],
     return AblateError(f"{source}: {key}: {msg}")
 
 
-def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
+def _fields_at(schema: type[BaseModel], loc: list) -> list[str]:
+    """The keys allowed at `loc` (for did-you-mean), following union branch tags like 'Range' or 'list[Objective]'."""
+    current: type[BaseModel] | None = schema
     for part in loc:
-        field = schema.model_fields.get(part)
+        if isinstance(part, int):
+            continue  # a list index: same schema
+        tagged = globals().get(re.sub(r"^list\[(\w+)\]$", r"\1", part)) if _is_tag(part) else None
+        if isinstance(tagged, type) and issubclass(tagged, BaseModel):
+            current = tagged
+            continue
+        field = current.model_fields.get(part) if current else None
         ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        schema = ann
-    return list(schema.model_fields)
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(current.model_fields) if current else []
 
 
 def parse_trial(data: dict, source: str = "config") -> TrialConfig:

@@ -45,6 +45,14 @@ def build_datamodule(cfg: DataConfig) -> pl.LightningDataModule:
     return builders[cfg.name](cfg)
 
 
+def check_data(cfg: DataConfig) -> None:
+    """What can be checked without loading anything (a dataset folder is there): before a study starts."""
+    if cfg.name in ("cifar10", "cifar100"):
+        _cifar_folder(cfg)
+    elif cfg.name == "imagefolder":
+        _imagefolder_root(cfg)
+
+
 def dataset_shape(cfg: DataConfig) -> tuple[int, int]:
     """(num_classes, in_chans) without loading anything: what a dry run needs to build the model.
     For imagefolder the class count is `data.num_classes` (the folders may not be on this machine)."""
@@ -351,21 +359,9 @@ class CifarDataModule(TensorDataModule):
     """CIFAR-10/100 from cfg.root, read into uint8 tensors; resized on the device when image_size != 32."""
 
     def __init__(self, cfg: DataConfig):
-        from torchvision.datasets import CIFAR10, CIFAR100
-
-        dataset, title, label_key, k = {
-            "cifar10": (CIFAR10, "CIFAR-10", "labels", 10),
-            "cifar100": (CIFAR100, "CIFAR-100", "fine_labels", 100),
-        }[cfg.name]
-        if cfg.root is None:
-            raise AblateError(f"data.root: required for {cfg.name} (the folder that holds {dataset.base_folder}, "
-                              "or where to put it with data.download: true)")
-        root = Path(cfg.root).expanduser()
-        folder = root / dataset.base_folder
-        if not folder.is_dir():
-            if not cfg.download:
-                raise AblateError(f"data.root: {title} not found under {root} (expected {folder}; put the dataset "
-                                  "there or set data.download: true)")
+        dataset, title, label_key, k = _cifar(cfg)
+        root, folder = _cifar_folder(cfg)
+        if not folder.is_dir():  # _cifar_folder let it through: data.download is on
             dataset(str(root), train=True, download=True)  # torchvision fetches and checksums the archive
         # read the pickled batches ourselves (the format torchvision reads) to get tensors, not a PIL dataset
         x_train, y_train = _read_cifar(folder, [name for name, _ in dataset.train_list], label_key, title)
@@ -374,6 +370,27 @@ class CifarDataModule(TensorDataModule):
         train = _pick(len(y_train), cfg.train_size, "train_size", gen)
         val = _pick(len(y_val), cfg.val_size, "val_size", gen)
         super().__init__(cfg, x_train[train], y_train[train], x_val[val], y_val[val], num_classes=k)
+
+
+def _cifar(cfg: DataConfig):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return {"cifar10": (CIFAR10, "CIFAR-10", "labels", 10),
+            "cifar100": (CIFAR100, "CIFAR-100", "fine_labels", 100)}[cfg.name]
+
+
+def _cifar_folder(cfg: DataConfig) -> tuple[Path, Path]:
+    """(root, the dataset's folder under it), or a one-line error when it is missing and not to be downloaded."""
+    dataset, title, _, _ = _cifar(cfg)
+    if cfg.root is None:
+        raise AblateError(f"data.root: required for {cfg.name} (the folder that holds {dataset.base_folder}, "
+                          "or where to put it with data.download: true)")
+    root = Path(cfg.root).expanduser()
+    folder = root / dataset.base_folder
+    if not folder.is_dir() and not cfg.download:
+        raise AblateError(f"data.root: {title} not found under {root} (expected {folder}; put the dataset "
+                          "there or set data.download: true)")
+    return root, folder
 
 
 def _read_cifar(folder: Path, files: list[str], label_key: str, title: str):
@@ -404,21 +421,14 @@ class ImageFolderDataModule(_Base):
         from torchvision.datasets import ImageFolder
 
         self.cfg = cfg
-        layout = "root/train/<class>/*.jpg and root/val/<class>/*"
-        if cfg.root is None:
-            raise AblateError(f"data.root: required for imagefolder (a folder laid out as {layout})")
-        root = Path(cfg.root).expanduser()
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                expected = layout.replace("root", str(root))
-                raise AblateError(f"data.root: {root / split} not found (imagefolder expects {expected})")
+        root = _imagefolder_root(cfg)
         _auto_augment(cfg.auto_augment, cfg.image_size, [0.5])  # same one-line error for a bad spec as tensor datasets
         train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment, hflip=cfg.hflip)
         val_tf = create_transform(cfg.image_size, is_training=False)
         try:
             train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
         except FileNotFoundError as e:
-            raise AblateError(f"data.root: {' '.join(str(e).split())} (expected {layout})") from None
+            raise AblateError(f"data.root: {' '.join(str(e).split())} (expected {IMAGEFOLDER_LAYOUT})") from None
         if train.classes != val.classes:
             missing = sorted(set(train.classes) ^ set(val.classes))[:5]
             raise AblateError(f"data.root: {root}/train and {root}/val have different class folders "
@@ -441,6 +451,20 @@ class ImageFolderDataModule(_Base):
         workers = self.cfg.num_workers
         return DataLoader(data, batch_size=self.cfg.batch_size, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+IMAGEFOLDER_LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*"
+
+
+def _imagefolder_root(cfg: DataConfig) -> Path:
+    if cfg.root is None:
+        raise AblateError(f"data.root: required for imagefolder (a folder laid out as {IMAGEFOLDER_LAYOUT})")
+    root = Path(cfg.root).expanduser()
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            expected = IMAGEFOLDER_LAYOUT.replace("root", str(root))
+            raise AblateError(f"data.root: {root / split} not found (imagefolder expects {expected})")
+    return root
 
 
 def _subset(data: Dataset, positions: torch.Tensor) -> Dataset:

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Study:
     cfg: StudyConfig
     base: dict  # the base trial config with command-line overrides applied
     space: dict[str, list | Range] = field(default_factory=dict)
+    origin: dict[str, Path] = field(default_factory=dict)  # space key -> the included file it came from
 
     @property
     def name(self) -> str:
@@ -62,7 +64,10 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     path = Path(path)
     data = load_yaml(path)
     study_overrides = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in ("study", "space")]
-    data = apply_overrides(data, study_overrides, "command line")
+    data = apply_overrides(data, [o for o in study_overrides if o.startswith("study")], "command line")
+    space = [o.removeprefix("space.") for o in study_overrides if o.startswith("space.")]
+    if space:  # space.model.attention.name=[se,cbam]: the rest of the key is one dotted space key
+        data["space"] = apply_overrides(data.get("space") or {}, space, "command line", nested=False)
     try:
         cfg = StudyConfig.model_validate(data)
     except ValidationError as e:
@@ -72,10 +77,15 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     base.setdefault("tracking", {})["experiment"] = cfg.study.name  # one experiment per study
 
     space: dict[str, list | Range] = {}
+    origin: dict[str, Path] = {}
     for include in cfg.include:
-        space.update(_load_space(path, include))
+        keys, found = _load_space(path, include)
+        space.update(keys)
+        origin.update(dict.fromkeys(keys, found))
     space.update(cfg.space)
-    study = Study(path, cfg, base, space)
+    for key in cfg.space:  # the study's own keys win over included ones
+        origin.pop(key, None)
+    study = Study(path, cfg, base, space, origin)
     _check_space(study, base_cfg)
     for objective in cfg.study.objectives():
         if objective.metric not in METRICS:
@@ -87,16 +97,20 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
             trial_config(study, cell, cfg.study.seeds[0])  # every cell must be a valid trial
     elif cfg.study.trials is None:
         raise AblateError(f"{path}: study.trials: sampler {cfg.study.sampler!r} needs a number of trials")
+    elif not study.space:
+        raise AblateError(f"{path}: space: sampler {cfg.study.sampler!r} has nothing to search "
+                          "(add keys to space or include, or use sampler: grid)")
     return study
 
 
-def _load_space(study_path: Path, include: str) -> dict:
+def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
+    """An `include:`d search space file: its keys and where it was found."""
     for candidate in (Path(include), study_path.parent / include, study_path.parent.parent / include):
         if candidate.is_file():
             data = load_yaml(candidate)
             data = data.get("space", data)
             try:
-                return StudyConfig.model_validate({"study": {"name": "x"}, "space": data}).space
+                return StudyConfig.model_validate({"study": {"name": "x"}, "space": data}).space, candidate
             except ValidationError as e:
                 raise validation_error(str(candidate), e, StudyConfig) from None
     raise AblateError(f"{study_path}: include: no search space file {include!r}")
@@ -105,33 +119,35 @@ def _load_space(study_path: Path, include: str) -> dict:
 def _check_space(study: Study, base_cfg: TrialConfig) -> None:
     from ablate.attention import get_attention, resolve_knobs
 
-    where = f"{study.path}: space"
+    def where(key: str) -> str:  # the file the key came from: the study or an included space file
+        return f"{study.origin.get(key, study.path)}: space.{key}"
+
     modules = study.space.get(MODULE_KEY, [base_cfg.model.attention.name])
     for key, spec in study.space.items():
         if isinstance(spec, list) and not spec:
-            raise AblateError(f"{where}.{key}: empty choices")
+            raise AblateError(f"{where(key)}: empty choices")
         if isinstance(spec, Range):
             if spec.low > spec.high:
-                raise AblateError(f"{where}.{key}: range low {spec.low} > high {spec.high}")
+                raise AblateError(f"{where(key)}: range low {spec.low} > high {spec.high}")
             if spec.log and spec.low <= 0:
-                raise AblateError(f"{where}.{key}: a log range needs low > 0")
+                raise AblateError(f"{where(key)}: a log range needs low > 0")
             if study.is_grid and spec.step is None:
-                raise AblateError(f"{where}.{key}: a grid needs choices or a range with step")
+                raise AblateError(f"{where(key)}: a grid needs choices or a range with step")
     for name in modules:
         if name != "none":
-            get_attention(name, f"{where}.{MODULE_KEY}")
+            get_attention(name, where(MODULE_KEY))
     for key, spec in study.space.items():
         if key.startswith(KNOB_PREFIX):
             knob = key.removeprefix(KNOB_PREFIX)
             takers = [m for m in modules if m != "none" and knob in get_attention(m).knobs]
             if not takers:
-                raise AblateError(f"{where}.{key}: no module in the study takes knob {knob!r}")
+                raise AblateError(f"{where(key)}: no module in the study takes knob {knob!r}")
             for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
                 for m in takers:
-                    resolve_knobs(m, {knob: value}, where=f"{where}.{key}")
+                    resolve_knobs(m, {knob: value}, where=where(key))
         elif key != "seed":  # every choice (both ends of a range) must make a valid trial config
             for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
-                parse_trial(_set(copy.deepcopy(study.base), key, value), f"{study.path}: space")
+                parse_trial(_set(copy.deepcopy(study.base), key, value), f"{study.origin.get(key, study.path)}: space")
 
 
 def _set(tree: dict, dotted: str, value: Any) -> dict:
@@ -196,6 +212,50 @@ def trial_config(study: Study, params: dict, seed: int) -> TrialConfig:
     return parse_trial(tree, f"{study.path}: cell {params}")
 
 
+def build_cell(study: Study, params: dict, where: str):
+    """The model of one configuration (pretrained weights not fetched), after the cheap data checks; errors
+    name the file and the cell. Returns (BuiltModel, TrialConfig)."""
+    from pathlib import Path
+
+    from ablate.data import check_data, dataset_shape
+    from ablate.models import build_model
+
+    cfg = trial_config(study, params, study.cfg.study.seeds[0])
+    try:
+        check_data(cfg.data)
+        if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+            raise AblateError(f"model.checkpoint: no weights file at {cfg.model.checkpoint}")
+        model_cfg = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})  # shapes only
+        return build_model(model_cfg, *dataset_shape(cfg.data), cfg.data.image_size), cfg
+    except AblateError as e:
+        raise AblateError(f"{study.path}: {where}: {e}") from None
+
+
+def check_cells(study: Study) -> None:
+    """Build every distinct model the study can train (grid: each cell; search: the base with each value of each
+    space key) and check its data folder, so bad input fails before any store is touched."""
+    if study.is_grid:
+        todo = [(f"cell {cell_label(p)}" if p else "base", p) for p in grid_cells(study)]
+    else:
+        todo = [("base", {})]
+        for key, spec in study.space.items():
+            for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+                if not key.startswith(KNOB_PREFIX):
+                    todo.append((f"space.{key}={value}", {key: value}))
+                    continue
+                for module in study.space.get(MODULE_KEY, [_module_of({}, study)]):  # each module taking the knob
+                    params = {MODULE_KEY: module, key: value}
+                    if _applies(key, params, study):
+                        todo.append((f"space.{key}={value} with {module}", params))
+    seen = set()
+    for where, params in todo:
+        cfg = trial_config(study, params, study.cfg.study.seeds[0])
+        key = (cfg.model.model_dump_json(), cfg.data.model_dump_json())
+        if key not in seen:  # training keys (lr, epochs ...) build the same model
+            seen.add(key)
+            build_cell(study, params, where)
+
+
 def cell_label(params: dict) -> str:
     """A row's name: a ladder row's own name, else its varied keys ('attention=se, reduction=8')."""
     if "name" in params:
@@ -210,13 +270,18 @@ def cell_label(params: dict) -> str:
 # ---------------------------------------------------------------- Optuna objects (factories)
 
 def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 120)):
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     url = url or JOURNAL
     if "://" not in url:  # a journal file: safe for several processes on one machine
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        try:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        except OSError as e:  # a folder where the file should be, a file where a folder should be, no rights
+            raise AblateError(f"--storage: cannot use {url} as the Optuna journal file ({type(e).__name__}: "
+                              f"{e.strerror or e})") from None
     if url.startswith("sqlite") and jobs > 1:
         raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
     import time
@@ -224,6 +289,7 @@ def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 1
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     try:
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: "experimental" since 2.9
         for attempt in range(5):
             try:
                 # several machines: heartbeats let another worker retry a dead machine's trial
@@ -561,7 +627,7 @@ def _setup_lock(storage, name: str, journal: str | None):
     if journal is not None:
         import fcntl
 
-        with open(f"{journal}.lock", "a") as lock:
+        with open(f"{journal}.setup-lock", "a") as lock:  # not `.lock`: Optuna's journal lock is that file
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
         return
@@ -592,6 +658,7 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
     from ablate import tracking
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_cells(study)  # bad models and missing data folders fail here, before any store exists
     storage = make_storage(storage_url, jobs, study.heartbeat)
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
     cells = grid_cells(study) if study.is_grid else None
@@ -647,16 +714,12 @@ def dry_run_table(study: Study):
     """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained."""
     import pandas as pd
 
-    from ablate.data import dataset_shape
-    from ablate.models import build_model
     from ablate.report import with_reference
 
     cells = grid_cells(study) if study.is_grid else [{}]
     rows = []
     for params in cells:
-        cfg = trial_config(study, params, study.cfg.study.seeds[0])
-        num_classes, in_chans = dataset_shape(cfg.data)
-        built = build_model(cfg.model, num_classes, in_chans, cfg.data.image_size)
+        built, _ = build_cell(study, params, f"cell {cell_label(params)}" if params else "base")
         rows.append({"config": cell_label(params), "trials": len(study.cfg.study.seeds),
                      "params (M)": built.params / 1e6, "GMACs": built.gmacs})
     table = pd.DataFrame(rows).set_index("config")

@@ -23,6 +23,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna import TrialPruned
 
+from ablate.errors import AblateError
+
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 REASON_TAG = "reason"
 MAX_REASON = 4000  # well under MLflow's tag-value limit
@@ -39,8 +41,12 @@ def resolve_uri(uri: str | None = None) -> str:
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / HOME / 'mlflow.db'}"
     if uri.startswith("sqlite:///"):
-        # SQLite creates the file but not its folder
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # SQLite creates the file but not its folder
+        except OSError as e:
+            raise AblateError(f"tracking.uri: cannot create {folder} for {uri} ({type(e).__name__}: "
+                              f"{e.strerror or e})") from None
     return uri
 
 
@@ -55,13 +61,21 @@ def artifact_root(uri: str) -> str | None:
 
 
 def client(uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=resolve_uri(uri))
+    uri = resolve_uri(uri)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)
+        raise AblateError(f"tracking.uri: cannot open {mask_password(uri)}: {' '.join(str(e).split())[:200]}") from None
 
 
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
     """The experiment's id, creating it once; another process creating it first is not an error."""
     mlflow = client(uri)
-    found = mlflow.get_experiment_by_name(name)
+    try:  # the first touch of the store: an unusable URI is bad input, one line
+        found = mlflow.get_experiment_by_name(name)
+    except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy and driver errors come in many types)
+        raise AblateError(f"tracking.uri: cannot open {mask_password(mlflow.tracking_uri)}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
     if found is not None:
         return found.experiment_id
     try:

@@ -75,7 +75,7 @@ class Knob:
             value = self.type(value)
             high = channels if self.high == "channels" else self.high
             if (self.low is not None and value < self.low) or (high is not None and value > high):
-                hint = f" for {channels} channels" if self.high == "channels" else ""
+                hint = f" for {channels} channels" if self.high == "channels" and channels is not None else ""
                 raise AblateError(f"{where}={value} is out of range{hint} ({self.describe()})")
             if self.odd and value % 2 == 0:
                 raise AblateError(f"{where}={value} must be odd ({self.describe()})")
@@ -189,7 +189,8 @@ def resolve_knobs(name: str, knobs: dict[str, Any], channels: int | None = None,
         raise AblateError(f"{where}: module {name!r} takes no knob {key!r} (knobs: {allowed})")
     resolved = info.defaults()
     for key, value in knobs.items():
-        resolved[key] = info.knobs[key].check(f"{where}: {name}.{key}", value, channels)
+        at = where if where.endswith(f".{key}") else f"{where}.{key}"  # the full key, named once
+        resolved[key] = info.knobs[key].check(f"{at}: {name}.{key}", value, channels)
     return resolved
 
 
