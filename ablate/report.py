@@ -323,6 +323,7 @@ def dry_run_report(study, fmt: str = "md") -> str:
     if loaded is None:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
     table = dry_run_table(loaded)
+    table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
     digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
     view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
                        if col.dtype.kind == "f" else col)

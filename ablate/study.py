@@ -212,9 +212,9 @@ def trial_config(study: Study, params: dict, seed: int) -> TrialConfig:
     return parse_trial(tree, f"{study.path}: cell {params}")
 
 
-def build_cell(study: Study, params: dict, where: str):
-    """The model of one configuration (pretrained weights not fetched), after the cheap data checks; errors
-    name the file and the cell. Returns (BuiltModel, TrialConfig)."""
+def build_cell(study: Study, params: dict, where: str, data: bool = True):
+    """The model of one configuration (pretrained weights not fetched), after the cheap data checks (`data`);
+    errors name the file and the cell. Returns (BuiltModel, TrialConfig)."""
     from pathlib import Path
 
     from ablate.data import check_data, dataset_shape
@@ -222,7 +222,8 @@ def build_cell(study: Study, params: dict, where: str):
 
     cfg = trial_config(study, params, study.cfg.study.seeds[0])
     try:
-        check_data(cfg.data)
+        if data:
+            check_data(cfg.data)
         if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
             raise AblateError(f"model.checkpoint: no weights file at {cfg.model.checkpoint}")
         model_cfg = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})  # shapes only
@@ -719,9 +720,11 @@ def dry_run_table(study: Study):
     cells = grid_cells(study) if study.is_grid else [{}]
     rows = []
     for params in cells:
-        built, _ = build_cell(study, params, f"cell {cell_label(params)}" if params else "base")
+        where = f"cell {cell_label(params)}" if params else "base"
+        built, _ = build_cell(study, params, where, data=False)  # a dry run needs no data on this machine
         rows.append({"config": cell_label(params), "trials": len(study.cfg.study.seeds),
-                     "params (M)": built.params / 1e6, "GMACs": built.gmacs})
+                     "params (M)": built.params / 1e6, "GMACs": built.gmacs,
+                     **{k: v for k, v in params.items() if k != "name"}})
     table = pd.DataFrame(rows).set_index("config")
     if not study.is_grid:
         table["trials"] = study.cfg.study.trials
