@@ -1,6 +1,8 @@
 """Malformed input, end to end: study files, trial configs, search spaces and command-line arguments.
 
-Every case runs the real `ablate` process and must end with exactly one line on stderr,
+Every case runs the `ablate` command (its entry point in this process, and for one case of each kind a real
+`python -m ablate.cli` process, so start-up noise and tracebacks are seen as a user sees them) and must end
+with exactly one line on stderr,
 `ablate: error: <file>: <key>: ...`, exit code 2, no traceback, nothing on stdout, and neither store
 touched: the MLflow store (mlruns/mlflow.db + mlruns/artifacts/) and the Optuna journal
 (mlruns/optuna.journal) are hashed before and after, byte for byte with mtimes, and no file may appear.
@@ -15,6 +17,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,33 @@ TINY_TRIAL = copy.deepcopy(TINY_BASE) | {"tracking": {"experiment": "bad-inputs"
 DIR = object()  # a `files` value: make a directory, not a file
 PASSWORD = "s3cretpw"
 PG_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"  # nothing listens on port 1: refused at once
+
+
+# one case of each kind as a real process; the rest through the entry point in this process (2 s saved each)
+REAL_PROCESS = {"study-yaml-syntax", "base-unknown-backbone", "space-knob-exceeds-channels", "include-unknown-module",
+                "trial-cifar10-missing-root", "run-storage-unreachable-postgres", "run-tracking-uri-unopenable",
+                "run-plugin-missing", "inspect-gate-at-conv", "report-unknown-by-key", "cli-unknown-option",
+                "study-missing-file"}
+
+
+def ablate_in_process(args, cwd, monkeypatch, capfd):
+    """`ablate ARGS` through ablate.cli.main, what `python -m ablate.cli` runs; an escaping exception is
+    reported as the traceback a user would see."""
+    from ablate.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # --plugin puts the folder on it
+    capfd.readouterr()
+    code, trace = None, ""
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # noqa: BLE001 (exactly what the test is looking for)
+        code, trace = 1, traceback.format_exc()
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err + trace)
 
 
 def ablate_cli(*args, cwd):
@@ -334,7 +364,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, expect, files, where, forbid", CASES)
-def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, args, expect, files, where, forbid):
+def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, monkeypatch, capfd,
+                                                           args, expect, files, where, forbid):
     folder = request.getfixturevalue("stores") if where == "stores" else tmp_path
     for name, content in files.items():
         path = folder / name
@@ -346,7 +377,11 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ar
     if where == "stores":
         assert before, "the stores fixture lost its stores"
 
-    proc = ablate_cli(*[a.replace("{repo}", str(REPO)) for a in args], cwd=folder)
+    args = [a.replace("{repo}", str(REPO)) for a in args]
+    if request.node.callspec.id in REAL_PROCESS:
+        proc = ablate_cli(*args, cwd=folder)
+    else:
+        proc = ablate_in_process(args, folder, monkeypatch, capfd)
 
     # every broken promise at once, so one run shows all that is wrong with a case
     output = proc.stdout + proc.stderr
@@ -374,3 +409,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ar
     assert not problems, report
     if where == "empty":
         assert not (folder / "mlruns").exists()
+
+
+def test_every_kind_of_input_has_a_real_process_case():
+    assert REAL_PROCESS <= {p.id for p in CASES}, REAL_PROCESS - {p.id for p in CASES}
