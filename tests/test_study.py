@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from ablate.errors import AblateError
 from ablate.study import grid_cells, load_study
-from helpers import TINY_BASE, ablate, cells_done, load, runs, write_study
+from helpers import TINY_BASE, ablate, cells_done, load, runs, start, write_study
 
 # ---------------------------------------------------------------- validation (nothing runs, nothing is written)
 
@@ -127,6 +127,21 @@ def test_two_workers_run_every_cell_once(tmp_path):
     proc = ablate("run", str(path), "--jobs", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert cells_done(load()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
+    """Two terminals, one journal: setup is locked, and neither fails the other's live trials as dead."""
+    path = write_study(tmp_path / "tiny.yaml", base=TINY_BASE | {"train": {"epochs": 3, "progress_bar": False}},
+                       study={"name": "tiny", "seeds": [0, 1, 2]})
+    first, second = start("run", str(path)), start("run", str(path))
+    outs = [p.communicate(timeout=600) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [err[-2000:] for _, err in outs]
+    study = load()
+    assert cells_done(study) == [(c, s) for c in (0, 1) for s in (0, 1, 2)]
+    assert [o.count(" complete |") > 0 for o, _ in outs] == [True, True]  # both ran trials
+    assert len(runs()) == 1 + 6 and all(r.info.status == "FINISHED" for r in runs())  # one parent, 6 children
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert all(t.user_attrs.get("fail_reason") == "LookupError: no grid cell left" for t in failed)
 
 
 def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path):
