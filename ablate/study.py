@@ -552,9 +552,11 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
     heartbeats = "://" in (storage_url or JOURNAL)  # RDB: other machines' dead trials get failed as we go
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    previous = signal.signal(signal.SIGINT, _interrupt_once)
-    try:
+    from ablate.train import check_interrupt, deferred_interrupt
+
+    with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
+            check_interrupt()
             if cells is not None:
                 if not study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                     if not (heartbeats and _await_stale(study_obj, study.heartbeat[0])):
@@ -566,8 +568,6 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
             study_obj.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total)])
             if heartbeats:  # a stale trial failed by the heartbeat check: end its MLflow run too
                 _end_orphaned_runs(study_obj, uri, tracking.get_or_create_experiment(study.name, uri))
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _await_stale(study_obj, interval: int) -> bool:
@@ -578,18 +578,15 @@ def _await_stale(study_obj, interval: int) -> bool:
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
+    from ablate.train import check_interrupt
+
     while study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        check_interrupt()
         fail_stale_trials(study_obj)  # one query; the retry callback queues a WAITING copy
         if study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return True
         time.sleep(min(interval, 2))  # a live worker's trial may end any moment
     return bool(study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-
-def _interrupt_once(signum, frame):
-    """Ctrl-C stops the trial; a second one must not cut short marking it (Optuna) and ending its run (MLflow)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 def _worker_process(*args) -> None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 import resource
+import signal
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
@@ -43,6 +46,44 @@ warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # a deprecation ins
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # the EMA copy lives in eval mode on purpose
 warnings.filterwarnings("ignore", r".*module\(s\) in eval mode at the start of training.*")
+
+
+INTERRUPT = threading.Event()  # set by Ctrl-C; the trial stops at its next batch
+
+
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C asks for a stop at the next batch instead of raising wherever the process is, so it never cuts
+    an MLflow write in half (a half-written SQLite transaction locks the store for every other worker)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(signum, frame):
+        if not INTERRUPT.is_set():
+            print("\nCtrl-C: stopping at the next batch", file=sys.stderr, flush=True)
+        INTERRUPT.set()
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_interrupt() -> None:
+    if INTERRUPT.is_set():
+        raise KeyboardInterrupt("interrupted (Ctrl-C)")
+
+
+class StopOnInterrupt(pl.Callback):
+    """Where a requested Ctrl-C lands: between batches (Lightning then shuts the fit down gracefully)."""
+
+    def on_train_batch_start(self, *args):
+        check_interrupt()
+
+    def on_validation_batch_start(self, *args):
+        check_interrupt()
 
 
 class DivergedError(RuntimeError):
@@ -216,13 +257,18 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
     Bad input raises AblateError before the store is touched; once the run exists it always ends
     FINISHED, FAILED (reason tag, e.g. DivergedError) or KILLED (pruned, interrupted).
     """
+    with deferred_interrupt():
+        return _run_trial(cfg, callbacks, parent_run_id, tags)
+
+
+def _run_trial(cfg: TrialConfig, callbacks, parent_run_id: str | None, tags: dict | None) -> TrialResult:
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = build_datamodule(cfg.data)
     built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
     module = TrialModule(built.model, cfg.train, data.num_classes)
     epoch_logger = EpochLogger()
     # ours first: a caller's pruning callback may stop the trial right after validation
-    trainer = make_trainer(cfg.train, [epoch_logger, *callbacks])
+    trainer = make_trainer(cfg.train, [epoch_logger, *callbacks, StopOnInterrupt()])
 
     mlflow = tracking.client(cfg.tracking.uri)
     experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, mlflow.tracking_uri)
