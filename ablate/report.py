@@ -34,15 +34,15 @@ DELTA_PREV = "Δ prev top-1"
 def open_optuna_study(study_name: str, storage: str | None = None):
     import optuna
 
-    from ablate.study import JOURNAL, make_storage
+    from ablate.study import JOURNAL, journal_file, make_storage
 
-    url = storage or JOURNAL
-    if "://" not in url and not Path(url).is_file():  # don't create an empty journal just to find nothing
-        raise AblateError(f"unknown study {study_name!r}: no Optuna journal at {url}")
+    journal = journal_file(storage)
+    if journal and not Path(journal).is_file():  # don't create an empty journal just to find nothing
+        raise AblateError(f"unknown study {study_name!r}: no Optuna journal at {journal}")
     try:
-        return optuna.load_study(study_name=study_name, storage=make_storage(url, 1))
+        return optuna.load_study(study_name=study_name, storage=make_storage(storage, 1))
     except KeyError:
-        raise AblateError(f"unknown study {study_name!r} in {url}") from None
+        raise AblateError(f"unknown study {study_name!r} in {storage or JOURNAL}") from None
 
 
 def resolve_study(study, tracking_uri: str | None = None):

@@ -142,12 +142,17 @@ def _check_space(study: Study, base_cfg: TrialConfig) -> None:
             takers = [m for m in modules if m != "none" and knob in get_attention(m).knobs]
             if not takers:
                 raise AblateError(f"{where(key)}: no module in the study takes knob {knob!r}")
-            for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+            for value in _ends(spec):
                 for m in takers:
                     resolve_knobs(m, {knob: value}, where=where(key))
         elif key != "seed":  # every choice (both ends of a range) must make a valid trial config
-            for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+            for value in _ends(spec):
                 parse_trial(_set(copy.deepcopy(study.base), key, value), f"{study.origin.get(key, study.path)}: space")
+
+
+def _ends(spec: list | Range) -> list:
+    """What validation tries of a space key: every choice, or both ends of a range."""
+    return spec if isinstance(spec, list) else [spec.low, spec.high]
 
 
 def _set(tree: dict, dotted: str, value: Any) -> dict:
@@ -215,8 +220,6 @@ def trial_config(study: Study, params: dict, seed: int) -> TrialConfig:
 def build_cell(study: Study, params: dict, where: str, data: bool = True):
     """The model of one configuration (pretrained weights not fetched), after the cheap data checks (`data`);
     errors name the file and the cell. Returns (BuiltModel, TrialConfig)."""
-    from pathlib import Path
-
     from ablate.data import check_data, dataset_shape
     from ablate.models import build_model
 
@@ -236,11 +239,11 @@ def check_cells(study: Study) -> None:
     """Build every distinct model the study can train (grid: each cell; search: the base with each value of each
     space key) and check its data folder, so bad input fails before any store is touched."""
     if study.is_grid:
-        todo = [(f"cell {cell_label(p)}" if p else "base", p) for p in grid_cells(study)]
+        todo = [(_where(p), p) for p in grid_cells(study)]
     else:
         todo = [("base", {})]
         for key, spec in study.space.items():
-            for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+            for value in _ends(spec):
                 if not key.startswith(KNOB_PREFIX):
                     todo.append((f"space.{key}={value}", {key: value}))
                     continue
@@ -257,6 +260,11 @@ def check_cells(study: Study) -> None:
             build_cell(study, params, where)
 
 
+def _where(params: dict) -> str:
+    """How an error names a configuration: its cell, or the base config when nothing varies."""
+    return f"cell {cell_label(params)}" if params else "base"
+
+
 def cell_label(params: dict) -> str:
     """A row's name: a ladder row's own name, else its varied keys ('attention=se, reduction=8')."""
     if "name" in params:
@@ -270,18 +278,24 @@ def cell_label(params: dict) -> str:
 
 # ---------------------------------------------------------------- Optuna objects (factories)
 
+def journal_file(url: str | None) -> str | None:
+    """The journal file a storage URL names (None, the default, is mlruns/optuna.journal), or None for a database."""
+    url = url or JOURNAL
+    return None if "://" in url else url
+
+
 def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 120)):
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
-    url = url or JOURNAL
-    if "://" not in url:  # a journal file: safe for several processes on one machine
+    journal = journal_file(url)
+    if journal:  # safe for several processes on one machine
         try:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            Path(journal).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(journal))
         except OSError as e:  # a folder where the file should be, a file where a folder should be, no rights
-            raise AblateError(f"--storage: cannot use {url} as the Optuna journal file ({type(e).__name__}: "
+            raise AblateError(f"--storage: cannot use {journal} as the Optuna journal file ({type(e).__name__}: "
                               f"{e.strerror or e})") from None
     if url.startswith("sqlite") and jobs > 1:
         raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
@@ -482,7 +496,7 @@ def _end_orphaned_runs(study_obj, uri: str, experiment_id: str) -> None:
             tracking.end_run(mlflow, run.info.run_id, "FAILED", "the worker died during this trial (killed?)")
 
 
-def _enqueue_missing(study_obj, study: Study, cells: list[dict]) -> int:
+def _enqueue_missing(study_obj, study: Study, cells: list[dict]) -> None:
     """Queue every cell x seed that has no COMPLETE, PRUNED, RUNNING or WAITING trial yet."""
     from optuna.trial import TrialState
 
@@ -490,13 +504,10 @@ def _enqueue_missing(study_obj, study: Study, cells: list[dict]) -> int:
     have = {(t.params.get("cell", t.system_attrs.get("fixed_params", {}).get("cell")),
              t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed")))
             for t in study_obj.get_trials(deepcopy=False, states=alive)}
-    queued = 0
     for seed in study.cfg.study.seeds:
         for cell in range(len(cells)):
             if (cell, seed) not in have:
                 study_obj.enqueue_trial({"cell": cell, "seed": seed}, skip_if_exists=False)
-                queued += 1
-    return queued
 
 
 def _parent_run(study_obj, study: Study, uri: str, experiment_id: str) -> str:
@@ -542,6 +553,7 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
     from optuna.trial import TrialState
 
     from ablate import tracking
+    from ablate.train import check_interrupt, deferred_interrupt
 
     # a failed trial's traceback is in its run's error.txt; our progress line gives the reason
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -549,11 +561,11 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
     study_obj = open_study(study, storage, worker)
     cells = grid_cells(study) if study.is_grid else None
     objective = make_objective(study, parent_run_id, cells)
-    uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
-    heartbeats = "://" in (storage_url or JOURNAL)  # RDB: other machines' dead trials get failed as we go
+    heartbeats = journal_file(storage_url) is None  # RDB: other machines' dead trials get failed as we go
+    if heartbeats:
+        uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
+        experiment_id = tracking.get_or_create_experiment(study.name, uri)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    from ablate.train import check_interrupt, deferred_interrupt
-
     with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
             check_interrupt()
@@ -561,13 +573,13 @@ def _worker(study: Study, storage_url: str | None, jobs: int, worker: int, paren
                 if not study_obj.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                     if not (heartbeats and _await_stale(study_obj, study.heartbeat[0])):
                         return
-                    _end_orphaned_runs(study_obj, uri, tracking.get_or_create_experiment(study.name, uri))
+                    _end_orphaned_runs(study_obj, uri, experiment_id)
                     continue
             elif len(study_obj.get_trials(deepcopy=False, states=done_states + (TrialState.RUNNING,))) >= total:
                 return
             study_obj.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total)])
             if heartbeats:  # a stale trial failed by the heartbeat check: end its MLflow run too
-                _end_orphaned_runs(study_obj, uri, tracking.get_or_create_experiment(study.name, uri))
+                _end_orphaned_runs(study_obj, uri, experiment_id)
 
 
 def _await_stale(study_obj, interval: int) -> bool:
@@ -660,7 +672,7 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
     storage = make_storage(storage_url, jobs, study.heartbeat)
     uri = tracking.resolve_uri(study.base.get("tracking", {}).get("uri"))
     cells = grid_cells(study) if study.is_grid else None
-    journal = None if "://" in (storage_url or JOURNAL) else (storage_url or JOURNAL)
+    journal = journal_file(storage_url)
     with _setup_lock(storage, study.name, journal):  # another `ablate run` of the same study waits here
         # the MLflow store and experiment are created once, before any worker starts
         experiment_id = tracking.get_or_create_experiment(study.name, uri)
@@ -717,8 +729,7 @@ def dry_run_table(study: Study):
     cells = grid_cells(study) if study.is_grid else [{}]
     rows = []
     for params in cells:
-        where = f"cell {cell_label(params)}" if params else "base"
-        built, _ = build_cell(study, params, where, data=False)  # a dry run needs no data on this machine
+        built, _ = build_cell(study, params, _where(params), data=False)  # a dry run needs no data here
         rows.append({"config": cell_label(params), "trials": len(study.cfg.study.seeds),
                      "params (M)": built.params / 1e6, "GMACs": built.gmacs,
                      **{k: v for k, v in params.items() if k != "name"}})
