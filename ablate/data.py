@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ablate.config import DataConfig
-from ablate.errors import AblateError
+from ablate.errors import AblateError, one_line
 
 # cluttered-digits geometry, as fractions of the canvas so image_size changes resolution, not the task
 DIGIT_SIZE = (0.5, 0.625)  # digit side relative to the canvas: 16..20 px on 32 px (STN: 28 on 60)
@@ -428,7 +428,7 @@ class ImageFolderDataModule(_Base):
         try:
             train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
         except FileNotFoundError as e:
-            raise AblateError(f"data.root: {' '.join(str(e).split())} (expected {IMAGEFOLDER_LAYOUT})") from None
+            raise AblateError(f"data.root: {one_line(e)} (expected {IMAGEFOLDER_LAYOUT})") from None
         if train.classes != val.classes:
             missing = sorted(set(train.classes) ^ set(val.classes))[:5]
             raise AblateError(f"data.root: {root}/train and {root}/val have different class folders "

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from ablate.config import (METRICS, Range, StudyConfig, TrialConfig, apply_overrides, load_yaml, parse_trial,
                            validation_error)
-from ablate.errors import AblateError
+from ablate.errors import AblateError, describe, one_line
 
 KNOB_PREFIX = "model.attention.knobs."
 MODULE_KEY = "model.attention.name"
@@ -317,7 +317,7 @@ def make_storage(url: str | None, jobs: int, heartbeat: tuple[int, int] = (30, 1
     except Exception as e:  # noqa: BLE001 (driver and connection errors come in many types)
         from ablate.tracking import mask_password
 
-        raise AblateError(f"--storage: cannot open {mask_password(url)}: {' '.join(str(e).split())[:200]}") from None
+        raise AblateError(f"--storage: cannot open {mask_password(url)}: {one_line(e, 200)}") from None
 
 
 def make_sampler(study: Study, worker: int = 0):
@@ -404,7 +404,6 @@ def sample_params(trial, study: Study, cells: list[dict] | None) -> tuple[dict, 
 
 
 def make_objective(study: Study, parent_run_id: str, cells: list[dict] | None):
-    from ablate.tracking import describe
     from ablate.train import run_trial
 
     objectives = study.cfg.study.objectives()

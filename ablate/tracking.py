@@ -23,7 +23,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna import TrialPruned
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, describe, one_line
 
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 REASON_TAG = "reason"
@@ -65,7 +65,7 @@ def client(uri: str | None = None) -> MlflowClient:
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)
-        raise AblateError(f"tracking.uri: cannot open {mask_password(uri)}: {' '.join(str(e).split())[:200]}") from None
+        raise AblateError(f"tracking.uri: cannot open {mask_password(uri)}: {one_line(e, 200)}") from None
 
 
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
@@ -75,7 +75,7 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         found = mlflow.get_experiment_by_name(name)
     except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy and driver errors come in many types)
         raise AblateError(f"tracking.uri: cannot open {mask_password(mlflow.tracking_uri)}: "
-                          f"{' '.join(str(e).split())[:200]}") from None
+                          f"{one_line(e, 200)}") from None
     if found is not None:
         return found.experiment_id
     try:
@@ -126,11 +126,6 @@ def tracked_run(mlflow: MlflowClient, experiment_id: str, **start_kwargs) -> Ite
         raise
     finally:
         end_run(mlflow, run_id, status, reason)
-
-
-def describe(e: BaseException) -> str:
-    text = " ".join(str(e).split())  # one line, whatever the exception printed
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def log_params(mlflow: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

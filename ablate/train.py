@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ablate import tracking
 from ablate.config import TrainConfig, TrialConfig, flatten
 from ablate.data import build_datamodule
-from ablate.errors import AblateError
+from ablate.errors import AblateError, one_line
 from ablate.models import build_model
 
 # Lightning's info lines (GPU available, tips, "fit stopped") would bury the study's own progress lines
@@ -243,7 +243,7 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
             logger=False, enable_checkpointing=False,  # MLflow is the record; a trial is cheap to rerun
             num_sanity_val_steps=0, callbacks=list(callbacks))
     except Exception as e:  # Lightning's MisconfigurationException and ValueErrors: bad input, one line
-        raise AblateError(f"train: {' '.join(str(e).split())}") from None
+        raise AblateError(f"train: {one_line(e)}") from None
     if trainer.num_devices > 1:
         raise AblateError(f"train.devices: {cfg.devices!r} is {trainer.num_devices} devices; a trial uses one "
                           "(parallel trials are separate worker processes)")

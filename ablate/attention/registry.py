@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, describe
 
 KINDS = ("gate", "conv", "head")
 ENTRY_POINT_GROUP = "ablate.attention"
@@ -159,7 +159,7 @@ def load_plugins(names: list[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 (whatever the plugin raises, the user needs one line)
-            raise AblateError(f"--plugin: cannot import {name!r}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+            raise AblateError(f"--plugin: cannot import {name!r}: {describe(e)}") from None
     known = [n for n in os.environ.get(PLUGINS_ENV, "").split(",") if n]
     os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(known + list(names)))
 
