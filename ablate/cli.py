@@ -174,7 +174,10 @@ def report(
 
     if dry_run:
         text = dry_run_report(study, format)
-        Path(out).write_text(text) if out else typer.echo(text)
+        if out:
+            Path(out).write_text(text)
+        else:
+            typer.echo(text)
         return
 
     text = write_report(study, format, out, by, baseline, plots, storage, tracking_uri)

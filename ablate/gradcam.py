@@ -48,6 +48,7 @@ class CamRow:
 @dataclass
 class GradCamGrid:
     study: str
+    parent_run_id: str | None  # the study's MLflow parent run, where the figure is logged
     targets: np.ndarray  # (n,) true class of each image
     class_names: list[str]
     rows: list[CamRow] = field(default_factory=list)
@@ -202,7 +203,7 @@ def gradcam_grid(study, images: int = 6, storage: str | None = None, tracking_ur
             probs = model(x).softmax(-1)[torch.arange(len(y)), y].numpy()
         if grid is None:
             names = getattr(dm, "classes", None) or [str(c) for c in range(dm.num_classes)]
-            grid = GradCamGrid(name, y.numpy(), list(names))
+            grid = GradCamGrid(name, study_obj.user_attrs.get("mlflow_parent_run_id"), y.numpy(), list(names))
         grid.rows.append(CamRow(r.label, int(r.number), r.run_id, float(r.objective), at, size, shown,
                                 cams.astype(np.float32), probs))
     return grid
@@ -244,7 +245,7 @@ def write_gradcam(study, images: int = 6, out: str | None = None, storage: str |
     import matplotlib.pyplot as plt
 
     from ablate import tracking
-    from ablate.report import open_optuna_study, resolve_study
+    from ablate.report import resolve_study
 
     name, _, tracking_uri = resolve_study(study, tracking_uri)
     grid = gradcam_grid(name, images, storage, tracking_uri)
@@ -253,7 +254,7 @@ def write_gradcam(study, images: int = 6, out: str | None = None, storage: str |
     fig = draw_grid(grid)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    parent = open_optuna_study(name, storage).user_attrs.get("mlflow_parent_run_id")
+    parent = grid.parent_run_id
     if parent:
         with tempfile.TemporaryDirectory() as tmp:  # the artifact keeps its fixed name whatever --out says
             shutil.copy(path, Path(tmp) / Path(ARTIFACT).name)

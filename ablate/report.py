@@ -172,13 +172,14 @@ def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
 
 def ablation_table(study_name: str, storage: str | None = None, tracking_uri: str | None = None, by=None,
                    baseline: str | None = None, reference: list[dict] | None = None,
-                   ladder: bool | None = None) -> pd.DataFrame:
+                   ladder: bool | None = None, study_obj=None) -> pd.DataFrame:
     """One row per configuration (the cell labels, or the `by` keys), aggregated over seeds.
 
-    reference and ladder default to what the study file recorded on the parent run says."""
+    reference and ladder default to what the study file recorded on the parent run says; study_obj is the
+    Optuna study when the caller has it open already."""
     from ablate.study import MODULE_KEY
 
-    study_obj = open_optuna_study(study_name, storage)
+    study_obj = study_obj or open_optuna_study(study_name, storage)
     if reference is None or ladder is None:
         loaded = study_file(study_obj, tracking_uri)
         reference = loaded.cfg.reference if reference is None and loaded else (reference or [])
@@ -402,11 +403,11 @@ def write_report(study, fmt: str = "md", out: str | None = None, by: str | None 
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     study, loaded, tracking_uri = resolve_study(study, tracking_uri)
     reference, ladder = (loaded.cfg.reference, loaded.cfg.study.ladder) if loaded else (None, None)
-    table = ablation_table(study, storage, tracking_uri, by, baseline, reference, ladder)
+    study_obj = open_optuna_study(study, storage)
+    table = ablation_table(study, storage, tracking_uri, by, baseline, reference, ladder, study_obj)
     text = render(table, fmt)
     if out:
         Path(out).write_text(text)
-    study_obj = open_optuna_study(study, storage)
     parent = study_obj.user_attrs.get("mlflow_parent_run_id")
     mlflow = tracking.client(tracking_uri) if parent else None
     with tempfile.TemporaryDirectory() as tmp:
