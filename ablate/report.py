@@ -42,7 +42,9 @@ def open_optuna_study(study_name: str, storage: str | None = None):
     try:
         return optuna.load_study(study_name=study_name, storage=make_storage(storage, 1))
     except KeyError:
-        raise AblateError(f"unknown study {study_name!r} in {storage or JOURNAL}") from None
+        from ablate.tracking import mask_password
+
+        raise AblateError(f"unknown study {study_name!r} in {mask_password(storage or JOURNAL)}") from None
 
 
 def resolve_study(study, tracking_uri: str | None = None):
