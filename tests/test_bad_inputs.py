@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import subprocess
 import sys
 import traceback
@@ -24,14 +23,10 @@ import pytest
 import yaml
 
 import ablate
+from helpers import TINY_BASE, ablate as run_ablate
 
 REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/ and search_spaces/
 
-TINY_BASE = {
-    "model": {"backbone": "resnet10_narrow"},
-    "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
-    "train": {"epochs": 1, "progress_bar": False},
-}
 TINY_TRIAL = copy.deepcopy(TINY_BASE) | {"tracking": {"experiment": "bad-inputs"}}
 DIR = object()  # a `files` value: make a directory, not a file
 PASSWORD = "s3cretpw"
@@ -66,10 +61,7 @@ def ablate_in_process(args, cwd, monkeypatch, capfd):
 
 
 def ablate_cli(*args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ from plugins
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return run_ablate(*args, cwd=cwd, timeout=600, PYTHONDONTWRITEBYTECODE="1")  # no __pycache__ from plugins
 
 
 # ---------------------------------------------------------------- the stores every case must leave alone

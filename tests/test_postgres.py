@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 import helpers
@@ -57,11 +56,9 @@ def pg_url():
 
 
 def write_study(path: Path, epochs: int, **study) -> Path:
-    doc = {"study": {"name": "pg", "seeds": SEEDS, **study},
-           "base": TINY_BASE | {"train": {"epochs": epochs, "progress_bar": False}},
-           "space": {"model.attention.name": MODULES}}
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return helpers.write_study(path, study={"name": "pg", "seeds": SEEDS, **study},
+                               base=TINY_BASE | {"train": {"epochs": epochs, "progress_bar": False}},
+                               space={"model.attention.name": MODULES})
 
 
 # `ablate run ARGS` once the starting gun (a file) fires: the slow imports come first, so that workers
