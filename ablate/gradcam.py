@@ -184,7 +184,7 @@ def gradcam_grid(study, images: int = 6, storage: str | None = None, tracking_ur
     name, _, tracking_uri = resolve_study(study, tracking_uri)
     study_obj = open_optuna_study(name, storage)
     best = best_runs(study_obj, tracking_uri)
-    mlflow = tracking.client(tracking_uri)
+    mlflow = tracking.make_client(tracking_uri)
     loaded = [load_run_model(mlflow, r.run_id, r.label) for r in best.itertuples()]  # every run checked first
     batches = {}  # data config -> (datamodule, batch): built once when the configurations share it
     grid = None
@@ -258,6 +258,6 @@ def write_gradcam(study, images: int = 6, out: str | None = None, storage: str |
     if parent:
         with tempfile.TemporaryDirectory() as tmp:  # the artifact keeps its fixed name whatever --out says
             shutil.copy(path, Path(tmp) / Path(ARTIFACT).name)
-            tracking.client(tracking_uri).log_artifact(parent, str(Path(tmp) / Path(ARTIFACT).name),
+            tracking.make_client(tracking_uri).log_artifact(parent, str(Path(tmp) / Path(ARTIFACT).name),
                                                        str(Path(ARTIFACT).parent))
     return path

@@ -64,7 +64,7 @@ def study_file(study_obj, tracking_uri: str | None = None):
 
     run_id = study_obj.user_attrs.get("mlflow_parent_run_id")
     try:
-        path = tracking.client(tracking_uri).get_run(run_id).data.params.get("study.file") if run_id else None
+        path = tracking.make_client(tracking_uri).get_run(run_id).data.params.get("study.file") if run_id else None
         return load_study(path) if path and Path(path).is_file() else None
     except Exception:  # noqa: BLE001 (a moved or edited study file only costs the reference columns)
         return None
@@ -83,7 +83,7 @@ def trials_frame(study_obj, tracking_uri: str | None = None) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     parent = study_obj.user_attrs.get("mlflow_parent_run_id")
     if parent and len(df):
-        mlflow = tracking.client(tracking_uri)
+        mlflow = tracking.make_client(tracking_uri)
         experiment = mlflow.get_experiment_by_name(study_obj.study_name)
         if experiment is not None:
             children = mlflow.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
@@ -411,7 +411,7 @@ def write_report(study, fmt: str = "md", out: str | None = None, by: str | None 
     if out:
         Path(out).write_text(text)
     parent = study_obj.user_attrs.get("mlflow_parent_run_id")
-    mlflow = tracking.client(tracking_uri) if parent else None
+    mlflow = tracking.make_client(tracking_uri) if parent else None
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_plots(table, study_obj, Path(plots or tmp))
         if mlflow:

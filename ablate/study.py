@@ -488,7 +488,7 @@ def _end_orphaned_runs(study_obj, uri: str, experiment_id: str) -> None:
     from ablate import tracking
 
     finished = {str(t.number) for t in study_obj.get_trials(deepcopy=False) if t.state.is_finished()}
-    mlflow = tracking.client(uri)
+    mlflow = tracking.make_client(uri)
     query = f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study_obj.study_name}'"
     for run in mlflow.search_runs([experiment_id], query):
         if run.data.tags.get("optuna.trial") in finished:
@@ -513,7 +513,7 @@ def _parent_run(study_obj, study: Study, uri: str, experiment_id: str) -> str:
     """One MLflow parent run per study, kept across resumes (its id lives in the Optuna study)."""
     from ablate import tracking
 
-    mlflow = tracking.client(uri)
+    mlflow = tracking.make_client(uri)
     run_id = study_obj.user_attrs.get("mlflow_parent_run_id")
     if run_id:
         try:
@@ -715,7 +715,7 @@ def run_study(study: Study, *, jobs: int = 1, storage_url: str | None = None):
         status = "KILLED"
         raise
     finally:
-        tracking.end_run(tracking.client(uri), parent, status)
+        tracking.end_run(tracking.make_client(uri), parent, status)
     return study_obj
 
 

@@ -21,15 +21,14 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from optuna import TrialPruned
 
 from ablate.errors import AblateError, describe, one_line
 
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 REASON_TAG = "reason"
 MAX_REASON = 4000  # well under MLflow's tag-value limit
-# stopped on purpose (pruned, Ctrl-C, sys.exit): KILLED; anything else: FAILED
-KILLED_BY = (TrialPruned, KeyboardInterrupt, SystemExit)
+# stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
+KILLED_BY = (KeyboardInterrupt, SystemExit)
 
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s/]+@")
 
@@ -60,7 +59,7 @@ def artifact_root(uri: str) -> str | None:
     return (Path.cwd().resolve() / HOME / "artifacts").as_uri()
 
 
-def client(uri: str | None = None) -> MlflowClient:
+def make_client(uri: str | None = None) -> MlflowClient:
     uri = resolve_uri(uri)
     try:
         return MlflowClient(tracking_uri=uri)
@@ -70,20 +69,20 @@ def client(uri: str | None = None) -> MlflowClient:
 
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
     """The experiment's id, creating it once; another process creating it first is not an error."""
-    mlflow = client(uri)
+    client = make_client(uri)
     try:  # the first touch of the store: an unusable URI is bad input, one line
-        found = mlflow.get_experiment_by_name(name)
+        found = client.get_experiment_by_name(name)
     except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy and driver errors come in many types)
-        raise AblateError(f"tracking.uri: cannot open {mask_password(mlflow.tracking_uri)}: "
+        raise AblateError(f"tracking.uri: cannot open {mask_password(client.tracking_uri)}: "
                           f"{one_line(e, 200)}") from None
     if found is not None:
         return found.experiment_id
     try:
-        return mlflow.create_experiment(name, artifact_location=artifact_root(mlflow.tracking_uri))
+        return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
     except MlflowException as e:
         if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-        return mlflow.get_experiment_by_name(name).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def mask_password(text: str) -> str:
@@ -91,71 +90,74 @@ def mask_password(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
-def start_run(mlflow: MlflowClient, experiment_id: str, *, run_name: str | None = None,
+def start_run(client: MlflowClient, experiment_id: str, *, run_name: str | None = None,
               parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
     tags = {k: mask_password(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # how MLflow (and its UI) nests a child run
-    return mlflow.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
-def end_run(mlflow: MlflowClient, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
     """FINISHED, FAILED or KILLED; the reason (one line) goes to the `reason` tag."""
     try:
         if reason:
-            mlflow.set_tag(run_id, REASON_TAG, mask_password(reason)[:MAX_REASON])
+            client.set_tag(run_id, REASON_TAG, mask_password(reason)[:MAX_REASON])
     finally:
-        mlflow.set_terminated(run_id, status)  # even if the tag could not be written
+        client.set_terminated(run_id, status)  # even if the tag could not be written
 
 
 @contextmanager
-def tracked_run(mlflow: MlflowClient, experiment_id: str, **start_kwargs) -> Iterator[str]:
-    """Yield a new run's id; end it FINISHED, or KILLED/FAILED with the reason when an exception passes."""
-    run_id = start_run(mlflow, experiment_id, **start_kwargs)
+def tracked_run(client: MlflowClient, experiment_id: str, *, killed_by: tuple[type[BaseException], ...] = (),
+                **start_kwargs) -> Iterator[str]:
+    """Yield a new run's id; end it FINISHED, or KILLED/FAILED with the reason when an exception passes.
+
+    `killed_by`: more exceptions that mean "stopped on purpose" (the study runner passes optuna.TrialPruned)."""
+    run_id = start_run(client, experiment_id, **start_kwargs)
     status, reason = "FAILED", None
     try:
         yield run_id
         status = "FINISHED"
-    except KILLED_BY as e:
+    except KILLED_BY + tuple(killed_by) as e:
         status, reason = "KILLED", describe(e)
         raise
     except BaseException as e:
         reason = describe(e)
         with suppress(Exception):  # the whole traceback goes with the run; the console gets the one-line reason
-            mlflow.log_text(run_id, mask_password(traceback.format_exc()), "error.txt")
+            client.log_text(run_id, mask_password(traceback.format_exc()), "error.txt")
         raise
     finally:
-        end_run(mlflow, run_id, status, reason)
+        end_run(client, run_id, status, reason)
 
 
-def log_params(mlflow: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Params as MLflow writes them (str), URL passwords masked; MlflowClient.log_batch chunks by 100."""
-    mlflow.log_batch(run_id, params=[Param(k, mask_password(str(v))) for k, v in params.items()])
+    client.log_batch(run_id, params=[Param(k, mask_password(str(v))) for k, v in params.items()])
 
 
-def log_metrics(mlflow: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
     """All of one step's metrics in one call: one SQLite transaction instead of one per value."""
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     if batch:
-        mlflow.log_batch(run_id, metrics=batch)
+        client.log_batch(run_id, metrics=batch)
 
 
-def log_trial_artifacts(mlflow: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:
+def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:
     """config.yaml (the resolved trial config) and, when there is one, the insertion report as JSON and text."""
     import yaml
 
-    mlflow.log_text(run_id, mask_password(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
+    client.log_text(run_id, mask_password(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
     if report is not None:
-        mlflow.log_dict(run_id, report.to_dict(), "insertion_report.json")
+        client.log_dict(run_id, report.to_dict(), "insertion_report.json")
         if hasattr(report, "to_text"):
-            mlflow.log_text(run_id, report.to_text(), "insertion_report.txt")
+            client.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
 WEIGHTS = "model.pt"
 
 
-def log_weights(mlflow: MlflowClient, run_id: str, model) -> None:
+def log_weights(client: MlflowClient, run_id: str, model) -> None:
     """The trained state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
     import tempfile
 
@@ -164,7 +166,7 @@ def log_weights(mlflow: MlflowClient, run_id: str, model) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / WEIGHTS
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        mlflow.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(path))
 
 
 def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> list[str]:

@@ -270,7 +270,7 @@ def _run_trial(cfg: TrialConfig, callbacks, parent_run_id: str | None, tags: dic
     # ours first: a caller's pruning callback may stop the trial right after validation
     trainer = make_trainer(cfg.train, [epoch_logger, *callbacks, StopOnInterrupt()])
 
-    mlflow = tracking.client(cfg.tracking.uri)
+    mlflow = tracking.make_client(cfg.tracking.uri)
     experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, mlflow.tracking_uri)
     with tracking.tracked_run(mlflow, experiment_id, run_name=cfg.tracking.run_name,
                               parent_run_id=parent_run_id, tags=tags) as run_id:

@@ -13,14 +13,14 @@ from ablate import tracking
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     """One SQLite store for the module: creating its tables is the slow part."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'client.db'}"
     tracking.get_or_create_experiment("warm", uri)
     return uri
 
 
 def test_resolve_uri_default_is_absolute_sqlite_under_cwd(tmp_path):
     uri = tracking.resolve_uri(None)
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/client.db"
     assert (tmp_path / "mlruns").is_dir()
     assert tracking.artifact_root(uri) == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
 
@@ -61,14 +61,15 @@ def test_experiment_created_by_another_process_first(uri, monkeypatch):
     (KeyboardInterrupt(), "KILLED"),
 ])
 def test_tracked_run_always_ends(uri, exc, status):
-    mlflow = tracking.client(uri)
+    client = tracking.make_client(uri)
     exp = tracking.get_or_create_experiment("statuses", uri)
-    parent = tracking.start_run(mlflow, exp, run_name="study")
+    parent = tracking.start_run(client, exp, run_name="study")
     with pytest.raises(type(exc)) if exc else nullcontext():
-        with tracking.tracked_run(mlflow, exp, parent_run_id=parent, tags={"optuna.trial": 3}) as run_id:
+        with tracking.tracked_run(client, exp, killed_by=(optuna.TrialPruned,), parent_run_id=parent,
+                                  tags={"optuna.trial": 3}) as run_id:
             if exc:
                 raise exc
-    run = mlflow.get_run(run_id)
+    run = client.get_run(run_id)
     assert run.info.status == status
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["optuna.trial"] == "3"
@@ -79,21 +80,21 @@ def test_tracked_run_always_ends(uri, exc, status):
 
 
 def test_params_masked_and_metrics_in_one_batch(uri, monkeypatch):
-    mlflow = tracking.client(uri)
+    client = tracking.make_client(uri)
     exp = tracking.get_or_create_experiment("logging", uri)
-    with tracking.tracked_run(mlflow, exp) as run_id:
-        tracking.log_params(mlflow, run_id, {"tracking.uri": "postgresql://ann:s3cr3t@db:5432/optuna",
+    with tracking.tracked_run(client, exp) as run_id:
+        tracking.log_params(client, run_id, {"tracking.uri": "postgresql://ann:s3cr3t@db:5432/optuna",
                                              "model.attention.stages": [3, 4], "n": 1})
         calls = []
-        real = mlflow.log_batch
-        monkeypatch.setattr(mlflow, "log_batch", lambda *a, **k: calls.append(k) or real(*a, **k))
+        real = client.log_batch
+        monkeypatch.setattr(client, "log_batch", lambda *a, **k: calls.append(k) or real(*a, **k))
         for epoch in range(3):
-            tracking.log_metrics(mlflow, run_id, {"val/acc1": 0.1 * epoch, "val/loss": 2.0 - epoch}, step=epoch)
+            tracking.log_metrics(client, run_id, {"val/acc1": 0.1 * epoch, "val/loss": 2.0 - epoch}, step=epoch)
     assert len(calls) == 3  # one call per epoch, not one per value
-    params = mlflow.get_run(run_id).data.params
+    params = client.get_run(run_id).data.params
     assert params["tracking.uri"] == "postgresql://ann:***@db:5432/optuna"
     assert params["model.attention.stages"] == "[3, 4]"
-    history = mlflow.get_metric_history(run_id, "val/loss")
+    history = client.get_metric_history(run_id, "val/loss")
     assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0), (2, 0.0)]
 
 
@@ -110,6 +111,6 @@ def test_serve_ui_runs_mlflow_server_on_loopback_over_the_project_store(tmp_path
     cmd = ran[0]
     assert cmd[1:4] == ["-m", "mlflow", "server"]
     opts = dict(zip(cmd[4::2], cmd[5::2]))
-    assert opts["--backend-store-uri"] == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert opts["--backend-store-uri"] == f"sqlite:///{tmp_path.resolve()}/mlruns/client.db"
     assert opts["--host"] == "127.0.0.1" and opts["--port"] == "5055"
     assert opts["--default-artifact-root"] == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()

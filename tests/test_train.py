@@ -46,7 +46,7 @@ def history(mlflow, run_id, key):
 # ---------------------------------------------------------------- the record
 
 def test_run_records_params_metrics_and_artifacts(uri):
-    mlflow = tracking.client(uri)
+    mlflow = tracking.make_client(uri)
     parent = tracking.start_run(mlflow, tracking.get_or_create_experiment("record", uri), run_name="study")
     seen = []
 
@@ -92,7 +92,7 @@ def test_same_seed_same_metrics(uri):
             for s in (0, 0, 1)]
     same, again, other = [{k: v for k, v in r.metrics.items() if k not in WALL_CLOCK} for r in runs]
     assert same == again
-    mlflow = tracking.client(uri)
+    mlflow = tracking.make_client(uri)
     for key in ("train/loss", "val/loss", "val/acc1_ema"):
         assert history(mlflow, runs[0].run_id, key) == history(mlflow, runs[1].run_id, key)
     assert other["train/loss"] != same["train/loss"]  # the seed matters, so equality above means something
@@ -173,7 +173,7 @@ def test_nan_loss_fails_the_run_with_the_reason(uri, case, overrides, callbacks,
     experiment = f"diverged-{case}"
     with pytest.raises(DivergedError, match=reason):
         run_trial(tiny(uri, experiment, **overrides), callbacks=callbacks)
-    mlflow = tracking.client(uri)
+    mlflow = tracking.make_client(uri)
     exp = mlflow.get_experiment_by_name(experiment).experiment_id
     (run,) = mlflow.search_runs([exp])
     assert run.info.status == "FAILED"
@@ -190,7 +190,7 @@ def test_pruned_trial_is_killed_with_its_last_validation_recorded(uri):
 
     with pytest.raises(optuna.TrialPruned):
         run_trial(tiny(uri, "pruned"), callbacks=[PruneAtOnce()])
-    mlflow = tracking.client(uri)
+    mlflow = tracking.make_client(uri)
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("pruned").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["reason"].startswith("TrialPruned: val/acc1")
     assert [s for s, _ in history(mlflow, run.info.run_id, "val/acc1")] == [0]
