@@ -13,14 +13,14 @@ from ablate import tracking
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     """One SQLite store for the module: creating its tables is the slow part."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'client.db'}"
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     tracking.get_or_create_experiment("warm", uri)
     return uri
 
 
 def test_resolve_uri_default_is_absolute_sqlite_under_cwd(tmp_path):
     uri = tracking.resolve_uri(None)
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/client.db"
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
     assert tracking.artifact_root(uri) == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
 
@@ -111,6 +111,6 @@ def test_serve_ui_runs_mlflow_server_on_loopback_over_the_project_store(tmp_path
     cmd = ran[0]
     assert cmd[1:4] == ["-m", "mlflow", "server"]
     opts = dict(zip(cmd[4::2], cmd[5::2]))
-    assert opts["--backend-store-uri"] == f"sqlite:///{tmp_path.resolve()}/mlruns/client.db"
+    assert opts["--backend-store-uri"] == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert opts["--host"] == "127.0.0.1" and opts["--port"] == "5055"
     assert opts["--default-artifact-root"] == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
