@@ -1,13 +1,15 @@
-"""Datamodules: `build_datamodule(cfg.data)` -> a LightningDataModule exposing num_classes, in_chans, image_size.
+"""Datamodules, one per `data.name`: the DATASETS table at the end of this file.
 
-Small datasets (digits, cluttered-digits, synthetic, cifar10/100) live in memory as uint8 tensors (N, C, H, W).
-Their DataLoader fetches whole index batches at once (`__getitems__`, no per-sample Python), Lightning moves the
-uint8 batch to the device, and `on_after_batch_transfer` augments (random crop, hflip) and normalises it there
-in batched tensor ops. Only `auto_augment` runs per sample: it is timm's PIL implementation (same semantics and
-spec strings as the imagefolder path), applied inside the DataLoader so `num_workers` parallelises it.
-`imagefolder` is the usual torchvision ImageFolder + timm transforms path.
+Every datamodule keeps the contract of `DataModule` (below): train and study build it from the DataConfig,
+a dry run asks only its `shape`, a study runs its `check` before any trial, Grad-CAM undoes its normalisation
+with its `mean`/`std`. Adding a dataset is one class and one table entry (and its name in config.DATASETS).
 
-Outside a Lightning Trainer (plain loops, tests) call `dm.transform_batch(batch, train=...)` on each batch.
+Small datasets (digits, cluttered-digits, synthetic, cifar10/100) live in memory as uint8 (N, C, H, W)
+tensors, so a batch is one indexing op (no per-sample Python) and augmentation (random crop, hflip) and
+normalisation run batched on the device after Lightning moves the uint8 batch there. Only `auto_augment` runs
+per sample: it is timm's PIL implementation (same semantics and spec strings as the imagefolder path), applied
+inside the DataLoader so `num_workers` parallelises it. `imagefolder` is torchvision's ImageFolder with timm's
+transforms.
 """
 from __future__ import annotations
 
@@ -19,10 +21,17 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
 from ablate.config import DataConfig
 from ablate.errors import AblateError, one_line
+
+__all__ = ["DATASETS", "DataModule", "build_datamodule", "check_data", "dataset_shape"]
 
 # cluttered-digits geometry, as fractions of the canvas so image_size changes resolution, not the task
 DIGIT_SIZE = (0.5, 0.625)  # digit side relative to the canvas: 16..20 px on 32 px (STN: 28 on 60)
@@ -31,40 +40,64 @@ CLUTTERED_SIZES = (4000, 1000)  # default train/val samples synthesised
 SYNTHETIC_SIZES = (256, 64)
 
 
-def build_datamodule(cfg: DataConfig) -> pl.LightningDataModule:
-    builders = {
-        "digits": DigitsDataModule,
-        "cluttered-digits": ClutteredDigitsDataModule,
-        "synthetic": SyntheticDataModule,
-        "cifar10": CifarDataModule,
-        "cifar100": CifarDataModule,
-        "imagefolder": ImageFolderDataModule,
-    }
-    if cfg.name not in builders:
-        raise AblateError(f"data.name: {cfg.name!r} is not a dataset (allowed: {', '.join(builders)})")
-    return builders[cfg.name](cfg)
+def build_datamodule(cfg: DataConfig) -> DataModule:
+    return datamodule_class(cfg.name)(cfg)
 
 
 def check_data(cfg: DataConfig) -> None:
     """What can be checked without loading anything (a dataset folder is there): before a study starts."""
-    if cfg.name in ("cifar10", "cifar100"):
-        _cifar_folder(cfg)
-    elif cfg.name == "imagefolder":
-        _imagefolder_root(cfg)
+    datamodule_class(cfg.name).check(cfg)
 
 
 def dataset_shape(cfg: DataConfig) -> tuple[int, int]:
-    """(num_classes, in_chans) without loading anything: what a dry run needs to build the model.
-    For imagefolder the class count is `data.num_classes` (the folders may not be on this machine)."""
-    return {
-        "digits": (10, 1), "cluttered-digits": (10, 1), "synthetic": (cfg.num_classes, 3),
-        "cifar10": (10, 3), "cifar100": (100, 3), "imagefolder": (cfg.num_classes, 3),
-    }[cfg.name]
+    """(num_classes, in_chans) without loading anything: what a dry run needs to build the model."""
+    return datamodule_class(cfg.name).shape(cfg)
+
+
+def datamodule_class(name: str) -> type[DataModule]:
+    if name not in DATASETS:  # config validation refuses it first; this guards configs built without it
+        raise AblateError(f"data.name: {name!r} is not a dataset (allowed: {', '.join(DATASETS)})")
+    return DATASETS[name]
+
+
+class DataModule(pl.LightningDataModule):
+    """What every datamodule provides.
+
+    Instances: `num_classes`, `in_chans`, `image_size`; `mean` and `std`, the per-channel normalisation in
+    [0, 1] units (so an input can be shown as an image again); `classes`, one name per class; the dataloaders;
+    `transform_batch(batch, train=...)`, which Lightning applies to each batch once it is on the device
+    (outside a Trainer, in plain loops and tests, call it on each batch yourself).
+    Classes: `shape(cfg)` and `check(cfg)`, which load nothing, so dry runs and study checks stay cheap.
+    """
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    classes: list[str]
+
+    @classmethod
+    def shape(cls, cfg: DataConfig) -> tuple[int, int]:
+        """(num_classes, in_chans) for `cfg`: what a dry run needs to build the model."""
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, cfg: DataConfig) -> None:
+        """Raise AblateError for what is wrong without loading anything (a missing folder); in-memory data
+        has nothing to check."""
+
+    def transform_batch(self, batch, train: bool):
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # runs on the already-moved batch; the trainer says whether this is a training step
+        return self.transform_batch(batch, train=self.trainer is not None and self.trainer.training)
 
 
 # ---------------------------------------------------------------- in-memory tensor datasets
 
-class _Batches(Dataset):
+class TensorBatchDataset(Dataset):
     """(x, y) uint8 tensors; `__getitems__` lets the DataLoader fetch a whole batch with one indexing op."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, auto_augment=None):
@@ -80,8 +113,6 @@ class _Batches(Dataset):
         idx = torch.as_tensor(indices)
         x, y = self.x[idx], self.y[idx]
         if self.auto_augment is not None:
-            from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
-
             x = torch.stack([pil_to_tensor(self.auto_augment(to_pil_image(img))) for img in x])
         return x, y
 
@@ -91,20 +122,7 @@ def _keep_batch(batch):
     return batch
 
 
-class _Base(pl.LightningDataModule):
-    num_classes: int
-    in_chans: int
-    image_size: int
-
-    def transform_batch(self, batch, train: bool):
-        return batch
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # runs on the already-moved batch; the trainer says whether this is a training step
-        return self.transform_batch(batch, train=self.trainer is not None and self.trainer.training)
-
-
-class TensorDataModule(_Base):
+class TensorDataModule(DataModule):
     """Shared path for in-memory uint8 datasets: batched fetch, on-device crop/flip/resize/normalise."""
 
     crop_padding = 0.125  # random-crop padding as a fraction of the side (CIFAR's classic 4 px at 32)
@@ -116,19 +134,20 @@ class TensorDataModule(_Base):
         self.num_classes = int(num_classes)
         self.in_chans = int(x_train.shape[1])
         self.image_size = int(cfg.image_size)
+        self.classes = [str(c) for c in range(self.num_classes)]
         self.mean, self.std = _channel_stats(x_train)
         self.auto_augment = _auto_augment(cfg.auto_augment, x_train.shape[-1], self.mean.tolist())
         self._aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
 
     def train_dataloader(self):
-        data = _Batches(self.x_train, self.y_train, self.auto_augment)
+        data = TensorBatchDataset(self.x_train, self.y_train, self.auto_augment)
         # a fresh loader replays the same shuffle and augmentation streams: same seed -> same batches
         shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
         self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
         return self._loader(data, shuffle=True, generator=shuffle, drop_last=len(data) >= self.cfg.batch_size)
 
     def val_dataloader(self):
-        return self._loader(_Batches(self.x_val, self.y_val), shuffle=False)
+        return self._loader(TensorBatchDataset(self.x_val, self.y_val), shuffle=False)
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers
@@ -141,8 +160,8 @@ class TensorDataModule(_Base):
             x = self._crop_flip(x)
         x = x.float().div_(255)
         if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
         mean, std = self.mean.to(x.device)[:, None, None], self.std.to(x.device)[:, None, None]
         return (x - mean) / std, y
 
@@ -166,7 +185,8 @@ class TensorDataModule(_Base):
 
 def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean/std in [0, 1] units, exact and cheap from a histogram: uint8 has only 256 values."""
-    counts = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(x.shape[1])]).double()
+    counts = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(x.shape[1])])
+    counts = counts.double()
     values = torch.arange(256, dtype=torch.float64) / 255
     n = counts.sum(1)
     mean = (counts * values).sum(1) / n
@@ -178,8 +198,6 @@ def _auto_augment(spec: str | None, size: int, mean: list[float]):
     """timm's PIL auto-augment for `spec` (dispatch as in timm.data.create_transform); None when unset."""
     if not spec:
         return None
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-
     fill = tuple(min(255, round(255 * m)) for m in mean)  # PIL wants one fill value per channel
     hparams = dict(translate_const=int(size * 0.45), img_mean=fill)
     try:
@@ -190,7 +208,8 @@ def _auto_augment(spec: str | None, size: int, mean: list[float]):
         return auto_augment_transform(spec, hparams)
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise AblateError(f"data.auto_augment: {spec!r} is not a timm auto-augment spec ({e}; e.g. "
-                          "'rand-m9-mstd0.5' for RandAugment, 'original' for AutoAugment, 'augmix-m5-w4-d2')") from None
+                          "'rand-m9-mstd0.5' for RandAugment, 'original' for AutoAugment, "
+                          "'augmix-m5-w4-d2')") from None
 
 
 def _pick(available: int, n: int | None, key: str, gen: torch.Generator) -> torch.Tensor:
@@ -207,8 +226,6 @@ def _pick(available: int, n: int | None, key: str, gen: torch.Generator) -> torc
 
 @functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
     digits = load_digits()  # 1797 real 8x8 digits shipped inside scikit-learn, values 0..16
     return torch.tensor(digits.images / 16.0, dtype=torch.float32), torch.tensor(digits.target)
 
@@ -233,7 +250,7 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=2)
 def _digit_bank(lo: int, hi: int) -> torch.Tensor:
-    """Every bundled digit upscaled at every side lo..hi, zero-padded to hi x hi: one gather picks any (side, digit)."""
+    """Each bundled digit upscaled to every side lo..hi, padded to hi x hi: one gather picks (side, digit)."""
     images, _ = _load_digits()
     bank = torch.zeros(hi - lo + 1, len(images), hi, hi, dtype=torch.uint8)
     for i, s in enumerate(range(lo, hi + 1)):
@@ -248,6 +265,10 @@ class DigitsDataModule(TensorDataModule):
     One channel (in_chans=1): timm models accept in_chans=1, and replicating grey to RGB would only triple the
     stem's input without adding information.
     """
+
+    @classmethod
+    def shape(cls, cfg: DataConfig) -> tuple[int, int]:
+        return 10, 1
 
     def __init__(self, cfg: DataConfig):
         images, labels = _load_digits()
@@ -264,17 +285,20 @@ class DigitsDataModule(TensorDataModule):
 # ---------------------------------------------------------------- cluttered digits
 
 class ClutteredDigitsDataModule(TensorDataModule):
-    """Cluttered digits, the protocol of Jaderberg et al. 2015 (Spatial Transformer Networks) on the bundled digits.
+    """Cluttered digits (Jaderberg et al. 2015, Spatial Transformer Networks) from the bundled digits.
 
-    Each canvas (image_size, default 64 px) holds one upscaled digit (16..20 px at 64) at a random position plus
-    `clutter` square fragments (6 px at 64) cut at random from OTHER digits of the same split, composited with max.
-    The 1797 source digits are split first (stratified 80/20 by seed), so train and val share no digit, not even in the
-    clutter. Exposed for tests and attention maps: train_source/val_source (source indices of each split) and, per
-    split, `*_digit` (source index of each sample's digit), `*_clutter` (N, clutter source indices) and `*_boxes`
-    (N, 3: y, x, side: the digit occupies canvas[y:y+side, x:x+side]).
+    Each canvas holds one upscaled digit at a random position and `clutter` stroke-sized fragments of other
+    digits (sizes: DIGIT_SIZE, FRAGMENT_SIZE), so a model has to find the digit first: what attention is for.
+    The source digits are split before synthesis (`digits_split`), so train and val share no digit, not even
+    in the clutter. Tests and attention maps read, per split, `*_source` (its source indices), `*_digit` (each
+    canvas's digit), `*_clutter` (its fragments' digits) and `*_boxes` (y, x, side of the digit's square).
     """
 
     crop_padding = 0.0  # placement is already random; a crop could push the digit off the canvas
+
+    @classmethod
+    def shape(cls, cfg: DataConfig) -> tuple[int, int]:
+        return 10, 1
 
     def __init__(self, cfg: DataConfig):
         _, labels = _load_digits()
@@ -285,13 +309,14 @@ class ClutteredDigitsDataModule(TensorDataModule):
             self.train_source, n_train, cfg.image_size, cfg.clutter, gen)
         x_val, self.val_digit, self.val_clutter, self.val_boxes = synthesize_cluttered(
             self.val_source, n_val, cfg.image_size, cfg.clutter, gen)
-        super().__init__(cfg, x_train, labels[self.train_digit], x_val, labels[self.val_digit], num_classes=10)
+        super().__init__(cfg, x_train, labels[self.train_digit], x_val, labels[self.val_digit],
+                         num_classes=10)
 
 
 def synthesize_cluttered(source: torch.Tensor, n: int, size: int, clutter: int, gen: torch.Generator):
-    """n canvases (uint8, n x 1 x size x size) from the bundled digits `source` (indices), vectorised over samples.
+    """n uint8 canvases (n, 1, size, size) from the bundled digits `source` (indices), vectorised over n.
 
-    Returns (canvases, digit source index per canvas, (n, clutter) fragment source indices, (n, 3) y/x/side boxes).
+    Returns (canvases, each canvas's digit, (n, clutter) fragment digits as source indices, (n, 3) y/x/side).
     """
     lo = max(2, round(DIGIT_SIZE[0] * size))
     hi = max(lo, round(DIGIT_SIZE[1] * size))
@@ -308,8 +333,9 @@ def synthesize_cluttered(source: torch.Tensor, n: int, size: int, clutter: int, 
     ar = torch.arange(frag)
     other = torch.zeros(n, 0, dtype=torch.long)
     if clutter:
-        # per fragment: a different source digit (shifted index), a random frag x frag window of it, a random spot
-        other = (pick[:, None] + torch.randint(1, max(2, len(source)), (n, clutter), generator=gen)) % len(source)
+        # per fragment: another source digit (shifted index), a random frag x frag window of it, a random spot
+        shift = torch.randint(1, max(2, len(source)), (n, clutter), generator=gen)
+        other = (pick[:, None] + shift) % len(source)
         w = torch.randint(len(sides), (n, clutter), generator=gen)
         oy, ox = (torch.rand(2, n, clutter, generator=gen) * (sides[w] - frag + 1)).long()
         pieces = bank[w[..., None, None], other[..., None, None], (oy[..., None] + ar)[..., :, None],
@@ -320,7 +346,8 @@ def synthesize_cluttered(source: torch.Tensor, n: int, size: int, clutter: int, 
         xs.append(px)
 
     # one scatter with max-compositing for the digit and all fragments (overlaps resolve deterministically)
-    width = size + hi - lo  # margin: the hi x hi digit patch is zero beyond its side, which ends inside the canvas
+    # margin: the hi x hi digit patch is zero beyond its side, which ends inside the canvas
+    width = size + hi - lo
     canvas = torch.zeros(n, width * width, dtype=torch.uint8)
     index = [((yy[..., None] + torch.arange(p.shape[-1]))[..., :, None] * width
               + (xx[..., None] + torch.arange(p.shape[-1]))[..., None, :]).reshape(n, -1)
@@ -333,9 +360,13 @@ def synthesize_cluttered(source: torch.Tensor, n: int, size: int, clutter: int, 
 # ---------------------------------------------------------------- synthetic
 
 class SyntheticDataModule(TensorDataModule):
-    """Random but learnable: each class is a fixed smooth random RGB template, each sample template + noise."""
+    """Random but learnable: each class is a fixed smooth random RGB template, a sample template + noise."""
 
     crop_padding = 0.0
+
+    @classmethod
+    def shape(cls, cfg: DataConfig) -> tuple[int, int]:
+        return cfg.num_classes, 3
 
     def __init__(self, cfg: DataConfig):
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -356,74 +387,99 @@ class SyntheticDataModule(TensorDataModule):
 # ---------------------------------------------------------------- CIFAR
 
 class CifarDataModule(TensorDataModule):
-    """CIFAR-10/100 from cfg.root, read into uint8 tensors; resized on the device when image_size != 32."""
+    """CIFAR from data.root, read into uint8 tensors; resized on the device when image_size != 32."""
+
+    source: type  # torchvision's class: the folder name, the batch file names and the download
+    title: str
+    label_key: str  # the labels' key in each pickled batch
+    class_count: int
+
+    @classmethod
+    def shape(cls, cfg: DataConfig) -> tuple[int, int]:
+        return cls.class_count, 3
+
+    @classmethod
+    def check(cls, cfg: DataConfig) -> None:
+        cls.folder(cfg)
+
+    @classmethod
+    def folder(cls, cfg: DataConfig) -> tuple[Path, Path]:
+        """(root, the dataset's folder under it), or a one-line error when it is missing and not to be
+        downloaded."""
+        base = cls.source.base_folder
+        if cfg.root is None:
+            raise AblateError(f"data.root: required for {cfg.name} (the folder that holds {base}, "
+                              "or where to put it with data.download: true)")
+        root = Path(cfg.root).expanduser()
+        folder = root / base
+        if not folder.is_dir() and not cfg.download:
+            raise AblateError(f"data.root: {cls.title} not found under {root} (expected {folder}; put the "
+                              "dataset there or set data.download: true)")
+        return root, folder
 
     def __init__(self, cfg: DataConfig):
-        dataset, title, label_key, k = _cifar(cfg)
-        root, folder = _cifar_folder(cfg)
-        if not folder.is_dir():  # _cifar_folder let it through: data.download is on
-            dataset(str(root), train=True, download=True)  # torchvision fetches and checksums the archive
-        # read the pickled batches ourselves (the format torchvision reads) to get tensors, not a PIL dataset
-        x_train, y_train = _read_cifar(folder, [name for name, _ in dataset.train_list], label_key, title)
-        x_val, y_val = _read_cifar(folder, [name for name, _ in dataset.test_list], label_key, title)
+        root, folder = self.folder(cfg)
+        if not folder.is_dir():  # folder() let it through: data.download is on
+            self.source(str(root), train=True, download=True)  # torchvision fetches and checksums the archive
+        # read the batch files ourselves, not through torchvision's dataset: its constructor MD5-checks all
+        # 170 MB on every trial and calls any bad file "Dataset not found or corrupted"; ours names the file
+        x_train, y_train = self._read(folder, self.source.train_list)
+        x_val, y_val = self._read(folder, self.source.test_list)
         gen = torch.Generator().manual_seed(cfg.seed)
         train = _pick(len(y_train), cfg.train_size, "train_size", gen)
         val = _pick(len(y_val), cfg.val_size, "val_size", gen)
-        super().__init__(cfg, x_train[train], y_train[train], x_val[val], y_val[val], num_classes=k)
+        super().__init__(cfg, x_train[train], y_train[train], x_val[val], y_val[val],
+                         num_classes=self.class_count)
+
+    @classmethod
+    def _read(cls, folder: Path, files: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, 3, 32, 32) uint8 and labels from the batch files (torchvision's (name, md5) list)."""
+        xs, ys = [], []
+        for name, _md5 in files:
+            path = folder / name
+            if not path.is_file():
+                raise AblateError(f"data.root: {path} is missing (an incomplete {cls.title} folder; replace "
+                                  "it or remove it and set data.download: true)")
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                xs.append(torch.from_numpy(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
+                ys.append(torch.as_tensor(entry[cls.label_key], dtype=torch.long))
+            except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+                raise AblateError(f"data.root: {path} is not a {cls.title} batch file "
+                                  f"({type(e).__name__}: {e})") from None
+        return torch.cat(xs), torch.cat(ys)
 
 
-def _cifar(cfg: DataConfig):
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    return {"cifar10": (CIFAR10, "CIFAR-10", "labels", 10),
-            "cifar100": (CIFAR100, "CIFAR-100", "fine_labels", 100)}[cfg.name]
+class Cifar10DataModule(CifarDataModule):
+    source, title, label_key, class_count = CIFAR10, "CIFAR-10", "labels", 10
 
 
-def _cifar_folder(cfg: DataConfig) -> tuple[Path, Path]:
-    """(root, the dataset's folder under it), or a one-line error when it is missing and not to be downloaded."""
-    dataset, title, _, _ = _cifar(cfg)
-    if cfg.root is None:
-        raise AblateError(f"data.root: required for {cfg.name} (the folder that holds {dataset.base_folder}, "
-                          "or where to put it with data.download: true)")
-    root = Path(cfg.root).expanduser()
-    folder = root / dataset.base_folder
-    if not folder.is_dir() and not cfg.download:
-        raise AblateError(f"data.root: {title} not found under {root} (expected {folder}; put the dataset "
-                          "there or set data.download: true)")
-    return root, folder
-
-
-def _read_cifar(folder: Path, files: list[str], label_key: str, title: str):
-    xs, ys = [], []
-    for name in files:
-        path = folder / name
-        if not path.is_file():
-            raise AblateError(f"data.root: {path} is missing (an incomplete {title} folder; replace it or remove "
-                              "it and set data.download: true)")
-        try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            xs.append(torch.from_numpy(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
-            ys.append(torch.as_tensor(entry[label_key], dtype=torch.long))
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
-            raise AblateError(f"data.root: {path} is not a {title} batch file ({type(e).__name__}: {e})") from None
-    return torch.cat(xs), torch.cat(ys)
+class Cifar100DataModule(CifarDataModule):
+    source, title, label_key, class_count = CIFAR100, "CIFAR-100", "fine_labels", 100
 
 
 # ---------------------------------------------------------------- image folders
 
-class ImageFolderDataModule(_Base):
-    """ImageNet layout root/train/<class>/* and root/val/<class>/*, torchvision ImageFolder + timm transforms."""
+class ImageFolderDataModule(DataModule):
+    """ImageNet layout root/train/<class>/* and root/val/<class>/*, read by ImageFolder, timm transforms."""
+
+    @classmethod
+    def shape(cls, cfg: DataConfig) -> tuple[int, int]:
+        return cfg.num_classes, 3  # data.num_classes: the folders may not be on this machine (a dry run)
+
+    @classmethod
+    def check(cls, cfg: DataConfig) -> None:
+        _imagefolder_root(cfg)
 
     def __init__(self, cfg: DataConfig):
         super().__init__()
-        from timm.data import create_transform
-        from torchvision.datasets import ImageFolder
-
         self.cfg = cfg
         root = _imagefolder_root(cfg)
-        _auto_augment(cfg.auto_augment, cfg.image_size, [0.5])  # same one-line error for a bad spec as tensor datasets
-        train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment, hflip=cfg.hflip)
+        # the same one-line error for a bad spec as the tensor datasets give
+        _auto_augment(cfg.auto_augment, cfg.image_size, [0.5])
+        train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment,
+                                    hflip=cfg.hflip)
         val_tf = create_transform(cfg.image_size, is_training=False)
         try:
             train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
@@ -438,6 +494,8 @@ class ImageFolderDataModule(_Base):
         self.val_set = _subset(val, _pick(len(val), cfg.val_size, "val_size", gen))
         self.classes = train.classes
         self.num_classes, self.in_chans, self.image_size = len(train.classes), 3, int(cfg.image_size)
+        # what timm's create_transform normalises with
+        self.mean, self.std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
 
     def train_dataloader(self):
         shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
@@ -449,8 +507,8 @@ class ImageFolderDataModule(_Base):
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers
-        return DataLoader(data, batch_size=self.cfg.batch_size, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available(), **kwargs)
+        return DataLoader(data, batch_size=self.cfg.batch_size, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
 
 
 IMAGEFOLDER_LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*"
@@ -469,3 +527,15 @@ def _imagefolder_root(cfg: DataConfig) -> Path:
 
 def _subset(data: Dataset, positions: torch.Tensor) -> Dataset:
     return data if len(positions) == len(data) else Subset(data, positions.tolist())
+
+
+# ---------------------------------------------------------------- the table
+
+DATASETS: dict[str, type[DataModule]] = {
+    "digits": DigitsDataModule,
+    "cluttered-digits": ClutteredDigitsDataModule,
+    "synthetic": SyntheticDataModule,
+    "cifar10": Cifar10DataModule,
+    "cifar100": Cifar100DataModule,
+    "imagefolder": ImageFolderDataModule,
+}

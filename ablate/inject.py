@@ -1,6 +1,6 @@
 """Put attention modules into an already-built timm model, at named positions.
 
-Positions (see config.POSITIONS):
+Positions (the POSITIONS table; config.POSITIONS names the same ones):
   block      inside each residual block, before the residual add: the block's `se` slot, where timm's
              ResNet/ResNeXt/ResNet-D/Wide, EfficientNet/MobileNetV3 and RegNet blocks put SE. A slot that
              already holds a module (EfficientNet's SE) keeps it; ours runs right after it.
@@ -11,23 +11,32 @@ Positions (see config.POSITIONS):
   conv       replaces each block's 3x3 conv (SK, split-attention, BoT MHSA, halo, CoT).
   pattern    after (gate) or instead of (conv) every module whose path matches a glob.
 
+A position's site finder names its sites and how each takes the module (the INSTALLERS table): into the
+block's `slot`, `replace` a conv, replace the global `pool`, or hooked on after (`out`) or before (`in`) a
+module. A new position is one finder and one POSITIONS entry (and its name in config.POSITIONS).
+
 Blocks and stages come from timm's own `group_matcher`, so any timm family that timm can group works.
 Channels and feature sizes come from one dry forward with hooks. Modules added after a module's
 output hang off that module as child `attn_out` (a forward hook applies them), so every original
 state_dict key is unchanged and plain checkpoints still load.
+
+Errors are AblateErrors keyed relative to the attention spec ("position: ...", "knobs.reduction: ..."):
+`models.build_model` locates them under `model.attention`.
 """
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ablate.attention import create_attention, get_attention
+from ablate.attention import AttentionInfo, create_attention, get_attention
 from ablate.config import AttentionSpec
-from ablate.errors import AblateError
+from ablate.errors import AblateError, at
 from ablate.profile import count_gmacs, count_params
 
 SLOT = "se"  # timm's name for the attention slot inside a block
@@ -75,7 +84,8 @@ class InsertionReport:
             lines.append(f"{r.path:<28} {r.position:<9} {r.module:<12} {r.channels:>8} {feat:>9} "
                          f"{r.params:>10,} {r.gmacs:>9.5f}")
         lines.append(
-            f"{self.backbone} + {self.attention} @ {self.position} ({len(self.rows)} insertions, {self.image_size}px): "
+            f"{self.backbone} + {self.attention} @ {self.position} "
+            f"({len(self.rows)} insertions, {self.image_size}px): "
             f"params {self.params / 1e6:.2f}M ({self.base_params / 1e6:.2f}M plain, "
             f"{(self.params - self.base_params):+,}); GMACs {self.gmacs:.4f} ({self.base_gmacs:.4f} plain, "
             f"{self.gmacs - self.base_gmacs:+.4f})")
@@ -102,11 +112,11 @@ def _apply_attn_in(module, args):
     return (module.attn_in(args[0]),) + tuple(args[1:])
 
 
-def find_blocks(model: nn.Module, where: str = "model.backbone") -> list[Block]:
+def find_blocks(model: nn.Module) -> list[Block]:
     """Residual blocks in forward order with their stage, from timm's group_matcher."""
     matcher = getattr(model, "group_matcher", None)
     if matcher is None:
-        raise AblateError(f"{where}: {type(model).__name__} has no group_matcher, so its blocks are unknown "
+        raise AblateError(f"{type(model).__name__} has no group_matcher, so its blocks are unknown "
                           f"(use position: pattern)")
     spec = matcher(coarse=False)["blocks"]
     patterns = [spec] if isinstance(spec, str) else [p for p, ordinal in spec if ordinal is None]
@@ -123,7 +133,8 @@ def find_blocks(model: nn.Module, where: str = "model.backbone") -> list[Block]:
         stages = [stage_keys.index(groups[0]) + 1 for _, groups in found]
     else:  # one block sequence (Xception): stages end where timm's feature_info taps the network
         taps = [f["module"] for f in getattr(model, "feature_info", [])]
-        ends = [i for i, (name, _) in enumerate(found) if any(t == name or t.startswith(name + ".") for t in taps)]
+        ends = [i for i, (name, _) in enumerate(found)
+                if any(t == name or t.startswith(name + ".") for t in taps)]
         stages = [1 + sum(1 for e in ends if e < i) for i in range(len(found))]
     blocks, counts = [], {}
     for (name, _), stage in zip(found, stages):
@@ -132,13 +143,22 @@ def find_blocks(model: nn.Module, where: str = "model.backbone") -> list[Block]:
     return blocks
 
 
-def _select(blocks: list[Block], spec: AttentionSpec, where: str) -> list[Block]:
+def _blocks(model: nn.Module, spec: AttentionSpec) -> list[Block]:
+    blocks = find_blocks(model)
+    if not blocks:
+        raise AblateError(f"no residual blocks found for position {spec.position!r} (use pattern)",
+                          key="position")
+    return blocks
+
+
+def _select(blocks: list[Block], spec: AttentionSpec) -> list[Block]:
+    """The blocks `spec.stages` and `spec.every` pick."""
     available = sorted({b.stage for b in blocks})
     if spec.stages:
         missing = [s for s in spec.stages if s not in available]
         if missing:
-            raise AblateError(f"{where}.stages: stage {missing[0]} does not exist "
-                              f"(this backbone has stages {available[0]}-{available[-1]})")
+            raise AblateError(f"stage {missing[0]} does not exist "
+                              f"(this backbone has stages {available[0]}-{available[-1]})", key="stages")
     wanted = set(spec.stages or available)
     return [b for b in blocks if b.stage in wanted and b.index % spec.every == 0]
 
@@ -156,46 +176,194 @@ def _has_3x3(block: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
 
 
-def _sites(model: nn.Module, spec: AttentionSpec, kind: str, where: str) -> list[tuple[str, str]]:
-    """(module path, how) pairs; how is 'slot', 'out', 'in', 'replace' or 'pool'."""
-    pos = spec.position
-    if pos == "pattern":
-        if not spec.pattern:
-            raise AblateError(f"{where}.pattern: position 'pattern' needs a module-path glob, e.g. 'layer3.*.conv2'")
-        paths = [n for n, _ in model.named_modules() if n and fnmatch.fnmatchcase(n, spec.pattern)]
-        if not paths:
-            raise AblateError(f"{where}.pattern: {spec.pattern!r} matches no module of this backbone")
-        return [(p, "replace" if kind == "conv" else "out") for p in paths]
-    if pos == "head":
-        pools = [n for n, _ in model.named_modules() if n.split(".")[-1] == "global_pool"]
-        if not pools:
-            raise AblateError(f"{where}.position: this backbone has no global_pool for position 'head'")
-        return [(pools[0], "pool" if kind == "head" else "in")]
-    blocks = find_blocks(model, where)
-    if not blocks:
-        raise AblateError(f"{where}.position: no residual blocks found for position {pos!r} (use pattern)")
-    if pos == "stem":
-        return [(blocks[0].path, "in")]
-    chosen = _select(blocks, spec, where)
-    if pos == "stage":
-        return [(b.path, "out") for b in _last_per_stage(chosen)]
-    if pos == "block_out":
-        return [(b.path, "out") for b in chosen]
-    if pos == "block":
-        sites = [(f"{b.path}.{SLOT}", "slot") for b in chosen if hasattr(model.get_submodule(b.path), SLOT)]
-        if not sites:
-            raise AblateError(f"{where}.position: {type(model).__name__} blocks have no attention slot for "
-                              f"position 'block' (use block_out, stage, head or pattern)")
-        return sites
-    # conv
-    sites = [(f"{b.path}.conv2", "replace") for b in chosen if _has_3x3(model.get_submodule(b.path))]
+# ---------------------------------------------------------------- positions
+
+def _block_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    chosen = _select(_blocks(model, spec), spec)
+    sites = [(f"{b.path}.{SLOT}", "slot") for b in chosen if hasattr(model.get_submodule(b.path), SLOT)]
     if not sites:
-        raise AblateError(f"{where}.position: {type(model).__name__} blocks have no 3x3 conv for position 'conv'")
+        raise AblateError(f"{type(model).__name__} blocks have no attention slot for position 'block' "
+                          f"(use block_out, stage, head or pattern)", key="position")
     return sites
 
 
-_KIND_POSITIONS = {"gate": {"block", "block_out", "stage", "stem", "head", "pattern"},
-                   "conv": {"conv", "pattern"}, "head": {"head"}}
+def _block_out_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    return [(b.path, "out") for b in _select(_blocks(model, spec), spec)]
+
+
+def _stage_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    return [(b.path, "out") for b in _last_per_stage(_select(_blocks(model, spec), spec))]
+
+
+def _stem_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    return [(_blocks(model, spec)[0].path, "in")]  # the first block's input is the stem's output; no stages
+
+
+def _head_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    pools = [n for n, _ in model.named_modules() if n.split(".")[-1] == "global_pool"]
+    if not pools:
+        raise AblateError("this backbone has no global_pool for position 'head'", key="position")
+    return [(pools[0], "pool" if kind == "head" else "in")]
+
+
+def _conv_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    chosen = _select(_blocks(model, spec), spec)
+    sites = [(f"{b.path}.conv2", "replace") for b in chosen if _has_3x3(model.get_submodule(b.path))]
+    if not sites:
+        raise AblateError(f"{type(model).__name__} blocks have no 3x3 conv for position 'conv'",
+                          key="position")
+    return sites
+
+
+def _pattern_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    if not spec.pattern:
+        raise AblateError("position 'pattern' needs a module-path glob, e.g. 'layer3.*.conv2'", key="pattern")
+    paths = [n for n, _ in model.named_modules() if n and fnmatch.fnmatchcase(n, spec.pattern)]
+    if not paths:
+        raise AblateError(f"{spec.pattern!r} matches no module of this backbone", key="pattern")
+    return [(p, "replace" if kind == "conv" else "out") for p in paths]
+
+
+@dataclass(frozen=True)
+class Position:
+    """One `attention.position`: its site finder, (model, spec, module kind) -> [(module path, how)] with
+    `how` a key of INSTALLERS, and the module kinds it takes."""
+
+    sites: Callable[[nn.Module, AttentionSpec, str], list[tuple[str, str]]]
+    kinds: frozenset[str]
+
+
+_GATE = frozenset({"gate"})
+POSITIONS: dict[str, Position] = {
+    "block": Position(_block_sites, _GATE),
+    "block_out": Position(_block_out_sites, _GATE),
+    "stage": Position(_stage_sites, _GATE),
+    "stem": Position(_stem_sites, _GATE),
+    "head": Position(_head_sites, frozenset({"gate", "head"})),
+    "conv": Position(_conv_sites, frozenset({"conv"})),
+    "pattern": Position(_pattern_sites, frozenset({"gate", "conv"})),
+}
+
+
+# ---------------------------------------------------------------- installers: how a site takes its module
+
+@dataclass
+class Site:
+    """One place a module goes: its path, what the dry forward saw there, and what to put there."""
+
+    model: nn.Module
+    path: str
+    channels: int
+    feat_size: tuple[int, int]
+    spec: AttentionSpec
+    info: AttentionInfo
+
+    @property
+    def parent(self) -> nn.Module:  # looked up each time: timm's reset_classifier may rebuild it
+        parent_path = self.path.rpartition(".")[0]
+        return self.model.get_submodule(parent_path) if parent_path else self.model
+
+    @property
+    def attr(self) -> str:
+        return self.path.rpartition(".")[2]
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.get_submodule(self.path)
+
+    def error(self, message: str, key: str | None = None) -> AblateError:
+        return AblateError(f"{message} (at {self.path}, {self.channels} channels)", key=key)
+
+    def make(self, in_channels: int | None = None, **structural) -> nn.Module:
+        """The spec's module for `in_channels` (default: the channels seen here), in IdentityInit when the
+        spec asks; a knob or a shape it cannot take is a one-line error that names this site."""
+        spec = self.spec
+        try:
+            with at("knobs"):
+                attn = create_attention(spec.name, self.channels if in_channels is None else in_channels,
+                                        **structural, **spec.knobs)
+        except AblateError as e:
+            raise self.error(e.message, e.key) from None
+        except ValueError as e:  # a module's own shape check (e.g. halo block size vs feature size)
+            height, width = self.feat_size
+            raise AblateError(f"{spec.name} cannot go at {self.path} ({self.channels}x{height}x{width}): "
+                              f"{e}") from None
+        return IdentityInit(attn) if spec.init == "identity" else attn
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What an installer did, for the insertion report's row."""
+
+    path: str  # where the attention module lives now
+    params: int  # parameters added, net of what it replaced
+    replaced: str | None = None  # the original module whose place it took: the row's GMACs net it out
+
+
+def _fill_slot(site: Site) -> Installed:
+    """The block's attention slot; a module already there (EfficientNet's SE) stays, ours runs after it."""
+    attn = site.make()
+    native = getattr(site.parent, site.attr)
+    if native is None or isinstance(native, nn.Identity):
+        setattr(site.parent, site.attr, attn)
+        return Installed(site.path, count_params(attn))
+    setattr(site.parent, site.attr, nn.Sequential(native, attn))
+    return Installed(f"{site.path}.1", count_params(attn))
+
+
+def _replace_conv(site: Site) -> Installed:
+    old = site.module
+    if not isinstance(old, nn.Conv2d):  # only a pattern can point at something else
+        raise site.error(f"{site.path} is a {type(old).__name__}, not a conv to replace", key="pattern")
+    attn = site.make(old.in_channels, out_channels=old.out_channels, stride=old.stride[0],
+                     feat_size=site.feat_size)
+    parent = site.parent
+    setattr(parent, site.attr, attn)
+    if site.info.includes_norm_act:  # the module normalises and activates its own output
+        for follower in ("bn2", "act2"):
+            if isinstance(getattr(parent, follower, None), nn.Module):
+                setattr(parent, follower, nn.Identity())
+    return Installed(site.path, count_params(attn) - count_params(old), replaced=site.path)
+
+
+def _replace_pool(site: Site) -> Installed:
+    """A head module in timm's global pool's place. One that ends in its own features (`out_features`) owns
+    the classifier, which is rebuilt to take them. Its GMACs are the head's own: the counter sees none in a
+    pool, and the classifier is not the head's."""
+    attn = site.make()
+    before = count_params(site.model)
+    out_features = getattr(attn, "out_features", None)
+    if out_features is not None:
+        _reset_classifier(site.model, out_features, site.spec.name)
+    old_pool = site.module
+    setattr(site.parent, site.attr, _HeadPool(attn, flatten=getattr(old_pool, "flatten", None)))
+    # new head (+ classifier) - replaced pool (+ classifier)
+    return Installed(f"{site.path}.attn", count_params(site.model) - before)
+
+
+def _hook_after(site: Site) -> Installed:
+    attn = site.make()
+    target = site.module
+    target.attn_out = attn
+    target.register_forward_hook(_apply_attn_out)
+    return Installed(f"{site.path}.attn_out", count_params(attn))
+
+
+def _hook_before(site: Site) -> Installed:
+    attn = site.make()
+    target = site.module
+    target.attn_in = attn
+    target.register_forward_pre_hook(_apply_attn_in)
+    return Installed(f"{site.path}.attn_in", count_params(attn))
+
+
+INSTALLERS: dict[str, Callable[[Site], Installed]] = {
+    "slot": _fill_slot,
+    "replace": _replace_conv,
+    "pool": _replace_pool,
+    "out": _hook_after,
+    "in": _hook_before,
+}
 
 
 def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> dict[str, tuple]:
@@ -231,125 +399,86 @@ def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> di
     return shapes
 
 
+def _position(spec: AttentionSpec, info: AttentionInfo) -> Position:
+    """spec.position's table entry, once it is known to take this kind of module and this init."""
+    if spec.position not in POSITIONS:  # config validation refuses it first; this guards specs built without
+        raise AblateError(f"{spec.position!r} is not a position (allowed: {', '.join(POSITIONS)})",
+                          key="position")
+    position = POSITIONS[spec.position]
+    if info.kind not in position.kinds:
+        allowed = ", ".join(sorted(name for name, p in POSITIONS.items() if info.kind in p.kinds))
+        raise AblateError(f"{spec.name!r} is a {info.kind} module; it goes at {allowed}, "
+                          f"not {spec.position!r}", key="position")
+    if spec.init == "identity" and info.kind != "gate":
+        raise AblateError(f"identity init needs a gate module; {spec.name!r} is a {info.kind} module",
+                          key="init")
+    return position
+
+
 def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_size: int = 224,
-           backbone: str = "", where: str = "model.attention") -> InsertionReport:
-    """Insert `spec.name` at `spec.position` into `model` in place; return the insertion report."""
+           backbone: str = "") -> InsertionReport:
+    """Insert `spec.name` at `spec.position` into `model` in place; return the insertion report.
+    Errors are keyed relative to the spec ("position", "knobs.reduction"); the caller locates them."""
+    input_size = (in_chans, image_size, image_size)
     base_params = count_params(model)
-    base_gmacs, base_per_module = count_gmacs(model, (in_chans, image_size, image_size))
+    base_gmacs, base_per_module = count_gmacs(model, input_size)
     report = InsertionReport(backbone or type(model).__name__, spec.name, spec.position, dict(spec.knobs),
                              image_size, base_params, base_gmacs, base_params, base_gmacs)
     if spec.name == "none":
         return report
-
-    info = get_attention(spec.name, f"{where}.name")
-    if spec.position not in _KIND_POSITIONS[info.kind]:
-        allowed = ", ".join(sorted(_KIND_POSITIONS[info.kind]))
-        raise AblateError(f"{where}.position: {spec.name!r} is a {info.kind} module; it goes at {allowed}, "
-                          f"not {spec.position!r}")
-    if spec.init == "identity" and info.kind != "gate":
-        raise AblateError(f"{where}.init: identity init needs a gate module; {spec.name!r} is a {info.kind} module")
-
-    sites = _sites(model, spec, info.kind, where)
+    with at("name"):
+        info = get_attention(spec.name)
+    sites = _position(spec, info).sites(model, spec, info.kind)
     shapes = _probe_shapes(model, sites, in_chans, image_size)
-    rows = []
+    placed = []
     for path, how in sites:
         if path not in shapes:  # a module the forward never reached (e.g. an unused branch)
             continue
         if len(shapes[path]) != 3:
-            raise AblateError(f"{where}: {path} carries a {len(shapes[path]) + 1}-d tensor, not a (B, C, H, W) feature map")
+            raise AblateError(f"{path} carries a {len(shapes[path]) + 1}-d tensor, "
+                              f"not a (B, C, H, W) feature map")
         channels, height, width = shapes[path]
-        knob_where = f"{where}.knobs"
-        parent_path, _, attr = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        try:
-            if how == "replace":
-                old = model.get_submodule(path)
-                if not isinstance(old, nn.Conv2d):
-                    raise AblateError(f"{where}.pattern: {path} is a {type(old).__name__}, not a conv to replace")
-                attn = create_attention(spec.name, old.in_channels, where=knob_where, out_channels=old.out_channels,
-                                        stride=old.stride[0], feat_size=(height, width), **spec.knobs)
-            else:
-                attn = create_attention(spec.name, channels, where=knob_where, **spec.knobs)
-        except AblateError as e:
-            raise AblateError(f"{e} (at {path}, {channels} channels)") from None
-        except ValueError as e:  # a module's own shape check (e.g. halo block size vs feature size)
-            raise AblateError(f"{where}: {spec.name} cannot go at {path} ({channels}x{height}x{width}): {e}") from None
-        if spec.init == "identity":
-            attn = IdentityInit(attn)
-        added = count_params(attn)
-
-        if how == "slot":
-            native = getattr(parent, attr)
-            setattr(parent, attr, attn if native is None or isinstance(native, nn.Identity)
-                    else nn.Sequential(native, attn))
-            installed = path if native is None or isinstance(native, nn.Identity) else f"{path}.1"
-        elif how == "replace":
-            added -= count_params(old)
-            setattr(parent, attr, attn)
-            if info.includes_norm_act:  # the module normalises and activates its own output
-                for follower in ("bn2", "act2"):
-                    if isinstance(getattr(parent, follower, None), nn.Module):
-                        setattr(parent, follower, nn.Identity())
-            installed = path
-        elif how == "pool":
-            before = count_params(model)
-            out_features = getattr(attn, "out_features", None)
-            if out_features is not None:  # the head ends in its own features: the classifier takes those
-                _reset_classifier(model, out_features, f"{where}.name: {spec.name}")
-                parent = model.get_submodule(parent_path) if parent_path else model  # may be rebuilt
-            old_pool = model.get_submodule(path)
-            setattr(parent, attr, _HeadPool(attn, flatten=getattr(old_pool, "flatten", None)))
-            added = count_params(model) - before  # new head (+ classifier) - replaced pool (+ classifier)
-            installed = f"{path}.attn"
-        else:
-            target = model.get_submodule(path)
-            if how == "out":
-                target.attn_out = attn
-                target.register_forward_hook(_apply_attn_out)
-                installed = f"{path}.attn_out"
-            else:
-                target.attn_in = attn
-                target.register_forward_pre_hook(_apply_attn_in)
-                installed = f"{path}.attn_in"
-        rows.append(Insertion(installed, spec.position, spec.name, int(channels), (int(height), int(width)), added))
+        site = Site(model, path, int(channels), (int(height), int(width)), spec, info)
+        placed.append((site, INSTALLERS[how](site)))
 
     report.params = count_params(model)
-    report.gmacs, per_module = count_gmacs(model, (in_chans, image_size, image_size))
-    for row in rows:
-        replaced = base_per_module.get(row.path, 0.0) if row.position in ("conv", "pattern") else 0.0
-        row.gmacs = per_module.get(row.path, 0.0) - replaced
-    report.rows = rows
+    report.gmacs, per_module = count_gmacs(model, input_size)
+    for site, done in placed:
+        replaced = base_per_module.get(done.replaced, 0.0) if done.replaced else 0.0
+        gmacs = per_module.get(done.path, 0.0) - replaced
+        report.rows.append(Insertion(done.path, spec.position, spec.name, site.channels, site.feat_size,
+                                     done.params, gmacs))
     return report
 
 
-def _reset_classifier(model: nn.Module, in_features: int, where: str) -> None:
-    """Rebuild the model's classifier (same classes) to take `in_features`, through timm's reset_classifier.
+def _reset_classifier(model: nn.Module, in_features: int, owner: str) -> None:
+    """Rebuild the model's classifier (same classes) to take `in_features`, through timm's reset_classifier;
+    `owner` is the head module asking.
 
     timm sizes the new classifier from `model.num_features`, so it is set for the call and restored after.
     reset_classifier may rebuild global_pool too (ResNet), so it runs before the head is installed; a head
     norm between pool and classifier (ConvNeXt's NormMlpClassifierHead) is dropped (`reset_other`): such a
     head normalises its own output.
     """
-    import inspect as pyinspect
-
     reset = getattr(model, "reset_classifier", None)
     num_features = getattr(model, "num_features", None)
+    name = type(model).__name__
     if reset is None or num_features is None:
-        raise AblateError(f"{where} owns the classifier, but {type(model).__name__} has no timm reset_classifier")
-    kwargs = {"reset_other": True} if "reset_other" in pyinspect.signature(reset).parameters else {}
+        raise AblateError(f"{owner} owns the classifier, but {name} has no timm reset_classifier", key="name")
+    kwargs = {"reset_other": True} if "reset_other" in inspect.signature(reset).parameters else {}
     model.num_features = in_features
     try:
         reset(model.num_classes, **kwargs)
     except AssertionError as e:
-        raise AblateError(f"{where} owns the classifier, but {type(model).__name__}'s head cannot take "
-                          f"{in_features} features ({e})") from None
+        raise AblateError(f"{owner} owns the classifier, but {name}'s head cannot take {in_features} "
+                          f"features ({e})", key="name") from None
     finally:
         model.num_features = num_features
     classifier = model.get_classifier()
     width = getattr(classifier, "in_features", in_features)
     if not isinstance(classifier, nn.Identity) and width != in_features:
-        raise AblateError(f"{where} owns the classifier, but {type(model).__name__}'s classifier still takes "
-                          f"{width} features, not {in_features}")
+        raise AblateError(f"{owner} owns the classifier, but {name}'s classifier still takes {width} "
+                          f"features, not {in_features}", key="name")
 
 
 class _HeadPool(nn.Module):
@@ -358,7 +487,8 @@ class _HeadPool(nn.Module):
     def __init__(self, attn: nn.Module, flatten):
         super().__init__()
         self.attn = attn
-        self.flatten = bool(flatten) if not isinstance(flatten, nn.Module) else not isinstance(flatten, nn.Identity)
+        is_module = isinstance(flatten, nn.Module)
+        self.flatten = bool(flatten) if not is_module else not isinstance(flatten, nn.Identity)
 
     def forward(self, x):
         pooled = self.attn(x)

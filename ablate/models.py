@@ -5,10 +5,12 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 from torch import nn
 
+import ablate.backbones  # noqa: F401  (registers our small CPU backbones with timm before any lookup)
 from ablate.config import ModelConfig
-from ablate.errors import AblateError
+from ablate.errors import AblateError, at
 from ablate.inject import InsertionReport, inject
 
 
@@ -26,22 +28,19 @@ class BuiltModel:
         return self.report.gmacs
 
 
-def check_backbone(name: str, where: str = "model.backbone") -> None:
-    import timm
-
-    import ablate.backbones  # noqa: F401  (registers our small CPU backbones with timm)
-
+def check_backbone(name: str) -> None:
+    """An unkeyed AblateError unless timm knows `name`: the caller locates it (`at("model.backbone")`)."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
-        raise AblateError(f"{where}: unknown timm backbone {name!r} ({hint})")
+        raise AblateError(f"unknown timm backbone {name!r} ({hint})")
 
 
 def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """timm.create_model, with weights from timm's hub or a local file (`model.checkpoint`)."""
-    import timm
-
-    check_backbone(cfg.backbone)
+    """timm.create_model, with weights from timm's hub or a local file (`model.checkpoint`).
+    Errors are keyed relative to the model config ("checkpoint: ..."); the caller locates them."""
+    with at("backbone"):
+        check_backbone(cfg.backbone)
     kwargs = dict(num_classes=num_classes, in_chans=in_chans)
     if cfg.drop_rate:
         kwargs["drop_rate"] = cfg.drop_rate
@@ -49,7 +48,7 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Mod
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.checkpoint:
         if not Path(cfg.checkpoint).is_file():
-            raise AblateError(f"model.checkpoint: no weights file at {cfg.checkpoint}")
+            raise AblateError(f"no weights file at {cfg.checkpoint}", key="checkpoint")
         # timm loads the file like hub weights: adapts in_chans, drops a classifier of another size
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve())))
     else:
@@ -57,15 +56,20 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Mod
     try:
         return timm.create_model(cfg.backbone, **kwargs)
     except TypeError as e:  # e.g. drop_path_rate on a family that has no stochastic depth
-        raise AblateError(f"model: {cfg.backbone} does not accept {e}") from None
+        raise AblateError(f"{cfg.backbone} does not accept {e}") from None
     except (OSError, RuntimeError):
         if cfg.pretrained and not cfg.checkpoint:
-            raise AblateError(f"model.pretrained: could not fetch {cfg.backbone} weights (offline?): set "
-                              f"model.checkpoint to a local weights file") from None
+            raise AblateError(f"could not fetch {cfg.backbone} weights (offline?): set model.checkpoint to a "
+                              f"local weights file", key="pretrained") from None
         raise
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: int) -> BuiltModel:
-    model = create_backbone(cfg, num_classes, in_chans)
-    report = inject(model, cfg.attention, in_chans=in_chans, image_size=image_size, backbone=cfg.backbone)
+    """The backbone with its attention; errors are located in the trial config (model.backbone,
+    model.attention.position, model.attention.knobs.reduction, ...)."""
+    with at("model"):
+        model = create_backbone(cfg, num_classes, in_chans)
+        with at("attention"):
+            report = inject(model, cfg.attention, in_chans=in_chans, image_size=image_size,
+                            backbone=cfg.backbone)
     return BuiltModel(model, report)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from ablate.config import DataConfig
-from ablate.data import build_datamodule
+from ablate.data import DATASETS, build_datamodule, check_data, dataset_shape
 from ablate.errors import AblateError
 
 
@@ -121,6 +121,17 @@ def write_fake_cifar10(root, per_file=3):
             pickle.dump(batch, f)
 
 
+def write_fake_cifar100(root, per_file=3):
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        batch = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 "fine_labels": rng.integers(0, 100, per_file).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
 def test_fake_cifar10_loads(tmp_path):
     write_fake_cifar10(tmp_path)
     dm = build_datamodule(DataConfig(name="cifar10", root=str(tmp_path), batch_size=4, image_size=32, hflip=0.5))
@@ -158,6 +169,31 @@ def test_imagefolder_missing_val_raises(tmp_path):
     with pytest.raises(AblateError, match="data.root") as err:
         build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path)))
     assert "val" in str(err.value) and "\n" not in str(err.value)
+
+
+def small_config(name, tmp_path):
+    """A config for `name` that builds in a blink, with fake CIFAR / image folders under tmp_path."""
+    if name == "cifar10":
+        write_fake_cifar10(tmp_path)
+    elif name == "cifar100":
+        write_fake_cifar100(tmp_path)
+    elif name == "imagefolder":
+        write_image_folder(tmp_path)
+    synthesised = name not in ("cifar10", "cifar100", "imagefolder")  # the fake folders hold a few images
+    return DataConfig(name=name, root=str(tmp_path), image_size=16, batch_size=4, num_classes=2,
+                      train_size=20 if synthesised else None, val_size=10 if synthesised else None)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_keeps_the_datamodule_contract(name, tmp_path):
+    cfg = small_config(name, tmp_path)
+    check_data(cfg)
+    dm = build_datamodule(cfg)
+    assert dataset_shape(cfg) == (dm.num_classes, dm.in_chans)  # what a dry run builds the model for
+    assert dm.image_size == 16 and len(dm.classes) == dm.num_classes
+    assert dm.mean.shape == dm.std.shape == (dm.in_chans,) and bool((dm.std > 0).all())
+    x, y = dm.transform_batch(next(iter(dm.val_dataloader())), train=False)
+    assert x.shape[1:] == (dm.in_chans, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
 
 
 def test_lightning_trainer_applies_batch_transform():

@@ -1,0 +1,63 @@
+"""Extension points are tables: config names exactly their keys, and a new entry is all a new one needs."""
+import timm
+import torch
+
+import ablate.config
+import ablate.data
+import ablate.inject
+from ablate.config import AttentionSpec, DataConfig
+from ablate.data import TensorDataModule, build_datamodule, check_data, dataset_shape
+from ablate.inject import INSTALLERS, Position, inject
+
+
+def test_config_names_exactly_the_positions_table():
+    assert set(ablate.config.POSITIONS) == set(ablate.inject.POSITIONS)
+
+
+def test_config_names_exactly_the_datasets_table():
+    assert set(ablate.config.DATASETS) == set(ablate.data.DATASETS)
+
+
+def test_every_position_finds_sites_that_an_installer_takes():
+    model = timm.create_model("resnet18", num_classes=10)
+    for name, position in ablate.inject.POSITIONS.items():
+        spec = AttentionSpec(position=name, pattern="layer3.*.conv2")  # finders read where, not which module
+        for kind in position.kinds:
+            sites = position.sites(model, spec, kind)
+            assert sites and {how for _, how in sites} <= set(INSTALLERS), (name, kind)
+
+
+def test_a_new_position_is_one_table_entry(monkeypatch):
+    after_stem_conv = Position(lambda model, spec, kind: [("conv1", "out")], frozenset({"gate"}))
+    monkeypatch.setitem(ablate.inject.POSITIONS, "after_stem_conv", after_stem_conv)
+    model = timm.create_model("resnet18", num_classes=10)
+    spec = AttentionSpec.model_construct(name="se", position="after_stem_conv")  # config does not know it
+    report = inject(model, spec, image_size=32)
+    assert [(r.path, r.channels, r.feat_size) for r in report.rows] == [("conv1.attn_out", 64, (16, 16))]
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+class Stripes(TensorDataModule):
+    """Two classes: horizontal or vertical stripes."""
+
+    @classmethod
+    def shape(cls, cfg):
+        return 2, 1
+
+    def __init__(self, cfg):
+        y = torch.arange(8) % 2
+        stripes = (torch.arange(cfg.image_size) % 2 * 255).to(torch.uint8)
+        x = torch.stack([stripes[:, None].expand(-1, cfg.image_size) if c else
+                         stripes[None, :].expand(cfg.image_size, -1) for c in y.tolist()])[:, None]
+        super().__init__(cfg, x, y, x, y, num_classes=2)
+
+
+def test_a_new_dataset_is_one_table_entry(monkeypatch):
+    monkeypatch.setitem(ablate.data.DATASETS, "stripes", Stripes)
+    cfg = DataConfig.model_construct(**{**DataConfig().model_dump(), "name": "stripes", "image_size": 8,
+                                        "batch_size": 4})
+    check_data(cfg)
+    assert dataset_shape(cfg) == (2, 1)
+    dm = build_datamodule(cfg)
+    x, y = dm.transform_batch(next(iter(dm.train_dataloader())), train=True)
+    assert x.shape == (4, 1, 8, 8) and dm.classes == ["0", "1"]
