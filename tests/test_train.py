@@ -1,5 +1,9 @@
-"""ablate.train: a trial's record in MLflow, reproducibility, each timm trick, divergence, pruning, bad input."""
+"""ablate.train: a trial's record in MLflow, reproducibility, each trick, divergence, pruning, bad input."""
+import logging
 import math
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import optuna
@@ -18,9 +22,11 @@ from ablate.errors import AblateError
 from ablate.models import build_model
 from ablate.train import DivergedError, TrialModule, make_trainer, run_trial
 
-# the EMA copy is eval-only on purpose (train.py filters this too; pytest resets filters per test)
+# the EMA copy is eval-only on purpose (run_trial filters this too; make_trainer alone does not)
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
 WALL_CLOCK = {"train/throughput", "train/epoch_time", "train/peak_mem_mb"}  # differ between identical runs
+VAL = ["val/acc1", "val/acc1_best", "val/acc1_ema", "val/acc5", "val/acc5_ema", "val/loss", "val/loss_ema"]
+TRAIN = ["train/epoch_time", "train/loss", "train/lr", "train/peak_mem_mb", "train/throughput"]
 
 
 @pytest.fixture(scope="module")
@@ -39,25 +45,46 @@ def tiny(uri=None, experiment="t", model=None, **train) -> TrialConfig:
     })
 
 
-def history(mlflow, run_id, key):
-    return [(m.step, m.value) for m in mlflow.get_metric_history(run_id, key)]
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def build(cfg: TrialConfig):
+    """The trial's data and module, as run_trial builds them (train them with make_trainer, no MLflow)."""
+    data = build_datamodule(cfg.data)
+    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
+    return TrialModule(built.model, cfg.train, data.num_classes), data
 
 
 # ---------------------------------------------------------------- the record
 
-def test_run_records_params_metrics_and_artifacts(uri):
-    mlflow = tracking.make_client(uri)
-    parent = tracking.start_run(mlflow, tracking.get_or_create_experiment("record", uri), run_name="study")
-    seen = []
+def test_run_records_params_metrics_and_artifacts(uri, monkeypatch):
+    client = tracking.make_client(uri)
+    parent = tracking.start_run(client, tracking.get_or_create_experiment("record", uri), run_name="study")
+    seen, levels, writes = [], [], []
 
     class Spy(pl.Callback):  # what a study's pruning callback reads
         def on_validation_end(self, trainer, module):
             seen.append(float(trainer.callback_metrics["val/acc1"]))
+            levels.append(logging.getLogger("pytorch_lightning").level)
 
+    real_log_metrics = tracking.log_metrics
+
+    def log_metrics(client, run_id, metrics, step):  # every write to MLflow goes through this one function
+        writes.append((step, sorted(metrics)))
+        real_log_metrics(client, run_id, metrics, step)
+
+    monkeypatch.setattr(tracking, "log_metrics", log_metrics)
+    filters, level = warnings.filters[:], logging.getLogger("pytorch_lightning").level
     cfg = tiny(uri, "record", ema=True, label_smoothing=0.1, warmup_epochs=1, min_lr=1e-4)
     result = run_trial(cfg, callbacks=[Spy()], parent_run_id=parent, tags={"optuna.trial": 7})
+    # Lightning quiet during the trial only: the caller's warning filters and log level come back
+    assert levels == [logging.WARNING] * 2
+    assert warnings.filters == filters and logging.getLogger("pytorch_lightning").level == level
+    # one write per phase per epoch (one SQLite transaction each), step = epoch
+    assert writes == [(0, ["model/gmacs", "model/params"]), (0, VAL), (0, TRAIN), (1, VAL), (1, TRAIN)]
 
-    run = mlflow.get_run(result.run_id)
+    run = client.get_run(result.run_id)
     assert run.info.status == result.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["optuna.trial"] == "7"
     params = run.data.params
@@ -66,24 +93,38 @@ def test_run_records_params_metrics_and_artifacts(uri):
     assert float(params["model.gmacs"]) == pytest.approx(result.metrics["model/gmacs"])
     assert result.metrics["model/gmacs"] > 0
 
-    for key in ("train/loss", "train/lr", "train/throughput", "train/epoch_time", "train/peak_mem_mb",
-                "val/loss", "val/acc1", "val/acc5", "val/acc1_best", "val/acc1_ema", "val/loss_ema"):
-        assert [step for step, _ in history(mlflow, result.run_id, key)] == [0, 1], key
-        assert result.metrics[key] == pytest.approx(history(mlflow, result.run_id, key)[-1][1]), key
-    acc1 = [v for _, v in history(mlflow, result.run_id, "val/acc1")]
+    assert sorted(result.metrics) == sorted(["model/gmacs", "model/params", *TRAIN, *VAL])
+    for key in TRAIN + VAL:
+        assert [step for step, _ in history(client, result.run_id, key)] == [0, 1], key
+        assert result.metrics[key] == pytest.approx(history(client, result.run_id, key)[-1][1]), key
+    acc1 = [v for _, v in history(client, result.run_id, "val/acc1")]
     assert seen == pytest.approx(acc1)
+    assert [v for _, v in history(client, result.run_id, "val/acc1_best")] == pytest.approx(
+        np.maximum.accumulate(acc1))
     assert result.best_acc1 == pytest.approx(max(acc1))
-    assert all(v > 0 for _, v in history(mlflow, result.run_id, "train/throughput"))
+    assert all(v > 0 for _, v in history(client, result.run_id, "train/throughput"))
 
     # cosine stepped per update (4 a epoch, 8 in all, warmup 4): half-way after epoch 0, min_lr at the end
-    lrs = [v for _, v in history(mlflow, result.run_id, "train/lr")]
+    lrs = [v for _, v in history(client, result.run_id, "train/lr")]
     assert lrs[0] == pytest.approx(1e-4 + 0.5 * (0.05 - 1e-4) * (1 + math.cos(math.pi * 4 / 8)))
     assert lrs[-1] == pytest.approx(1e-4)
 
-    assert {a.path for a in mlflow.list_artifacts(result.run_id)} >= {"config.yaml", "insertion_report.json"}
-    assert TrialConfig.model_validate(yaml.safe_load(load_text(f"{run.info.artifact_uri}/config.yaml"))) == cfg
+    assert {a.path for a in client.list_artifacts(result.run_id)} >= {"config.yaml", "insertion_report.json"}
+    saved = yaml.safe_load(load_text(f"{run.info.artifact_uri}/config.yaml"))
+    assert TrialConfig.model_validate(saved) == cfg
     report = load_dict(f"{run.info.artifact_uri}/insertion_report.json")
     assert report["backbone"] == "test_resnet" and report["params"] == result.metrics["model/params"]
+
+
+def test_importing_ablate_changes_no_global_setting():
+    """A notebook that imports ablate keeps its own warning filters and Lightning's log level."""
+    code = ("import logging, warnings, mlflow, pytorch_lightning, timm.data, torchmetrics\n"
+            "before = warnings.filters[:], logging.getLogger('pytorch_lightning').level\n"
+            "import ablate.train, ablate.interrupt\n"
+            "assert (warnings.filters, logging.getLogger('pytorch_lightning').level) == before, "
+            "(warnings.filters[:3], before[0][:3])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_same_seed_same_metrics(uri):
@@ -92,9 +133,9 @@ def test_same_seed_same_metrics(uri):
             for s in (0, 0, 1)]
     same, again, other = [{k: v for k, v in r.metrics.items() if k not in WALL_CLOCK} for r in runs]
     assert same == again
-    mlflow = tracking.make_client(uri)
+    client = tracking.make_client(uri)
     for key in ("train/loss", "val/loss", "val/acc1_ema"):
-        assert history(mlflow, runs[0].run_id, key) == history(mlflow, runs[1].run_id, key)
+        assert history(client, runs[0].run_id, key) == history(client, runs[1].run_id, key)
     assert other["train/loss"] != same["train/loss"]  # the seed matters, so equality above means something
 
 
@@ -127,18 +168,55 @@ def test_mixup_mixes_inputs_and_targets_with_smoothing_folded_in():
 
 
 def test_ema_trails_the_live_weights_and_channels_last_reaches_the_model():
-    cfg = tiny(ema=True, ema_decay=0.9, channels_last=True, epochs=1, limit_train_batches=3, limit_val_batches=1)
-    data = build_datamodule(cfg.data)
-    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
-    module = TrialModule(built.model, cfg.train, data.num_classes)
+    cfg = tiny(ema=True, ema_decay=0.9, channels_last=True, epochs=1, limit_train_batches=3,
+               limit_val_batches=1)
+    module, data = build(cfg)
     start = {k: v.clone() for k, v in module.model.state_dict().items()}
+    layouts = set()  # 3-channel NCHW input is not channels_last-contiguous: True means it was converted
+    module.model.register_forward_pre_hook(
+        lambda m, args: layouts.add(args[0].is_contiguous(memory_format=torch.channels_last)))
     make_trainer(cfg.train).fit(module, datamodule=data)
 
     live, ema = module.model.state_dict(), module.ema.module.state_dict()
     weights = [k for k, v in live.items() if v.is_floating_point() and v.ndim > 1]
     assert all(not torch.equal(live[k], ema[k]) for k in weights)  # EMA differs from the live weights
     assert any(not torch.equal(start[k], ema[k]) for k in weights)  # ... and it did move
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in module.model.parameters() if p.ndim == 4)
+    convs = [p for p in module.model.parameters() if p.ndim == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert layouts == {True}  # every batch, train and val
+
+
+def test_bf16_mixed_runs_the_model_in_bfloat16_with_float32_weights():
+    cfg = tiny(precision="bf16-mixed", epochs=1, limit_train_batches=2, limit_val_batches=1)
+    module, data = build(cfg)
+    dtypes = set()
+    module.model.register_forward_hook(lambda m, args, out: dtypes.add(out.dtype))
+    make_trainer(cfg.train).fit(module, datamodule=data)
+    assert dtypes == {torch.bfloat16}  # Lightning's autocast reached every forward, train and val
+    assert {p.dtype for p in module.model.parameters()} == {torch.float32}  # mixed: the weights stay float32
+
+
+def test_compile_runs_the_training_steps_through_torch_compile(monkeypatch):
+    graphs = []
+
+    def keep_graph(gm, example_inputs):  # a torch.compile backend: dynamo's graph, run as traced (no codegen)
+        graphs.append(gm)
+        return gm.forward
+
+    # inductor's C++ codegen takes minutes on these CPUs; what ablate decides is that the model is compiled
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **kw, backend=keep_graph))
+    cfg = tiny(compile=True, ema=True, epochs=1, limit_train_batches=2, limit_val_batches=1)
+    module, data = build(cfg)
+    names = [n for n, _ in module.model.named_parameters()]
+    torch.compiler.reset()
+    try:
+        make_trainer(cfg.train).fit(module, datamodule=data)
+    finally:
+        torch.compiler.reset()  # dynamo's caches are process-wide
+    assert graphs  # the model's forward went through dynamo
+    assert [n for n, _ in module.model.named_parameters()] == names  # compiled in place: names unchanged
+    assert [n for n, _ in module.ema.module.named_parameters()] == names
 
 
 @pytest.mark.parametrize("knob", ["drop_path_rate", "drop_rate"])
@@ -173,14 +251,14 @@ def test_nan_loss_fails_the_run_with_the_reason(uri, case, overrides, callbacks,
     experiment = f"diverged-{case}"
     with pytest.raises(DivergedError, match=reason):
         run_trial(tiny(uri, experiment, **overrides), callbacks=callbacks)
-    mlflow = tracking.make_client(uri)
-    exp = mlflow.get_experiment_by_name(experiment).experiment_id
-    (run,) = mlflow.search_runs([exp])
+    client = tracking.make_client(uri)
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs([exp])
     assert run.info.status == "FAILED"
     assert run.data.tags["reason"].startswith("DivergedError: train/loss is")
-    assert not mlflow.search_runs([exp], "attributes.status = 'RUNNING'")
+    assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
     if case == "injected":  # the epoch before the NaN is on record
-        assert [s for s, _ in history(mlflow, run.info.run_id, "val/acc1")] == [0]
+        assert [s for s, _ in history(client, run.info.run_id, "val/acc1")] == [0]
 
 
 def test_pruned_trial_is_killed_with_its_last_validation_recorded(uri):
@@ -188,12 +266,13 @@ def test_pruned_trial_is_killed_with_its_last_validation_recorded(uri):
         def on_validation_end(self, trainer, module):
             raise optuna.TrialPruned(f"val/acc1 {float(trainer.callback_metrics['val/acc1']):.3f} at epoch 0")
 
+    # the caller (the study runner) says which exceptions mean "stopped on purpose"
     with pytest.raises(optuna.TrialPruned):
-        run_trial(tiny(uri, "pruned"), callbacks=[PruneAtOnce()])
-    mlflow = tracking.make_client(uri)
-    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("pruned").experiment_id])
+        run_trial(tiny(uri, "pruned"), callbacks=[PruneAtOnce()], killed_by=(optuna.TrialPruned,))
+    client = tracking.make_client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pruned").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["reason"].startswith("TrialPruned: val/acc1")
-    assert [s for s, _ in history(mlflow, run.info.run_id, "val/acc1")] == [0]
+    assert [s for s, _ in history(client, run.info.run_id, "val/acc1")] == [0]
 
 
 @pytest.mark.parametrize("section, bad", [
