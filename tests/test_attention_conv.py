@@ -3,15 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate.attention import create_attention, get_attention
+from ablate.attention import create_attention, get_attention, list_attention
 from ablate.errors import AblateError
+from ablate.profile import count_params
 
 CONV_MODULES = ("sk", "split_attn", "bot_mhsa", "halo", "cot")
 B, C_IN, C_OUT, HW = 2, 32, 64, 16
-
-
-def n_params(module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def conv(name, stride=1, channels=C_IN, out_channels=C_OUT, hw=HW, **knobs):
@@ -47,17 +44,25 @@ def test_conv_shape_and_backward(name, stride):
     assert not missing, f"{name}: parameters without gradient: {missing}"
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("sk", True), ("split_attn", True), ("cot", True), ("bot_mhsa", False), ("halo", False)])
-def test_includes_norm_act(name, expected):
-    info = get_attention(name)
-    assert info.kind == "conv"
-    assert info.includes_norm_act is expected
+@pytest.mark.parametrize("name", CONV_MODULES)
+def test_includes_norm_act_only_where_the_output_is_normalised_and_activated(name):
+    """The flag makes the injector drop the block's bn2 + act2: true only when the module's own output
+    is normalised (BN in train mode: its scale does not follow the input's) and activated (ReLU/SiLU)."""
+    m = conv(name)
+    x = torch.randn(B, C_IN, HW, HW)
+    y, y10 = m(x), m(10 * x)
+    normalised = bool(y10.std() < 2 * y.std())  # unnormalised attention outputs grow ~10x
+    assert normalised is get_attention(name).includes_norm_act
+    if normalised:
+        assert y10.min() >= -0.28  # SiLU's minimum is -0.278; ReLU's 0
 
 
-def test_kinds_of_gate_and_head():
-    assert get_attention("outlook").kind == "gate"
-    assert get_attention("attn_pool").kind == "head"
+@pytest.mark.parametrize("name", [info.name for info in list_attention(kind="head")])
+def test_heads_pool_to_vectors_of_out_features(name):
+    """The head kind's contract: (B, C, H, W) -> (B, out_features), out_features defaulting to C."""
+    m = create_attention(name, 32)
+    y = m(torch.randn(B, 32, 5, 7))
+    assert y.shape == (B, getattr(m, "out_features", 32))
 
 
 # --- Selective Kernel ---
@@ -69,7 +74,7 @@ def test_sk_param_count_and_attention_width():
     assert m.attn.fc_reduce.out_channels == d
     paths = 2 * (c_in // g * 9 * c_out + 2 * c_out)
     attn = c_out * d + 2 * d + d * 2 * c_out
-    assert n_params(m) == paths + attn
+    assert count_params(m) == paths + attn
     assert [p.conv.dilation for p in m.paths] == [(1, 1), (2, 2)]  # 3x3 and "5x5" as dilated 3x3
 
 
@@ -92,7 +97,7 @@ def test_split_attn_param_count():
     expected = (c_in // (g * r) * 9 * c_out * r + 2 * r * c_out  # grouped conv + bn0
                 + c_out // g * attn + attn + 2 * attn  # fc1 (bias) + bn1
                 + attn // g * r * c_out + r * c_out)  # fc2 (bias)
-    assert n_params(m) == expected
+    assert count_params(m) == expected
 
 
 def test_split_attn_avd_is_avg_pool_after_block():
@@ -117,7 +122,7 @@ def test_bot_mhsa_param_count():
     # q, k, v all out_channels wide (no bias) + relative embeddings (2H-1 and 2W-1 rows of head dim)
     heads, h, w = 4, 8, 12
     m = create_attention("bot_mhsa", C_IN, out_channels=C_OUT, feat_size=(h, w), heads=heads)
-    assert n_params(m) == C_IN * 3 * C_OUT + (2 * h - 1 + 2 * w - 1) * (C_OUT // heads)
+    assert count_params(m) == C_IN * 3 * C_OUT + (2 * h - 1 + 2 * w - 1) * (C_OUT // heads)
     assert m(torch.randn(B, C_IN, h, w)).shape == (B, C_OUT, h, w)
 
 
@@ -143,7 +148,7 @@ def test_halo_param_count():
     heads, block, halo = 8, 8, 3
     win = block + 2 * halo
     m = conv("halo", heads=heads, block_size=block, halo_size=halo)
-    assert n_params(m) == C_IN * 3 * C_OUT + 2 * (2 * win - 1) * (C_OUT // heads)
+    assert count_params(m) == C_IN * 3 * C_OUT + 2 * (2 * win - 1) * (C_OUT // heads)
 
 
 @pytest.mark.parametrize("hw,block", [(12, 8), (14, 4)])
@@ -172,7 +177,7 @@ def cot_param_count(c_in, c_out, k=3, reduction=2):
 @pytest.mark.parametrize("c_in,c_out,k,reduction", [(64, 64, 3, 2), (32, 64, 5, 4)])
 def test_cot_param_count(c_in, c_out, k, reduction):
     m = conv("cot", channels=c_in, out_channels=c_out, kernel_size=k, reduction=reduction)
-    assert n_params(m) == cot_param_count(c_in, c_out, k, reduction)
+    assert count_params(m) == cot_param_count(c_in, c_out, k, reduction)
 
 
 def test_cot_local_aggregation_matches_official_indexing():
@@ -220,11 +225,23 @@ def test_outlook_preserves_shape(stride, hw):
     assert all(p.grad is not None for p in m.parameters())
 
 
+def test_outlook_stride_is_a_knob_not_a_structural_argument():
+    # a gate's stride must reach the module (conv kinds alone take stride from the backbone)
+    x = torch.randn(B, 32, 8, 8)
+    outs = []
+    for stride in (1, 2):
+        torch.manual_seed(0)  # the same weights: stride changes no parameter shape
+        outs.append(create_attention("outlook", 32, heads=4, stride=stride)(x))
+    assert not torch.allclose(*outs)
+    with pytest.raises(AblateError, match=r"outlook.stride=9 is out of range \(int in \[1, 4\]\)"):
+        create_attention("outlook", 32, heads=4, stride=9)
+
+
 def test_outlook_param_count_and_residual():
     c, heads, k = 32, 4, 3
     m = create_attention("outlook", c, heads=heads, kernel_size=k)
     # LayerNorm, v (no bias), attn (k^4 * heads, bias), proj (bias)
-    assert n_params(m) == 2 * c + c * c + c * k ** 4 * heads + k ** 4 * heads + c * c + c
+    assert count_params(m) == 2 * c + c * c + c * k ** 4 * heads + k ** 4 * heads + c * c + c
     torch.nn.init.zeros_(m.attn.proj.weight)
     torch.nn.init.zeros_(m.attn.proj.bias)
     x = torch.randn(B, c, 8, 8)
@@ -242,7 +259,7 @@ def test_outlook_heads_must_divide_channels():
 
 def test_attn_pool_params_and_shape():
     m = create_attention("attn_pool", 48)
-    assert n_params(m) == 48
+    assert count_params(m) == 48
     x = torch.randn(B, 48, 7, 9, requires_grad=True)
     y = m(x)
     assert y.shape == (B, 48)

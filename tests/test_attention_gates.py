@@ -1,17 +1,13 @@
-"""Gate-kind modules bam, gc, gather_excite, coord, triplet, simam, external: shapes, parameter
-counts from the papers' formulas, and one behavioural property each."""
+"""Gate-kind modules: every registered gate keeps its input's shape; bam, gc, gather_excite, coord, triplet,
+simam, external: parameter counts from the papers' formulas, and one behavioural property each."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate.attention import create_attention, get_attention
+from ablate.attention import create_attention, list_attention
+from ablate.attention.gather_excite import GatherExcite
 from ablate.errors import AblateError
-
-GATES = ("bam", "gc", "gather_excite", "coord", "triplet", "simam", "external")
-
-
-def n_params(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from ablate.profile import count_params
 
 
 @pytest.fixture(autouse=True)
@@ -19,13 +15,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("name", GATES)
-def test_registered_as_gate(name):
-    assert get_attention(name).kind == "gate"
-
-
-@pytest.mark.parametrize("name", GATES)
+@pytest.mark.parametrize("name", [info.name for info in list_attention(kind="gate")])
 def test_forward_backward_keeps_shape(name):
+    """The gate kind's contract, for every module registered as one (the injector relies on it)."""
     m = create_attention(name, 32)
     x = torch.randn(2, 32, 9, 11, requires_grad=True)  # C, H, W all different: catches swapped axes
     y = m(x)
@@ -47,43 +39,43 @@ def bam_params(c, r=16, n_dilated=2):
 
 @pytest.mark.parametrize("c, knobs, r, n", [(64, {}, 16, 2), (32, {"reduction": 8, "num_dilated": 3}, 8, 3)])
 def test_bam_param_count(c, knobs, r, n):
-    assert n_params(create_attention("bam", c, **knobs)) == bam_params(c, r, n)
+    assert count_params(create_attention("bam", c, **knobs)) == bam_params(c, r, n)
     assert bam_params(64) == 1303
 
 
 @pytest.mark.parametrize("c, r, mip", [(64, 32, 8), (512, 32, 16), (96, 4, 24)])
 def test_coord_param_count(c, r, mip):
     expected = (c * mip + mip) + 2 * mip + 2 * (mip * c + c)  # conv1, BN, conv_h and conv_w with biases
-    assert n_params(create_attention("coord", c, reduction=r)) == expected
+    assert count_params(create_attention("coord", c, reduction=r)) == expected
 
 
 @pytest.mark.parametrize("k", [7, 3])
 def test_triplet_param_count(k):
-    assert n_params(create_attention("triplet", 64, kernel_size=k)) == 3 * (2 * k * k + 2)
+    assert count_params(create_attention("triplet", 64, kernel_size=k)) == 3 * (2 * k * k + 2)
 
 
 @pytest.mark.parametrize("c, s", [(32, 64), (48, 16)])
 def test_external_param_count(c, s):
     # conv1x1 with bias, M_k, M_v, conv1x1 without bias, BN
     expected = (c * c + c) + s * c + c * s + c * c + 2 * c
-    assert n_params(create_attention("external", c, memory_units=s)) == expected
+    assert count_params(create_attention("external", c, memory_units=s)) == expected
 
 
 def test_simam_has_no_parameters():
-    assert n_params(create_attention("simam", 64)) == 0
+    assert count_params(create_attention("simam", 64)) == 0
 
 
 def test_gc_param_count():
     c, h = 64, 4
     expected = (c + 1) + (c * h + h) + 2 * h + (h * c + c)  # attention conv, W_1, LayerNorm, W_2
-    assert n_params(create_attention("gc", c)) == expected
-    assert n_params(create_attention("gc", c, fusion="scale")) == expected
+    assert count_params(create_attention("gc", c)) == expected
+    assert count_params(create_attention("gc", c, fusion="scale")) == expected
 
 
 def test_gather_excite_param_count():
     c = 32
-    assert n_params(create_attention("gather_excite", c)) == 0  # GE-θ-
-    assert n_params(create_attention("gather_excite", c, extent=4, extra_params=True)) == 2 * (9 * c + 2 * c)
+    assert count_params(create_attention("gather_excite", c)) == 0  # GE-θ-
+    assert count_params(create_attention("gather_excite", c, extent=4, extra_params=True)) == 2 * (9 * c + 2 * c)
 
 
 # --- behaviour ------------------------------------------------------------------------------
@@ -144,10 +136,15 @@ def test_gather_excite_extent_gates_per_block(extra_params):
 
 
 def test_gather_excite_rejects_unbuildable_settings():
-    with pytest.raises(AblateError):
+    with pytest.raises(AblateError, match=r"gather_excite.extent=3 is not allowed \(0\|2\|4\|8\)"):
         create_attention("gather_excite", 8, extent=3)
-    with pytest.raises(AblateError):
+    with pytest.raises(ValueError, match="gather_excite.extent=3 is not allowed") as err:
+        GatherExcite(8, extent=3)  # built directly, without the registry's knob check
+    assert type(err.value) is ValueError
+    # a plain ValueError, as every module raises: the injector names the site
+    with pytest.raises(ValueError, match="extra_params needs extent 2, 4 or 8") as err:
         create_attention("gather_excite", 8, extent=0, extra_params=True)
+    assert type(err.value) is ValueError
 
 
 def test_coord_gate_factorises_into_h_and_w():

@@ -1,4 +1,5 @@
 """The registry contract: knob validation, metadata, plugins through entry points and --plugin."""
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -6,8 +7,11 @@ import textwrap
 import pytest
 import torch
 
-from ablate.attention import create_attention, get_attention, list_attention, resolve_knobs
-from ablate.errors import AblateError
+from ablate.attention import (
+    Knob, create_attention, get_attention, list_attention, register_attention, resolve_knobs,
+)
+from ablate.errors import AblateError, at, within
+from ablate.profile import count_params
 
 
 def test_at_least_16_modules_with_metadata():
@@ -16,8 +20,74 @@ def test_at_least_16_modules_with_metadata():
     for info in infos:
         assert info.kind in ("gate", "conv", "head")
         assert info.paper
-        for knob in info.knobs.values():
-            assert knob.describe()
+
+
+@pytest.mark.parametrize("name, knob, text", [
+    ("se", "reduction", "int in [1, channels]"),
+    ("eca", "kernel_size", "int in [1, 31] odd or null"),
+    ("cbam", "pool_types", "list of avg|max|lp|lse"),
+    ("cbam", "arrangement", "channel_first|spatial_first|parallel"),
+    ("cbam", "spatial_norm", "bool"),
+    ("multi_attention", "hidden", "int in [1, inf]"),
+])
+def test_knob_descriptions_name_type_and_allowed_values(name, knob, text):
+    assert get_attention(name).knobs[knob].describe() == text
+
+
+STRUCTURAL = {"gate": ("channels",), "head": ("channels",),
+              "conv": ("channels", "out_channels", "stride", "feat_size")}
+
+
+@pytest.mark.parametrize("info", list_attention(), ids=lambda info: info.name)
+def test_knob_defaults_are_the_constructor_defaults(info):
+    """Defaults live twice (the signature, the Knob): they must not drift, and no argument goes unlisted."""
+    params = inspect.signature(info.cls).parameters
+    structural = STRUCTURAL[info.kind]
+    assert list(params)[:len(structural)] == list(structural)
+    assert set(params) - set(structural) == set(info.knobs)
+    for key, knob in info.knobs.items():
+        assert params[key].default == knob.default, f"{info.name}.{key}"
+
+
+def test_a_conv_module_cannot_name_a_knob_like_a_structural_argument():
+    with pytest.raises(ValueError, match="knobs cannot be named out_channels, stride, feat_size"):
+        register_attention("strided", kind="conv", paper="-", knobs={"stride": Knob(int, 1)})
+
+
+def test_errors_are_keyed_and_located_by_the_caller():
+    with pytest.raises(AblateError) as err:
+        resolve_knobs("se", {"reduction": 0})
+    assert err.value.key == "reduction"
+    assert err.value.message == "se.reduction=0 is out of range (int in [1, channels])"
+    with pytest.raises(AblateError) as err, within("trial.yaml"), at("model.attention.knobs"):
+        create_attention("se", 64, reduction=128)
+    assert str(err.value) == ("trial.yaml: model.attention.knobs.reduction: se.reduction=128 is out of range "
+                              "for 64 channels (int in [1, channels])")
+    with pytest.raises(AblateError) as err, at("model.attention.knobs"):
+        create_attention("se", 64, kernel_size=3)
+    assert str(err.value) == "model.attention.knobs: module 'se' takes no knob 'kernel_size' (knobs: reduction)"
+    with pytest.raises(AblateError) as err, at("model.attention.name"):
+        get_attention("sse")
+    assert str(err.value) == "model.attention.name: unknown attention module 'sse' (did you mean se?)"
+
+
+@pytest.mark.parametrize("call, message", [  # transitional: where= goes once callers use errors.at
+    (lambda: get_attention("sse", "model.attention.name"),
+     "model.attention.name: unknown attention module 'sse' (did you mean se?)"),
+    (lambda: resolve_knobs("se", {"k": 1}, where="model.attention.knobs"),
+     "model.attention.knobs: module 'se' takes no knob 'k' (knobs: reduction)"),
+    (lambda: resolve_knobs("se", {"reduction": 0}, where="model.attention.knobs"),
+     "model.attention.knobs.reduction: se.reduction=0 is out of range (int in [1, channels])"),
+    (lambda: resolve_knobs("eca", {"kernel_size": 4}, where="s.yaml: space.model.attention.knobs.kernel_size"),
+     "s.yaml: space.model.attention.knobs.kernel_size: eca.kernel_size=4 must be odd "
+     "(int in [1, 31] odd or null)"),
+    (lambda: create_attention("se", 64, where="model.attention.knobs", reduction=128),
+     "model.attention.knobs.reduction: se.reduction=128 is out of range for 64 channels (int in [1, channels])"),
+])
+def test_where_keyword_still_gives_the_located_message(call, message):
+    with pytest.raises(AblateError) as err:
+        call()
+    assert str(err.value) == message
 
 
 def test_unknown_module_suggests_close_names():
@@ -49,14 +119,14 @@ def test_knobs_resolve_to_paper_defaults():
 
 def test_se_hidden_width_is_exactly_c_over_r():
     se = create_attention("se", 64, reduction=16)
-    assert sum(p.numel() for p in se.parameters()) == 2 * 64 * 4 + 4 + 64
+    assert count_params(se) == 2 * 64 * 4 + 4 + 64
 
 
 def test_cbam_param_count_matches_the_paper_formula():
     c, r, k = 256, 16, 7
     cbam = create_attention("cbam", c)
     mlp = c * (c // r) + c // r + (c // r) * c + c
-    assert sum(p.numel() for p in cbam.parameters()) == mlp + 2 * k * k + 1
+    assert count_params(cbam) == mlp + 2 * k * k + 1
 
 
 @pytest.mark.parametrize("pool", ["avg", "max", "lp", "lse"])
@@ -137,7 +207,7 @@ class ScaledGate(nn.Module):
 def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path):
     """Custom code comes from an explicit --plugin, never from the study file; spawned workers get it too."""
     import yaml
-    from helpers import TINY_BASE, ablate, cells_done, load
+    from helpers import TINY_BASE, ablate, cells, cells_done, load
 
     (tmp_path / "my_gates.py").write_text(PLUGIN_MODULE)
     study = tmp_path / "plugin.yaml"
@@ -147,7 +217,7 @@ def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path):
     assert without.returncode == 2 and "unknown attention module 'scaled_gate'" in without.stderr
     ran = ablate("run", str(study), "--plugin", "my_gates", "--jobs", "2", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    assert cells_done(load()) == [(0, 0), (1, 0)]
+    assert cells_done(load()) == cells(("none", "scaled_gate"), seeds=(0,))
     listed = ablate("modules", "--plugin", "my_gates", cwd=tmp_path)
     assert "scaled_gate" in listed.stdout and "a test plugin" in listed.stdout
     missing = ablate("modules", "--plugin", "no_such_plugin", cwd=tmp_path)

@@ -6,8 +6,8 @@ import importlib
 import pkgutil
 
 from ablate.attention.registry import (  # noqa: F401
-    AttentionInfo, Knob, create_attention, get_attention, list_attention, load_plugins, register_attention,
-    resolve_knobs,
+    AttentionInfo, Knob, as_timm_layer, create_attention, get_attention, list_attention, load_plugins,
+    register_attention, resolve_knobs,
 )
 
 for _mod in pkgutil.iter_modules(__path__):

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.attention.registry import Knob, register_attention
-from ablate.errors import AblateError
 
 EXTENTS = (0, 2, 4, 8)
 
@@ -34,11 +33,11 @@ EXTENTS = (0, 2, 4, 8)
 class GatherExcite(nn.Module):
     def __init__(self, channels: int, extent: int = 0, extra_params: bool = False, excite_mlp: bool = False):
         super().__init__()
-        if extent not in EXTENTS:  # Knob.check bounds ints but does not enforce choices
-            raise AblateError(f"gather_excite.extent={extent} is not allowed ({'|'.join(map(str, EXTENTS))})")
+        if extent not in EXTENTS:  # for direct construction: create_attention's Knob.check refuses it first
+            raise ValueError(f"gather_excite.extent={extent} is not allowed ({'|'.join(map(str, EXTENTS))})")
         if extra_params and extent == 0:
-            raise AblateError("gather_excite: extra_params needs extent 2, 4 or 8 "
-                              "(a global parametric gather needs the feature size, which gates are not given)")
+            raise ValueError("gather_excite: extra_params needs extent 2, 4 or 8 "
+                             "(a global parametric gather needs the feature size, which gates are not given)")
         self.extent = extent
         self.gather = None
         if extra_params:

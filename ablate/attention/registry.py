@@ -1,12 +1,23 @@
 """The attention registry: one contract for every module, from us or from a plugin.
 
 A module registers with `@register_attention(name, kind=..., paper=..., knobs={...})`.
-`create_attention(name, channels, **knobs)` validates the knobs against the metadata and builds it.
+`create_attention(name, channels, **knobs)` validates the knobs against the metadata and builds it;
+`as_timm_layer(name, **knobs)` hands a gate to timm as `attn_layer`.
 
 Kinds (what the injector may do with the module):
-  gate  forward(x) -> tensor of x's shape; goes anywhere a feature map flows.
+  gate  built as cls(channels, **knobs); forward(x) -> tensor of x's shape; goes anywhere a feature map
+        flows (and in timm's `attn_layer` slot).
   conv  replaces a block's 3x3 conv: built as cls(channels, out_channels, stride=, feat_size=, **knobs).
-  head  pools (B, C, H, W) features into (B, C') vectors; replaces the backbone's global pooling.
+        Registered with `includes_norm_act=True` when its output is already normalised and activated:
+        the injector then drops the block's following norm and activation (bn2, act2).
+  head  built as cls(channels, **knobs); pools (B, C, H, W) features into (B, C') vectors and replaces
+        the backbone's global pooling. C' is C unless the module sets an `out_features` attribute (an
+        instance attribute, since it may depend on the knobs): the injector then rebuilds the classifier
+        to take `out_features` inputs.
+Every constructor argument after the structural ones (channels; for conv also out_channels, stride,
+feat_size) is a knob, with the same default in the signature and in its `Knob`. Modules raise plain
+ValueError for inputs they cannot take (a shape, a width); the injector names the site. Errors here are
+AblateErrors keyed relative to the call (a knob's name), located by the caller with `errors.at`.
 """
 from __future__ import annotations
 
@@ -15,12 +26,16 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from ablate.errors import AblateError, describe
+from torch import nn
+
+from ablate.errors import AblateError, at, describe
 
 KINDS = ("gate", "conv", "head")
+CONV_STRUCTURAL = ("out_channels", "stride", "feat_size")  # read from the backbone, passed after channels
 ENTRY_POINT_GROUP = "ablate.attention"
 PLUGINS_ENV = "ABLATE_PLUGINS"  # comma-separated module paths from --plugin, inherited by worker processes
 
@@ -44,18 +59,19 @@ class Knob:
             return f"{'list of ' if self.type is list else ''}{allowed}"
         parts = [self.type.__name__]
         if self.low is not None or self.high is not None:
-            parts.append(f"in [{_fmt(self.low)}, {_fmt(self.high)}]")
+            parts.append(f"in [{_fmt(self.low, '-inf')}, {_fmt(self.high, 'inf')}]")
         if self.odd:
             parts.append("odd")
         if self.nullable:
             parts.append("or null")
         return " ".join(parts)
 
-    def check(self, where: str, value: Any, channels: int | None) -> Any:
-        """Return the value converted to the knob's type, or raise a one-line AblateError."""
+    def check(self, label: str, value: Any, channels: int | None) -> Any:
+        """Return the value converted to the knob's type, or raise a one-line AblateError '{label}=...'
+        (label: the knob as the user names it, e.g. 'se.reduction')."""
         if value is None and self.nullable:
             return None
-        bad = f"{where}={value!r} is not allowed ({self.describe()})"
+        bad = f"{label}={value!r} is not allowed ({self.describe()})"
         if self.type is list:
             items = value.split("+") if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)) or not items:
@@ -76,9 +92,9 @@ class Knob:
             high = channels if self.high == "channels" else self.high
             if (self.low is not None and value < self.low) or (high is not None and value > high):
                 hint = f" for {channels} channels" if self.high == "channels" and channels is not None else ""
-                raise AblateError(f"{where}={value} is out of range{hint} ({self.describe()})")
+                raise AblateError(f"{label}={value} is out of range{hint} ({self.describe()})")
             if self.odd and value % 2 == 0:
-                raise AblateError(f"{where}={value} must be odd ({self.describe()})")
+                raise AblateError(f"{label}={value} must be odd ({self.describe()})")
             if self.choices is not None and value not in self.choices:
                 raise AblateError(bad)
             return value
@@ -87,8 +103,8 @@ class Knob:
         return value
 
 
-def _fmt(bound) -> str:
-    return "-inf" if bound is None else str(bound)
+def _fmt(bound, unbounded: str) -> str:
+    return unbounded if bound is None else str(bound)
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,8 @@ def register_attention(
     """Class decorator: make `cls` available as `name` to the injector, the CLI and the studies."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "conv" and set(knobs or {}) & set(CONV_STRUCTURAL):  # these come from the backbone, not knobs
+        raise ValueError(f"{name}: a conv module's knobs cannot be named {', '.join(CONV_STRUCTURAL)}")
 
     def decorate(cls):
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
@@ -140,6 +158,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
+    # here, not at the top: the package imports this module first
     import ablate.attention  # noqa: F401  (registers the built-in modules first)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -169,41 +188,90 @@ def list_attention(kind: str | None = None) -> list[AttentionInfo]:
     return [info for _, info in sorted(_REGISTRY.items()) if kind is None or info.kind == kind]
 
 
-def get_attention(name: str, where: str = "attention") -> AttentionInfo:
+def get_attention(name: str, where: str | None = None) -> AttentionInfo:
+    """The registered module `name`, or an unkeyed AblateError (the caller locates it: `at("...name")`)."""
+    if where is not None:  # transitional: callers move to errors.at
+        return _located(where, get_attention, name)
     _load_plugins()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"allowed: {', '.join(sorted(_REGISTRY))}"
-        raise AblateError(f"{where}: unknown attention module {name!r} ({hint})")
+        raise AblateError(f"unknown attention module {name!r} ({hint})")
     return _REGISTRY[name]
 
 
 def resolve_knobs(name: str, knobs: dict[str, Any], channels: int | None = None,
-                  where: str = "attention") -> dict[str, Any]:
-    """The module's full knob dict: defaults overlaid with `knobs`, each validated."""
-    info = get_attention(name, where)
+                  where: str | None = None) -> dict[str, Any]:
+    """The module's full knob dict: defaults overlaid with `knobs`, each validated.
+
+    A bad value is an AblateError keyed by the knob's name ("reduction: se.reduction=0 is out of range
+    ..."); an unknown knob is unkeyed. The caller locates both: `with at("model.attention.knobs"):`."""
+    if where is not None:  # transitional: callers move to errors.at
+        return _located(where, resolve_knobs, name, knobs, channels)
+    info = get_attention(name)
     unknown = set(knobs) - set(info.knobs)
     if unknown:
         key = sorted(unknown)[0]
         allowed = ", ".join(info.knobs) or "none"
-        raise AblateError(f"{where}: module {name!r} takes no knob {key!r} (knobs: {allowed})")
+        raise AblateError(f"module {name!r} takes no knob {key!r} (knobs: {allowed})")
     resolved = info.defaults()
     for key, value in knobs.items():
-        at = where if where.endswith(f".{key}") else f"{where}.{key}"  # the full key, named once
-        resolved[key] = info.knobs[key].check(f"{at}: {name}.{key}", value, channels)
+        with at(key):
+            resolved[key] = info.knobs[key].check(f"{name}.{key}", value, channels)
     return resolved
 
 
-def create_attention(name: str, channels: int, *, where: str = "attention", **kwargs):
+def create_attention(name: str, channels: int, *, where: str | None = None, **kwargs):
     """Build module `name` for `channels` input channels.
 
     For conv-kind modules pass `out_channels`, `stride` and `feat_size` too; they are structural
-    (read from the backbone), not knobs, so they bypass knob validation.
+    (read from the backbone), not knobs, so they bypass knob validation. Other kinds take knobs only
+    (a gate's `stride`, e.g. outlook's, is its knob).
     """
     info = get_attention(name, where)
-    structural = {k: kwargs.pop(k) for k in ("out_channels", "stride", "feat_size") if k in kwargs}
+    structural = {k: kwargs.pop(k) for k in CONV_STRUCTURAL if k in kwargs} if info.kind == "conv" else {}
     knobs = resolve_knobs(name, kwargs, channels, where)
     if info.kind == "conv":
         return info.cls(channels, structural.get("out_channels", channels),
                         stride=structural.get("stride", 1), feat_size=structural.get("feat_size"), **knobs)
     return info.cls(channels, **knobs)
+
+
+def as_timm_layer(name: str, **knobs) -> Callable[..., nn.Module]:
+    """Gate `name` as timm's `attn_layer`, e.g.
+    `timm.create_model("resnet50", block_args=dict(attn_layer=as_timm_layer("cbam", reduction=8)))`.
+
+    timm builds the slot as `attn_layer(channels, device=, dtype=)` (ResNet and SKNet blocks through
+    `create_attn`); EfficientNet's blocks add `act_layer`, MaxxViT's `rd_channels`. The knobs are checked
+    here, once, so a bad one fails before timm builds anything; timm's own kwargs are dropped, the module
+    keeping the paper's choices, except that the module is moved to a given device/dtype.
+    """
+    try:
+        info = get_attention(name)
+        if info.kind != "gate":
+            raise AblateError(f"{name!r} is a {info.kind} module; timm's attn_layer takes a gate "
+                              f"(forward(x) keeps x's shape)")
+        resolve_knobs(name, knobs)  # bounds in channels are checked at each build, when channels are known
+    except AblateError as e:
+        raise AblateError(f"as_timm_layer: {e.message}") from None
+    return partial(_build_for_timm, name, knobs)
+
+
+def _build_for_timm(name: str, knobs: dict[str, Any], channels: int, device=None, dtype=None, **_timm_kwargs):
+    try:
+        module = create_attention(name, channels, **knobs)
+    except AblateError as e:  # the message names the knob ("se.reduction=..."): no key needed
+        raise AblateError(f"as_timm_layer: {e.message}") from None
+    if device is not None or dtype is not None:
+        module = module.to(device=device, dtype=dtype)
+    return module
+
+
+def _located(where: str, fn: Callable[..., Any], *args) -> Any:  # transitional: callers move to errors.at
+    """`fn(*args)` with its AblateError located at `where` as the `where=` callers read it: the error's key
+    joined to `where` unless `where` already ends with it ('file: space.model.attention.knobs.reduction')."""
+    try:
+        return fn(*args)
+    except AblateError as e:
+        located = where if e.key is None or where.endswith(f".{e.key}") else f"{where}.{e.key}"
+        raise AblateError(f"{located}: {e.message}") from None
