@@ -1,6 +1,8 @@
-"""The `ablate` command: parse, call the library, print. Heavy imports live inside the commands."""
+"""The `ablate` command: parse, call the library, print. The only module that imports lazily: the library
+(torch, Optuna, MLflow) loads inside the commands, so `ablate --help` and bad input stay fast."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -8,6 +10,7 @@ from typing import List, Optional
 import click
 import typer
 
+from ablate.config import POSITIONS
 from ablate.errors import AblateError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -57,7 +60,7 @@ def _show(value) -> str:
 def inspect(
     backbone: str = typer.Argument(..., help="timm model name, e.g. resnet50"),
     attention: str = typer.Option("none", help="registered module name (see `ablate modules`)"),
-    position: str = typer.Option("block", help="block, block_out, stage, stem, head, conv, pattern"),
+    position: str = typer.Option("block", help=", ".join(POSITIONS)),
     knob: List[str] = typer.Option([], help="module knob as name=value (repeatable)"),
     stages: Optional[str] = typer.Option(None, help="1-based stages, comma separated, e.g. 3,4"),
     every: int = typer.Option(1, help="every n-th block within a stage"),
@@ -127,31 +130,37 @@ def run(
     storage: Optional[str] = typer.Option(None, help="Optuna storage: journal file (default) or postgresql://..."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the trials with params and GMACs; train nothing"),
+    force_new: bool = typer.Option(False, "--force-new", help="set an existing study of this name aside (renamed "
+                                   "<name>.before-<time>) and start it over"),
     plugin: List[str] = PLUGIN,
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
     _plugins(plugin)
-    from ablate.study import load_study
+    from ablate.spec import load_study
 
     overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials is not None else [])
     if tracking_uri:
         overrides.append(f"tracking.uri={tracking_uri}")
     loaded = load_study(study, overrides)
     if dry_run:
-        from ablate.study import dry_run_table
+        from ablate.report import dry_run_table
 
         typer.echo(dry_run_table(loaded).to_string(float_format="{:.3f}".format))
         return
     from ablate.report import write_report
-    from ablate.study import run_study
+    from ablate.study import WorkerDied, run_study
+
+    # the same overrides: without them the resumed study would differ (and be refused as incomparable)
+    again = " ".join(["ablate run", study, *ctx.args, *(["--storage", storage] if storage else []),
+                      *(["--tracking-uri", tracking_uri] if tracking_uri else [])])
 
     try:
-        run_study(loaded, jobs=jobs, storage_url=storage)
+        run_study(loaded, jobs=jobs, storage_url=storage, force_new=force_new)
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: finished trials are kept; resume with: ablate run {study}", err=True)
+        typer.echo(f"\ninterrupted: finished trials are kept; resume with: {again}", err=True)
         raise typer.Exit(130)
-    except RuntimeError as e:  # a worker process died (OOM killer, kill -9): not bad input
-        typer.echo(f"ablate: {e}: ablate run {study}", err=True)
+    except WorkerDied as e:  # a worker process died (OOM killer, kill -9): not bad input
+        typer.echo(f"ablate: {e}: {again}", err=True)
         raise typer.Exit(1)
     typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri))
 
@@ -159,7 +168,7 @@ def run(
 @app.command()
 def report(
     study: str = typer.Argument(..., help="study name (study.name) or study YAML"),
-    format: str = typer.Option("md", "--format", help="md, csv, latex, html or json"),
+    fmt: str = typer.Option("md", "--format", help="md, csv, latex, html or json"),
     out: Optional[str] = typer.Option(None, help="write the report here (default: print it)"),
     by: Optional[str] = typer.Option(None, help="group rows by these keys, comma separated (default: the cells)"),
     baseline: Optional[str] = typer.Option(None, help="the delta's reference row: a label or key=value"),
@@ -168,19 +177,22 @@ def report(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="a study file's params and GMACs beside the paper's; "
                                  "nothing trained or read from the stores"),
+    show_all: bool = typer.Option(False, "--all", help="also the configurations the study file no longer holds "
+                                  "(marked as such)"),
 ):
     """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
     from ablate.report import dry_run_report, write_report
 
     if dry_run:
-        text = dry_run_report(study, format)
+        text = dry_run_report(study, fmt)
         if out:
             Path(out).write_text(text)
         else:
             typer.echo(text)
         return
 
-    text = write_report(study, format, out, by, baseline, plots, storage, tracking_uri)
+    text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, storage=storage,
+                        tracking_uri=tracking_uri, show_all=show_all)
     if not out:
         typer.echo(text)
 
@@ -217,6 +229,7 @@ def ui(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file is noise
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="ablate", standalone_mode=False)

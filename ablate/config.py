@@ -18,6 +18,8 @@ from ablate.errors import AblateError
 
 POSITIONS = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")
 DATASETS = ("digits", "cluttered-digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
+KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
 
 

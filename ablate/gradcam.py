@@ -1,31 +1,40 @@
 """Grad-CAM of each configuration's best run on the same validation images, side by side (the CBAM paper's Fig. 4).
 
-  best_runs(study_obj, uri)         the best COMPLETE trial of every configuration, in the study's row order
-  load_run_model(mlflow, run_id)    the run's config.yaml and model.pt artifacts -> (TrialConfig, state_dict)
-  build_trained(cfg, state, dm)     the model rebuilt from its config, the state_dict loaded strictly, eval mode
-  validation_batch(dm, n)           the first n validation samples: normalised model input, [0, 1] image, labels
-  target_layer(model, x)            the deepest timm feature stage with a map of at least MIN_SIDE (4) a side
-  gradcam_grid(study, n, ...)       -> GradCamGrid: per configuration its run, layer, CAMs (n, H, W) and P(true class)
-  draw_grid(grid)                   the figure: the inputs with their labels, then one row of overlays per configuration
-  write_gradcam(study, n, ...)      draws, saves the PNG and logs it on the study's parent run as report/gradcam.png
-
 "Best" is the study's (first) objective in its direction, i.e. the final val/acc1 for every shipped study; ties go to
 the earliest trial. Each configuration sees the first n samples of its own data config's validation split: the same
 images whenever the configurations share a data config (ablations vary the model), and always the same positions;
 the input row shows the first configuration's. The CAM targets the true class and each cell prints its softmax
-probability P, as in the paper. Grad-CAM itself is pytorch-grad-cam's, not ours.
+probability P, as in the paper. Grad-CAM itself is pytorch-grad-cam's, not ours; the runs are read through
+`ablate.results`, like the report's.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest.mock import patch
 
 import numpy as np
+import optuna
+import pandas as pd
+import torch
+import yaml
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ablate import tracking
+from ablate.config import parse_trial
+from ablate.data import build_datamodule
 from ablate.errors import AblateError
+from ablate.models import build_model
+from ablate.results import resolve_study, stored_runs_client, study_file, trials_frame
+from ablate.storage import Attr, load
+from ablate.tracking import WEIGHTS
 
 ARTIFACT = "report/gradcam.png"
 # a stage whose map is smaller than this a side says little about where: resnet10_narrow's layer4 is 1x1 at 32 px
@@ -61,53 +70,38 @@ class GradCamGrid:
 
 # ---------------------------------------------------------------- choosing and loading the runs
 
-def best_runs(study_obj, tracking_uri: str | None = None):
-    """A DataFrame, one row per configuration in the study's order: its best COMPLETE trial (trials_frame columns
-    plus `objective`)."""
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    from ablate.report import trials_frame
-
-    done = trials_frame(study_obj, tracking_uri)
-    done = done[done["state"] == "COMPLETE"].copy() if len(done) else done
+def best_runs(study: optuna.Study, client: MlflowClient | None, spec=None) -> pd.DataFrame:
+    """One row per configuration in the study's order: its best COMPLETE trial (trials_frame columns plus
+    `objective`); configurations the study file no longer holds are left out, as in the report."""
+    done = trials_frame(study, client, spec)
+    done = done[(done["state"] == "COMPLETE") & done["in_file"]].copy() if len(done) else done
     if done.empty:
-        raise AblateError(f"study {study_obj.study_name!r} has no finished trials yet "
+        raise AblateError(f"study {study.study_name!r} has no finished trials yet "
                           "(run it: ablate run <study file>)")
-    values = {t.number: t.values[0] for t in study_obj.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    values = {t.number: t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     done["objective"] = done["number"].map(values)
-    done["row"] = done.groupby("label")["order"].transform("min")  # the study file's order, as in the report
-    higher = study_obj.directions[0] == StudyDirection.MAXIMIZE
-    done = done.sort_values(["objective", "number"], ascending=[not higher, True])  # best first; ties: earliest
-    return done.drop_duplicates("label").sort_values(["row", "number"]).reset_index(drop=True)
+    done = done.sort_values("number")  # ties go to the earliest trial: idxmax/idxmin take the first
+    by_cell = done.groupby("cell")["objective"]
+    best = by_cell.idxmax() if study.directions[0] == StudyDirection.MAXIMIZE else by_cell.idxmin()
+    return done.loc[best].sort_values(["order", "number"]).reset_index(drop=True)
 
 
-def load_run_model(mlflow, run_id: str, label: str):
+def load_run_model(client: MlflowClient, run_id: str, label: str):
     """The run's resolved TrialConfig and trained state_dict; an AblateError when it saved no weights."""
-    import torch
-    import yaml
-
-    from ablate.config import parse_trial
-    from ablate.tracking import WEIGHTS
-
-    if WEIGHTS not in {a.path for a in mlflow.list_artifacts(run_id)}:
+    if WEIGHTS not in {a.path for a in client.list_artifacts(run_id)}:
         raise AblateError(f"configuration {label!r}: its best run {run_id} has no {WEIGHTS}: the trials ran with "
                           "tracking.log_weights: false (or before weights were saved); run the study again under a "
                           "new name with weights, e.g. ablate run STUDY.yaml study.name=NEW tracking.log_weights=true")
-    # MLflow draws a progress bar per downloaded file: noise on the command's output
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    with tempfile.TemporaryDirectory() as tmp, patch.dict(os.environ, quiet):
-        config = Path(mlflow.download_artifacts(run_id, "config.yaml", tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(client.download_artifacts(run_id, "config.yaml", tmp))
         cfg = parse_trial(yaml.safe_load(config.read_text()), f"run {run_id}: config.yaml")
-        state = torch.load(mlflow.download_artifacts(run_id, WEIGHTS, tmp), map_location="cpu", weights_only=True)
+        state = torch.load(client.download_artifacts(run_id, WEIGHTS, tmp), map_location="cpu", weights_only=True)
     # the weights are model.pt's: no hub download, no local checkpoint
     cfg.model = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})
     return cfg, state
 
 
 def build_trained(cfg, state, dm):
-    from ablate.models import build_model
-
     model = build_model(cfg.model, dm.num_classes, dm.in_chans, dm.image_size).model
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -117,9 +111,6 @@ def build_trained(cfg, state, dm):
 
 def validation_batch(dm, n: int):
     """The first n validation samples as (normalised model input, displayable (n, H, W, 3) image, labels)."""
-    import torch
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
     loader = dm.val_dataloader()
     if n > len(loader.dataset):
         raise AblateError(f"--images: {n} is more than the {len(loader.dataset)} validation images "
@@ -144,8 +135,6 @@ def target_layer(model, x):
     """(name, module, (H, W)): the deepest timm feature stage whose map is at least MIN_SIDE a side, else the largest.
 
     The paper takes the last stage (7x7 for ResNet-50 at 224 px); on small images that stage can be 1x1, a constant."""
-    import torch
-
     stages = [info["module"] for info in getattr(model, "feature_info", None) or []]
     if not stages:
         raise AblateError(f"{type(model).__name__} has no timm feature_info: no feature stage to take Grad-CAM at")
@@ -173,19 +162,11 @@ def target_layer(model, x):
 def gradcam_grid(study, images: int = 6, storage: str | None = None, tracking_uri: str | None = None,
                  layer: str | None = None) -> GradCamGrid:
     """Grad-CAM (true class) of every configuration's best run on the same validation images."""
-    import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from ablate import tracking
-    from ablate.data import build_datamodule
-    from ablate.report import open_optuna_study, resolve_study
-
-    name, _, tracking_uri = resolve_study(study, tracking_uri)
-    study_obj = open_optuna_study(name, storage)
-    best = best_runs(study_obj, tracking_uri)
-    mlflow = tracking.make_client(tracking_uri)
-    loaded = [load_run_model(mlflow, r.run_id, r.label) for r in best.itertuples()]  # every run checked first
+    name, spec, tracking_uri = resolve_study(study, tracking_uri)
+    optuna_study = load(name, storage)
+    client = stored_runs_client(optuna_study, tracking_uri)
+    best = best_runs(optuna_study, client, spec or study_file(optuna_study, client))
+    loaded = [load_run_model(client, r.run_id, r.label) for r in best.itertuples()]  # every run checked first
     batches = {}  # data config -> (datamodule, batch): built once when the configurations share it
     grid = None
     for r, (cfg, state) in zip(best.itertuples(), loaded):
@@ -203,22 +184,18 @@ def gradcam_grid(study, images: int = 6, storage: str | None = None, tracking_ur
             probs = model(x).softmax(-1)[torch.arange(len(y)), y].numpy()
         if grid is None:
             names = getattr(dm, "classes", None) or [str(c) for c in range(dm.num_classes)]
-            grid = GradCamGrid(name, study_obj.user_attrs.get("mlflow_parent_run_id"), y.numpy(), list(names))
+            grid = GradCamGrid(name, optuna_study.user_attrs.get(Attr.PARENT_RUN), y.numpy(), list(names))
         grid.rows.append(CamRow(r.label, int(r.number), r.run_id, float(r.objective), at, size, shown,
                                 cams.astype(np.float32), probs))
     return grid
 
 
-def draw_grid(grid: GradCamGrid):
-    """The figure: row 0 the inputs (true label), then per configuration the CAM over each image, P(true class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
+def draw_grid(grid: GradCamGrid) -> Figure:
+    """The figure: row 0 the inputs (true label), then per configuration the CAM over each image, P(true class).
+    Drawn on its own canvas: the caller's matplotlib backend is left alone."""
     n_rows, n_cols = grid.shape
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.5 * n_cols + 1.6, 1.6 * n_rows + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.5 * n_cols + 1.6, 1.6 * n_rows + 0.5))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for j, target in enumerate(grid.targets):
         axes[0, j].imshow(grid.rows[0].images[j])
         axes[0, j].set_title(grid.class_names[target], fontsize=9)
@@ -240,24 +217,12 @@ def draw_grid(grid: GradCamGrid):
 def write_gradcam(study, images: int = 6, out: str | None = None, storage: str | None = None,
                   tracking_uri: str | None = None) -> Path:
     """The figure as a PNG (default <study>_gradcam.png), also logged on the study's parent run."""
-    import shutil
-
-    import matplotlib.pyplot as plt
-
-    from ablate import tracking
-    from ablate.report import resolve_study
-
-    name, _, tracking_uri = resolve_study(study, tracking_uri)
-    grid = gradcam_grid(name, images, storage, tracking_uri)
+    grid = gradcam_grid(study, images, storage, tracking_uri)
     path = Path(out or f"{grid.study}_gradcam.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = draw_grid(grid)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-    parent = grid.parent_run_id
-    if parent:
-        with tempfile.TemporaryDirectory() as tmp:  # the artifact keeps its fixed name whatever --out says
-            shutil.copy(path, Path(tmp) / Path(ARTIFACT).name)
-            tracking.make_client(tracking_uri).log_artifact(parent, str(Path(tmp) / Path(ARTIFACT).name),
-                                                       str(Path(ARTIFACT).parent))
+    if grid.parent_run_id:  # the artifact keeps its fixed name whatever --out says
+        _, _, tracking_uri = resolve_study(study, tracking_uri)
+        tracking.make_client(tracking_uri).log_figure(grid.parent_run_id, fig, ARTIFACT)
     return path

@@ -1,123 +1,59 @@
 """The study report: one row per configuration, aggregated over seeds, with honest deltas.
 
-  ablation_table(study_name, ...)   Optuna trials + MLflow child runs -> a numeric pandas table
-  render(table, fmt)                Markdown (paper-like), CSV, LaTeX (booktabs), HTML, JSON
-  make_plots(...)                   bar chart with error bars, Pareto front, Optuna's search plots
-  write_report(...)                 all of the above, logged on the study's parent MLflow run
-
-Deltas are top-1 accuracy in percentage points with a 95% t-interval over seeds: paired by seed when both
-rows ran the same seeds (the seed fixes data order and init, so pairing removes that noise), Welch otherwise.
+Deltas are top-1 accuracy in percentage points with a 95% t-interval over seeds (SciPy's): paired by seed
+when both rows ran the same seeds (the seed fixes data order and init, so pairing removes that noise),
+Welch otherwise. Rows are configurations (cell keys) as the study file reads now; trials of configurations
+the file no longer holds stay in the store and are left out unless `show_all` (then marked as such).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+import optuna
+import optuna.visualization.matplotlib as ovm
 import pandas as pd
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from scipy import stats
 
+from ablate import tracking
+from ablate.config import MODULE_KEY
 from ablate.errors import AblateError
+from ablate.results import (METRIC_COLUMNS, param_columns, resolve_study, stored_runs_client, study_file,
+                            trials_frame)
+from ablate.spec import StudySpec, build_cell, cell_label, cell_location, grid_cells
+from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
-# MLflow metric -> (column, scale): accuracies are logged as fractions, papers print percent
-METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc (%)", 100.0),
-                  "model/params": ("params (M)", 1e-6), "model/gmacs": ("GMACs", 1.0),
-                  "train/throughput": ("throughput (img/s)", 1.0)}
 # a study file's reference keys -> the report's column names
 REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
                      "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
 DELTA = "Δ top-1"
 DELTA_PREV = "Δ prev top-1"
-
-
-# ---------------------------------------------------------------- reading the study
-
-def open_optuna_study(study_name: str, storage: str | None = None):
-    import optuna
-
-    from ablate.study import JOURNAL, journal_file, make_storage
-
-    journal = journal_file(storage)
-    if journal and not Path(journal).is_file():  # don't create an empty journal just to find nothing
-        raise AblateError(f"unknown study {study_name!r}: no Optuna journal at {journal}")
-    try:
-        return optuna.load_study(study_name=study_name, storage=make_storage(storage, 1))
-    except KeyError:
-        from ablate.tracking import mask_password
-
-        raise AblateError(f"unknown study {study_name!r} in {mask_password(storage or JOURNAL)}") from None
-
-
-def resolve_study(study, tracking_uri: str | None = None):
-    """STUDY as the commands take it (a name, a study file or a loaded Study) -> (name, Study or None, uri)."""
-    from ablate.study import Study, load_study
-
-    if isinstance(study, Study) or study.endswith((".yaml", ".yml")) or Path(study).is_file():
-        loaded = study if isinstance(study, Study) else load_study(study)
-        return loaded.name, loaded, tracking_uri or loaded.base.get("tracking", {}).get("uri")
-    return study, None, tracking_uri
-
-
-def study_file(study_obj, tracking_uri: str | None = None):
-    """The parsed study file the parent run recorded (reference numbers, ladder), or None if it is gone."""
-    from ablate import tracking
-    from ablate.study import load_study
-
-    run_id = study_obj.user_attrs.get("mlflow_parent_run_id")
-    try:
-        path = tracking.make_client(tracking_uri).get_run(run_id).data.params.get("study.file") if run_id else None
-        return load_study(path) if path and Path(path).is_file() else None
-    except Exception:  # noqa: BLE001 (a moved or edited study file only costs the reference columns)
-        return None
-
-
-def trials_frame(study_obj, tracking_uri: str | None = None) -> pd.DataFrame:
-    """One row per trial: state, label, seed, cell params (dotted keys) and final metrics.
-
-    Metrics come from the trial's user attrs, completed from its MLflow child run where missing."""
-    from ablate import tracking
-
-    rows = [{"number": t.number, "state": t.state.name, "label": t.user_attrs.get("label", str(t.params)),
-             "seed": t.user_attrs.get("seed", t.params.get("seed")), "order": t.params.get("cell", t.number),
-             "run_id": t.user_attrs.get("mlflow_run_id"), **t.user_attrs.get("params", {}),
-             **t.user_attrs.get("metrics", {})} for t in study_obj.get_trials(deepcopy=False)]
-    df = pd.DataFrame(rows)
-    parent = study_obj.user_attrs.get("mlflow_parent_run_id")
-    if parent and len(df):
-        mlflow = tracking.make_client(tracking_uri)
-        experiment = mlflow.get_experiment_by_name(study_obj.study_name)
-        if experiment is not None:
-            children = mlflow.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-            logged = pd.DataFrame([{"run_id": r.info.run_id, **r.data.metrics} for r in children])
-            for metric in METRIC_COLUMNS:  # a trial's attrs win; its run fills what they lack
-                if len(logged) and metric in logged:
-                    known = df[metric] if metric in df else pd.Series(np.nan, index=df.index)
-                    df[metric] = known.fillna(df["run_id"].map(logged.set_index("run_id")[metric]))
-    for metric in METRIC_COLUMNS:
-        df[metric] = pd.to_numeric(df[metric], errors="coerce") if metric in df else np.nan
-    return df.sort_values("number").reset_index(drop=True)
+NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
 
 
 # ---------------------------------------------------------------- deltas with confidence intervals
 
 def delta_ci(base: pd.Series, other: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
     """Mean difference other - base and its confidence interval; both Series are indexed by seed."""
-    from scipy import stats
-
     base, other = base.dropna(), other.dropna()
-    q = (1 + level) / 2
     if len(base) >= 2 and set(base.index) == set(other.index):  # paired by seed
-        diff = other - base.loc[other.index]
-        half = stats.t.ppf(q, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-        return diff.mean(), diff.mean() - half, diff.mean() + half
+        other = other.loc[base.index]
+        delta = (other - base).mean()
+        if (other - base).std(ddof=1) == 0:
+            return delta, delta, delta  # no spread: SciPy's interval would be NaN
+        ci = stats.ttest_rel(other, base).confidence_interval(level)
+        return delta, ci.low, ci.high
     delta = other.mean() - base.mean()
     if len(base) < 2 or len(other) < 2:
         return delta, np.nan, np.nan
-    va, vb = base.var(ddof=1) / len(base), other.var(ddof=1) / len(other)
-    if va + vb == 0:
+    if base.var(ddof=1) + other.var(ddof=1) == 0:
         return delta, delta, delta
-    dof = (va + vb) ** 2 / (va ** 2 / (len(base) - 1) + vb ** 2 / (len(other) - 1))  # Welch-Satterthwaite
-    half = stats.t.ppf(q, dof) * np.sqrt(va + vb)
-    return delta, delta - half, delta + half
+    ci = stats.ttest_ind(other, base, equal_var=False).confidence_interval(level)  # Welch
+    return delta, ci.low, ci.high
 
 
 def _delta_columns(per_seed: pd.DataFrame, pairs: list[tuple], name: str) -> pd.DataFrame:
@@ -134,8 +70,6 @@ def _delta_columns(per_seed: pd.DataFrame, pairs: list[tuple], name: str) -> pd.
 
 def _columns_for(key: str, df: pd.DataFrame) -> list[str]:
     """A user's key -> the trial columns it names: `attention`, a dotted key, or its last part."""
-    from ablate.study import MODULE_KEY
-
     key = MODULE_KEY if key == "attention" else key
     return [c for c in df.columns if c == key] or [c for c in df.columns if c.endswith("." + key)]
 
@@ -145,15 +79,10 @@ def _resolve_by(by, df: pd.DataFrame) -> list[str]:
     for key in ([k.strip() for k in by.split(",")] if isinstance(by, str) else list(by)):
         match = _columns_for(key, df)
         if len(match) != 1:
-            varied = ", ".join(_param_keys(df)) or "nothing"
+            varied = ", ".join(param_columns(df)) or "nothing"
             raise AblateError(f"--by: unknown key {key!r} (the study varies: {varied})")
         keys.append(match[0])
     return keys
-
-
-def _param_keys(df: pd.DataFrame) -> list[str]:
-    fixed = {"number", "state", "label", "seed", "order", "run_id", *METRIC_COLUMNS}
-    return [c for c in df.columns if c not in fixed and "/" not in c]
 
 
 def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
@@ -172,21 +101,22 @@ def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
     return match["row"].iloc[0]
 
 
-def ablation_table(study_name: str, storage: str | None = None, tracking_uri: str | None = None, by=None,
-                   baseline: str | None = None, reference: list[dict] | None = None,
-                   ladder: bool | None = None, study_obj=None) -> pd.DataFrame:
-    """One row per configuration (the cell labels, or the `by` keys), aggregated over seeds.
+def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri: str | None = None, by=None,
+                   baseline: str | None = None, spec: StudySpec | None = None, show_all: bool = False,
+                   study: optuna.Study | None = None, client: MlflowClient | None = None) -> pd.DataFrame:
+    """One row per configuration (its cell, or the `by` keys), aggregated over seeds.
 
-    reference and ladder default to what the study file recorded on the parent run says; study_obj is the
-    Optuna study when the caller has it open already."""
-    from ablate.study import MODULE_KEY
-
-    study_obj = study_obj or open_optuna_study(study_name, storage)
-    if reference is None or ladder is None:
-        loaded = study_file(study_obj, tracking_uri)
-        reference = loaded.cfg.reference if reference is None and loaded else (reference or [])
-        ladder = bool(loaded and loaded.cfg.study.ladder) if ladder is None else ladder
-    df = trials_frame(study_obj, tracking_uri)
+    `spec` (the study file: references, ladder, which cells it holds) defaults to the file the parent run
+    recorded; `study` and `client` are the open Optuna study and MLflow client when the caller has them."""
+    study = study or load(study_name, storage)
+    client = client or stored_runs_client(study, tracking_uri)
+    spec = spec or study_file(study, client)
+    df = trials_frame(study, client, spec)
+    hidden = int((~df["in_file"] & (df["state"] == "COMPLETE")).sum()) if len(df) else 0
+    if show_all:
+        df.loc[~df["in_file"], "label"] += NOT_IN_FILE
+    elif len(df):
+        df = df[df["in_file"]].copy()
     if df.empty or not (df["state"] == "COMPLETE").any():
         raise AblateError(f"study {study_name!r} has no finished trials yet (run it: ablate run <study file>)")
     keys = _resolve_by(by, df) if by else ["label"]
@@ -218,11 +148,12 @@ def ablation_table(study_name: str, storage: str | None = None, tracking_uri: st
         plain = done[done[MODULE_KEY].astype(str) == "none"]["row"] if MODULE_KEY in done else pd.Series([])
         base = plain.iloc[0] if len(plain) else table.index[table["n"] > 0][0]
     table = table.join(_delta_columns(per_seed, [(r, base) for r in rows], DELTA))
+    ladder = bool(spec and spec.cfg.study.ladder)
     if ladder:
         table = table.join(_delta_columns(per_seed, list(zip(rows, [None] + rows[:-1])), DELTA_PREV))
     table.index.name = "config"
-    table.attrs.update(baseline=base, study=study_name, ladder=ladder)
-    return with_reference(table, done, reference)
+    table.attrs.update(baseline=base, study=study_name, ladder=ladder, hidden=0 if show_all else hidden)
+    return with_reference(table, done, spec.cfg.reference if spec else [])
 
 
 def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
@@ -243,6 +174,23 @@ def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict
                 if ours[name] in table:  # a dry run has params and GMACs, no accuracy yet
                     table[f"ours {name}"] = table[ours[name]]
     return table
+
+
+def dry_run_table(spec: StudySpec) -> pd.DataFrame:
+    """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained."""
+    cells = grid_cells(spec) if spec.is_grid else [{}]
+    rows = []
+    for params in cells:
+        built, _ = build_cell(spec, params, cell_location(params), data=False)  # a dry run needs no data here
+        rows.append({"config": cell_label(params), "trials": len(spec.cfg.study.seeds),
+                     "params (M)": built.params / 1e6, "GMACs": built.gmacs,
+                     **{k: v for k, v in params.items() if k != "name"}})
+    table = pd.DataFrame(rows).set_index("config")
+    if not spec.is_grid:
+        table["trials"] = spec.cfg.study.trials
+    cells_frame = pd.DataFrame([{"label": cell_label(p), "row": cell_label(p), **p} for p in cells])
+    table = with_reference(table, cells_frame, spec.cfg.reference)
+    return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X
 
 
 # ---------------------------------------------------------------- formats
@@ -302,6 +250,9 @@ def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note
         view = presentable(table)
         note = (f"\n\nΔ: top-1 accuracy vs `{table.attrs.get('baseline')}` in points, 95% CI over seeds "
                 "(paired by seed, else Welch); * the interval excludes 0.")
+        if table.attrs.get("hidden"):
+            note += (f" {table.attrs['hidden']} finished trials of configurations the study file no longer holds "
+                     "are left out (--all shows them).")
     if fmt == "md":
         return markdown(view, note)
     if fmt == "csv":
@@ -316,16 +267,14 @@ def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note
     raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
-def dry_run_report(study, fmt: str = "md") -> str:
+def dry_run_report(study: str | StudySpec, fmt: str = "md") -> str:
     """A study file's configurations, our params and GMACs beside the paper's, before anything is trained."""
-    from ablate.study import dry_run_table
-
     if fmt not in FORMATS:
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    name, loaded, _ = resolve_study(study)
-    if loaded is None:
+    _, spec, _ = resolve_study(study)
+    if spec is None:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
-    table = dry_run_table(loaded)
+    table = dry_run_table(spec)
     table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
     digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
     view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
@@ -337,34 +286,43 @@ def dry_run_report(study, fmt: str = "md") -> str:
 
 # ---------------------------------------------------------------- plots
 
-def make_plots(table: pd.DataFrame, study_obj, out_dir: Path) -> list[Path]:
-    """Bar chart with error bars; Pareto front (multi-objective); Optuna's plots (searched studies)."""
-    import matplotlib
+def plot_study(study: optuna.Study, frame: pd.DataFrame) -> optuna.Study:
+    """The study Optuna's plots read. Grid trials carry their configuration as user attrs (an edited grid must
+    not meet Optuna's fixed categorical value spaces), so for them: an in-memory copy whose finished trials
+    have those params, each key a categorical over the values the study took."""
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if any(t.params for t in finished):
+        return study  # searched: the trials hold their sampled params
+    keys = param_columns(frame)
+    values = frame.set_index("number")
+    choices = {k: sorted({str(v) for v in values[k].dropna()}) for k in keys}
+    copy = optuna.create_study(directions=study.directions, study_name=study.study_name)
+    for t in finished:
+        if t.number not in values.index:
+            continue  # a configuration the report leaves out
+        row = values.loc[t.number]
+        params = {k: str(row[k]) for k in keys if pd.notna(row[k])}
+        copy.add_trial(optuna.trial.create_trial(
+            params=params, values=t.values, distributions={k: optuna.distributions.CategoricalDistribution(
+                choices[k]) for k in params}))
+    return copy
 
-    matplotlib.use("Agg")
-    import warnings
 
-    import matplotlib.pyplot as plt
-    import optuna
-    import optuna.visualization.matplotlib as ovm
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=120)
-        plt.close(fig)
-        paths.append(out_dir / name)
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(table) + 2), 3.5))
+def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | None = None) -> dict[str, Figure]:
+    """name -> figure: bar chart with error bars; Pareto front (several objectives); Optuna's importances,
+    parallel coordinates and history (of a grid too, given its trials `frame`). The caller's matplotlib
+    backend is left alone: the figures are drawn on their own canvases."""
+    figures = {}
+    fig = Figure(figsize=(max(4, 0.8 * len(table) + 2), 3.5), layout="tight")
+    ax = fig.subplots()
     ax.bar(range(len(table)), table["top-1 acc (%)"], yerr=table["top-1 acc (%) sd"].fillna(0), capsize=4)
     ax.set_xticks(range(len(table)), table.index, rotation=30, ha="right")
     ax.set_ylabel("top-1 acc (%) (mean ± sd over seeds)")
-    save(fig, "top1_by_config.png")
+    figures["top1_by_config.png"] = fig
 
-    if len(study_obj.directions) > 1:
-        fig, ax = plt.subplots(figsize=(5, 4))
+    if len(study.directions) > 1:
+        fig = Figure(figsize=(5, 4), layout="tight")
+        ax = fig.subplots()
         ax.scatter(table["GMACs"], table["top-1 acc (%)"])
         for label, row in table.iterrows():
             ax.annotate(str(label), (row["GMACs"], row["top-1 acc (%)"]), fontsize=8)
@@ -374,48 +332,51 @@ def make_plots(table: pd.DataFrame, study_obj, out_dir: Path) -> list[Path]:
         ax.set_xlabel("GMACs")
         ax.set_ylabel("top-1 acc (%)")
         ax.legend()
-        save(fig, "pareto.png")
+        figures["pareto.png"] = fig
 
-    if "cell" not in study_obj.best_trials[0].params:  # searched, not a grid
-        target = (lambda t: t.values[0]) if len(study_obj.directions) > 1 else None
-        for name, plot in (("param_importances", ovm.plot_param_importances),
-                           ("parallel_coordinate", ovm.plot_parallel_coordinate),
-                           ("optimization_history", ovm.plot_optimization_history)):
-            try:
-                with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    ax = plot(study_obj, target=target) if target else plot(study_obj)
-            except Exception:  # noqa: BLE001 (e.g. importances need several finished trials)
-                continue
-            save(np.ravel(ax)[0].figure, f"{name}.png")
-    return paths
+    source = plot_study(study, frame) if frame is not None else study
+    if not any(t.params for t in source.get_trials(deepcopy=False)):
+        return figures  # nothing varied: no search plots
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    for name, plot in (("param_importances", ovm.plot_param_importances),
+                       ("parallel_coordinate", ovm.plot_parallel_coordinate),
+                       ("optimization_history", ovm.plot_optimization_history)):
+        try:
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(source, target=target) if target else plot(source)
+        except Exception:  # noqa: BLE001 (e.g. importances need several finished trials)
+            continue
+        figures[f"{name}.png"] = np.ravel(ax)[0].figure
+    return figures
 
 
 # ---------------------------------------------------------------- the command
 
-def write_report(study, fmt: str = "md", out: str | None = None, by: str | None = None,
+def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
-                 tracking_uri: str | None = None) -> str:
-    """STUDY is a study name, a study file or a loaded Study; returns the rendered table, logged on the parent run."""
-    import tempfile
-
-    from ablate import tracking
-
+                 tracking_uri: str | None = None, show_all: bool = False) -> str:
+    """STUDY is a study name, a study file or a loaded StudySpec; returns the rendered table, also logged on the
+    study's parent run with its plots (and written to `out` and `plots` when given)."""
     if fmt not in FORMATS:
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    study, loaded, tracking_uri = resolve_study(study, tracking_uri)
-    reference, ladder = (loaded.cfg.reference, loaded.cfg.study.ladder) if loaded else (None, None)
-    study_obj = open_optuna_study(study, storage)
-    table = ablation_table(study, storage, tracking_uri, by, baseline, reference, ladder, study_obj)
+    name, spec, tracking_uri = resolve_study(study, tracking_uri)
+    optuna_study = load(name, storage)
+    client = stored_runs_client(optuna_study, tracking_uri)
+    spec = spec or study_file(optuna_study, client)
+    table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
+                           client=client)
     text = render(table, fmt)
     if out:
         Path(out).write_text(text)
-    parent = study_obj.user_attrs.get("mlflow_parent_run_id")
-    mlflow = tracking.make_client(tracking_uri) if parent else None
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = make_plots(table, study_obj, Path(plots or tmp))
-        if mlflow:
-            mlflow.log_text(parent, text, f"report/report.{fmt}")
-            for path in paths:
-                mlflow.log_artifact(parent, str(path), "report/plots")
+    figures = make_plots(table, optuna_study, trials_frame(optuna_study, client, spec))
+    if plots:
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        for file, fig in figures.items():
+            fig.savefig(Path(plots) / file, dpi=120)
+    parent = optuna_study.user_attrs.get(Attr.PARENT_RUN)
+    if client is not None:
+        client.log_text(parent, text, f"report/report.{fmt}")
+        for file, fig in figures.items():
+            client.log_figure(parent, fig, f"report/plots/{file}")
     return text

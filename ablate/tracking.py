@@ -10,12 +10,15 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import torch
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -145,13 +148,10 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:
     """config.yaml (the resolved trial config) and, when there is one, the insertion report as JSON and text."""
-    import yaml
-
     client.log_text(run_id, mask_password(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
     if report is not None:
         client.log_dict(run_id, report.to_dict(), "insertion_report.json")
-        if hasattr(report, "to_text"):
-            client.log_text(run_id, report.to_text(), "insertion_report.txt")
+        client.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
 WEIGHTS = "model.pt"
@@ -159,10 +159,6 @@ WEIGHTS = "model.pt"
 
 def log_weights(client: MlflowClient, run_id: str, model) -> None:
     """The trained state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
-    import tempfile
-
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / WEIGHTS
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)

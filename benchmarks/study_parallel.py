@@ -62,7 +62,7 @@ def main() -> None:
     print(f"| trials run | {finished} |\n| trials pruned | {pruned} |\n| epochs trained | {epochs} |")
     print(f"| epochs without pruning ({finished} trials x {base_epochs}) | {finished * base_epochs} |")
     print(f"| compute saved by pruning | {1 - epochs / max(1, finished * base_epochs):.0%} |\n| wall s | {wall:.0f} |")
-    from ablate.study import grid_cells, load_study
+    from ablate.spec import grid_cells, load_study
 
     search = load_study(ROOT / "studies/attention_search.yaml")
     search.space = {k: v for k, v in search.space.items() if isinstance(v, list)}  # a grid needs discrete keys

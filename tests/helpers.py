@@ -44,7 +44,7 @@ def start(*args, cwd=None, **env) -> subprocess.Popen:
 
 
 def load(name="tiny", folder: Path | None = None):
-    from ablate.study import JOURNAL, make_storage
+    from ablate.storage import JOURNAL, make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(str((folder or Path.cwd()) / JOURNAL), 1))
 
@@ -56,5 +56,10 @@ def runs(name="tiny", folder: Path | None = None):
 
 
 def cells_done(study):
-    """(cell, seed) of every COMPLETE trial, sorted: each grid cell x seed exactly once means no dup, no gap."""
-    return sorted((t.params["cell"], t.params["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    """(label, seed) of every COMPLETE trial, sorted: each grid cell x seed exactly once means no dup, no gap."""
+    return sorted((t.user_attrs["label"], t.user_attrs["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def cells(modules=("none", "se"), seeds=(0, 1)) -> list[tuple[str, int]]:
+    """What cells_done says of a finished grid over `modules` x `seeds`."""
+    return sorted((f"attention={m}", s) for m in modules for s in seeds)

@@ -60,7 +60,7 @@ def tiny(tmp_path_factory):
 
 
 def load(tiny, name="tiny"):
-    from ablate.study import make_storage
+    from ablate.storage import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(tiny["storage"], 1))
 
@@ -83,7 +83,7 @@ def test_same_images_true_class_targets_and_distinct_cams(tiny):
     assert none.images.shape == (N, 32, 32, 3) and 0 <= none.images.min() and none.images.max() <= 1
     assert np.array_equal(none.images, cbam.images)  # the same validation images for every configuration
     from ablate.data import build_datamodule
-    from ablate.study import load_study, trial_config
+    from ablate.spec import load_study, trial_config
 
     dm = build_datamodule(trial_config(load_study(tiny["study"]), {}, 0).data)
     assert grid.targets.tolist() == dm.y_val[:N].tolist()  # the first N validation samples, true labels
@@ -103,9 +103,6 @@ def test_figure_is_inputs_then_one_row_per_configuration(tiny):
     assert fig.axes[N].get_ylabel().startswith("attention=none") and fig.axes[2 * N].get_ylabel().startswith(
         "attention=cbam")
     assert fig.axes[2 * N + 1].get_title() == f"P={grid.rows[1].probs[1]:.2f}"
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def test_cli_writes_the_png_and_logs_it_on_the_parent_run(tiny, tmp_path):
@@ -122,19 +119,19 @@ def test_cli_writes_the_png_and_logs_it_on_the_parent_run(tiny, tmp_path):
     assert path == Path("tiny_gradcam.png") and (tmp_path / path).stat().st_size > 0
 
 
-def test_best_run_follows_the_objective_and_the_study_order():
-    """A stored study with fake trials: maximise picks the highest, minimise the lowest, ties the earliest."""
-    cell = optuna.distributions.CategoricalDistribution([0, 1])
+def test_best_run_follows_the_objective_per_configuration(tmp_path):
+    """A stored study with fake trials: maximise picks the highest, minimise the lowest, ties the earliest;
+    rows come in the order the configurations first ran (no study file to order them by)."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for direction, picks in (("maximize", {"b": 1, "a": 3}), ("minimize", {"b": 0, "a": 2})):
         study = optuna.create_study(direction=direction)
-        for number, (c, label, value) in enumerate([(1, "b", 0.5), (1, "b", 0.9), (0, "a", 0.2), (0, "a", 0.7),
-                                                    (0, "a", 0.7)]):
-            study.add_trial(optuna.trial.create_trial(
-                params={"cell": c}, distributions={"cell": cell}, value=value,
-                user_attrs={"label": label, "mlflow_run_id": f"run{number}", "metrics": {"val/acc1": value}}))
-        best = best_runs(study)
-        assert best["label"].tolist() == ["a", "b"]  # the study file's order (cell), not the trial order
-        assert dict(zip(best["label"], best["number"])) == {k: picks[k] for k in ("a", "b")}
+        for number, (label, value) in enumerate([("b", 0.5), ("b", 0.9), ("a", 0.2), ("a", 0.7), ("a", 0.7)]):
+            study.add_trial(optuna.trial.create_trial(value=value, user_attrs={
+                "cell": f'{{"name":"{label}"}}', "label": label, "seed": number, "mlflow_run_id": f"run{number}",
+                "metrics": {"val/acc1": value}}))
+        best = best_runs(study, client)
+        assert best["label"].tolist() == ["b", "a"]
+        assert dict(zip(best["label"], best["number"])) == picks
 
 
 def test_errors_are_one_line_exit_2(tiny, tmp_path, capsys):
@@ -145,7 +142,7 @@ def test_errors_are_one_line_exit_2(tiny, tmp_path, capsys):
     assert "has no model.pt" in err and "tracking.log_weights=true" in err
     with pytest.raises(AblateError, match=r"--images: 33 is more than the 32 validation images"):
         gradcam_grid("tiny", 33, storage=tiny["storage"], tracking_uri=tiny["uri"])
-    from ablate.study import make_storage
+    from ablate.storage import make_storage
 
     journal = str(tmp_path / "failed.journal")
     failed = optuna.create_study(study_name="failed", storage=make_storage(journal, 1))

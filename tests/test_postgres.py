@@ -19,12 +19,12 @@ import pytest
 from optuna.trial import TrialState
 
 import helpers
-from helpers import TINY_BASE, cells_done
+from helpers import TINY_BASE, cells, cells_done
 
 ENV = "ABLATE_TEST_POSTGRES"
 MODULES = ["none", "se", "eca"]
 SEEDS = [0, 1]
-ALL_CELLS = sorted((c, s) for c in range(len(MODULES)) for s in SEEDS)
+ALL_CELLS = cells(MODULES, SEEDS)
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_dead_workers_trial_is_retried_by_another_worker(tmp_path, pg_url):
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retried) == 1 and retried[0].system_attrs["retry_history"] == [0]
     assert retried[0].state == TrialState.COMPLETE
-    assert (retried[0].params["cell"], retried[0].params["seed"]) == (trials[0].params["cell"], trials[0].params["seed"])
+    assert [retried[0].user_attrs[k] for k in ("cell", "seed")] == [trials[0].user_attrs[k] for k in ("cell", "seed")]
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
     assert not [r for r in runs() if r.info.status == "RUNNING"]  # the dead worker's run is ended too
     killed = [r for r in runs() if r.data.tags.get("optuna.trial") == "0"]

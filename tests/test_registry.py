@@ -71,25 +71,6 @@ def test_errors_are_keyed_and_located_by_the_caller():
     assert str(err.value) == "model.attention.name: unknown attention module 'sse' (did you mean se?)"
 
 
-@pytest.mark.parametrize("call, message", [  # transitional: where= goes once callers use errors.at
-    (lambda: get_attention("sse", "model.attention.name"),
-     "model.attention.name: unknown attention module 'sse' (did you mean se?)"),
-    (lambda: resolve_knobs("se", {"k": 1}, where="model.attention.knobs"),
-     "model.attention.knobs: module 'se' takes no knob 'k' (knobs: reduction)"),
-    (lambda: resolve_knobs("se", {"reduction": 0}, where="model.attention.knobs"),
-     "model.attention.knobs.reduction: se.reduction=0 is out of range (int in [1, channels])"),
-    (lambda: resolve_knobs("eca", {"kernel_size": 4}, where="s.yaml: space.model.attention.knobs.kernel_size"),
-     "s.yaml: space.model.attention.knobs.kernel_size: eca.kernel_size=4 must be odd "
-     "(int in [1, 31] odd or null)"),
-    (lambda: create_attention("se", 64, where="model.attention.knobs", reduction=128),
-     "model.attention.knobs.reduction: se.reduction=128 is out of range for 64 channels (int in [1, channels])"),
-])
-def test_where_keyword_still_gives_the_located_message(call, message):
-    with pytest.raises(AblateError) as err:
-        call()
-    assert str(err.value) == message
-
-
 def test_unknown_module_suggests_close_names():
     with pytest.raises(AblateError, match=r"unknown attention module 'cbma' \(did you mean cbam"):
         get_attention("cbma")

@@ -46,7 +46,7 @@ def table(tiny, name="tiny", **kwargs):
 
 
 def optuna_study(tiny, name="tiny"):
-    from ablate.study import make_storage
+    from ablate.storage import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(tiny["storage"], 1))
 
@@ -71,7 +71,7 @@ def test_rows_are_configurations_aggregated_over_seeds(tiny):
 def test_params_and_gmacs_are_what_the_model_builder_gives(tiny):
     from ablate.data import dataset_shape
     from ablate.models import build_model
-    from ablate.study import load_study, trial_config
+    from ablate.spec import load_study, trial_config
 
     df = table(tiny)
     study = load_study(tiny["study"])
@@ -185,7 +185,7 @@ def test_unknown_study_and_no_finished_trials_exit_2(tiny, tmp_path):
     proc = ablate("report", "nosuch", cwd=tiny["folder"])
     assert proc.returncode == 2 and "unknown study 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    from ablate.study import make_storage
+    from ablate.storage import make_storage
 
     journal = str(tmp_path / "failed.journal")
     failed = optuna.create_study(study_name="failed", storage=make_storage(journal, 1))
@@ -219,7 +219,7 @@ def test_searched_study_gets_optunas_plots(tmp_path):
                         distributions={"lr": optuna.distributions.FloatDistribution(0.001, 1.0)}))
     df = pd.DataFrame({"top-1 acc (%)": [50.0, 55.0], "top-1 acc (%) sd": [1.0, 2.0], "GMACs": [0.1, 0.2]},
                       index=["a", "b"])
-    names = {p.name for p in make_plots(df, study, tmp_path)}
+    names = set(make_plots(df, study))
     assert {"top1_by_config.png", "optimization_history.png", "parallel_coordinate.png",
             "param_importances.png"} <= names
 
@@ -273,11 +273,10 @@ def test_multi_objective_study_gets_a_pareto_plot(tmp_path):
     from ablate.report import make_plots
 
     study = optuna.create_study(study_name="pareto", directions=["maximize", "minimize"])
-    cell = optuna.distributions.CategoricalDistribution([0, 1])
-    for i in range(2):
-        study.add_trial(optuna.trial.create_trial(params={"cell": i}, distributions={"cell": cell},
-                                                  values=[0.5 + 0.1 * i, 0.1 + 0.1 * i]))
+    for i in range(2):  # grid trials: their configuration is in user attrs, not in Optuna's params
+        study.add_trial(optuna.trial.create_trial(values=[0.5 + 0.1 * i, 0.1 + 0.1 * i]))
     df = pd.DataFrame({"top-1 acc (%)": [50.0, 60.0], "top-1 acc (%) sd": [1.0, 2.0], "GMACs": [0.1, 0.2]},
                       index=["attention=none", "attention=se"])
-    names = {p.name for p in make_plots(df, study, tmp_path)}
-    assert names == {"top1_by_config.png", "pareto.png"}  # a grid: no search plots
+    assert set(make_plots(df, study)) == {"top1_by_config.png", "pareto.png"}
+    frame = pd.DataFrame({"number": [0, 1], "state": "COMPLETE", "model.attention.name": ["none", "se"]})
+    assert "parallel_coordinate.png" in make_plots(df, study, frame)  # given the trials: Optuna's plots too

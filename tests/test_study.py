@@ -10,8 +10,9 @@ import yaml
 from optuna.trial import TrialState
 
 from ablate.errors import AblateError
-from ablate.study import grid_cells, load_study
-from helpers import TINY_BASE, ablate, cells_done, load, runs, start, write_study
+from ablate.report import ablation_table
+from ablate.spec import grid_cells, load_study
+from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, write_study
 
 # ---------------------------------------------------------------- validation (nothing runs, nothing is written)
 
@@ -78,7 +79,7 @@ def test_grid_study_runs_tracks_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "attention=se" in proc.stdout and "attention=none" in proc.stdout  # the summary table
     study = load()
-    assert cells_done(study) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert cells_done(study) == cells()
     all_runs = runs()
     parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "study"]
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
@@ -115,7 +116,7 @@ def test_killed_study_resumes_every_cell_exactly_once(tmp_path):
     resumed = ablate("run", str(path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     study = load()
-    assert cells_done(study) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # each cell x seed exactly once
+    assert cells_done(study) == cells()  # each cell x seed exactly once
     assert any(t.state == TrialState.FAIL for t in study.trials)  # the interrupted trial
     assert not [r for r in runs() if r.info.status == "RUNNING"]
     killed = [r for r in runs() if r.data.tags.get("optuna.trial") == "1"]
@@ -126,7 +127,7 @@ def test_two_workers_run_every_cell_once(tmp_path):
     path = write_study(tmp_path / "tiny.yaml")
     proc = ablate("run", str(path), "--jobs", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert cells_done(load()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert cells_done(load()) == cells()
 
 
 def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
@@ -137,11 +138,32 @@ def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
     outs = [p.communicate(timeout=600) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, [err[-2000:] for _, err in outs]
     study = load()
-    assert cells_done(study) == [(c, s) for c in (0, 1) for s in (0, 1, 2)]
+    assert cells_done(study) == cells(seeds=(0, 1, 2))
     assert [o.count(" complete |") > 0 for o, _ in outs] == [True, True]  # both ran trials
     assert len(runs()) == 1 + 6 and all(r.info.status == "FINISHED" for r in runs())  # one parent, 6 children
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    assert all(t.user_attrs.get("fail_reason") == "LookupError: no grid cell left" for t in failed)
+    assert not study.get_trials(states=(TrialState.FAIL,))
+    # a worker that lost the race for the last cell leaves a trial with no configuration: never a row
+    assert all("label" not in t.user_attrs for t in study.get_trials(states=(TrialState.PRUNED,)))
+    table = ablation_table("tiny")
+    assert list(table.index) == ["attention=none", "attention=se"] and table["n"].tolist() == [3, 3]
+    assert table["failed"].tolist() == [0, 0] and table["pruned"].tolist() == [0, 0]
+
+
+def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path):
+    """The race two workers run for the last queued cell, forced: the loser's trial gets no configuration."""
+    from ablate.study import make_objective, open_study
+    from ablate.storage import make_storage
+
+    path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]})
+    assert ablate("run", str(path)).returncode == 0
+    spec = load_study(path)
+    study = open_study(spec, make_storage(None, 1))
+    study.optimize(make_objective(spec, study.user_attrs["mlflow_parent_run_id"]), n_trials=1)  # the queue is empty
+    loser = study.trials[-1]
+    assert loser.state == TrialState.PRUNED and "label" not in loser.user_attrs
+    assert len(runs()) == 1 + 2  # it trained nothing and opened no MLflow run
+    table = ablation_table("tiny")
+    assert list(table.index) == ["attention=none", "attention=se"] and table["pruned"].tolist() == [0, 0]
 
 
 def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path):

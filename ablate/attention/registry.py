@@ -158,9 +158,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    # here, not at the top: the package imports this module first
-    import ablate.attention  # noqa: F401  (registers the built-in modules first)
-
+    # the built-in modules are registered already: importing this module imports the package ablate.attention first
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()  # importing the plugin runs its @register_attention decorators
     for name in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
@@ -188,10 +186,8 @@ def list_attention(kind: str | None = None) -> list[AttentionInfo]:
     return [info for _, info in sorted(_REGISTRY.items()) if kind is None or info.kind == kind]
 
 
-def get_attention(name: str, where: str | None = None) -> AttentionInfo:
+def get_attention(name: str) -> AttentionInfo:
     """The registered module `name`, or an unkeyed AblateError (the caller locates it: `at("...name")`)."""
-    if where is not None:  # transitional: callers move to errors.at
-        return _located(where, get_attention, name)
     _load_plugins()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3, cutoff=0.5)
@@ -200,14 +196,11 @@ def get_attention(name: str, where: str | None = None) -> AttentionInfo:
     return _REGISTRY[name]
 
 
-def resolve_knobs(name: str, knobs: dict[str, Any], channels: int | None = None,
-                  where: str | None = None) -> dict[str, Any]:
+def resolve_knobs(name: str, knobs: dict[str, Any], channels: int | None = None) -> dict[str, Any]:
     """The module's full knob dict: defaults overlaid with `knobs`, each validated.
 
     A bad value is an AblateError keyed by the knob's name ("reduction: se.reduction=0 is out of range
     ..."); an unknown knob is unkeyed. The caller locates both: `with at("model.attention.knobs"):`."""
-    if where is not None:  # transitional: callers move to errors.at
-        return _located(where, resolve_knobs, name, knobs, channels)
     info = get_attention(name)
     unknown = set(knobs) - set(info.knobs)
     if unknown:
@@ -221,16 +214,16 @@ def resolve_knobs(name: str, knobs: dict[str, Any], channels: int | None = None,
     return resolved
 
 
-def create_attention(name: str, channels: int, *, where: str | None = None, **kwargs):
+def create_attention(name: str, channels: int, **kwargs):
     """Build module `name` for `channels` input channels.
 
     For conv-kind modules pass `out_channels`, `stride` and `feat_size` too; they are structural
     (read from the backbone), not knobs, so they bypass knob validation. Other kinds take knobs only
     (a gate's `stride`, e.g. outlook's, is its knob).
     """
-    info = get_attention(name, where)
+    info = get_attention(name)
     structural = {k: kwargs.pop(k) for k in CONV_STRUCTURAL if k in kwargs} if info.kind == "conv" else {}
-    knobs = resolve_knobs(name, kwargs, channels, where)
+    knobs = resolve_knobs(name, kwargs, channels)
     if info.kind == "conv":
         return info.cls(channels, structural.get("out_channels", channels),
                         stride=structural.get("stride", 1), feat_size=structural.get("feat_size"), **knobs)
@@ -266,12 +259,3 @@ def _build_for_timm(name: str, knobs: dict[str, Any], channels: int, device=None
         module = module.to(device=device, dtype=dtype)
     return module
 
-
-def _located(where: str, fn: Callable[..., Any], *args) -> Any:  # transitional: callers move to errors.at
-    """`fn(*args)` with its AblateError located at `where` as the `where=` callers read it: the error's key
-    joined to `where` unless `where` already ends with it ('file: space.model.attention.knobs.reduction')."""
-    try:
-        return fn(*args)
-    except AblateError as e:
-        located = where if e.key is None or where.endswith(f".{e.key}") else f"{where}.{e.key}"
-        raise AblateError(f"{located}: {e.message}") from None

@@ -1,0 +1,92 @@
+"""The one reader of a study's results: Optuna trials + MLflow child runs -> a pandas DataFrame.
+
+Reports and Grad-CAM read through here. Rows are trials that got a configuration (a worker that found no grid
+cell left leaves none); each carries its cell key, so a configuration is the same row whatever the study
+file's order, and `in_file` says whether its cell x seed is still in the study file (an edited file may have
+dropped it: its finished trials stay in the store, and the report leaves them out unless asked).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+
+from ablate import tracking
+from ablate.spec import StudySpec, cell_key, cell_label, grid_cells, load_study
+from ablate.storage import Attr
+
+# MLflow metric -> (report column, scale): accuracies are logged as fractions, papers print percent
+METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc (%)", 100.0),
+                  "model/params": ("params (M)", 1e-6), "model/gmacs": ("GMACs", 1.0),
+                  "train/throughput": ("throughput (img/s)", 1.0)}
+# trials_frame's own columns; every other column without a '/' is a configuration's dotted param
+FRAME_COLUMNS = ("number", "state", "cell", "label", "seed", "run_id", "order", "in_file")
+
+
+def resolve_study(study: str | StudySpec, tracking_uri: str | None = None):
+    """STUDY as the commands take it (a name, a study file or a loaded StudySpec) -> (name, spec or None, uri)."""
+    if isinstance(study, StudySpec) or study.endswith((".yaml", ".yml")) or Path(study).is_file():
+        spec = study if isinstance(study, StudySpec) else load_study(study)
+        return spec.name, spec, tracking_uri or spec.base.get("tracking", {}).get("uri")
+    return study, None, tracking_uri
+
+
+def stored_runs_client(study: optuna.Study, tracking_uri: str | None) -> MlflowClient | None:
+    """The MLflow client for the study's runs, or None when it has none (a client creates the store it opens)."""
+    return tracking.make_client(tracking_uri) if study.user_attrs.get(Attr.PARENT_RUN) else None
+
+
+def study_file(study: optuna.Study, client: MlflowClient | None) -> StudySpec | None:
+    """The study file the parent run recorded, as it reads now (reference numbers, ladder, cells), or None."""
+    run_id = study.user_attrs.get(Attr.PARENT_RUN)
+    try:
+        path = client.get_run(run_id).data.params.get("study.file") if run_id and client else None
+        return load_study(path) if path and Path(path).is_file() else None
+    except Exception:  # noqa: BLE001 (a moved or broken study file only costs the reference columns)
+        return None
+
+
+def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySpec | None = None) -> pd.DataFrame:
+    """One row per trial that got a configuration: FRAME_COLUMNS, its dotted params and final metrics.
+
+    With `spec` (the study file), rows are in the file's order and `in_file` is False for a cell x seed the
+    file no longer holds; metrics come from the trial's attrs, completed from its MLflow run where missing."""
+    cells = grid_cells(spec) if spec is not None and spec.is_grid else None
+    order = {cell_key(spec, p): i for i, p in enumerate(cells or [])}
+    labels = {cell_key(spec, p): cell_label(p) for p in cells or []}
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if Attr.LABEL not in attrs:  # a worker that found no grid cell left: no configuration, no row
+            continue
+        params = attrs.get(Attr.PARAMS, {})
+        key = attrs.get(Attr.CELL) or (cell_key(spec, params) if spec is not None else attrs[Attr.LABEL])
+        seed = attrs.get(Attr.SEED)
+        in_file = cells is None or (key in order and seed in spec.cfg.study.seeds)
+        rows.append({"number": t.number, "state": t.state.name, "cell": key,
+                     "label": labels.get(key, attrs[Attr.LABEL]), "seed": seed, "run_id": attrs.get(Attr.RUN_ID),
+                     "order": order.get(key, len(order) + t.number), "in_file": in_file,
+                     **params, **attrs.get(Attr.METRICS, {})})
+    df = pd.DataFrame(rows, columns=list(FRAME_COLUMNS)) if not rows else pd.DataFrame(rows)
+    parent = study.user_attrs.get(Attr.PARENT_RUN)
+    if parent and client is not None and len(df):
+        experiment = client.get_experiment_by_name(study.study_name)
+        if experiment is not None:
+            children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+            logged = pd.DataFrame([{"run_id": r.info.run_id, **r.data.metrics} for r in children])
+            for metric in METRIC_COLUMNS:  # a trial's attrs win; its run fills what they lack
+                if len(logged) and metric in logged:
+                    known = df[metric] if metric in df else pd.Series(np.nan, index=df.index)
+                    df[metric] = known.fillna(df["run_id"].map(logged.set_index("run_id")[metric]))
+    for metric in METRIC_COLUMNS:
+        df[metric] = pd.to_numeric(df[metric], errors="coerce") if metric in df else np.nan
+    return df.sort_values("number").reset_index(drop=True)
+
+
+def param_columns(df: pd.DataFrame) -> list[str]:
+    """The configuration keys a frame varies (its dotted params)."""
+    return [c for c in df.columns if c not in FRAME_COLUMNS and "/" not in c]
+

@@ -1,0 +1,313 @@
+"""What a study file means: its validated schema, included search spaces, grid cells and their identity.
+
+No Optuna here. A grid cell is identified by what it is, never by where it stands in the file: its key is
+the canonical JSON of the dotted params that make it differ from the base config (a knob at its module's
+default, or a key set to the base's own value, changes nothing), and a trial is that key plus its seed.
+Editing the file (re-ordering, adding seeds, modules, knob values or cells) keeps every finished trial
+attached to its configuration; what would make old trials incomparable (the base config, the metric) is
+fingerprinted here and checked by the runner.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ablate.attention import get_attention, resolve_knobs
+from ablate.config import (KNOB_PREFIX, METRICS, MODULE_KEY, Range, StudyConfig, TrialConfig, apply_overrides,
+                           flatten, load_yaml, parse_trial, validation_error)
+from ablate.data import check_data, dataset_shape
+from ablate.errors import AblateError, at, within
+from ablate.models import BuiltModel, build_model
+
+# trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
+OPERATIONAL_KEYS = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
+                    "train.accelerator", "data.num_workers", "data.download", "data.root")
+
+
+@dataclass
+class StudySpec:
+    path: Path
+    cfg: StudyConfig
+    base: dict  # the base trial config with command-line overrides applied
+    space: dict[str, list | Range] = field(default_factory=dict)
+    origin: dict[str, Path] = field(default_factory=dict)  # space key -> the included file it came from
+
+    @property
+    def name(self) -> str:
+        return self.cfg.study.name
+
+    @property
+    def is_grid(self) -> bool:
+        return self.cfg.study.sampler == "grid"
+
+
+# ---------------------------------------------------------------- loading and validation
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    """Parse and fully validate a study file; every error names the file and the key."""
+    path = Path(path)
+    data = load_yaml(path)
+    study_overrides = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in ("study", "space")]
+    data = apply_overrides(data, [o for o in study_overrides if o.startswith("study")], "command line")
+    space = [o.removeprefix("space.") for o in study_overrides if o.startswith("space.")]
+    if space:  # space.model.attention.name=[se,cbam]: the rest of the key is one dotted space key
+        data["space"] = apply_overrides(data.get("space") or {}, space, "command line", nested=False)
+    try:
+        cfg = StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(str(path), e, StudyConfig) from None
+    base = apply_overrides(cfg.base, [o for o in overrides if o not in study_overrides], "command line")
+    base_cfg = parse_trial(base, f"{path}: base")
+    base.setdefault("tracking", {})["experiment"] = cfg.study.name  # one experiment per study
+
+    space: dict[str, list | Range] = {}
+    origin: dict[str, Path] = {}
+    for include in cfg.include:
+        keys, found = _load_space(path, include)
+        space.update(keys)
+        origin.update(dict.fromkeys(keys, found))
+    space.update(cfg.space)
+    for key in cfg.space:  # the study's own keys win over included ones
+        origin.pop(key, None)
+    spec = StudySpec(path, cfg, base, space, origin)
+    _check_space(spec, base_cfg)
+    for objective in cfg.study.objectives():
+        if objective.metric not in METRICS:
+            raise AblateError(f"{path}: study.metric: no trial logs {objective.metric!r} (metrics: {', '.join(METRICS)})")
+    if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
+        raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
+    if spec.is_grid:
+        for cell in grid_cells(spec):
+            trial_config(spec, cell, cfg.study.seeds[0])  # every cell must be a valid trial
+    elif cfg.study.trials is None:
+        raise AblateError(f"{path}: study.trials: sampler {cfg.study.sampler!r} needs a number of trials")
+    elif not spec.space:
+        raise AblateError(f"{path}: space: sampler {cfg.study.sampler!r} has nothing to search "
+                          "(add keys to space or include, or use sampler: grid)")
+    return spec
+
+
+def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
+    """An `include:`d search space file: its keys and where it was found."""
+    for candidate in (Path(include), study_path.parent / include, study_path.parent.parent / include):
+        if candidate.is_file():
+            data = load_yaml(candidate)
+            data = data.get("space", data)
+            try:
+                return StudyConfig.model_validate({"study": {"name": "x"}, "space": data}).space, candidate
+            except ValidationError as e:
+                raise validation_error(str(candidate), e, StudyConfig) from None
+    raise AblateError(f"{study_path}: include: no search space file {include!r}")
+
+
+def _space_source(spec: StudySpec, key: str) -> str:
+    """The file a space key came from: the study's own, or the included search space file."""
+    return str(spec.origin.get(key, spec.path))
+
+
+def _check_space(spec: StudySpec, base_cfg: TrialConfig) -> None:
+    modules = spec.space.get(MODULE_KEY, [base_cfg.model.attention.name])
+    for key, values in spec.space.items():
+        with within(_space_source(spec, key)), at(f"space.{key}"):
+            if isinstance(values, list) and not values:
+                raise AblateError("empty choices")
+            if isinstance(values, Range):
+                if values.low > values.high:
+                    raise AblateError(f"range low {values.low} > high {values.high}")
+                if values.log and values.low <= 0:
+                    raise AblateError("a log range needs low > 0")
+                if spec.is_grid and values.step is None:
+                    raise AblateError("a grid needs choices or a range with step")
+    with within(_space_source(spec, MODULE_KEY)), at(f"space.{MODULE_KEY}"):
+        for name in modules:
+            if name != "none":
+                get_attention(name)
+    for key, values in spec.space.items():
+        if key.startswith(KNOB_PREFIX):
+            knob = key.removeprefix(KNOB_PREFIX)
+            takers = [m for m in modules if m != "none" and knob in get_attention(m).knobs]
+            with within(_space_source(spec, key)), at(f"space.{key}"):
+                if not takers:
+                    raise AblateError(f"no module in the study takes knob {knob!r}")
+            with within(_space_source(spec, key)), at(f"space.{KNOB_PREFIX.rstrip('.')}"):  # + the knob's key
+                for value in values_to_check(values):
+                    for module in takers:
+                        resolve_knobs(module, {knob: value})
+        elif key != "seed":  # every choice (both ends of a range) must make a valid trial config
+            for value in values_to_check(values):
+                parse_trial(set_dotted(copy.deepcopy(spec.base), key, value), f"{_space_source(spec, key)}: space")
+
+
+def values_to_check(values: list | Range) -> list:
+    """What validation tries of a space key: every choice, or both ends of a range."""
+    return values if isinstance(values, list) else [values.low, values.high]
+
+
+def grid_values(values: list | Range) -> list:
+    """The values a grid takes of a space key: its choices, or every step of its range."""
+    if isinstance(values, list):
+        return values
+    n = int(round((values.high - values.low) / values.step)) + 1
+    steps = [values.low + i * values.step for i in range(n)]
+    return [int(v) for v in steps] if values.type == "int" else steps
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> dict:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return tree
+
+
+def module_of(params: dict, spec: StudySpec) -> str:
+    """The attention module a configuration uses: its own choice, else the base config's."""
+    return params.get(MODULE_KEY, spec.base.get("model", {}).get("attention", {}).get("name", "none"))
+
+
+def knob_applies(key: str, params: dict, spec: StudySpec) -> bool:
+    """A knob is sampled only for modules that take it (define-by-run from the registry's metadata)."""
+    if not key.startswith(KNOB_PREFIX):
+        return True
+    module = module_of(params, spec)
+    return module != "none" and key.removeprefix(KNOB_PREFIX) in get_attention(module).knobs
+
+
+# ---------------------------------------------------------------- grid cells and their identity
+
+def grid_cells(spec: StudySpec) -> list[dict]:
+    """Every configuration of a grid study, as dotted-key dicts, in file order; one per distinct cell key."""
+    explicit = spec.cfg.cells or [{}]
+    if spec.cfg.study.ladder:  # each row adds its keys to the previous row
+        rows, acc = [], {}
+        for cell in explicit:
+            acc = acc | cell
+            rows.append(dict(acc))
+        explicit = rows
+    keys = list(spec.space)
+    cells, seen = [], set()
+    for prefix in explicit:
+        for combo in itertools.product(*(grid_values(spec.space[k]) for k in keys)):
+            params = dict(prefix) | dict(zip(keys, combo))
+            params = {k: v for k, v in params.items() if knob_applies(k, params, spec)}
+            key = cell_key(spec, params)
+            if key not in seen:
+                seen.add(key)
+                cells.append(params)
+    return cells
+
+
+def cell_key(spec: StudySpec, params: dict) -> str:
+    """A configuration's identity: canonical JSON of the dotted params whose resolved value differs from the
+    base config's (for a knob: from its module's default), and a ladder row's name (two rows may hold the
+    same params: the ladder still shows both). '{}' is the base config itself."""
+    cfg = flatten(trial_config(spec, params, 0))
+    base = flatten(trial_config(spec, {}, 0))
+    module = module_of(params, spec)
+    knobs = resolve_knobs(module, _knobs(params)) if module != "none" else {}
+    differs = {"name": str(params["name"])} if "name" in params else {}
+    for key in sorted(k for k in params if k != "name"):
+        if key.startswith(KNOB_PREFIX):
+            knob = key.removeprefix(KNOB_PREFIX)
+            default = get_attention(module).knobs[knob].default
+            if knobs[knob] != default:
+                differs[key] = list(knobs[knob]) if isinstance(knobs[knob], tuple) else knobs[knob]
+        elif cfg.get(key, params[key]) != base.get(key, object()):
+            differs[key] = cfg.get(key, params[key])
+    return json.dumps(differs, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _knobs(params: dict) -> dict:
+    return {k.removeprefix(KNOB_PREFIX): v for k, v in params.items() if k.startswith(KNOB_PREFIX)}
+
+
+def fingerprint(spec: StudySpec) -> dict:
+    """What every trial of the study shares and must keep sharing to stay comparable: the resolved base config
+    (less operational keys) and the objectives. Stored on the Optuna study when it is created."""
+    base = {k: v for k, v in flatten(trial_config(spec, {}, 0)).items() if not k.startswith(OPERATIONAL_KEYS)}
+    metric = [f"{o.metric} {o.direction}" for o in spec.cfg.study.objectives()]
+    return {"base": json.loads(json.dumps(base, default=str)), "metric": metric}
+
+
+def fingerprint_change(spec: StudySpec, stored: dict) -> str | None:
+    """The first incomparable change since `stored` was recorded, as 'key: old -> new', or None."""
+    now = fingerprint(spec)
+    if stored.get("metric") and stored["metric"] != now["metric"]:
+        return f"study.metric: {', '.join(stored['metric'])} -> {', '.join(now['metric'])}"
+    old = stored.get("base", {})
+    for key in sorted(set(old) | set(now["base"])):
+        if old.get(key) != now["base"].get(key):
+            return f"base.{key}: {old.get(key)!r} -> {now['base'].get(key)!r}"
+    return None
+
+
+def trial_config(spec: StudySpec, params: dict, seed: int) -> TrialConfig:
+    tree = copy.deepcopy(spec.base)
+    for key, value in params.items():
+        if key != "name":  # a ladder row's label
+            set_dotted(tree, key, value)
+    set_dotted(tree, "train.seed", seed)
+    return parse_trial(tree, f"{spec.path}: cell {params}")
+
+
+def cell_label(params: dict) -> str:
+    """A row's name: a ladder row's own name, else its varied keys ('attention=se, reduction=8')."""
+    if "name" in params:
+        return str(params["name"])
+
+    def short(key: str) -> str:
+        return "attention" if key == MODULE_KEY else key.split(".")[-1]
+
+    return ", ".join(f"{short(k)}={v}" for k, v in params.items()) or "base"
+
+
+def cell_location(params: dict) -> str:
+    """How an error names a configuration: its cell, or the base config when nothing varies."""
+    return f"cell {cell_label(params)}" if params else "base"
+
+
+# ---------------------------------------------------------------- building the models (before any store)
+
+def build_cell(spec: StudySpec, params: dict, location: str, data: bool = True) -> tuple[BuiltModel, TrialConfig]:
+    """The model of one configuration (pretrained weights not fetched), after the cheap data checks (`data`);
+    errors name the file and the cell."""
+    cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+    with within(f"{spec.path}: {location}"):
+        if data:
+            check_data(cfg.data)
+        if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+            raise AblateError(f"model.checkpoint: no weights file at {cfg.model.checkpoint}")
+        model_cfg = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})  # shapes only
+        return build_model(model_cfg, *dataset_shape(cfg.data), cfg.data.image_size), cfg
+
+
+def check_cells(spec: StudySpec) -> None:
+    """Build every distinct model the study can train (grid: each cell; search: the base with each value of each
+    space key) and check its data folder, so bad input fails before any store is touched."""
+    if spec.is_grid:
+        todo = [(cell_location(p), p) for p in grid_cells(spec)]
+    else:
+        todo = [("base", {})]
+        for key, values in spec.space.items():
+            for value in values_to_check(values):
+                if not key.startswith(KNOB_PREFIX):
+                    todo.append((f"space.{key}={value}", {key: value}))
+                    continue
+                for module in spec.space.get(MODULE_KEY, [module_of({}, spec)]):  # each module taking the knob
+                    params = {MODULE_KEY: module, key: value}
+                    if knob_applies(key, params, spec):
+                        todo.append((f"space.{key}={value} with {module}", params))
+    seen = set()
+    for location, params in todo:
+        cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+        key = (cfg.model.model_dump_json(), cfg.data.model_dump_json())
+        if key not in seen:  # training keys (lr, epochs ...) build the same model
+            seen.add(key)
+            build_cell(spec, params, location)

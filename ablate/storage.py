@@ -1,0 +1,116 @@
+"""Optuna storage: which storage a URL names, the setup lock, loading a study to read it, and what ablate
+keeps on Optuna's records (the user-attr keys the runner writes and the results reader reads).
+
+One machine: a journal file (safe for several processes). Several machines: PostgreSQL `RDBStorage` with
+heartbeats, so a live worker fails and retries a dead machine's trial. Never SQLite with parallel workers.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+import sqlalchemy as sa
+from filelock import FileLock
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
+
+from ablate.errors import AblateError, one_line
+
+JOURNAL = "mlruns/optuna.journal"
+
+
+class Attr:
+    """Keys of ablate's user attrs on Optuna studies and trials: the one schema of what a study records."""
+
+    PARENT_RUN = "mlflow_parent_run_id"  # study: the MLflow run every trial's run is a child of
+    FINGERPRINT = "ablate.fingerprint"  # study: the base config and metric its trials share (spec.fingerprint)
+    CELL = "cell"  # trial: its configuration's key (spec.cell_key); absent on a trial that got no configuration
+    PARAMS = "params"  # trial: the configuration's dotted params
+    LABEL = "label"  # trial: the configuration's row name
+    SEED = "seed"
+    RUN_ID = "mlflow_run_id"  # trial: its MLflow child run
+    METRICS = "metrics"  # trial: final value of every logged metric
+    FAIL_REASON = "fail_reason"
+    WORKER = "worker"  # trial: host:pid of the process running it
+
+
+def mask_url(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db (SQLAlchemy's own rendering)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL (a journal path): nothing to hide
+        return url
+
+
+def journal_file(url: str | None) -> str | None:
+    """The journal file a storage URL names (None, the default, is mlruns/optuna.journal), or None for a database."""
+    url = url or JOURNAL
+    return None if "://" in url else url
+
+
+def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace_period: int = 120):
+    journal = journal_file(url)
+    if journal:  # safe for several processes on one machine
+        try:
+            Path(journal).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(journal))
+        except OSError as e:  # a folder where the file should be, a file where a folder should be, no rights
+            raise AblateError(f"--storage: cannot use {journal} as the Optuna journal file ({type(e).__name__}: "
+                              f"{e.strerror or e})") from None
+    if url.startswith("sqlite") and jobs > 1:
+        raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: "experimental" since Optuna 2.9
+            for attempt in range(5):
+                try:
+                    # several machines: heartbeats let another worker retry a dead machine's trial
+                    return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                except (IntegrityError, ProgrammingError):  # another worker is creating the same schema right now
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
+    except Exception as e:  # noqa: BLE001 (driver and connection errors come in many types)
+        raise AblateError(f"--storage: cannot open {mask_url(url)}: {one_line(e, 200)}") from None
+
+
+def load(study_name: str, url: str | None = None) -> optuna.Study:
+    """An existing study, to read it (reports, Grad-CAM); never creates one, nor an empty journal."""
+    journal = journal_file(url)
+    if journal and not Path(journal).is_file():
+        raise AblateError(f"unknown study {study_name!r}: no Optuna journal at {journal}")
+    try:
+        return optuna.load_study(study_name=study_name, storage=make_storage(url, 1))
+    except KeyError:
+        raise AblateError(f"unknown study {study_name!r} in {mask_url(url or JOURNAL)}") from None
+
+
+@contextmanager
+def setup_lock(storage, name: str, journal: str | None) -> Iterator[None]:
+    """Serialise a study's setup (create, recover, enqueue the grid, parent run) across `ablate run` processes:
+    a lock file beside a journal, a PostgreSQL session advisory lock; both released if the process dies."""
+    if journal is not None:
+        with FileLock(f"{journal}.setup-lock"):  # not `.lock`: Optuna's journal lock is that file
+            yield
+        return
+    if not isinstance(storage, RDBStorage) or storage.engine.dialect.name != "postgresql":
+        yield  # other databases: setups of one study must not start at the same moment
+        return
+    key = zlib.crc32(f"ablate.study:{name}".encode())
+    with storage.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
