@@ -1,13 +1,23 @@
-"""What the study-level tests share: a tiny study, the CLI in a subprocess, and readers of both stores."""
+"""What the tests share as plain functions: a tiny study, the `ablate` command (in a fresh interpreter, or its
+entry point in this process), and readers of both stores.
+
+The pytest fixtures are in conftest.py; `run_cli` there is the in-process runner with its output captured.
+These are plain functions so that module-scoped fixtures and module-level helpers can call them too;
+tests/ has no __init__.py, so `from helpers import ...` finds this file (pytest puts tests/ on sys.path).
+"""
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import mlflow
 import optuna
 import yaml
 from optuna.trial import TrialState
+
+from ablate.cli import main
+from ablate.storage import JOURNAL, make_storage
 
 # resnet10_narrow on 16 px synthetic images: a trial is a fraction of a second once the process is up
 TINY_BASE = {
@@ -26,27 +36,64 @@ def write_study(path: Path, **sections) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- the `ablate` command
+
 def cli_env(**extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}  # one thread per process: 2 shared cores
+    """The environment of an `ablate` process: this one's, one thread (2 shared cores), the default MLflow store."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
-def ablate(*args, cwd=None, timeout=900, **env):
-    """`ablate ARGS` in a fresh interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(**env), cwd=cwd)
+def _command(args) -> list[str]:
+    return [sys.executable, "-m", "ablate.cli", *map(str, args)]
 
 
-def start(*args, cwd=None, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablate.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env(**env), cwd=cwd)
+def ablate(*args, cwd=None, timeout=900, env: dict | None = None, **options) -> subprocess.CompletedProcess:
+    """`ablate ARGS` in a fresh interpreter, as a user runs it, to the end: exit code, stdout and stderr.
+    env: variables to add; options: more subprocess.run arguments (preexec_fn)."""
+    return subprocess.run(_command(args), capture_output=True, text=True, timeout=timeout,
+                          env=cli_env(**(env or {})), cwd=cwd, **options)
 
 
-def load(name="tiny", folder: Path | None = None):
-    from ablate.storage import JOURNAL, make_storage
+def start(*args, cwd=None, env: dict | None = None, **options) -> subprocess.Popen:
+    """`ablate ARGS` started in a fresh interpreter and left running; stdout and stderr are pipes unless
+    options say otherwise (a file for a long run nobody reads meanwhile: a full pipe would stall it)."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **options}
+    return subprocess.Popen(_command(args), text=True, env=cli_env(**(env or {})), cwd=cwd, **options)
 
-    return optuna.load_study(study_name=name, storage=make_storage(str((folder or Path.cwd()) / JOURNAL), 1))
+
+def call_main(*args, cwd=None) -> tuple[int, str]:
+    """`ablate ARGS` through ablate.cli.main in this process (what `python -m ablate.cli` runs, without
+    its start-up): (exit code, the traceback a user would see if an exception escaped, else "").
+    Output is not captured here: the run_cli fixture (conftest.py) does that. sys.path (which --plugin
+    extends) and the working directory are restored afterwards."""
+    saved_path, saved_cwd = list(sys.path), os.getcwd()
+    code, trace = 0, ""  # main returning, were it to, is a process exiting 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        main([str(a) for a in args])
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:  # sys.exit("message"): Python prints it and exits 1
+            code, trace = 1, f"{e.code}\n"
+    except BaseException:  # noqa: BLE001 (what a user would see as a traceback is exactly what tests look for)
+        code, trace = 1, traceback.format_exc()
+    finally:
+        sys.path[:] = saved_path
+        os.chdir(saved_cwd)
+    return code, trace
+
+
+# ---------------------------------------------------------------- the stores
+
+def load(name="tiny", storage: str | Path | None = None) -> optuna.Study:
+    """Optuna study `name` from `storage`: a journal file (default: ./mlruns/optuna.journal), opened as
+    `ablate` opens it, or a database URL, read with Optuna's plain RDBStorage (no heartbeats)."""
+    storage = str(storage or Path.cwd() / JOURNAL)
+    return optuna.load_study(study_name=name, storage=storage if "://" in storage else make_storage(storage, 1))
 
 
 def runs(name="tiny", folder: Path | None = None):

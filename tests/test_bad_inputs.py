@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import subprocess
-import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import yaml
 
 import ablate
-from helpers import TINY_BASE, ablate as run_ablate
+from helpers import TINY_BASE, ablate as run_ablate  # `ablate` is the package here
 
 REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/ and search_spaces/
 
@@ -40,28 +37,8 @@ REAL_PROCESS = {"study-yaml-syntax", "base-unknown-backbone", "space-knob-exceed
                 "study-missing-file"}
 
 
-def ablate_in_process(args, cwd, monkeypatch, capfd):
-    """`ablate ARGS` through ablate.cli.main, what `python -m ablate.cli` runs; an escaping exception is
-    reported as the traceback a user would see."""
-    from ablate.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # --plugin puts the folder on it
-    capfd.readouterr()
-    code, trace = None, ""
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code
-    except BaseException:  # noqa: BLE001 (exactly what the test is looking for)
-        code, trace = 1, traceback.format_exc()
-    out = capfd.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err + trace)
-
-
 def ablate_cli(*args, cwd):
-    return run_ablate(*args, cwd=cwd, timeout=600, PYTHONDONTWRITEBYTECODE="1")  # no __pycache__ from plugins
+    return run_ablate(*args, cwd=cwd, timeout=600, env={"PYTHONDONTWRITEBYTECODE": "1"})  # no __pycache__ from plugins
 
 
 # ---------------------------------------------------------------- the stores every case must leave alone
@@ -356,7 +333,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, expect, files, where, forbid", CASES)
-def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, monkeypatch, capfd,
+def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, run_cli,
                                                            args, expect, files, where, forbid):
     folder = request.getfixturevalue("stores") if where == "stores" else tmp_path
     for name, content in files.items():
@@ -373,7 +350,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, mo
     if request.node.callspec.id in REAL_PROCESS:
         proc = ablate_cli(*args, cwd=folder)
     else:
-        proc = ablate_in_process(args, folder, monkeypatch, capfd)
+        proc = run_cli(*args, cwd=folder)
 
     # every broken promise at once, so one run shows all that is wrong with a case
     output = proc.stdout + proc.stderr

@@ -4,26 +4,20 @@ import sys
 
 import pytest
 
-from ablate.cli import main
+from helpers import ablate
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
-def test_inspect_resnet50_se_reports_the_paper_params(capsys):
-    code, out, _ = run_cli(capsys, "inspect", "resnet50", "--attention", "se", "--position", "block", "--image-size", "64")
-    assert code == 0
+def test_inspect_resnet50_se_reports_the_paper_params(run_cli):
+    proc = run_cli("inspect", "resnet50", "--attention", "se", "--position", "block", "--image-size", "64")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     assert "params 28.09M (25.56M plain" in out and "16 insertions" in out
 
 
-def test_modules_lists_every_module_with_kind_and_defaults(capsys):
-    code, out, _ = run_cli(capsys, "modules")
-    assert code == 0
+def test_modules_lists_every_module_with_kind_and_defaults(run_cli):
+    proc = run_cli("modules")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     for expected in ("cbam ", "reduction=16", "pool_types=avg+max", "arrangement=channel_first", "Woo et al."):
         assert expected in out
     assert int(out.strip().splitlines()[-1].split()[0]) >= 16
@@ -42,15 +36,14 @@ def test_modules_lists_every_module_with_kind_and_defaults(capsys):
     (["inspect", "resnet18", "--attention", "se", "--stages", "3,x"], "--stages: '3,x' is not a comma-separated"),
     (["inspect", "resnet18", "--bogus"], "No such option: --bogus"),
 ])
-def test_bad_input_is_one_line_exit_2(capsys, args, message):
-    code, _, err = run_cli(capsys, *args, "--image-size", "32") if args[-1] != "--bogus" else run_cli(capsys, *args)
-    assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1
+def test_bad_input_is_one_line_exit_2(run_cli, args, message):
+    proc = run_cli(*args, "--image-size", "32") if args[-1] != "--bogus" else run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_real_process_error_has_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "ablate.cli", "inspect", "resnet18", "--attention", "cbma"],
-                          capture_output=True, text=True)
+    proc = ablate("inspect", "resnet18", "--attention", "cbma")
     assert proc.returncode == 2
     assert proc.stderr.startswith("ablate: error:") and "Traceback" not in proc.stderr
 

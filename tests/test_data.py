@@ -86,9 +86,14 @@ def test_train_batches_deterministic_with_augmentation():
     xa, ya = first_batch(a)
     xb, yb = first_batch(b)
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    # augmentation is on in training only
-    x_val = next(iter(a.val_dataloader()))
-    assert torch.equal(a.transform_batch(x_val, train=False)[0], a.transform_batch(x_val, train=False)[0])
+    # augmentation is on in training only: the same batch crops and flips anew each time it is trained on,
+    # and is the same tensor each time it is validated on
+    batch = next(iter(a.train_dataloader()))
+    train1, train2 = a.transform_batch(batch, train=True)[0], a.transform_batch(batch, train=True)[0]
+    val1, val2 = a.transform_batch(batch, train=False)[0], a.transform_batch(batch, train=False)[0]
+    assert train1.shape == val1.shape == (8, 1, 16, 16)
+    assert not torch.equal(train1, train2)
+    assert torch.equal(val1, val2) and not torch.equal(train1, val1)
 
 
 def test_auto_augment_on_tensors_and_bad_spec():

@@ -6,15 +6,15 @@ users load their own modules with), so each kill lands where the test says, not 
 """
 import resource
 import signal
-import subprocess
 import sys
 import time
 
 import mlflow
 import pytest
 import yaml
-from helpers import TINY_BASE, ablate, cells, cells_done, cli_env, load, runs, start, write_study
 from optuna.trial import TrialState
+
+from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, write_study
 
 FAULTS_PLUGIN = '''
 """Pause trial $FAULT_TRIAL at moment $FAULT_AT, write $FAULT_MARK, and wait to be killed."""
@@ -98,7 +98,8 @@ def test_sigkill_at_any_moment_loses_nothing_and_the_rerun_finishes_each_cell_on
     path = write_study(tmp_path / "tiny.yaml", base=TINY_BASE | {"train": {"epochs": 3, "progress_bar": False}})
     (tmp_path / "faults.py").write_text(FAULTS_PLUGIN)
     mark = tmp_path / "paused"
-    proc = start("run", str(path), "--plugin", "faults", FAULT_AT=moment, FAULT_TRIAL="1", FAULT_MARK=str(mark))
+    proc = start("run", str(path), "--plugin", "faults",
+                 env={"FAULT_AT": moment, "FAULT_TRIAL": "1", "FAULT_MARK": str(mark)})
     wait_for(mark.exists, proc, f"pause at {moment!r}")
     first = load().trials[0]
     assert first.state == TrialState.COMPLETE
@@ -189,8 +190,7 @@ def test_an_out_of_memory_cell_fails_with_its_reason_and_the_study_goes_on(tmp_p
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    proc = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(path)], capture_output=True, text=True,
-                          env=cli_env(), preexec_fn=cap_memory, timeout=600)
+    proc = ablate("run", str(path), preexec_fn=cap_memory, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     big, small = load("oom").trials
     assert big.state == TrialState.FAIL and "can't allocate memory" in big.user_attrs["fail_reason"]

@@ -8,13 +8,13 @@ import optuna
 import pytest
 import yaml
 
-from ablate.cli import main
 from ablate.errors import AblateError
 from ablate.gradcam import best_runs, draw_grid, gradcam_grid, write_gradcam
-from helpers import ablate
+from ablate.storage import make_storage
+from helpers import ablate, call_main, load
 
 # cluttered digits at 32 px: a digit somewhere on the canvas, so a CAM has a place to point at
-TINY_BASE = {
+TINY_DIGITS_BASE = {
     "model": {"backbone": "resnet10_narrow"},
     "data": {"name": "cluttered-digits", "image_size": 32, "batch_size": 32, "train_size": 256, "val_size": 32},
     "train": {"epochs": 1, "progress_bar": False},
@@ -28,48 +28,29 @@ NO_WEIGHTS_BASE = {
 N = 4
 
 
-def exit_code(*args) -> int:
-    """The command in this process (no second start-up of torch and MLflow): its exit code."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    return exit_info.value.code
-
-
-def run_cli(capsys, *args):
-    code = exit_code(*args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """none / cbam x seeds 0, 1 with weights, and a one-trial study run with tracking.log_weights: false."""
     folder = tmp_path_factory.mktemp("gradcam")
     storage, uri = str(folder / "mlruns" / "optuna.journal"), f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     study = folder / "tiny.yaml"
-    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0, 1]}, "base": TINY_BASE,
+    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0, 1]}, "base": TINY_DIGITS_BASE,
                                      "space": {"model.attention.name": ["none", "cbam"]}}))
     bare = folder / "bare.yaml"
     bare.write_text(yaml.safe_dump({"study": {"name": "bare"}, "base": NO_WEIGHTS_BASE,
                                     "space": {"model.attention.name": ["none"]}}))
     for path in (study, bare):  # in this process: the same code as `ablate run`, without its start-up
-        assert exit_code("run", str(path), "--storage", storage, "--tracking-uri", uri) == 0
+        code, trace = call_main("run", path, "--storage", storage, "--tracking-uri", uri)
+        assert code == 0, trace
     grid = gradcam_grid("tiny", N, storage=storage, tracking_uri=uri)
     return {"folder": folder, "study": study, "storage": storage, "uri": uri, "grid": grid}
 
 
-def load(tiny, name="tiny"):
-    from ablate.storage import make_storage
-
-    return optuna.load_study(study_name=name, storage=make_storage(tiny["storage"], 1))
-
-
 def test_one_row_per_configuration_from_its_best_run(tiny):
-    assert all(t.state.name == "COMPLETE" for name in ("tiny", "bare") for t in load(tiny, name).trials)
+    assert all(t.state.name == "COMPLETE" for name in ("tiny", "bare") for t in load(name, tiny["storage"]).trials)
     grid = tiny["grid"]
     assert grid.shape == (3, N) and [r.label for r in grid.rows] == ["attention=none", "attention=cbam"]
-    trials = load(tiny).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trials = load("tiny", tiny["storage"]).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     for row in grid.rows:
         mine = [t for t in trials if t.user_attrs["label"] == row.label]
         top = max(t.user_attrs["metrics"]["val/acc1"] for t in mine)
@@ -112,7 +93,7 @@ def test_cli_writes_the_png_and_logs_it_on_the_parent_run(tiny, tmp_path):
     assert proc.stdout.strip() == f"wrote {out}" and "Downloading" not in proc.stderr
     assert matplotlib.image.imread(out).ndim == 3
     client = mlflow.MlflowClient(tiny["uri"])
-    parent = load(tiny).user_attrs["mlflow_parent_run_id"]
+    parent = load("tiny", tiny["storage"]).user_attrs["mlflow_parent_run_id"]
     assert "report/gradcam.png" in {a.path for a in client.list_artifacts(parent, "report")}
     # by name, with no --out: <study>_gradcam.png in the working directory
     path = write_gradcam("tiny", 2, storage=tiny["storage"], tracking_uri=tiny["uri"])
@@ -134,16 +115,17 @@ def test_best_run_follows_the_objective_per_configuration(tmp_path):
         assert dict(zip(best["label"], best["number"])) == picks
 
 
-def test_errors_are_one_line_exit_2(tiny, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "gradcam", "nosuch", "--storage", tiny["storage"], "--tracking-uri", tiny["uri"])
-    assert code == 2 and err.startswith("ablate: error: unknown study 'nosuch'") and len(err.splitlines()) == 1
-    code, _, err = run_cli(capsys, "gradcam", "bare", "--storage", tiny["storage"], "--tracking-uri", tiny["uri"])
-    assert code == 2 and len(err.strip().splitlines()) == 1
+def test_errors_are_one_line_exit_2(tiny, tmp_path, run_cli):
+    proc = run_cli("gradcam", "nosuch", "--storage", tiny["storage"], "--tracking-uri", tiny["uri"])
+    err = proc.stderr
+    assert proc.returncode == 2 and err.startswith("ablate: error: unknown study 'nosuch'")
+    assert len(err.splitlines()) == 1
+    proc = run_cli("gradcam", "bare", "--storage", tiny["storage"], "--tracking-uri", tiny["uri"])
+    err = proc.stderr
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1
     assert "has no model.pt" in err and "tracking.log_weights=true" in err
     with pytest.raises(AblateError, match=r"--images: 33 is more than the 32 validation images"):
         gradcam_grid("tiny", 33, storage=tiny["storage"], tracking_uri=tiny["uri"])
-    from ablate.storage import make_storage
-
     journal = str(tmp_path / "failed.journal")
     failed = optuna.create_study(study_name="failed", storage=make_storage(journal, 1))
     failed.tell(failed.ask(), state=optuna.trial.TrialState.FAIL)

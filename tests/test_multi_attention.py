@@ -1,7 +1,4 @@
 """The Multi-Attention head: shapes and gradients, its data path, the classifier swap, the CLI and its study."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +7,10 @@ import torch
 
 import ablate.backbones  # noqa: F401  (resnet10_narrow)
 from ablate.attention import create_attention, get_attention
-from ablate.cli import main
 from ablate.config import AttentionSpec
 from ablate.inject import inject
 from ablate.profile import count_params
+from helpers import ablate
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "multi_attention.yaml"
 SPEC = AttentionSpec(name="multi_attention", position="head")
@@ -23,12 +20,6 @@ def head_params(c: int, hidden: int = 512, reduction: int = 16, k: int = 7) -> i
     """ChannelGate MLP + two spatial convs + DeepMoji weights + BatchNorm1d + Linear(C, hidden)."""
     r = c // reduction
     return (c * r + r + r * c + c) + 2 * (2 * k * k + 1) + c + 2 * c + (c * hidden + hidden)
-
-
-def ablate_cli(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                           timeout=timeout, env=env)
 
 
 def test_registered_as_a_head_with_the_seeds_defaults():
@@ -94,12 +85,11 @@ def test_data_path_with_constant_gates_is_plain_tensor_arithmetic(monkeypatch, s
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_inspect_xception41_prints_the_heads_params_and_gmacs(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["inspect", "xception41", "--attention", "multi_attention", "--position", "head", "--image-size", "71"])
-        raise SystemExit(0)
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 0
+def test_inspect_xception41_prints_the_heads_params_and_gmacs(run_cli):
+    proc = run_cli("inspect", "xception41", "--attention", "multi_attention", "--position", "head",
+                   "--image-size", "71")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     row = next(line for line in out.splitlines() if line.startswith("head.global_pool.attn"))
     # 1000 classes: the classifier shrinks from 2048 to 512 inputs
     added = head_params(2048) + (512 * 1000 + 1000) - (2048 * 1000 + 1000)
@@ -109,16 +99,22 @@ def test_inspect_xception41_prints_the_heads_params_and_gmacs(capsys):
 
 
 def test_study_dry_run_lists_the_three_cells():
-    proc = ablate_cli("run", str(STUDY), "--dry-run")
+    proc = ablate("run", str(STUDY), "--dry-run", timeout=600)
     assert proc.returncode == 0, proc.stderr
-    for label in ("plain head", "multi-attention head", "cbam @ block"):
-        assert label in proc.stdout
-    assert "multi_attention" in proc.stdout and "head" in proc.stdout
+    # each cell's row: trials (3 seeds), params (M), GMACs, then the module and the position it resolved to
+    rows = {label: line[len(label):].split() for line in proc.stdout.splitlines()
+            for label in ("plain head", "multi-attention head", "cbam @ block") if line.startswith(label)}
+    assert set(rows) == {"plain head", "multi-attention head", "cbam @ block"}, proc.stdout
+    assert all(row[0] == "3" for row in rows.values()), proc.stdout
+    assert rows["plain head"][3] == "none"
+    assert rows["multi-attention head"][3:] == ["multi_attention", "head"]
+    assert rows["cbam @ block"][3:] == ["cbam", "block"]
+    assert float(rows["multi-attention head"][1]) > float(rows["plain head"][1])  # the head adds weights
 
 
 def test_ci_sized_study_run_completes():
-    proc = ablate_cli("run", str(STUDY), "data.train_size=64", "data.val_size=32", "train.epochs=1",
-                      "study.seeds=[0]")
+    proc = ablate("run", str(STUDY), "data.train_size=64", "data.val_size=32", "train.epochs=1", "study.seeds=[0]",
+                  timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label in ("plain head", "multi-attention head", "cbam @ block"):
         assert label in proc.stdout

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 import helpers
-from helpers import TINY_BASE, cells, cells_done
+from helpers import TINY_BASE, cells, cells_done, cli_env, load
 
 ENV = "ABLATE_TEST_POSTGRES"
 MODULES = ["none", "se", "eca"]
@@ -79,10 +79,11 @@ main(["run", *args])
 
 
 def start_worker(log: Path, *args, ready: Path | None = None, go: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """`ablate run ARGS` as helpers.start runs it (the same environment), but started by the starting gun
+    when `go` is given, and writing to `log`."""
     head = ["-c", SYNCHRONISED, str(ready), str(go)] if go else ["-m", "ablate.cli", "run"]
     with open(log, "w") as out:  # a file, not a pipe: nobody reads while the worker runs
-        return subprocess.Popen([sys.executable, *head, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([sys.executable, *head, *args], stdout=out, stderr=subprocess.STDOUT, env=cli_env())
 
 
 def fire_together(procs: list[subprocess.Popen], ready: list[Path], go: Path, timeout=120) -> None:
@@ -108,10 +109,6 @@ def trials_completed_by(output: str) -> list[int]:
     return [int(n) for n in re.findall(r"^\[pg\] trial (\d+) complete\b", output, re.M)]
 
 
-def load(url: str, name="pg"):
-    return optuna.load_study(study_name=name, storage=url)
-
-
 def runs():
     return helpers.runs("pg")
 
@@ -134,7 +131,7 @@ def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url)
     fire_together(procs, ready, go)  # both open the fresh database and queue the grid at the same moment
     outputs = [finish(p, log) for p, log in zip(procs, logs)]
 
-    study = load(pg_url)
+    study = load("pg", pg_url)
     assert cells_done(study) == ALL_CELLS  # each cell x seed COMPLETE exactly once, none missing
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
     per_worker = [trials_completed_by(out) for out in outputs]
@@ -155,8 +152,8 @@ def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url)
 
 
 def test_dead_workers_trial_is_retried_by_another_worker(tmp_path, pg_url):
-    # grace 20 s: the survivor's own queue (5 one-epoch trials) empties before the dead trial goes stale, so
-    # it must wait for the heartbeat check rather than exit with the dead trial's cell undone
+    # grace 20 s: the survivor's own queue (5 tiny trials, ~2 s each) empties before the dead trial goes stale,
+    # so it must wait for the heartbeat check rather than exit with the dead trial's cell undone
     path = write_study(tmp_path / "pg.yaml", epochs=20, heartbeat_interval=1, grace_period=20)
     storage = optuna.storages.RDBStorage(pg_url)  # creates the schema before any worker starts
     killed_log = tmp_path / "killed.log"
@@ -177,9 +174,10 @@ def test_dead_workers_trial_is_retried_by_another_worker(tmp_path, pg_url):
     assert states.get(0) == TrialState.RUNNING, f"the kill did not land mid-trial:\n{killed_log.read_text()[-3000:]}"
 
     log = tmp_path / "survivor.log"
-    output = finish(start_worker(log, str(path), "--storage", pg_url, "train.epochs=1"), log)
+    # the same command: a shorter train.epochs would change the base config, which a rerun refuses
+    output = finish(start_worker(log, str(path), "--storage", pg_url), log)
 
-    study = load(pg_url)
+    study = load("pg", pg_url)
     trials = study.trials
     print(f"trials after the retry: {[(t.number, t.state.name, t.system_attrs.get('failed_trial')) for t in trials]}")
     assert cells_done(study) == ALL_CELLS, output[-3000:]  # each cell x seed COMPLETE exactly once

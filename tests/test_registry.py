@@ -1,17 +1,17 @@
 """The registry contract: knob validation, metadata, plugins through entry points and --plugin."""
 import inspect
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+import yaml
 
 from ablate.attention import (
     Knob, create_attention, get_attention, list_attention, register_attention, resolve_knobs,
 )
 from ablate.errors import AblateError, at, within
 from ablate.profile import count_params
+from helpers import TINY_BASE, ablate, cells, cells_done, load
 
 
 def test_at_least_16_modules_with_metadata():
@@ -161,8 +161,7 @@ def test_plugin_registers_through_entry_point(tmp_path):
             def forward(self, x):
                 return x * self.scale
     '''))
-    out = subprocess.run([sys.executable, "-m", "ablate.cli", "modules"], capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    out = ablate("modules", env={"PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "my_gate" in out.stdout and "Nobody, 2026" in out.stdout
 
@@ -187,9 +186,6 @@ class ScaledGate(nn.Module):
 
 def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path):
     """Custom code comes from an explicit --plugin, never from the study file; spawned workers get it too."""
-    import yaml
-    from helpers import TINY_BASE, ablate, cells, cells_done, load
-
     (tmp_path / "my_gates.py").write_text(PLUGIN_MODULE)
     study = tmp_path / "plugin.yaml"
     study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0]}, "base": TINY_BASE,
@@ -209,8 +205,6 @@ def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path):
 
 def test_study_files_cannot_run_code(tmp_path):
     """YAML safe loading: a python tag is an error, and nothing it names is executed."""
-    from helpers import ablate
-
     study = tmp_path / "evil.yaml"
     study.write_text(f'study: !!python/object/apply:os.system ["touch {tmp_path / "pwned"}"]\n')
     proc = ablate("run", str(study), cwd=tmp_path)

@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,8 @@ import pytest
 import yaml
 
 from ablate.report import ablation_table, delta_ci
-from helpers import TINY_BASE, ablate
+from ablate.storage import make_storage
+from helpers import TINY_BASE, ablate, load, start
 
 REFERENCE = [{"match": {"model.attention.name": "none"}, "params_m": 25.56, "top1_err": 24.56},
              {"match": {"model.attention.name": "se"}, "params_m": 28.09, "top1_err": 23.14}]
@@ -45,12 +45,6 @@ def table(tiny, name="tiny", **kwargs):
     return ablation_table(name, storage=tiny["storage"], tracking_uri=tiny["uri"], **kwargs)
 
 
-def optuna_study(tiny, name="tiny"):
-    from ablate.storage import make_storage
-
-    return optuna.load_study(study_name=name, storage=make_storage(tiny["storage"], 1))
-
-
 def test_run_prints_the_markdown_report(tiny):
     out = tiny["run_stdout"]
     assert "| config" in out and "attention=none" in out and "attention=se" in out and "(baseline)" in out
@@ -60,7 +54,7 @@ def test_rows_are_configurations_aggregated_over_seeds(tiny):
     df = table(tiny)
     assert list(df.index) == ["attention=none", "attention=se"]
     assert df["n"].tolist() == [3, 3] and df["pruned"].tolist() == [0, 0] and df["failed"].tolist() == [0, 0]
-    trials = [t for t in optuna_study(tiny).trials if t.user_attrs["label"] == "attention=se"]
+    trials = [t for t in load("tiny", tiny["storage"]).trials if t.user_attrs["label"] == "attention=se"]
     top1 = pd.Series([100 * t.user_attrs["metrics"]["val/acc1"] for t in trials])
     assert df.loc["attention=se", "top-1 acc (%)"] == pytest.approx(top1.mean())
     assert df.loc["attention=se", "top-1 acc (%) sd"] == pytest.approx(top1.std())
@@ -143,7 +137,14 @@ def test_html_and_markdown_formats(tiny):
     md = ablate("report", "tiny", cwd=tiny["folder"]).stdout.splitlines()
     widths = {len(line) for line in md if line.startswith("|")}
     assert len(widths) == 1  # aligned
-    assert any("*" in line or "[" in line for line in md if "attention=se" in line)  # delta with its interval
+    # the delta cell: the table's numbers as text, "d [lo, hi]" in points, * when the interval excludes 0
+    cells = {row[0]: row for row in ([c.strip() for c in line.strip("|").split("|")] for line in md
+                                     if line.startswith("|"))}
+    column = cells["config"].index("Δ top-1 (95% CI)")
+    se = table(tiny).loc["attention=se"]
+    d, lo, hi = se["Δ top-1"], se["Δ top-1 lo"], se["Δ top-1 hi"]
+    assert cells["attention=se"][column] == f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + ("*" if lo > 0 or hi < 0 else "")
+    assert cells["attention=none"][column] == "(baseline)"
 
 
 def test_reference_columns_stand_beside_ours(tiny):
@@ -185,8 +186,6 @@ def test_unknown_study_and_no_finished_trials_exit_2(tiny, tmp_path):
     proc = ablate("report", "nosuch", cwd=tiny["folder"])
     assert proc.returncode == 2 and "unknown study 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    from ablate.storage import make_storage
-
     journal = str(tmp_path / "failed.journal")
     failed = optuna.create_study(study_name="failed", storage=make_storage(journal, 1))
     failed.tell(failed.ask(), state=optuna.trial.TrialState.FAIL)
@@ -201,7 +200,7 @@ def test_report_and_plots_are_logged_on_the_parent_run(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (plots / "top1_by_config.png").stat().st_size > 0
     client = mlflow.MlflowClient(tiny["uri"])
-    parent = optuna_study(tiny).user_attrs["mlflow_parent_run_id"]
+    parent = load("tiny", tiny["storage"]).user_attrs["mlflow_parent_run_id"]
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged
     assert "report/plots/top1_by_config.png" in {a.path for a in client.list_artifacts(parent, "report/plots")}
@@ -230,21 +229,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ui_serves_the_parent_and_every_child(tiny):
+def test_ui_serves_the_parent_and_every_child(tiny, tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "ui.log"  # a file, not a pipe: nobody reads while the server runs
     # its own session: the MLflow server's worker processes are stopped with it
-    ui = subprocess.Popen([sys.executable, "-m", "ablate.cli", "ui", "--port", str(port)], cwd=tiny["folder"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(log, "w") as out:
+        ui = start("ui", "--port", port, cwd=tiny["folder"], stdout=out, stderr=subprocess.STDOUT,
+                   start_new_session=True)
     try:
-        deadline = time.time() + 180
+        wait = 300  # generous: the MLflow server starts slowly on a busy machine, but a silent skip hid failures
+        deadline = time.time() + wait
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=5)
                 break
             except OSError:
-                if time.time() > deadline or ui.poll() is not None:
-                    pytest.skip(f"`ablate ui` did not answer on port {port} within 180 s")
+                if ui.poll() is not None:
+                    pytest.fail(f"`ablate ui` exited with code {ui.returncode} before answering on port {port}:\n"
+                                f"{log.read_text()[-3000:]}")
+                if time.time() > deadline:
+                    pytest.fail(f"`ablate ui` did not answer on port {port} within {wait} s:\n"
+                                f"{log.read_text()[-3000:]}")
                 time.sleep(2)
         experiment = mlflow.MlflowClient(tiny["uri"]).get_experiment_by_name("tiny")
         body = json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 1000}).encode()
@@ -252,7 +258,7 @@ def test_ui_serves_the_parent_and_every_child(tiny):
                                          headers={"Content-Type": "application/json"}, method="POST")
         runs = json.load(io.TextIOWrapper(urllib.request.urlopen(request, timeout=30)))["runs"]
         ids = {r["info"]["run_id"] for r in runs}
-        study = optuna_study(tiny)
+        study = load("tiny", tiny["storage"])
         parent = study.user_attrs["mlflow_parent_run_id"]
         assert parent in ids
         children = {t.user_attrs["mlflow_run_id"] for t in study.trials}

@@ -10,10 +10,10 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ablate
 
 from ablate.config import AttentionSpec, ModelConfig
 from ablate.models import build_model
+from helpers import ablate
 
 
 def write(path: Path, cfg: dict) -> Path:
@@ -59,7 +59,7 @@ def test_bad_trial_input_exits_2_and_writes_nothing(tmp_path, override, message)
 
 def test_pretrained_without_network_or_file_is_a_one_line_error(tmp_path):
     proc = ablate("train", str(write(tmp_path / "trial.yaml", CBAM_TRIAL)), "model.pretrained=true",
-                  HF_HUB_OFFLINE="1")
+                  env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model.pretrained" in proc.stderr and "model.checkpoint" in proc.stderr
     assert not (tmp_path / "mlruns").exists()
