@@ -55,8 +55,9 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
     With `spec` (the study file), rows are in the file's order and `in_file` is False for a cell x seed the
     file no longer holds; metrics come from the trial's attrs, completed from its MLflow run where missing."""
     cells = grid_cells(spec) if spec is not None and spec.is_grid else None
-    order = {cell_key(spec, p): i for i, p in enumerate(cells or [])}
-    labels = {cell_key(spec, p): cell_label(p) for p in cells or []}
+    keys = [cell_key(spec, p) for p in cells or []]
+    order = {key: i for i, key in enumerate(keys)}
+    labels = {key: cell_label(p) for key, p in zip(keys, cells or [])}
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs

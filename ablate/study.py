@@ -219,9 +219,10 @@ def enqueue_missing(study: optuna.Study, spec: StudySpec, cells: list[dict]) -> 
     have = {(t.user_attrs.get(Attr.CELL) or cell_key(spec, t.user_attrs[Attr.PARAMS]), t.user_attrs[Attr.SEED])
             for t in study.get_trials(deepcopy=False, states=LIVE)
             if Attr.PARAMS in t.user_attrs and Attr.SEED in t.user_attrs}  # studies from before keys: from params
+    keys = [cell_key(spec, params) for params in cells]
     for seed in spec.cfg.study.seeds:
-        for params in cells:
-            if (cell_key(spec, params), seed) not in have:
+        for key, params in zip(keys, cells):
+            if (key, seed) not in have:
                 study.enqueue_trial({}, user_attrs=configuration(spec, params, seed), skip_if_exists=False)
 
 
