@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from ablate import tracking
-from ablate.spec import StudySpec, cell_key, cell_label, grid_cells, load_study
+from ablate.spec import StudySpec, cell_key, cell_label, keyed_cells, load_study
 from ablate.storage import Attr
 
 # MLflow metric -> (report column, scale): accuracies are logged as fractions, papers print percent
@@ -54,10 +54,9 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
 
     With `spec` (the study file), rows are in the file's order and `in_file` is False for a cell x seed the
     file no longer holds; metrics come from the trial's attrs, completed from its MLflow run where missing."""
-    cells = grid_cells(spec) if spec is not None and spec.is_grid else None
-    keys = [cell_key(spec, p) for p in cells or []]
-    order = {key: i for i, key in enumerate(keys)}
-    labels = {key: cell_label(p) for key, p in zip(keys, cells or [])}
+    cells = keyed_cells(spec) if spec is not None and spec.is_grid else None
+    order = {key: i for i, key in enumerate(cells or {})}
+    labels = {key: cell_label(p) for key, p in (cells or {}).items()}
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs

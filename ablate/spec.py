@@ -182,8 +182,8 @@ def knob_applies(key: str, params: dict, spec: StudySpec) -> bool:
 
 # ---------------------------------------------------------------- grid cells and their identity
 
-def grid_cells(spec: StudySpec) -> list[dict]:
-    """Every configuration of a grid study, as dotted-key dicts, in file order; one per distinct cell key."""
+def keyed_cells(spec: StudySpec) -> dict[str, dict]:
+    """Every configuration of a grid study by its cell key, as dotted-key dicts, in file order."""
     explicit = spec.cfg.cells or [{}]
     if spec.cfg.study.ladder:  # each row adds its keys to the previous row
         rows, acc = [], {}
@@ -192,24 +192,28 @@ def grid_cells(spec: StudySpec) -> list[dict]:
             rows.append(dict(acc))
         explicit = rows
     keys = list(spec.space)
-    cells, seen = [], set()
+    base = flatten(trial_config(spec, {}, 0))  # resolved once: every cell is compared with it
+    cells: dict[str, dict] = {}
     for prefix in explicit:
         for combo in itertools.product(*(grid_values(spec.space[k]) for k in keys)):
             params = dict(prefix) | dict(zip(keys, combo))
             params = {k: v for k, v in params.items() if knob_applies(k, params, spec)}
-            key = cell_key(spec, params)
-            if key not in seen:
-                seen.add(key)
-                cells.append(params)
+            cells.setdefault(cell_key(spec, params, base), params)  # one per distinct key: the first wins
     return cells
 
 
-def cell_key(spec: StudySpec, params: dict) -> str:
+def grid_cells(spec: StudySpec) -> list[dict]:
+    """Every configuration of a grid study, in file order; one per distinct cell key."""
+    return list(keyed_cells(spec).values())
+
+
+def cell_key(spec: StudySpec, params: dict, base: dict | None = None) -> str:
     """A configuration's identity: canonical JSON of the dotted params whose resolved value differs from the
     base config's (for a knob: from its module's default), and a ladder row's name (two rows may hold the
-    same params: the ladder still shows both). '{}' is the base config itself."""
+    same params: the ladder still shows both). '{}' is the base config itself. `base`: the flattened base
+    config, when the caller has it."""
     cfg = flatten(trial_config(spec, params, 0))
-    base = flatten(trial_config(spec, {}, 0))
+    base = base if base is not None else flatten(trial_config(spec, {}, 0))
     module = module_of(params, spec)
     knobs = resolve_knobs(module, _knobs(params)) if module != "none" else {}
     differs = {"name": str(params["name"])} if "name" in params else {}

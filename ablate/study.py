@@ -30,7 +30,7 @@ from ablate.errors import AblateError, describe
 from ablate.interrupt import check_interrupt, deferred_interrupt
 from ablate.config import KNOB_PREFIX
 from ablate.spec import (StudySpec, cell_key, cell_label, check_cells, fingerprint, fingerprint_change,
-                         grid_cells, knob_applies, trial_config)
+                         keyed_cells, knob_applies, trial_config)
 from ablate.storage import Attr, journal_file, make_storage, setup_lock
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
@@ -122,9 +122,9 @@ def sample_params(trial: optuna.Trial, spec: StudySpec) -> tuple[dict, int]:
     return params, seeds[trial.number % len(seeds)]
 
 
-def configuration(spec: StudySpec, params: dict, seed: int) -> dict:
-    """The user attrs that give a trial its configuration."""
-    return {Attr.CELL: cell_key(spec, params), Attr.PARAMS: params, Attr.LABEL: cell_label(params), Attr.SEED: seed}
+def configuration(key: str, params: dict, seed: int) -> dict:
+    """The user attrs that give a trial its configuration: cell key, params, label and seed."""
+    return {Attr.CELL: key, Attr.PARAMS: params, Attr.LABEL: cell_label(params), Attr.SEED: seed}
 
 
 def make_objective(spec: StudySpec, parent_run_id: str):
@@ -140,7 +140,7 @@ def make_objective(spec: StudySpec, parent_run_id: str):
                 params, seed = trial.user_attrs[Attr.PARAMS], trial.user_attrs[Attr.SEED]
             else:
                 params, seed = sample_params(trial, spec)
-                for key, value in configuration(spec, params, seed).items():
+                for key, value in configuration(cell_key(spec, params), params, seed).items():
                     trial.set_user_attr(key, value)
             cfg = trial_config(spec, params, seed)
             callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
@@ -214,16 +214,16 @@ def end_orphaned_runs(study: optuna.Study, client, experiment_id: str) -> None:
             tracking.end_run(client, run.info.run_id, "FAILED", "the worker died during this trial (killed?)")
 
 
-def enqueue_missing(study: optuna.Study, spec: StudySpec, cells: list[dict]) -> None:
-    """Queue every cell x seed of the file that has no live trial yet; cells are matched by key, never by index."""
+def enqueue_missing(study: optuna.Study, spec: StudySpec, cells: dict[str, dict]) -> None:
+    """Queue every cell x seed of the file (`cells`: key -> params) that has no live trial yet; cells are
+    matched by key, never by index."""
     have = {(t.user_attrs.get(Attr.CELL) or cell_key(spec, t.user_attrs[Attr.PARAMS]), t.user_attrs[Attr.SEED])
             for t in study.get_trials(deepcopy=False, states=LIVE)
             if Attr.PARAMS in t.user_attrs and Attr.SEED in t.user_attrs}  # studies from before keys: from params
-    keys = [cell_key(spec, params) for params in cells]
     for seed in spec.cfg.study.seeds:
-        for key, params in zip(keys, cells):
+        for key, params in cells.items():
             if (key, seed) not in have:
-                study.enqueue_trial({}, user_attrs=configuration(spec, params, seed), skip_if_exists=False)
+                study.enqueue_trial({}, user_attrs=configuration(key, params, seed), skip_if_exists=False)
 
 
 def check_comparable(study: optuna.Study, spec: StudySpec) -> None:
@@ -275,13 +275,7 @@ def wanted(spec: StudySpec) -> set[tuple[str, int]] | None:
     """A grid's cell x seed pairs as the file reads now (None for a searched study)."""
     if not spec.is_grid:
         return None
-    return {(cell_key(spec, p), s) for p in grid_cells(spec) for s in spec.cfg.study.seeds}
-
-
-def total_trials(spec: StudySpec) -> int:
-    if spec.is_grid:
-        return len(grid_cells(spec)) * len(spec.cfg.study.seeds)
-    return spec.cfg.study.trials
+    return {(key, s) for key in keyed_cells(spec) for s in spec.cfg.study.seeds}
 
 
 def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, parent_run_id: str) -> None:
@@ -302,7 +296,8 @@ def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, pa
     if heartbeats:
         client = tracking.make_client(spec.base.get("tracking", {}).get("uri"))
         experiment_id = tracking.get_or_create_experiment(spec.name, client.tracking_uri)
-    total, pairs = total_trials(spec), wanted(spec)
+    pairs = wanted(spec)
+    total = len(pairs) if pairs is not None else s.trials
     with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
             check_interrupt()
@@ -382,7 +377,7 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
         experiment_id = tracking.get_or_create_experiment(spec.name, uri)
         recover(study, storage, client, experiment_id, journal=journal is not None)
         if spec.is_grid:
-            enqueue_missing(study, spec, grid_cells(spec))
+            enqueue_missing(study, spec, keyed_cells(spec))
         parent = parent_run(study, spec, client, experiment_id)
     status = "FINISHED"
     try:
