@@ -107,12 +107,23 @@ def train(
     overrides = list(ctx.args) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
     cfg = load_trial(config, overrides)
     from ablate import tracking
+    from ablate.checkpoint import resume_point, single_checkpoint
+    from ablate.errors import Preempted
+    from ablate.interrupt import REQUEUE_EXIT_CODE
     from ablate.train import DivergedError, run_trial
 
+    checkpoint = single_checkpoint(cfg)  # the same config trained again resumes from it
+    again = " ".join(["ablate train", config, *ctx.args, *(["--tracking-uri", tracking_uri] if tracking_uri else [])])
     try:
-        result = run_trial(cfg)
+        resume = resume_point(checkpoint, cfg)
+        if resume is not None:
+            typer.echo(f"resuming at epoch {resume.epoch} from {checkpoint}")
+        result = run_trial(cfg, checkpoint=checkpoint, resume=resume)
     except AblateError as e:  # raised while building data or model, before the store: name the file
         raise AblateError(f"{config}: {e}") from None
+    except Preempted as e:
+        typer.echo(f"\nablate: {e}: the trial's checkpoint is saved; resume with: {again}", err=True)
+        raise typer.Exit(REQUEUE_EXIT_CODE)
     except DivergedError as e:  # not bad input: the run exists and ended FAILED with this reason
         typer.echo(f"ablate: trial diverged: {e} (its MLflow run is marked FAILED)", err=True)
         raise typer.Exit(1)
@@ -147,6 +158,8 @@ def run(
 
         typer.echo(dry_run_table(loaded).to_string(float_format="{:.3f}".format))
         return
+    from ablate.errors import Preempted
+    from ablate.interrupt import REQUEUE_EXIT_CODE
     from ablate.report import write_report
     from ablate.study import WorkerDied, run_study
 
@@ -156,6 +169,9 @@ def run(
 
     try:
         run_study(loaded, jobs=jobs, storage_url=storage, force_new=force_new)
+    except Preempted as e:  # exit 75: a scheduler requeues the job, and the same command resumes it
+        typer.echo(f"\nablate: {e}: the running trials' checkpoints are saved; resume with: {again}", err=True)
+        raise typer.Exit(REQUEUE_EXIT_CODE)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished trials are kept; resume with: {again}", err=True)
         raise typer.Exit(130)

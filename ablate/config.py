@@ -96,6 +96,9 @@ class TrainConfig(Strict):
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     progress_bar: bool = True
+    checkpoint_every: int = Field(1, ge=0, description="epochs between the trial's resume checkpoints; 0 = none")
+    checkpoint_dir: str | None = Field(None, description="where resume checkpoints live; null = beside the "
+                                                         "tracking store (mlruns/checkpoints)")
 
 
 class TrackingConfig(Strict):

@@ -10,10 +10,14 @@ normalisation run batched on the device after Lightning moves the uint8 batch th
 per sample: it is timm's PIL implementation (same semantics and spec strings as the imagefolder path), applied
 inside the DataLoader so `num_workers` parallelises it. `imagefolder` is torchvision's ImageFolder with timm's
 transforms.
+
+A datamodule's state (its shuffle and augmentation streams, and how far into the epoch training got) goes into
+the trial's Lightning checkpoint, so a resumed trial draws the batches the uninterrupted one would have.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import pickle
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
@@ -94,6 +98,55 @@ class DataModule(pl.LightningDataModule):
         # runs on the already-moved batch; the trainer says whether this is a training step
         return self.transform_batch(batch, train=self.trainer is not None and self.trainer.training)
 
+    # ---- the training order, resumable: what a trial's checkpoint holds of the data
+    _resume: dict | None = None  # a checkpoint's state, applied when the next training loader is built
+
+    def shuffled_batches(self, data: Dataset) -> ResumableBatchSampler:
+        """The training batches in a shuffled order drawn from data.seed (a fresh loader replays the same order),
+        or where a restored checkpoint left off."""
+        self._shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self._batches = ResumableBatchSampler(RandomSampler(data, generator=self._shuffle), self.cfg.batch_size,
+                                              drop_last=len(data) >= self.cfg.batch_size)
+        self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            self._aug_gen.set_state(resume["augment"])
+            if resume["skip"]:  # stopped mid-epoch: that epoch's order again, less the batches trained on
+                self._batches.resume_at = resume["order"], resume["skip"]
+            else:  # stopped at an epoch's end: the next epoch's order
+                self._shuffle.set_state(resume["order"])
+        return self._batches
+
+    def state_dict(self) -> dict:
+        """Lightning calls this when it writes the trial's checkpoint."""
+        trainer = self.trainer
+        trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # training batches this epoch
+        at_end = trained >= trainer.num_training_batches or self._batches.epoch_order is None
+        return {"order": self._shuffle.get_state() if at_end else self._batches.epoch_order,
+                "skip": 0 if at_end else trained, "augment": self._aug_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state  # Lightning restores the datamodule before it asks for the loaders
+
+
+class ResumableBatchSampler(BatchSampler):
+    """Batches of a shuffled sampler that can restart part-way into an epoch: it remembers the state its
+    generator drew the epoch's order from, and a restored one draws that order again and skips the batches
+    already trained on, without loading them."""
+
+    def __init__(self, sampler: RandomSampler, batch_size: int, drop_last: bool):
+        super().__init__(sampler, batch_size, drop_last)
+        self.epoch_order: torch.Tensor | None = None  # the generator's state this epoch's order was drawn from
+        self.resume_at: tuple[torch.Tensor, int] | None = None  # (that state, batches to skip), used once
+
+    def __iter__(self):
+        generator, skip = self.sampler.generator, 0
+        if self.resume_at is not None:
+            (order, skip), self.resume_at = self.resume_at, None
+            generator.set_state(order)
+        self.epoch_order = generator.get_state()  # the DataLoader's own draw (its base seed) is already made
+        return itertools.islice(super().__iter__(), skip, None)
+
 
 # ---------------------------------------------------------------- in-memory tensor datasets
 
@@ -141,18 +194,15 @@ class TensorDataModule(DataModule):
 
     def train_dataloader(self):
         data = TensorBatchDataset(self.x_train, self.y_train, self.auto_augment)
-        # a fresh loader replays the same shuffle and augmentation streams: same seed -> same batches
-        shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
-        self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
-        return self._loader(data, shuffle=True, generator=shuffle, drop_last=len(data) >= self.cfg.batch_size)
+        batches = self.shuffled_batches(data)  # a fresh loader replays the same shuffle and augmentation streams
+        return self._loader(data, batch_sampler=batches, generator=batches.sampler.generator)
 
     def val_dataloader(self):
-        return self._loader(TensorBatchDataset(self.x_val, self.y_val), shuffle=False)
+        return self._loader(TensorBatchDataset(self.x_val, self.y_val), batch_size=self.cfg.batch_size)
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers
-        return DataLoader(data, batch_size=self.cfg.batch_size, collate_fn=_keep_batch, num_workers=workers,
-                          persistent_workers=workers > 0, **kwargs)
+        return DataLoader(data, collate_fn=_keep_batch, num_workers=workers, persistent_workers=workers > 0, **kwargs)
 
     def transform_batch(self, batch, train: bool):
         x, y = batch
@@ -498,17 +548,16 @@ class ImageFolderDataModule(DataModule):
         self.mean, self.std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
 
     def train_dataloader(self):
-        shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
-        return self._loader(self.train_set, shuffle=True, generator=shuffle,
-                            drop_last=len(self.train_set) >= self.cfg.batch_size)
+        batches = self.shuffled_batches(self.train_set)
+        return self._loader(self.train_set, batch_sampler=batches, generator=batches.sampler.generator)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, batch_size=self.cfg.batch_size)
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers
-        return DataLoader(data, batch_size=self.cfg.batch_size, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
+        return DataLoader(data, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available(), **kwargs)
 
 
 IMAGEFOLDER_LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*"

@@ -41,6 +41,10 @@ def within(source: str) -> Iterator[None]:
         raise AblateError(f"{source}: {e}") from None
 
 
+class Preempted(KeyboardInterrupt):
+    """SIGTERM or SIGUSR1 stopped the trial (interrupt.py): its text is the reason, 'preempted (SIGTERM)'."""
+
+
 def one_line(e: BaseException, limit: int | None = None) -> str:
     """An exception's text on one line (drivers and libraries print several), cut at `limit` characters."""
     return " ".join(str(e).split())[:limit]
@@ -49,4 +53,6 @@ def one_line(e: BaseException, limit: int | None = None) -> str:
 def describe(e: BaseException) -> str:
     """'Type: text' on one line: a failed trial's reason, an import that went wrong."""
     text = one_line(e)
+    if isinstance(e, Preempted):
+        return text  # 'preempted (SIGUSR1)' says it all
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,9 +1,12 @@
-"""Ctrl-C, deferred to the next batch.
+"""Ctrl-C and preemption signals, deferred to the next batch.
 
-A SIGINT raises KeyboardInterrupt wherever the process happens to be, which may be halfway through an MLflow
+A signal's default action lands wherever the process happens to be, which may be halfway through an MLflow
 or SQLite write; a half-written transaction can lock the store for every other worker. So while a trial (or
-the study's worker loop) runs, Ctrl-C only sets `INTERRUPT`, and the interrupt is raised where it is safe:
-between batches (`StopOnInterrupt`, Lightning then shuts the fit down) or between trials (`check_interrupt`).
+the study's worker loop) runs, SIGINT (Ctrl-C), SIGTERM (Kubernetes, `timeout`, most schedulers) and SIGUSR1
+(Slurm's warning before the time limit, `--signal=USR1@90`) only set `INTERRUPT`; the stop is raised where
+it is safe: after a training batch, once the trial's checkpoint is written (checkpoint.py), or between
+trials (`check_interrupt`); a signal during validation lets it finish, so the epoch's result is not lost. Ctrl-C raises KeyboardInterrupt, the other two
+`Preempted`, a KeyboardInterrupt too, so everything that ends a run KILLED on Ctrl-C does so on preemption.
 """
 from __future__ import annotations
 
@@ -14,40 +17,57 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 
-__all__ = ["INTERRUPT", "deferred_interrupt", "check_interrupt", "StopOnInterrupt"]
+from ablate.errors import Preempted
 
-INTERRUPT = threading.Event()  # set by Ctrl-C; the trial stops at its next batch
+__all__ = ["INTERRUPT", "REQUEUE_EXIT_CODE", "Preempted", "deferred_interrupt", "check_interrupt", "interruption",
+           "StopOnInterrupt"]
+
+INTERRUPT = threading.Event()  # set by a signal; the trial stops after its current batch
+_SIGNAL: list[int] = []  # the signal that set INTERRUPT
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# sysexits.h's EX_TEMPFAIL, "try again later": the exit code of a preempted `ablate run` (README: requeue on it)
+REQUEUE_EXIT_CODE = 75
+
+
+def interruption() -> KeyboardInterrupt:
+    """The exception for the signal received: Preempted('preempted (SIGTERM)'), or Ctrl-C's KeyboardInterrupt."""
+    signum = _SIGNAL[0] if _SIGNAL else signal.SIGINT
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt("interrupted (Ctrl-C)")
+    return Preempted(f"preempted ({signal.Signals(signum).name})")
 
 
 @contextmanager
 def deferred_interrupt():
-    """Ctrl-C asks for a stop at the next batch instead of raising wherever the process is."""
+    """The stop signals ask for a stop at the next batch instead of acting wherever the process is."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
 
     def request(signum, frame):
         if not INTERRUPT.is_set():
-            print("\nCtrl-C: stopping at the next batch", file=sys.stderr, flush=True)
+            _SIGNAL[:] = [signum]
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{what}: stopping after the current batch", file=sys.stderr, flush=True)
         INTERRUPT.set()
 
-    previous = signal.signal(signal.SIGINT, request)
+    # Lightning installs its own SIGTERM handler only where none is set: this one is
+    previous = {s: signal.signal(s, request) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def check_interrupt() -> None:
     if INTERRUPT.is_set():
-        raise KeyboardInterrupt("interrupted (Ctrl-C)")
+        raise interruption()
 
 
 class StopOnInterrupt(pl.Callback):
-    """Where a requested Ctrl-C lands: between batches (Lightning then shuts the fit down gracefully)."""
+    """Where a requested stop lands: after a training batch, once the checkpoint callback (earlier in the
+    list) has saved it; Lightning then shuts the fit down gracefully."""
 
-    def on_train_batch_start(self, *args):
-        check_interrupt()
-
-    def on_validation_batch_start(self, *args):
+    def on_train_batch_end(self, *args):
         check_interrupt()

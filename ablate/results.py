@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 import pandas as pd
 from mlflow import MlflowClient
 
 from ablate import tracking
 from ablate.spec import StudySpec, cell_key, cell_label, keyed_cells, load_study
-from ablate.storage import Attr
+from ablate.storage import Attr, resumed_trials
 
 # MLflow metric -> (report column, scale): accuracies are logged as fractions, papers print percent
 METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc (%)", 100.0),
@@ -58,7 +59,9 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
     order = {key: i for i, key in enumerate(cells or {})}
     labels = {key: cell_label(p) for key, p in (cells or {}).items()}
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    continued = resumed_trials(trials)
+    for t in trials:
         attrs = t.user_attrs
         if Attr.LABEL not in attrs:  # a worker that found no grid cell left: no configuration, no row
             continue
@@ -66,7 +69,8 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
         key = attrs.get(Attr.CELL) or (cell_key(spec, params) if spec is not None else attrs[Attr.LABEL])
         seed = attrs.get(Attr.SEED)
         in_file = cells is None or (key in order and seed in spec.cfg.study.seeds)
-        rows.append({"number": t.number, "state": t.state.name, "cell": key,
+        state = "RESUMED" if t.state == TrialState.FAIL and t.number in continued else t.state.name
+        rows.append({"number": t.number, "state": state, "cell": key,
                      "label": labels.get(key, attrs[Attr.LABEL]), "seed": seed, "run_id": attrs.get(Attr.RUN_ID),
                      "order": order.get(key, len(order) + t.number), "in_file": in_file,
                      **params, **attrs.get(Attr.METRICS, {})})

@@ -27,7 +27,7 @@ from ablate.models import BuiltModel, build_model
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
 OPERATIONAL_KEYS = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
-                    "train.accelerator", "data.num_workers", "data.download", "data.root")
+                    "train.accelerator", "train.checkpoint_", "data.num_workers", "data.download", "data.root")
 
 
 @dataclass

@@ -40,6 +40,14 @@ class Attr:
     METRICS = "metrics"  # trial: final value of every logged metric
     FAIL_REASON = "fail_reason"
     WORKER = "worker"  # trial: host:pid of the process running it
+    RESUMED = "resumed"  # trial: {trial, epoch}: it continued that stopped trial's checkpoint at that epoch
+    RETRY_OF = "retry_of"  # searched trial: queued again to resume this stopped trial's params and seed
+
+
+def resumed_trials(trials) -> set[int]:
+    """The numbers of trials that stopped and were then resumed by a later trial (its `resumed` attr): the
+    work is the later trial's, so they count as neither failed nor done."""
+    return {t.user_attrs[Attr.RESUMED]["trial"] for t in trials if Attr.RESUMED in t.user_attrs}
 
 
 def mask_url(url: str) -> str:

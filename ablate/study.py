@@ -7,6 +7,11 @@ Running a study again resumes it: trials left RUNNING by a dead process are fail
 and every cell x seed of the file as it reads now without a COMPLETE, PRUNED, RUNNING or WAITING trial is
 queued. Several `ablate run` processes may share a study: setup is serialised by a lock, and on PostgreSQL
 heartbeats let a live worker fail and retry a dead machine's trial.
+
+Trials are durable (checkpoint.py): the trial that runs a cell x seed again after its predecessor died or was
+preempted continues from that one's checkpoint (recorded in its `resumed` attr), and a searched study queues a
+stopped trial's params and seed again so that it is resumed too. SIGTERM and SIGUSR1 stop a study like Ctrl-C
+does, after the running trial's checkpoint is written, and end it with `Preempted`.
 """
 from __future__ import annotations
 
@@ -26,12 +31,13 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from ablate import tracking, train
-from ablate.errors import AblateError, describe
-from ablate.interrupt import check_interrupt, deferred_interrupt
+from ablate.checkpoint import cell_checkpoint, resume_point
+from ablate.errors import AblateError, Preempted, describe
+from ablate.interrupt import REQUEUE_EXIT_CODE, check_interrupt, deferred_interrupt
 from ablate.config import KNOB_PREFIX
 from ablate.spec import (StudySpec, cell_key, cell_label, check_cells, fingerprint, fingerprint_change,
                          keyed_cells, knob_applies, trial_config)
-from ablate.storage import Attr, journal_file, make_storage, setup_lock
+from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
 SAMPLERS = {
@@ -119,7 +125,8 @@ def sample_params(trial: optuna.Trial, spec: StudySpec) -> tuple[dict, int]:
         else:
             params[key] = trial.suggest_float(key, values.low, values.high, step=values.step, log=values.log)
     seeds = spec.cfg.study.seeds
-    return params, seeds[trial.number % len(seeds)]
+    # a stopped trial queued again (requeue_stopped) keeps its seed
+    return params, trial.user_attrs.get(Attr.SEED, seeds[trial.number % len(seeds)])
 
 
 def configuration(key: str, params: dict, seed: int) -> dict:
@@ -143,10 +150,17 @@ def make_objective(spec: StudySpec, parent_run_id: str):
                 for key, value in configuration(cell_key(spec, params), params, seed).items():
                     trial.set_user_attr(key, value)
             cfg = trial_config(spec, params, seed)
+            checkpoint = cell_checkpoint(cfg, spec.name, trial.user_attrs.get(Attr.CELL) or cell_key(spec, params), seed)
+            resume = resume_point(checkpoint, cfg)
+            if resume is not None:  # a stopped trial's checkpoint: carry on from there
+                trial.set_user_attr(Attr.RESUMED, {"trial": resume.trial, "epoch": resume.epoch})
+                print(f"[{spec.name}] trial {trial.number} ({cell_label(params)}, seed {seed}) resumes at epoch "
+                      f"{resume.epoch} from trial {resume.trial}'s checkpoint", flush=True)
             callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
             tags = {"optuna.study": spec.name, "optuna.trial": str(trial.number), "ablate.cell": cell_label(params)}
             result = train.run_trial(cfg, callbacks=callbacks, parent_run_id=parent_run_id, tags=tags,
-                                     killed_by=(optuna.TrialPruned,))
+                                     killed_by=(optuna.TrialPruned,), checkpoint=checkpoint, resume=resume,
+                                     owner={"trial": trial.number})
         except BaseException as e:  # Ctrl-C too: the trial is marked with why it stopped
             if not isinstance(e, optuna.TrialPruned):
                 trial.set_user_attr(Attr.FAIL_REASON, describe(e))
@@ -224,6 +238,20 @@ def enqueue_missing(study: optuna.Study, spec: StudySpec, cells: dict[str, dict]
         for key, params in cells.items():
             if (key, seed) not in have:
                 study.enqueue_trial({}, user_attrs=configuration(key, params, seed), skip_if_exists=False)
+
+
+def requeue_stopped(study: optuna.Study, spec: StudySpec) -> None:
+    """A searched study's trials that stopped with a checkpoint (killed, preempted, crashed) are queued again with
+    their params and seed, so that a later trial resumes them; a grid's cells are queued by enqueue_missing."""
+    stopped = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    retried = {t.user_attrs.get(Attr.RETRY_OF) for t in study.get_trials(deepcopy=False)}
+    for t in stopped:
+        if t.number in retried or Attr.PARAMS not in t.user_attrs:
+            continue
+        params, seed = t.user_attrs[Attr.PARAMS], t.user_attrs[Attr.SEED]
+        if cell_checkpoint(trial_config(spec, params, seed), spec.name, t.user_attrs[Attr.CELL], seed).is_file():
+            study.enqueue_trial(t.params, user_attrs={Attr.SEED: seed, Attr.RETRY_OF: t.number},
+                                skip_if_exists=False)
 
 
 def check_comparable(study: optuna.Study, spec: StudySpec) -> None:
@@ -327,9 +355,11 @@ def await_stale(study: optuna.Study, interval: int) -> bool:
 
 
 def _worker_process(*args) -> None:
-    """A spawned worker: Ctrl-C ends it quietly with exit code 130 (the trial is already marked)."""
+    """A spawned worker: Ctrl-C ends it quietly with exit code 130, preemption with 75 (the trial is marked)."""
     try:
         _worker(*args)
+    except Preempted:
+        sys.exit(REQUEUE_EXIT_CODE)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -341,13 +371,17 @@ def _progress(total: int, pairs: set[tuple[str, int]] | None):
             return  # a worker that found no grid cell left: nothing ran
         trials = [t for t in study.get_trials(deepcopy=False) if Attr.LABEL in t.user_attrs
                   and (pairs is None or (t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)) in pairs)]
-        count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        continued = resumed_trials(trials)  # stopped, then resumed by a later trial: not failed
+        count = {s: sum(t.state == s and t.number not in continued for t in trials)
+                 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         best = ""
         if len(study.directions) == 1 and count[TrialState.COMPLETE]:
             b = study.best_trial
             best = f" | best {b.value:.4f} (trial {b.number}: {b.user_attrs.get(Attr.LABEL, '')})"
         reason = f" ({trial.user_attrs[Attr.FAIL_REASON]})" if Attr.FAIL_REASON in trial.user_attrs else ""
+        if Attr.RESUMED in trial.user_attrs:
+            reason += f" (resumed at epoch {trial.user_attrs[Attr.RESUMED]['epoch']})"
         print(f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{reason} | {done}/{total} done, "
               f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{best}", flush=True)
 
@@ -378,21 +412,23 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
         recover(study, storage, client, experiment_id, journal=journal is not None)
         if spec.is_grid:
             enqueue_missing(study, spec, keyed_cells(spec))
+        else:
+            requeue_stopped(study, spec)
         parent = parent_run(study, spec, client, experiment_id)
-    status = "FINISHED"
+    status, reason = "FINISHED", None
     try:
         if jobs == 1:
             _worker(spec, storage_url, 1, 0, parent)
         else:
             _spawn_workers(spec, storage_url, jobs, parent)
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except KeyboardInterrupt as e:  # Ctrl-C, or Preempted: 'preempted (SIGTERM)'
+        status, reason = "KILLED", describe(e) if isinstance(e, Preempted) else None
         raise
     except WorkerDied:
         status = "FAILED"
         raise
     finally:
-        tracking.end_run(client, parent, status)
+        tracking.end_run(client, parent, status, reason)
     return study
 
 
@@ -404,17 +440,31 @@ def _spawn_workers(spec: StudySpec, storage_url: str | None, jobs: int, parent: 
     procs = [ctx.Process(target=_worker_process, args=(spec, storage_url, jobs, w, parent)) for w in range(jobs)]
     for p in procs:
         p.start()
+
+    got = [signal.SIGINT]  # the signal to pass on to the workers
+
+    def preempted(signum, frame):  # while we only wait, a signal may act at once
+        got[0] = signum
+        raise Preempted(f"preempted ({signal.Signals(signum).name})")
+
+    previous = {s: signal.signal(s, preempted) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:  # Ctrl-C at a terminal reaches the workers too; a kill -INT only us
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let them finish marking their trials
+    except KeyboardInterrupt:  # Ctrl-C at a terminal reaches the workers too; a kill only us
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, signal.SIG_IGN)  # let them finish marking their trials
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, got[0])  # the same signal: each worker checkpoints and stops its trial
         for p in procs:
             p.join()
         raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if any(p.exitcode == REQUEUE_EXIT_CODE for p in procs):  # a worker was preempted on its own
+        raise Preempted("preempted (a worker was stopped by a signal)")
     crashed = [f"worker {w} (exit code {p.exitcode})" for w, p in enumerate(procs) if p.exitcode != 0]
     if crashed:  # finished trials are safe in the storage; the rest resume on the next run
         raise WorkerDied(f"{', '.join(crashed)} died; finished trials are kept, resume with the same command")

@@ -29,6 +29,9 @@ from ablate.errors import AblateError, describe, one_line
 
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 REASON_TAG = "reason"
+RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch training continued in
+RESUMED_FROM_RUN = "ablate.resumed_from_run"  # ... and the run of the trial whose checkpoint it continued
+RESUMED_BY = "ablate.resumed_by"  # a stopped trial's run: the run that continued it
 MAX_REASON = 4000  # well under MLflow's tag-value limit
 # stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
 KILLED_BY = (KeyboardInterrupt, SystemExit)
@@ -144,6 +147,17 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     if batch:
         client.log_batch(run_id, metrics=batch)
+
+
+def continue_history(client: MlflowClient, run_id: str, earlier_run: str, before: int) -> None:
+    """A resumed trial's run takes over what its predecessor logged for the epochs before `before` (each metric's
+    steps < before, so that every epoch has one value), and the two runs name each other in tags."""
+    own = set(client.get_run(run_id).data.metrics)  # logged again by the new run itself (the model's size)
+    history = [m for key in client.get_run(earlier_run).data.metrics if key not in own
+               for m in client.get_metric_history(earlier_run, key) if m.step < before]
+    client.log_batch(run_id, metrics=history)  # MlflowClient chunks it
+    client.set_tag(run_id, RESUMED_FROM_RUN, earlier_run)
+    client.set_tag(earlier_run, RESUMED_BY, run_id)
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:

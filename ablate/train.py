@@ -2,7 +2,8 @@
 
 Lightning's split, kept: the LightningModule holds what is learned and measured (loss, EMA, accuracy as
 torchmetrics objects that Lightning computes and resets), callbacks measure the epoch and stop it at the next
-batch on Ctrl-C, and a small Lightning logger writes each phase's metrics to the trial's MLflow run in one
+batch on Ctrl-C or a preemption signal, a checkpoint callback makes the trial durable (checkpoint.py: a
+killed or preempted trial resumes from its last epoch), and a small Lightning logger writes each phase's metrics to the trial's MLflow run in one
 batch (SQLite is slow per call), with step = epoch. The run itself belongs to `tracking.tracked_run`, so it
 always ends FINISHED, FAILED (with the reason) or KILLED, and bad input is refused before the store is
 touched. Lightning's log level and warning filters are set for the trial only: importing ablate changes
@@ -22,11 +23,13 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import Logger
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -35,14 +38,15 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.aggregation import MaxMetric
+from torchmetrics.aggregation import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ablate import tracking
+from ablate.checkpoint import AtomicCheckpointIO, Resume, TrialCheckpoint, config_digest, remove
 from ablate.config import TrainConfig, TrialConfig, flatten
 from ablate.data import build_datamodule
 from ablate.errors import AblateError, one_line
-from ablate.interrupt import StopOnInterrupt, deferred_interrupt
+from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
 from ablate.models import build_model
 
 __all__ = ["DivergedError", "TrialResult", "TrialModule", "EpochStats", "MLflowEpochLogger", "make_trainer",
@@ -87,6 +91,9 @@ class TrialModule(pl.LightningModule):
         self.val_acc = accuracy(num_classes)
         self.ema_acc = accuracy(num_classes, postfix="_ema") if cfg.ema else None
         self.best_acc1 = MaxMetric()  # logged by value: Lightning resets the metric objects it is given
+        self.best_acc1.persistent(True)  # in the checkpoint: a resumed trial keeps its best epoch
+        self.train_loss = MeanMetric()  # persistent: an epoch resumed mid-way still averages all its batches
+        self.train_loss.persistent(True)
         if cfg.compile:
             model.compile()  # in place: parameter names and the EMA copy stay as they are
 
@@ -107,12 +114,18 @@ class TrialModule(pl.LightningModule):
         if not torch.isfinite(loss):  # a NaN would silently poison every later epoch
             raise DivergedError(f"train/loss is {loss.item()} at epoch {self.current_epoch}, "
                                 f"step {self.global_step}")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.train_loss.update(loss.detach(), weight=len(y))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step)
+    def on_train_epoch_end(self):
+        # computed and reset here, before an epoch-end checkpoint (which comes after this hook) is written
+        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
+        self.train_loss.reset()
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # with the step, so a checkpoint written after this batch holds its update
+            self.ema.update(self.model, step=self.global_step + 1)  # Lightning counts the step once this returns
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -161,6 +174,9 @@ class EpochStats(pl.Callback):
     LearningRateMonitor logs at the epoch's start, one name per param group (timm makes two) and outside the
     epoch's logging call; reading the lr here keeps one value per epoch, after the epoch's last update.
     """
+
+    def on_train_start(self, trainer, module):
+        self.on_train_epoch_start(trainer, module)  # a trial resumed mid-epoch gets no epoch-start call
 
     def on_train_epoch_start(self, trainer, module):
         self.images, self.start = 0, time.perf_counter()
@@ -212,6 +228,7 @@ class MLflowEpochLogger(Logger):
 
 def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
     """Lightning checks accelerator, devices and precision here, before anything is tracked."""
+    durable = any(isinstance(c, Checkpoint) for c in callbacks)
     try:
         trainer = pl.Trainer(
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
@@ -219,8 +236,8 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
             limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
             enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
             logger=False,  # run_trial adds the MLflow logger once the run exists
-            enable_checkpointing=False,  # MLflow is the record; a trial is cheap to rerun
-            num_sanity_val_steps=0, callbacks=list(callbacks))
+            enable_checkpointing=durable,  # never Lightning's default ModelCheckpoint: ours or none
+            plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, callbacks=list(callbacks))
     except Exception as e:  # Lightning's MisconfigurationException and ValueErrors: bad input, one line
         raise AblateError(f"train: {one_line(e)}") from None
     if trainer.num_devices > 1:
@@ -245,28 +262,38 @@ def quiet_lightning():
             warnings.filterwarnings("ignore", r".*module\(s\) in eval mode at the start of training.*")
             # metrics are logged per epoch: Lightning's per-step logging interval does not apply
             warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+            # the datamodule's own state resumes the epoch's order (data.ResumableBatchSampler), not the loader's
+            warnings.filterwarnings("ignore", ".*your dataloader is not resumable.*")
             yield
     finally:
         log.setLevel(level)
 
 
 def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = None, tags: dict | None = None,
-              killed_by: tuple[type[BaseException], ...] = ()) -> TrialResult:
+              killed_by: tuple[type[BaseException], ...] = (), checkpoint: Path | None = None,
+              resume: Resume | None = None, owner: dict | None = None) -> TrialResult:
     """Train one config and record it as an MLflow run (a child of `parent_run_id` when given).
 
     Bad input raises AblateError before the store is touched; once the run exists it always ends
-    FINISHED, FAILED (reason tag, e.g. DivergedError) or KILLED (Ctrl-C, or an exception in `killed_by`:
-    the study runner passes optuna.TrialPruned).
+    FINISHED, FAILED (reason tag, e.g. DivergedError) or KILLED (Ctrl-C, preemption, or an exception in
+    `killed_by`: the study runner passes optuna.TrialPruned). With `checkpoint` the trial saves its resume
+    checkpoint there (`owner` says whose it is); `resume` (checkpoint.resume_point) continues from one, in a
+    new run that takes over the earlier run's epochs.
     """
     with deferred_interrupt(), quiet_lightning():
         pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
         data = build_datamodule(cfg.data)
         built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
         module = TrialModule(built.model, cfg.train, data.num_classes)
-        trainer = make_trainer(cfg.train, [EpochStats(), *callbacks, StopOnInterrupt()])
+        durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, {"digest": config_digest(cfg), **(owner or {})})]
+                   if checkpoint is not None and cfg.train.checkpoint_every else [])
+        # a durable trial's checkpoint callback stops it once the checkpoint is written
+        trainer = make_trainer(cfg.train, [EpochStats(), *callbacks, *(durable or [StopOnInterrupt()])])
 
         client = tracking.make_client(cfg.tracking.uri)
         experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
+        if resume is not None:
+            tags = (tags or {}) | {tracking.RESUMED_AT_EPOCH: str(resume.epoch)}
         with tracking.tracked_run(client, experiment_id, killed_by=killed_by, run_name=cfg.tracking.run_name,
                                   parent_run_id=parent_run_id, tags=tags) as run_id:
             size = {"model/params": built.params, "model/gmacs": built.gmacs}
@@ -274,15 +301,24 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
                                                                 "model.gmacs": built.gmacs})
             tracking.log_metrics(client, run_id, size, 0)
             tracking.log_trial_artifacts(client, run_id, cfg.model_dump(mode="json"), built.report)
+            if resume is not None and resume.run_id:
+                tracking.continue_history(client, run_id, resume.run_id, before=resume.epoch)
+            for callback in durable:
+                callback.owner["run_id"] = run_id
             trainer.logger = MLflowEpochLogger(client, run_id)
             try:
-                trainer.fit(module, datamodule=data)
-            except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1); callers need to see the interrupt
+                trainer.fit(module, datamodule=data, ckpt_path=resume and resume.path,
+                            weights_only=False)  # our own file: it holds RNG states, not only tensors
+            except SystemExit:  # Lightning turns a KeyboardInterrupt into sys.exit(1); callers need to see it
                 if trainer.interrupted:
-                    raise KeyboardInterrupt("interrupted (Ctrl-C)") from None
+                    raise interruption() from None
+                raise
+            except killed_by:  # pruned: the trial is over, nothing to resume
+                remove(checkpoint)
                 raise
             if cfg.tracking.log_weights:
                 tracking.log_weights(client, run_id, built.model)
-    # what Lightning sent to the logger, last value of each (plus the epoch counter it adds)
-    metrics = {k: float(v) for k, v in (trainer.logged_metrics | size).items() if k != "epoch"}
+        remove(checkpoint)  # finished: the weights are the run's model.pt
+        # the last value of each metric the run holds (a resumed run's include its predecessor's epochs)
+        metrics = {k: float(v) for k, v in client.get_run(run_id).data.metrics.items()}
     return TrialResult(run_id, metrics, metrics.get("val/acc1_best"))

@@ -1,0 +1,183 @@
+"""Durable trials: Lightning's checkpoint of a running trial, so that a killed, crashed or preempted trial
+resumes where it stopped instead of from epoch 0.
+
+When: at the end of every `train.checkpoint_every`-th epoch (not after the last: the trial is then done), and
+after the training batch in which a stop signal arrived (interrupt.py). Where: one file per cell x seed,
+`<root>/<study>/<cell key digest>/<seed>/last.ckpt`, the root being `train.checkpoint_dir`, else a
+`checkpoints` folder beside the SQLite tracking store (mlruns/checkpoints by default). Each save replaces the
+file atomically (temp file, fsync, os.replace: a kill during the write leaves the previous checkpoint), and the
+file is deleted once the trial finishes or is pruned (its weights stay as the run's model.pt).
+
+What: everything Lightning saves (weights, EMA, optimizer, scheduler, loop progress, the datamodule's shuffle
+and augmentation streams), the process's RNG states (mixup, dropout, drop path) and, under `ablate`, the digest
+of the configuration that wrote it, the trial and MLflow run, and the epochs it holds. A checkpoint is loaded
+only into a configuration with the same digest; an unreadable one is moved aside, and the trial starts over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from ablate import tracking
+from ablate.config import TrialConfig, flatten
+from ablate.errors import one_line
+from ablate.interrupt import INTERRUPT, check_interrupt
+
+__all__ = ["CHECKPOINT", "CheckpointWriteError", "Resume", "AtomicCheckpointIO", "TrialCheckpoint",
+           "config_digest", "checkpoint_root", "cell_checkpoint", "single_checkpoint", "resume_point", "remove"]
+
+CHECKPOINT = "last.ckpt"
+# keys that change how a trial runs or is recorded, not what it computes: a checkpoint resumes across them
+RESUMABLE_ACROSS = ("tracking.", "train.progress_bar", "train.checkpoint_", "train.compile", "train.accelerator",
+                    "data.num_workers", "data.root", "data.download")
+
+
+class CheckpointWriteError(OSError):
+    """The checkpoint could not be written (a full disk): the trial fails, its previous checkpoint is kept."""
+
+
+@dataclass
+class Resume:
+    """A usable checkpoint: where training continues and who wrote it."""
+    path: Path
+    epoch: int  # the epoch training continues in (0-based, as MLflow steps count): the epochs before it are done
+    run_id: str | None  # the MLflow run of the trial that wrote it
+    trial: int | None  # that trial's Optuna number (None for `ablate train`)
+    mid_epoch: bool  # written after a batch (a stop signal), not at an epoch's end
+
+
+def config_digest(cfg: TrialConfig) -> str:
+    """What a checkpoint must match to be loaded: the resolved config, less how it runs and is recorded."""
+    kept = {k: v for k, v in flatten(cfg).items() if not k.startswith(RESUMABLE_ACROSS)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_root(cfg: TrialConfig) -> Path:
+    if cfg.train.checkpoint_dir:
+        return Path(cfg.train.checkpoint_dir).expanduser().resolve()
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent / "checkpoints"
+    return Path.cwd().resolve() / tracking.HOME / "checkpoints"  # a server's store: the project's own folder
+
+
+def cell_checkpoint(cfg: TrialConfig, study: str, key: str, seed: int) -> Path:
+    """A study trial's file: its cell key (digested: keys are JSON) and seed say which, across trials."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return checkpoint_root(cfg) / study / digest / str(seed) / CHECKPOINT
+
+
+def single_checkpoint(cfg: TrialConfig) -> Path:
+    """An `ablate train` trial's file: the same config run again resumes it."""
+    return checkpoint_root(cfg) / "train" / config_digest(cfg)[:16] / CHECKPOINT
+
+
+def _set_aside(path: Path, why: str, suffix: str) -> None:
+    aside = path.with_name(f"{path.name}.{suffix}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    os.replace(path, aside)
+    print(f"ablate: checkpoint {path} {why}: moved to {aside.name}; the trial starts from epoch 0",
+          file=sys.stderr, flush=True)
+
+
+def resume_point(path: Path | None, cfg: TrialConfig) -> Resume | None:
+    """The checkpoint at `path` if it is readable and was written by this configuration, else None (after
+    moving a bad one aside, with one line saying why)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False)["ablate"]
+        epoch, mid = int(meta["epoch"]), bool(meta["mid_epoch"])
+    except Exception as e:  # noqa: BLE001 (truncated, corrupt, not a checkpoint: all mean "unusable")
+        _set_aside(path, f"is unreadable ({type(e).__name__}: {one_line(e, 120)})", "corrupt")
+        return None
+    if meta.get("digest") != config_digest(cfg):
+        _set_aside(path, "was written by another configuration", "other-config")
+        return None
+    return Resume(path, epoch, meta.get("run_id"), meta.get("trial"), mid)
+
+
+def remove(path: Path | None) -> None:
+    """The trial is over: its checkpoint goes, and the folders it leaves empty."""
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    for folder in (path.parent, path.parent.parent):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (files set aside are kept) or already gone
+            break
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save, into a temp file that replaces the checkpoint only once it is complete on disk."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it replaces the previous checkpoint
+            os.replace(tmp, path)
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)  # the rename itself survives a power loss
+            finally:
+                os.close(folder)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            kept = "the previous checkpoint is kept" if path.exists() else "no earlier checkpoint"
+            raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e} ({kept})") from None
+
+
+class TrialCheckpoint(Checkpoint):
+    """Saves the trial's checkpoint at epoch ends and after the batch a stop signal arrived in (then stops the
+    trial), and restores the RNG states a checkpoint holds just before training resumes.
+
+    A Lightning `Checkpoint`, so its epoch-end hook runs after the module's (which resets the epoch's metrics)."""
+
+    def __init__(self, path: Path, every: int, owner: dict[str, Any]):
+        self.path, self.every, self.owner = path, every, owner  # owner: digest, run_id, trial
+        self._mid_epoch, self._rng = False, None
+
+    def on_train_epoch_end(self, trainer, module):
+        done = trainer.current_epoch + 1
+        if self.every and done % self.every == 0 and done < trainer.max_epochs:
+            self._save(trainer, mid_epoch=False)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if INTERRUPT.is_set():
+            self._save(trainer, mid_epoch=True)
+            check_interrupt()  # Lightning then shuts the fit down
+
+    def _save(self, trainer, mid_epoch: bool) -> None:
+        self._mid_epoch = mid_epoch
+        trainer.save_checkpoint(self.path)
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        epoch = trainer.current_epoch + (0 if self._mid_epoch else 1)
+        checkpoint["ablate"] = {**self.owner, "epoch": epoch, "mid_epoch": self._mid_epoch}
+
+    def state_dict(self) -> dict:
+        return {"rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng = state["rng"]
+
+    def on_train_start(self, trainer, module):
+        if self._rng is not None:  # as late as possible: nothing between here and the next batch draws
+            _set_rng_states(self._rng)
+            self._rng = None
