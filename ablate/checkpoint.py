@@ -66,7 +66,7 @@ def config_digest(cfg: TrialConfig) -> str:
 def checkpoint_root(cfg: TrialConfig) -> Path:
     if cfg.train.checkpoint_dir:
         return Path(cfg.train.checkpoint_dir).expanduser().resolve()
-    uri = tracking.resolve_uri(cfg.tracking.uri)
+    uri = tracking.store_uri(cfg.tracking.uri)  # (creates nothing: bad input must leave no folder behind)
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).resolve().parent / "checkpoints"
     return Path.cwd().resolve() / tracking.HOME / "checkpoints"  # a server's store: the project's own folder

@@ -5,8 +5,9 @@ or SQLite write; a half-written transaction can lock the store for every other w
 the study's worker loop) runs, SIGINT (Ctrl-C), SIGTERM (Kubernetes, `timeout`, most schedulers) and SIGUSR1
 (Slurm's warning before the time limit, `--signal=USR1@90`) only set `INTERRUPT`; the stop is raised where
 it is safe: after a training batch, once the trial's checkpoint is written (checkpoint.py), or between
-trials (`check_interrupt`); a signal during validation lets it finish, so the epoch's result is not lost. Ctrl-C raises KeyboardInterrupt, the other two
-`Preempted`, a KeyboardInterrupt too, so everything that ends a run KILLED on Ctrl-C does so on preemption.
+trials (`check_interrupt`); a signal during validation lets it finish, so the epoch's result is not lost.
+Ctrl-C raises KeyboardInterrupt, the other two `Preempted`, a KeyboardInterrupt too, so everything that ends
+a run KILLED on Ctrl-C does so on preemption.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ __all__ = ["INTERRUPT", "REQUEUE_EXIT_CODE", "Preempted", "deferred_interrupt", 
 
 INTERRUPT = threading.Event()  # set by a signal; the trial stops after its current batch
 _SIGNAL: list[int] = []  # the signal that set INTERRUPT
+_DEPTH = [0]  # nesting: a trial's deferral inside the study's keeps a stop asked for between trials
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # sysexits.h's EX_TEMPFAIL, "try again later": the exit code of a preempted `ablate run` (README: requeue on it)
 REQUEUE_EXIT_CODE = 75
@@ -51,11 +53,16 @@ def deferred_interrupt():
             print(f"\n{what}: stopping after the current batch", file=sys.stderr, flush=True)
         INTERRUPT.set()
 
+    if not _DEPTH[0]:  # a new command (in a notebook, after an interrupted one): no stop asked for yet
+        INTERRUPT.clear()
+        _SIGNAL.clear()
     # Lightning installs its own SIGTERM handler only where none is set: this one is
     previous = {s: signal.signal(s, request) for s in STOP_SIGNALS}
+    _DEPTH[0] += 1
     try:
         yield
     finally:
+        _DEPTH[0] -= 1
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -47,7 +47,7 @@ class Attr:
 def resumed_trials(trials) -> set[int]:
     """The numbers of trials that stopped and were then resumed by a later trial (its `resumed` attr): the
     work is the later trial's, so they count as neither failed nor done."""
-    return {t.user_attrs[Attr.RESUMED]["trial"] for t in trials if Attr.RESUMED in t.user_attrs}
+    return {t.user_attrs[Attr.RESUMED]["trial"] for t in trials if t.user_attrs.get(Attr.RESUMED)}
 
 
 def mask_url(url: str) -> str:

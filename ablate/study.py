@@ -150,10 +150,12 @@ def make_objective(spec: StudySpec, parent_run_id: str):
                 for key, value in configuration(cell_key(spec, params), params, seed).items():
                     trial.set_user_attr(key, value)
             cfg = trial_config(spec, params, seed)
-            checkpoint = cell_checkpoint(cfg, spec.name, trial.user_attrs.get(Attr.CELL) or cell_key(spec, params), seed)
+            key = trial.user_attrs.get(Attr.CELL) or cell_key(spec, params)  # (grid trials from before keys)
+            checkpoint = cell_checkpoint(cfg, spec.name, key, seed)
             resume = resume_point(checkpoint, cfg)
-            if resume is not None:  # a stopped trial's checkpoint: carry on from there
-                trial.set_user_attr(Attr.RESUMED, {"trial": resume.trial, "epoch": resume.epoch})
+            # a stopped trial's checkpoint: carry on from there (None overwrites what a heartbeat retry copied)
+            trial.set_user_attr(Attr.RESUMED, resume and {"trial": resume.trial, "epoch": resume.epoch})
+            if resume is not None:
                 print(f"[{spec.name}] trial {trial.number} ({cell_label(params)}, seed {seed}) resumes at epoch "
                       f"{resume.epoch} from trial {resume.trial}'s checkpoint", flush=True)
             callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
@@ -244,7 +246,9 @@ def requeue_stopped(study: optuna.Study, spec: StudySpec) -> None:
     """A searched study's trials that stopped with a checkpoint (killed, preempted, crashed) are queued again with
     their params and seed, so that a later trial resumes them; a grid's cells are queued by enqueue_missing."""
     stopped = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    retried = {t.user_attrs.get(Attr.RETRY_OF) for t in study.get_trials(deepcopy=False)}
+    # ours, or Optuna's heartbeat retry (RetryFailedTrialCallback) on a database
+    retried = {n for t in study.get_trials(deepcopy=False)
+               for n in (t.user_attrs.get(Attr.RETRY_OF), t.system_attrs.get("failed_trial"))}
     for t in stopped:
         if t.number in retried or Attr.PARAMS not in t.user_attrs:
             continue
@@ -380,7 +384,7 @@ def _progress(total: int, pairs: set[tuple[str, int]] | None):
             b = study.best_trial
             best = f" | best {b.value:.4f} (trial {b.number}: {b.user_attrs.get(Attr.LABEL, '')})"
         reason = f" ({trial.user_attrs[Attr.FAIL_REASON]})" if Attr.FAIL_REASON in trial.user_attrs else ""
-        if Attr.RESUMED in trial.user_attrs:
+        if trial.user_attrs.get(Attr.RESUMED):
             reason += f" (resumed at epoch {trial.user_attrs[Attr.RESUMED]['epoch']})"
         print(f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{reason} | {done}/{total} done, "
               f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{best}", flush=True)

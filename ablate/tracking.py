@@ -39,12 +39,17 @@ KILLED_BY = (KeyboardInterrupt, SystemExit)
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s/]+@")
 
 
-def resolve_uri(uri: str | None = None) -> str:
-    """Explicit uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db.
+def store_uri(uri: str | None = None) -> str:
+    """Explicit uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db; nothing is created.
 
     Never the old ./mlruns file store: MLflow 3 refuses to start on it.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / HOME / 'mlflow.db'}"
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / HOME / 'mlflow.db'}"
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """store_uri, with the folder of a SQLite store created."""
+    uri = store_uri(uri)
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:

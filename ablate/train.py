@@ -1,10 +1,10 @@
 """One trial, top to bottom: a timm backbone trained by Lightning with timm's tricks, tracked in MLflow.
 
 Lightning's split, kept: the LightningModule holds what is learned and measured (loss, EMA, accuracy as
-torchmetrics objects that Lightning computes and resets), callbacks measure the epoch and stop it at the next
-batch on Ctrl-C or a preemption signal, a checkpoint callback makes the trial durable (checkpoint.py: a
-killed or preempted trial resumes from its last epoch), and a small Lightning logger writes each phase's metrics to the trial's MLflow run in one
-batch (SQLite is slow per call), with step = epoch. The run itself belongs to `tracking.tracked_run`, so it
+torchmetrics objects that Lightning computes and resets), callbacks measure the epoch and make the trial
+durable (checkpoint.py: a checkpoint at epoch ends and after the batch a stop signal came in, so a killed or
+preempted trial resumes where it was), and a small Lightning logger writes each phase's metrics to the
+trial's MLflow run in one batch (SQLite is slow per call), with step = epoch. The run itself belongs to `tracking.tracked_run`, so it
 always ends FINISHED, FAILED (with the reason) or KILLED, and bad input is refused before the store is
 touched. Lightning's log level and warning filters are set for the trial only: importing ablate changes
 nothing in a notebook.
@@ -285,7 +285,8 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         data = build_datamodule(cfg.data)
         built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
         module = TrialModule(built.model, cfg.train, data.num_classes)
-        durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, {"digest": config_digest(cfg), **(owner or {})})]
+        whose = {"digest": config_digest(cfg), **(owner or {})}  # the run id joins once the run exists
+        durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, whose)]
                    if checkpoint is not None and cfg.train.checkpoint_every else [])
         # a durable trial's checkpoint callback stops it once the checkpoint is written
         trainer = make_trainer(cfg.train, [EpochStats(), *callbacks, *(durable or [StopOnInterrupt()])])
