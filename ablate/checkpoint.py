@@ -112,7 +112,7 @@ def remove(path: Path | None) -> None:
     if path is None:
         return
     path.unlink(missing_ok=True)
-    for folder in (path.parent, path.parent.parent):
+    for folder in (path.parent, path.parent.parent, path.parent.parent.parent):  # seed, cell, study
         try:
             folder.rmdir()
         except OSError:  # not empty (files set aside are kept) or already gone

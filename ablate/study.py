@@ -31,7 +31,7 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from ablate import tracking, train
-from ablate.checkpoint import cell_checkpoint, resume_point
+from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
 from ablate.errors import AblateError, Preempted, describe
 from ablate.interrupt import REQUEUE_EXIT_CODE, check_interrupt, deferred_interrupt
 from ablate.config import KNOB_PREFIX
@@ -278,6 +278,10 @@ def set_aside(spec: StudySpec, storage) -> str | None:
     aside = f"{spec.name}.before-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     optuna.copy_study(from_study_name=spec.name, from_storage=storage, to_storage=storage, to_study_name=aside)
     optuna.delete_study(study_name=spec.name, storage=storage)
+    # its stopped trials' checkpoints go with it: starting over must not resume them
+    root = checkpoint_root(trial_config(spec, {}, spec.cfg.study.seeds[0]))
+    if (root / spec.name).is_dir():
+        os.replace(root / spec.name, root / aside)
     return aside
 
 

@@ -10,6 +10,7 @@
 
     PYTHONPATH=. python benchmarks/checkpoints.py                   # a few minutes on 2 cores
     PYTHONPATH=. python benchmarks/checkpoints.py --repeats 1 --kills 3   # a quick look
+    PYTHONPATH=. python benchmarks/checkpoints.py --parts 3 --kills 10    # only the kills
 """
 from __future__ import annotations
 
@@ -127,7 +128,9 @@ def work_lost(kills: int, epochs: int) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             ends = sorted(m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "train/epoch_time"))
-            trained = len(ends) + min(1.0, (killed_at - ends[-1]) / epoch_time)
+            # the wall time from one epoch's end to the next (logging and the checkpoint included)
+            period = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else epoch_time
+            trained = len(ends) + min(1.0, (killed_at - ends[-1]) / period)
             [ckpt] = (folder / "mlruns" / "checkpoints").rglob(CHECKPOINT)
             resumes_at = torch.load(ckpt, weights_only=False)["ablate"]["epoch"]
             lost.append(trained - resumes_at)
@@ -149,10 +152,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the killed trial")
+    parser.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 3")
     args = parser.parse_args()
-    overhead(args.repeats)
-    sizes()
-    work_lost(args.kills, args.epochs)
+    parts = set(args.parts.split(","))
+    "1" in parts and overhead(args.repeats)
+    "2" in parts and sizes()
+    "3" in parts and work_lost(args.kills, args.epochs)
 
 
 if __name__ == "__main__":

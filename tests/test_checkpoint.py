@@ -127,6 +127,21 @@ def test_a_stopped_searched_trial_is_queued_again_with_its_params_and_resumed(tm
     assert "[search] trial 1 complete (resumed at epoch 1) | 1/2 done, 0 pruned, 0 failed" in proc.stdout
 
 
+def test_force_new_sets_the_stopped_trials_checkpoints_aside_with_the_study(tmp_path, run_cli, monkeypatch):
+    path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]},
+                       base=TINY_BASE | {"train": {"epochs": EPOCHS, "progress_bar": False}})
+    real = ablate.train.make_trainer
+    with monkeypatch.context() as patch:
+        patch.setattr(ablate.train, "make_trainer", lambda cfg, callbacks=(): real(cfg, [StopAt(1), *callbacks]))
+        assert run_cli("run", path).returncode == 130
+
+    proc = run_cli("run", path, "--force-new")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resumes at epoch" not in proc.stdout  # started over: nothing resumed from the old study
+    [aside] = (tmp_path / "mlruns" / "checkpoints").glob("tiny.before-*")
+    assert list(aside.rglob(CHECKPOINT)) and load(aside.name).trials[0].state == TrialState.FAIL
+
+
 def test_ablate_train_preempted_exits_75_and_the_same_command_resumes(tmp_path, run_cli, monkeypatch):
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump(TINY_BASE | {"train": {"epochs": EPOCHS,
                                                                                "progress_bar": False}}))
