@@ -451,11 +451,14 @@ def _spawn_workers(spec: StudySpec, storage_url: str | None, jobs: int, parent: 
 
     got = [signal.SIGINT]  # the signal to pass on to the workers
 
-    def preempted(signum, frame):  # while we only wait, a signal may act at once
+    def stop(signum, frame):  # while we only wait, a signal may act at once
         got[0] = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt("interrupted (Ctrl-C)")
         raise Preempted(f"preempted ({signal.Signals(signum).name})")
 
-    previous = {s: signal.signal(s, preempted) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    # SIGINT too: a shell's background job inherits it ignored, and Python then installs no handler of its own
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         for p in procs:
             p.join()
