@@ -54,7 +54,6 @@ class Resume:
     epoch: int  # the epoch training continues in (0-based, as MLflow steps count): the epochs before it are done
     run_id: str | None  # the MLflow run of the trial that wrote it
     trial: int | None  # that trial's Optuna number (None for `ablate train`)
-    mid_epoch: bool  # written after a batch (a stop signal), not at an epoch's end
 
 
 def config_digest(cfg: TrialConfig) -> str:
@@ -97,14 +96,14 @@ def resume_point(path: Path | None, cfg: TrialConfig) -> Resume | None:
         return None
     try:
         meta = torch.load(path, map_location="cpu", weights_only=False)["ablate"]
-        epoch, mid = int(meta["epoch"]), bool(meta["mid_epoch"])
+        epoch = int(meta["epoch"])
     except Exception as e:  # noqa: BLE001 (truncated, corrupt, not a checkpoint: all mean "unusable")
         _set_aside(path, f"is unreadable ({type(e).__name__}: {one_line(e, 120)})", "corrupt")
         return None
     if meta.get("digest") != config_digest(cfg):
         _set_aside(path, "was written by another configuration", "other-config")
         return None
-    return Resume(path, epoch, meta.get("run_id"), meta.get("trial"), mid)
+    return Resume(path, epoch, meta.get("run_id"), meta.get("trial"))
 
 
 def remove(path: Path | None) -> None:

@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 
 from ablate.errors import Preempted
 
-__all__ = ["INTERRUPT", "REQUEUE_EXIT_CODE", "Preempted", "deferred_interrupt", "check_interrupt", "interruption",
-           "StopOnInterrupt"]
+__all__ = ["INTERRUPT", "STOP_SIGNALS", "REQUEUE_EXIT_CODE", "Preempted", "deferred_interrupt", "check_interrupt",
+           "interruption", "stop_exception", "StopOnInterrupt"]
 
 INTERRUPT = threading.Event()  # set by a signal; the trial stops after its current batch
 _SIGNAL: list[int] = []  # the signal that set INTERRUPT
@@ -31,12 +31,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 REQUEUE_EXIT_CODE = 75
 
 
-def interruption() -> KeyboardInterrupt:
-    """The exception for the signal received: Preempted('preempted (SIGTERM)'), or Ctrl-C's KeyboardInterrupt."""
-    signum = _SIGNAL[0] if _SIGNAL else signal.SIGINT
+def stop_exception(signum: int) -> KeyboardInterrupt:
+    """What a stop signal raises: Ctrl-C's KeyboardInterrupt, or Preempted('preempted (SIGTERM)')."""
     if signum == signal.SIGINT:
         return KeyboardInterrupt("interrupted (Ctrl-C)")
     return Preempted(f"preempted ({signal.Signals(signum).name})")
+
+
+def interruption() -> KeyboardInterrupt:
+    """The exception for the stop signal this process received (Ctrl-C's when none was recorded)."""
+    return stop_exception(_SIGNAL[0] if _SIGNAL else signal.SIGINT)
 
 
 @contextmanager
@@ -73,8 +77,8 @@ def check_interrupt() -> None:
 
 
 class StopOnInterrupt(pl.Callback):
-    """Where a requested stop lands: after a training batch, once the checkpoint callback (earlier in the
-    list) has saved it; Lightning then shuts the fit down gracefully."""
+    """Where a requested stop lands in a trial without checkpoints: after a training batch (a durable trial's
+    checkpoint.TrialCheckpoint stops it there itself, once saved); Lightning then shuts the fit down."""
 
     def on_train_batch_end(self, *args):
         check_interrupt()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 import pandas as pd
+from optuna.trial import TrialState
 from mlflow import MlflowClient
 
 from ablate import tracking

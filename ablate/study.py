@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from ablate import tracking, train
 from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
 from ablate.errors import AblateError, Preempted, describe
-from ablate.interrupt import REQUEUE_EXIT_CODE, check_interrupt, deferred_interrupt
+from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.config import KNOB_PREFIX
 from ablate.spec import (StudySpec, cell_key, cell_label, check_cells, fingerprint, fingerprint_change,
                          keyed_cells, knob_applies, trial_config)
@@ -453,17 +453,15 @@ def _spawn_workers(spec: StudySpec, storage_url: str | None, jobs: int, parent: 
 
     def stop(signum, frame):  # while we only wait, a signal may act at once
         got[0] = signum
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt("interrupted (Ctrl-C)")
-        raise Preempted(f"preempted ({signal.Signals(signum).name})")
+        raise stop_exception(signum)
 
     # SIGINT too: a shell's background job inherits it ignored, and Python then installs no handler of its own
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         for p in procs:
             p.join()
     except KeyboardInterrupt:  # Ctrl-C at a terminal reaches the workers too; a kill only us
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_IGN)  # let them finish marking their trials
         for p in procs:
             if p.is_alive():
