@@ -32,7 +32,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from ablate import tracking
 from ablate.config import TrialConfig, flatten
 from ablate.errors import one_line
-from ablate.interrupt import INTERRUPT, check_interrupt
+from ablate.distributed import broadcast_decision
+from ablate.interrupt import INTERRUPT, interruption
 
 __all__ = ["CHECKPOINT", "CheckpointWriteError", "Resume", "AtomicCheckpointIO", "TrialCheckpoint",
            "config_digest", "checkpoint_root", "cell_checkpoint", "single_checkpoint", "resume_point", "remove"]
@@ -40,7 +41,8 @@ __all__ = ["CHECKPOINT", "CheckpointWriteError", "Resume", "AtomicCheckpointIO",
 CHECKPOINT = "last.ckpt"
 # keys that change how a trial runs or is recorded, not what it computes: a checkpoint resumes across them
 RESUMABLE_ACROSS = ("tracking.", "train.progress_bar", "train.checkpoint_", "train.compile", "train.accelerator",
-                    "data.num_workers", "data.root", "data.download")
+                    "train.devices", "train.ddp_timeout_s", "data.num_workers", "data.on_device", "data.root",
+                    "data.download")
 
 
 class CheckpointWriteError(OSError):
@@ -65,10 +67,7 @@ def config_digest(cfg: TrialConfig) -> str:
 def checkpoint_root(cfg: TrialConfig) -> Path:
     if cfg.train.checkpoint_dir:
         return Path(cfg.train.checkpoint_dir).expanduser().resolve()
-    uri = tracking.store_uri(cfg.tracking.uri)  # (creates nothing: bad input must leave no folder behind)
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).resolve().parent / "checkpoints"
-    return Path.cwd().resolve() / tracking.HOME / "checkpoints"  # a server's store: the project's own folder
+    return tracking.home(cfg.tracking.uri) / "checkpoints"  # (creates nothing: bad input must leave no folder)
 
 
 def cell_checkpoint(cfg: TrialConfig, study: str, key: str, seed: int) -> Path:
@@ -158,9 +157,9 @@ class TrialCheckpoint(Checkpoint):
             self._save(trainer, mid_epoch=False)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if INTERRUPT.is_set():
+        if broadcast_decision(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop
             self._save(trainer, mid_epoch=True)
-            check_interrupt()  # Lightning then shuts the fit down
+            raise interruption()  # Lightning then shuts the fit down
 
     def _save(self, trainer, mid_epoch: bool) -> None:
         self._mid_epoch = mid_epoch

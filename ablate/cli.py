@@ -10,7 +10,7 @@ from typing import List, Optional
 import click
 import typer
 
-from ablate.config import POSITIONS
+from ablate.config import LAUNCHERS, POSITIONS
 from ablate.errors import AblateError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -143,6 +143,9 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the trials with params and GMACs; train nothing"),
     force_new: bool = typer.Option(False, "--force-new", help="set an existing study of this name aside (renamed "
                                    "<name>.before-<time>) and start it over"),
+    launcher: Optional[str] = typer.Option(None, help="slurm or local: submit the workers as one submitit job array "
+                                           "(options in the study's launcher: section) instead of running here"),
+    workers: Optional[int] = typer.Option(None, min=1, help="with --launcher: array tasks (default launcher.workers)"),
     plugin: List[str] = PLUGIN,
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
@@ -153,6 +156,13 @@ def run(
     if tracking_uri:
         overrides.append(f"tracking.uri={tracking_uri}")
     loaded = load_study(study, overrides)
+    launcher = launcher or loaded.cfg.launcher.name
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise AblateError(f"--launcher: {launcher!r} is not a launcher (allowed: {', '.join(LAUNCHERS)})")
+    if workers is not None and launcher is None:
+        raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
+    if launcher is not None and jobs != 1:
+        raise AblateError("--jobs: not with --launcher (each task is one worker: use --workers N)")
     if dry_run:
         from ablate.report import dry_run_table
 
@@ -167,6 +177,9 @@ def run(
     again = " ".join(["ablate run", study, *ctx.args, *(["--storage", storage] if storage else []),
                       *(["--tracking-uri", tracking_uri] if tracking_uri else [])])
 
+    if launcher is not None:
+        _launch(loaded, launcher, workers, storage, force_new)
+        return
     try:
         run_study(loaded, jobs=jobs, storage_url=storage, force_new=force_new)
     except Preempted as e:  # exit 75: a scheduler requeues the job, and the same command resumes it
@@ -179,6 +192,39 @@ def run(
         typer.echo(f"ablate: {e}: {again}", err=True)
         raise typer.Exit(1)
     typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri))
+
+
+def _launch(loaded, launcher: str, workers: int | None, storage: str | None, force_new: bool) -> None:
+    from ablate.launch import launch, wait
+    from ablate.report import write_report
+
+    launched = launch(loaded, launcher, workers=workers, storage_url=storage, force_new=force_new)
+    status = " ".join(["ablate status", loaded.name, *(["--storage", storage] if storage else [])])
+    typer.echo(f"[{loaded.name}] submitted {len(launched.tasks)} {launcher} tasks (job {launched.job}; logs in "
+               f"{launched.folder}); follow them with: {status}")
+    try:
+        wait(loaded, launched, storage)
+    except KeyboardInterrupt:
+        stop = f"scancel {launched.job}" if launcher == "slurm" else "Ctrl-C reached them too"
+        typer.echo(f"\nstopped waiting; the tasks keep running ({stop}); follow them with: {status}", err=True)
+        raise typer.Exit(130)
+    tracking_uri = loaded.base.get("tracking", {}).get("uri")
+    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri))
+
+
+@app.command()
+def status(
+    study: str = typer.Argument(..., help="study name (study.name) or study YAML"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+):
+    """The study's trial counts, its launched job arrays' tasks, and its running trials with their epoch."""
+    from ablate import storage as stores
+    from ablate.launch import status_text
+    from ablate.results import resolve_study
+
+    name, _, uri = resolve_study(study, tracking_uri)
+    typer.echo(status_text(stores.load(name, storage), uri, storage))
 
 
 @app.command()

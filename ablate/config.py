@@ -62,6 +62,7 @@ class DataConfig(Strict):
     image_size: int = Field(64, ge=8)
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
+    on_device: bool = Field(True, description="in-memory datasets live on the accelerator (no copy per batch)")
     train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
     val_size: int | None = Field(None, ge=1)
     clutter: int = Field(4, ge=0, description="cluttered-digits: fragments per canvas")
@@ -89,7 +90,8 @@ class TrainConfig(Strict):
     ema_decay: float = Field(0.999, gt=0, lt=1)
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
     accelerator: str = "auto"
-    devices: int | str = 1
+    devices: int | str = Field(1, description="N > 1: one trial on N devices (DDP; N processes on CPU, with gloo)")
+    ddp_timeout_s: int = Field(600, ge=10, description="the longest a rank waits for the others (a dead rank)")
     channels_last: bool = False
     compile: bool = False
     seed: int = 0
@@ -277,8 +279,67 @@ class StudySection(Strict):
         return self.metric
 
 
+LAUNCHERS = ("local", "slurm")
+
+
+class LauncherConfig(Strict):
+    """Where `ablate run --launcher slurm|local` runs the study's workers: one submitit job array, a worker per task.
+
+    The keys are sbatch's (submitit passes them on); `sbatch` holds any other option as '--key=value' lines."""
+
+    name: Literal[LAUNCHERS] | None = Field(None, description="default launcher; --launcher overrides it")
+    workers: int = Field(1, ge=1, description="array tasks, each one worker process (one GPU each)")
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_task: int = Field(1, ge=0, description="0 on CPU-only partitions")
+    cpus_per_task: int = Field(8, ge=1)
+    mem: str | None = Field(None, description="memory per task as sbatch takes it, e.g. 64G")
+    time: int | str = Field(1440, description="time limit per task: minutes, or sbatch's D-HH:MM:SS")
+    signal_before_end_s: int = Field(120, ge=1, description="SIGUSR1 this long before the time limit")
+    max_requeues: int = Field(10, ge=0, description="requeues after a time limit (preemptions are not counted)")
+    sbatch: list[str] = Field(default_factory=list, description="more sbatch options, e.g. ['--qos=high']")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before a task (module load ...)")
+    folder: str | None = Field(None, description="the jobs' scripts and logs; null = beside the tracking store")
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, v):
+        slurm_minutes(v)  # refuse what sbatch would refuse, now
+        return v
+
+    @field_validator("sbatch")
+    @classmethod
+    def _sbatch_lines(cls, v):
+        for line in v:
+            if not re.fullmatch(r"--[a-z][a-z0-9-]*(=.+)?", line):
+                raise ValueError(f"{line!r} is not an sbatch option of the form --key=value")
+        return v
+
+
+def slurm_minutes(time: int | str) -> int:
+    """sbatch's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) -> whole minutes, rounded up."""
+    if isinstance(time, int):
+        if time < 1:
+            raise ValueError("a time limit is at least 1 minute")
+        return time
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", time.strip())
+    if not m:
+        raise ValueError(f"{time!r} is not a time limit (minutes, or D-HH:MM:SS as sbatch takes it)")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # H:M:S
+        seconds = a * 3600 + b * 60 + c
+    else:  # M or M:S
+        seconds = a * 60 + (b or 0)
+    if seconds < 60:
+        raise ValueError("a time limit is at least 1 minute")
+    return -(-seconds // 60)
+
+
 class StudyConfig(Strict):
     study: StudySection
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     base: dict = Field(default_factory=dict, description="the trial config every trial starts from")
     include: list[str] = Field(default_factory=list, description="search_spaces/*.yaml files merged into space")
     space: dict[str, list | Range] = Field(default_factory=dict, description="dotted key -> choices or range")

@@ -104,10 +104,15 @@ class DataModule(pl.LightningDataModule):
     def shuffled_batches(self, data: Dataset) -> ResumableBatchSampler:
         """The training batches in a shuffled order drawn from data.seed (a fresh loader replays the same order),
         or where a restored checkpoint left off."""
-        self._shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)
+        rank, ranks = self._rank()
+        self._shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same order on every rank
+        if ranks > 1 and len(data) < self.cfg.batch_size:  # every rank must get the same number of batches
+            raise AblateError(f"data.batch_size: {self.cfg.batch_size} is more than the {len(data)} training samples "
+                              f"of a trial on {ranks} devices")
         self._batches = ResumableBatchSampler(RandomSampler(data, generator=self._shuffle), self.cfg.batch_size,
-                                              drop_last=len(data) >= self.cfg.batch_size)
-        self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
+                                              drop_last=len(data) >= self.cfg.batch_size, rank=rank, ranks=ranks)
+        # each rank crops and flips its own images with its own stream
+        self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2 + 7919 * rank)
         resume, self._resume = self._resume, None
         if resume is not None:
             self._aug_gen.set_state(resume["augment"])
@@ -128,14 +133,26 @@ class DataModule(pl.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self._resume = state  # Lightning restores the datamodule before it asks for the loaders
 
+    def _rank(self) -> tuple[int, int]:
+        """(this rank, ranks) of a multi-device trial; (0, 1) outside one."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def shard(self, data: Dataset) -> Dataset:
+        """This rank's share of the validation set: every N-th sample (the metrics gather all ranks' samples)."""
+        rank, ranks = self._rank()
+        return data if ranks == 1 else Subset(data, range(rank, len(data), ranks))
+
 
 class ResumableBatchSampler(BatchSampler):
     """Batches of a shuffled sampler that can restart part-way into an epoch: it remembers the state its
     generator drew the epoch's order from, and a restored one draws that order again and skips the batches
-    already trained on, without loading them."""
+    already trained on, without loading them. On several devices each rank takes its slice of every batch (the
+    batch size is the whole step's), so the order and the batch count are the same on every rank."""
 
-    def __init__(self, sampler: RandomSampler, batch_size: int, drop_last: bool):
-        super().__init__(sampler, batch_size, drop_last)
+    def __init__(self, sampler: RandomSampler, batch_size: int, drop_last: bool, rank: int = 0, ranks: int = 1):
+        super().__init__(sampler, batch_size, drop_last or ranks > 1)
+        self.rank, self.ranks = rank, ranks
         self.epoch_order: torch.Tensor | None = None  # the generator's state this epoch's order was drawn from
         self.resume_at: tuple[torch.Tensor, int] | None = None  # (that state, batches to skip), used once
 
@@ -145,7 +162,11 @@ class ResumableBatchSampler(BatchSampler):
             (order, skip), self.resume_at = self.resume_at, None
             generator.set_state(order)
         self.epoch_order = generator.get_state()  # the DataLoader's own draw (its base seed) is already made
-        return itertools.islice(super().__iter__(), skip, None)
+        batches = itertools.islice(super().__iter__(), skip, None)
+        if self.ranks == 1:
+            return batches
+        share = self.batch_size // self.ranks
+        return (batch[self.rank * share:(self.rank + 1) * share] for batch in batches)
 
 
 # ---------------------------------------------------------------- in-memory tensor datasets
@@ -192,13 +213,23 @@ class TensorDataModule(DataModule):
         self.auto_augment = _auto_augment(cfg.auto_augment, x_train.shape[-1], self.mean.tolist())
         self._aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
 
+    def setup(self, stage: str) -> None:
+        """On an accelerator the tensors move there once (data.on_device): a batch is then an index into device
+        memory, with no host-to-device copy per step. Per-sample auto-augment (PIL) and loader workers need them
+        on the host."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type != "cpu" and self.cfg.on_device and self.auto_augment is None and not self.cfg.num_workers:
+            self.x_train, self.y_train = self.x_train.to(device), self.y_train.to(device)
+            self.x_val, self.y_val = self.x_val.to(device), self.y_val.to(device)
+
     def train_dataloader(self):
         data = TensorBatchDataset(self.x_train, self.y_train, self.auto_augment)
         batches = self.shuffled_batches(data)  # a fresh loader replays the same shuffle and augmentation streams
         return self._loader(data, batch_sampler=batches, generator=batches.sampler.generator)
 
     def val_dataloader(self):
-        return self._loader(TensorBatchDataset(self.x_val, self.y_val), batch_size=self.cfg.batch_size)
+        return self._loader(self.shard(TensorBatchDataset(self.x_val, self.y_val)),
+                            batch_size=self.cfg.batch_size // self._rank()[1])
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers
@@ -212,8 +243,14 @@ class TensorDataModule(DataModule):
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
-        mean, std = self.mean.to(x.device)[:, None, None], self.std.to(x.device)[:, None, None]
+        mean, std = self._stats(x.device)
         return (x - mean) / std, y
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std shaped (C, 1, 1) on `device`, copied there once rather than every step."""
+        if getattr(self, "_device_stats", (None,))[0] != device:
+            self._device_stats = device, self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
+        return self._device_stats[1:]
 
     def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         # random parameters come from our own CPU generator, so they do not depend on the device or global RNG
@@ -552,7 +589,7 @@ class ImageFolderDataModule(DataModule):
         return self._loader(self.train_set, batch_sampler=batches, generator=batches.sampler.generator)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, batch_size=self.cfg.batch_size)
+        return self._loader(self.shard(self.val_set), batch_size=self.cfg.batch_size // self._rank()[1])
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers

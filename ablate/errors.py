@@ -44,6 +44,10 @@ def within(source: str) -> Iterator[None]:
 class Preempted(KeyboardInterrupt):
     """SIGTERM or SIGUSR1 stopped the trial (interrupt.py): its text is the reason, 'preempted (SIGTERM)'."""
 
+    def __init__(self, reason: str = "preempted", signum: int | None = None):
+        super().__init__(reason)
+        self.signum = signum  # a launched task asks its scheduler for a requeue on Slurm's warning signal
+
 
 def one_line(e: BaseException, limit: int | None = None) -> str:
     """An exception's text on one line (drivers and libraries print several), cut at `limit` characters."""

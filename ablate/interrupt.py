@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 
+from ablate.distributed import broadcast_decision
 from ablate.errors import Preempted
 
 __all__ = ["INTERRUPT", "STOP_SIGNALS", "REQUEUE_EXIT_CODE", "Preempted", "deferred_interrupt", "check_interrupt",
@@ -35,7 +36,7 @@ def stop_exception(signum: int) -> KeyboardInterrupt:
     """What a stop signal raises: Ctrl-C's KeyboardInterrupt, or Preempted('preempted (SIGTERM)')."""
     if signum == signal.SIGINT:
         return KeyboardInterrupt("interrupted (Ctrl-C)")
-    return Preempted(f"preempted ({signal.Signals(signum).name})")
+    return Preempted(f"preempted ({signal.Signals(signum).name})", signum)
 
 
 def interruption() -> KeyboardInterrupt:
@@ -80,5 +81,6 @@ class StopOnInterrupt(pl.Callback):
     """Where a requested stop lands in a trial without checkpoints: after a training batch (a durable trial's
     checkpoint.TrialCheckpoint stops it there itself, once saved); Lightning then shuts the fit down."""
 
-    def on_train_batch_end(self, *args):
-        check_interrupt()
+    def on_train_batch_end(self, trainer, *args):
+        if broadcast_decision(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop
+            raise interruption()

@@ -27,7 +27,8 @@ from ablate.models import BuiltModel, build_model
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
 OPERATIONAL_KEYS = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
-                    "train.accelerator", "train.checkpoint_", "data.num_workers", "data.download", "data.root")
+                    "train.accelerator", "train.devices", "train.ddp_timeout_s", "train.checkpoint_",
+                    "data.num_workers", "data.on_device", "data.download", "data.root")
 
 
 @dataclass
@@ -53,8 +54,8 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     """Parse and fully validate a study file; every error names the file and the key."""
     path = Path(path)
     data = load_yaml(path)
-    study_overrides = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in ("study", "space")]
-    data = apply_overrides(data, [o for o in study_overrides if o.startswith("study")], "command line")
+    study_overrides = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in ("study", "space", "launcher")]
+    data = apply_overrides(data, [o for o in study_overrides if not o.startswith("space.")], "command line")
     space = [o.removeprefix("space.") for o in study_overrides if o.startswith("space.")]
     if space:  # space.model.attention.name=[se,cbam]: the rest of the key is one dotted space key
         data["space"] = apply_overrides(data.get("space") or {}, space, "command line", nested=False)

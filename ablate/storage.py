@@ -42,6 +42,8 @@ class Attr:
     WORKER = "worker"  # trial: host:pid of the process running it
     RESUMED = "resumed"  # trial: {trial, epoch}: it continued that stopped trial's checkpoint at that epoch
     RETRY_OF = "retry_of"  # searched trial: queued again to resume this stopped trial's params and seed
+    TASK = "task"  # trial: the launcher's task running it ('slurm 1234_0', 'local 4321'), when launched
+    LAUNCHES = "ablate.launches"  # study: the job arrays `ablate run --launcher` submitted for it
 
 
 def resumed_trials(trials) -> set[int]:

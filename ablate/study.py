@@ -30,8 +30,11 @@ import torch
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from mlflow import MlflowClient
+
 from ablate import tracking, train
 from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
+from ablate.distributed import broadcast_decision
 from ablate.errors import AblateError, Preempted, describe
 from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.config import KNOB_PREFIX
@@ -52,6 +55,7 @@ PRUNERS = {
     "median": (optuna.pruners.MedianPruner, dict(n_startup_trials=3, n_warmup_steps=1)),
     "hyperband": (optuna.pruners.HyperbandPruner, dict(min_resource=1)),
 }
+TASK_ENV = "ABLATE_TASK"  # set by launch.py in a launched worker: its job array task, e.g. 'slurm 1234_0'
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -98,16 +102,22 @@ class PruningCallback(pl.Callback):
 
     optuna-integration's callback imports the `lightning` package; ours serves `pytorch_lightning`."""
 
-    def __init__(self, trial: optuna.Trial, metric: str):
+    def __init__(self, trial: optuna.Trial | None, metric: str):
         self.trial, self.metric = trial, metric
 
     def on_validation_end(self, trainer, module):
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+        if trainer.sanity_checking:
             return
-        epoch = trainer.current_epoch
-        self.trial.report(float(trainer.callback_metrics[self.metric]), epoch)
-        if self.trial.should_prune():
+        epoch, prune = trainer.current_epoch, False
+        if self.trial is not None and self.metric in trainer.callback_metrics:  # rank 0: the one with the trial
+            self.trial.report(float(trainer.callback_metrics[self.metric]), epoch)
+            prune = self.trial.should_prune()
+        if broadcast_decision(trainer, prune):  # on several devices every rank stops at this epoch
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    def follower(self) -> PruningCallback:
+        """The callback of a multi-device trial's other ranks: no trial of their own, rank 0's decision."""
+        return PruningCallback(None, self.metric)
 
 
 def sample_params(trial: optuna.Trial, spec: StudySpec) -> tuple[dict, int]:
@@ -140,6 +150,8 @@ def make_objective(spec: StudySpec, parent_run_id: str):
     def objective(trial: optuna.Trial):
         try:
             trial.set_user_attr(Attr.WORKER, worker_id())  # so a resume can tell a live trial from a dead one
+            if os.environ.get(TASK_ENV):
+                trial.set_user_attr(Attr.TASK, os.environ[TASK_ENV])  # `ablate status` shows which task runs it
             if spec.is_grid:
                 if Attr.CELL not in trial.user_attrs:  # not from the queue: another worker took the last cell
                     trial.set_user_attr(Attr.FAIL_REASON, "no grid cell left")
@@ -398,9 +410,10 @@ def _progress(total: int, pairs: set[tuple[str, int]] | None):
 
 # ---------------------------------------------------------------- the study
 
-def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
-              force_new: bool = False) -> optuna.Study:
-    """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `spec`."""
+def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
+                  force_new: bool = False) -> tuple[optuna.Study, MlflowClient, str]:
+    """Everything before the workers start: check the cells, open (or set aside and create) the study, fail what a
+    dead process left running, queue what is missing, and get the parent run. Returns (study, client, parent)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_cells(spec)  # bad models and missing data folders fail here, before any store exists
     s = spec.cfg.study
@@ -423,12 +436,21 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
         else:
             requeue_stopped(study, spec)
         parent = parent_run(study, spec, client, experiment_id)
+    return study, client, parent
+
+
+def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
+              force_new: bool = False) -> optuna.Study:
+    """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `spec`."""
+    study, client, parent = prepare_study(spec, jobs=jobs, storage_url=storage_url, force_new=force_new)
     status, reason = "FINISHED", None
     try:
         if jobs == 1:
             _worker(spec, storage_url, 1, 0, parent)
         else:
             _spawn_workers(spec, storage_url, jobs, parent)
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            status = None  # other workers (launched tasks, other machines) are still at it: the last one ends it
     except KeyboardInterrupt as e:  # Ctrl-C, or Preempted: 'preempted (SIGTERM)'
         status, reason = "KILLED", describe(e) if isinstance(e, Preempted) else None
         raise
@@ -436,7 +458,8 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
         status = "FAILED"
         raise
     finally:
-        tracking.end_run(client, parent, status, reason)
+        if status:
+            tracking.end_run(client, parent, status, reason)
     return study
 
 

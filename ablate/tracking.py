@@ -47,6 +47,15 @@ def store_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / HOME / 'mlflow.db'}"
 
 
+def home(uri: str | None = None) -> Path:
+    """The folder ablate keeps its own files in (checkpoints, launched jobs' logs): beside a SQLite store, else the
+    project's mlruns/ (a server's store is elsewhere); nothing is created."""
+    uri = store_uri(uri)
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent
+    return Path.cwd().resolve() / HOME
+
+
 def resolve_uri(uri: str | None = None) -> str:
     """store_uri, with the folder of a SQLite store created."""
     uri = store_uri(uri)

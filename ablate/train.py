@@ -17,11 +17,13 @@ precision (Lightning's mixed precision), channels_last and compile (torch.compil
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +33,13 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.plugins.environments import LightningEnvironment
+from pytorch_lightning.strategies import DDPStrategy
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, distribute_bn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.aggregation import MaxMetric, MeanMetric
@@ -45,6 +49,7 @@ from ablate import tracking
 from ablate.checkpoint import AtomicCheckpointIO, Resume, TrialCheckpoint, config_digest, remove
 from ablate.config import TrainConfig, TrialConfig, flatten
 from ablate.data import build_datamodule
+from ablate.distributed import followers, world
 from ablate.errors import AblateError, one_line
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
 from ablate.models import build_model
@@ -90,6 +95,9 @@ class TrialModule(pl.LightningModule):
             self.ema.requires_grad_(False)  # averaged, never trained
         self.val_acc = accuracy(num_classes)
         self.ema_acc = accuracy(num_classes, postfix="_ema") if cfg.ema else None
+        # metric objects, not logged values: on several devices they average over every rank's samples
+        self.val_loss = MeanMetric()
+        self.ema_loss = MeanMetric() if cfg.ema else None
         self.best_acc1 = MaxMetric()  # logged by value: Lightning resets the metric objects it is given
         self.best_acc1.persistent(True)  # in the checkpoint: a resumed trial keeps its best epoch
         self.train_loss = MeanMetric()  # persistent: an epoch resumed mid-way still averages all its batches
@@ -121,6 +129,10 @@ class TrialModule(pl.LightningModule):
         # computed and reset here, before an epoch-end checkpoint (which comes after this hook) is written
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.train_loss.reset()
+        if self.trainer.world_size > 1:  # each rank's BatchNorm statistics saw its own shard: average them (timm's)
+            distribute_bn(self.model, self.trainer.world_size, reduce=True)
+            if self.ema is not None:
+                distribute_bn(self.ema.module, self.trainer.world_size, reduce=True)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -129,13 +141,14 @@ class TrialModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self._score(self.model, x, y, self.val_acc)
+        self._score(self.model, x, y, self.val_acc, self.val_loss)
         if self.ema is not None:  # the averaged weights on the same batch
-            self._score(self.ema.module, x, y, self.ema_acc, postfix="_ema")
+            self._score(self.ema.module, x, y, self.ema_acc, self.ema_loss, postfix="_ema")
 
-    def _score(self, model: nn.Module, x, y, acc: MetricCollection, postfix: str = ""):
+    def _score(self, model: nn.Module, x, y, acc: MetricCollection, loss: MeanMetric, postfix: str = ""):
         logits = self._logits(model, x)
-        self.log(f"val/loss{postfix}", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.log(f"val/loss{postfix}", loss, on_epoch=True)
         acc.update(logits, y)
         self.log_dict(acc, on_epoch=True, prog_bar=True)  # Lightning computes and resets them at epoch end
 
@@ -185,7 +198,7 @@ class EpochStats(pl.Callback):
             torch.cuda.reset_peak_memory_stats(module.device)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.images += len(batch[1])
+        self.images += len(batch[1]) * trainer.world_size  # every rank trains on a batch of this size
         self.train_end = time.perf_counter()  # validation runs inside the epoch: stop the train clock here
 
     def on_train_epoch_end(self, trainer, module):
@@ -227,22 +240,32 @@ class MLflowEpochLogger(Logger):
 
 
 def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
-    """Lightning checks accelerator, devices and precision here, before anything is tracked."""
+    """Lightning checks accelerator, devices and precision here, before anything is tracked.
+
+    Several devices are one DDP trial whose ranks ablate starts itself (distributed.py), so Lightning is told the
+    processes exist (LightningEnvironment); on one device it keeps Lightning away from a Slurm task's SIGUSR1."""
     durable = any(isinstance(c, Checkpoint) for c in callbacks)
+    environment = LightningEnvironment()
+    ranks = cfg.devices if isinstance(cfg.devices, int) else 1
+    strategy = "auto" if ranks == 1 else DDPStrategy(
+        cluster_environment=environment, timeout=timedelta(seconds=cfg.ddp_timeout_s),
+        broadcast_buffers=False)  # BatchNorm statistics are averaged at each epoch's end instead (timm's way)
     try:
         trainer = pl.Trainer(
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
+            strategy=strategy, use_distributed_sampler=False,  # the datamodule shards its own batches
             deterministic="warn",  # deterministic kernels where they exist, a warning where they do not
             limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
             enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
             logger=False,  # run_trial adds the MLflow logger once the run exists
             enable_checkpointing=durable,  # never Lightning's default ModelCheckpoint: ours or none
-            plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, callbacks=list(callbacks))
+            plugins=[AtomicCheckpointIO()] + ([environment] if ranks == 1 else []), num_sanity_val_steps=0,
+            callbacks=list(callbacks))
     except Exception as e:  # Lightning's MisconfigurationException and ValueErrors: bad input, one line
         raise AblateError(f"train: {one_line(e)}") from None
-    if trainer.num_devices > 1:
-        raise AblateError(f"train.devices: {cfg.devices!r} is {trainer.num_devices} devices; a trial uses "
-                          "one (parallel trials are separate worker processes)")
+    if trainer.num_devices != ranks:
+        raise AblateError(f"train.devices: {cfg.devices!r} is {trainer.num_devices} devices; give a trial on several "
+                          "devices their number (train.devices: 2)")
     return trainer
 
 
@@ -264,9 +287,57 @@ def quiet_lightning():
             warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
             # the datamodule's own state resumes the epoch's order (data.ResumableBatchSampler), not the loader's
             warnings.filterwarnings("ignore", ".*your dataloader is not resumable.*")
+            # several devices: the epoch's metrics are torchmetrics objects that gather every rank's samples, the
+            # rest are rank 0's own measurements (throughput already counts all ranks)
+            warnings.filterwarnings("ignore", ".*sync_dist=True.*")
+            # rank-local BatchNorm buffers during the epoch are what we want (averaged at its end, as timm does)
+            warnings.filterwarnings("ignore", ".*`broadcast_buffers` is deprecated.*")
             yield
     finally:
         log.setLevel(level)
+
+
+def ranks(cfg: TrainConfig) -> int:
+    """The processes a trial runs as: one per device (train.devices: N)."""
+    return cfg.devices if isinstance(cfg.devices, int) else 1
+
+
+def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, rank: int = 0):
+    """What every rank builds alike: the data, the model, its LightningModule and the trainer."""
+    pl.seed_everything(cfg.train.seed + rank, workers=True, verbose=False)  # ranks draw dropout and mixup apart
+    data = build_datamodule(cfg.data)
+    if data.cfg.batch_size % ranks(cfg.train):
+        raise AblateError(f"data.batch_size: {cfg.data.batch_size} does not split over {ranks(cfg.train)} devices "
+                          "(train.devices; the batch size is the whole step's, as papers give it)")
+    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
+    module = TrialModule(built.model, cfg.train, data.num_classes)
+    durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, owner)]
+               if checkpoint is not None and cfg.train.checkpoint_every else [])
+    # a durable trial's checkpoint callback stops it once the checkpoint is written
+    trainer = make_trainer(cfg.train, [EpochStats(), *callbacks, *(durable or [StopOnInterrupt()])])
+    return data, built, module, durable, trainer
+
+
+def _fit(trainer: pl.Trainer, module, data, resume: Resume | None) -> None:
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume and resume.path,
+                    weights_only=False)  # our own file: it holds RNG states, not only tensors
+    except SystemExit:  # Lightning turns a KeyboardInterrupt into sys.exit(1); callers need to see it
+        if trainer.interrupted:
+            raise interruption() from None
+        raise
+
+
+def follow_trial(cfg: TrialConfig, callbacks, checkpoint: Path | None, resume: Resume | None,
+                 stopped_by: tuple[type[BaseException], ...]) -> None:
+    """Ranks 1..N-1 of a multi-device trial (distributed.followers runs this): the same training, untracked;
+    the stops rank 0 broadcasts (a prune, a signal) end it quietly."""
+    with quiet_lightning():
+        data, _, module, _, trainer = _setup(cfg, callbacks, checkpoint, {}, rank=int(os.environ["LOCAL_RANK"]))
+        try:
+            _fit(trainer, module, data, resume)
+        except stopped_by + (KeyboardInterrupt,):
+            pass
 
 
 def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = None, tags: dict | None = None,
@@ -280,16 +351,12 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
     checkpoint there (`owner` says whose it is); `resume` (checkpoint.resume_point) continues from one, in a
     new run that takes over the earlier run's epochs.
     """
-    with deferred_interrupt(), quiet_lightning():
-        pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-        data = build_datamodule(cfg.data)
-        built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
-        module = TrialModule(built.model, cfg.train, data.num_classes)
+    n = ranks(cfg.train)
+    with deferred_interrupt(), quiet_lightning(), (world(n) if n > 1 else nullcontext()) as rendezvous:
         whose = {"digest": config_digest(cfg), **(owner or {})}  # the run id joins once the run exists
-        durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, whose)]
-                   if checkpoint is not None and cfg.train.checkpoint_every else [])
-        # a durable trial's checkpoint callback stops it once the checkpoint is written
-        trainer = make_trainer(cfg.train, [EpochStats(), *callbacks, *(durable or [StopOnInterrupt()])])
+        data, built, module, durable, trainer = _setup(cfg, callbacks, checkpoint, whose)
+        # the other ranks' callbacks: what rank 0's decide, they follow (PruningCallback.follower)
+        following = [c.follower() for c in callbacks if hasattr(c, "follower")]
 
         client = tracking.make_client(cfg.tracking.uri)
         experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
@@ -307,13 +374,11 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
             for callback in durable:
                 callback.owner["run_id"] = run_id
             trainer.logger = MLflowEpochLogger(client, run_id)
+            ranks_running = (followers(rendezvous, follow_trial, cfg, following, checkpoint, resume, killed_by)
+                             if rendezvous else nullcontext())
             try:
-                trainer.fit(module, datamodule=data, ckpt_path=resume and resume.path,
-                            weights_only=False)  # our own file: it holds RNG states, not only tensors
-            except SystemExit:  # Lightning turns a KeyboardInterrupt into sys.exit(1); callers need to see it
-                if trainer.interrupted:
-                    raise interruption() from None
-                raise
+                with ranks_running:
+                    _fit(trainer, module, data, resume)
             except killed_by:  # pruned: the trial is over, nothing to resume
                 remove(checkpoint)
                 raise
