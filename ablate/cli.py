@@ -289,6 +289,28 @@ def ui(
     raise typer.Exit(tracking.serve_ui(port, host, tracking_uri))
 
 
+@app.command()
+def server(
+    backend_store_uri: str = typer.Option(..., help="the runs' database, e.g. postgresql://user:pw@db-host/mlflow"),
+    artifacts: str = typer.Option(..., help="where the server keeps artifacts: a folder on shared storage, s3://..."),
+    port: int = typer.Option(5000, min=1, max=65535),
+    host: str = typer.Option("0.0.0.0", help="bind address (all interfaces: the workers are on other machines)"),
+    workers: int = typer.Option(4, min=1, help="server processes (each takes requests from many ablate workers)"),
+    allowed_hosts: Optional[str] = typer.Option(None, help="beyond the local network: the Host names clients use"),
+):
+    """An MLflow tracking server for workers on several machines (ablate run --tracking-uri http://HOST:PORT)."""
+    from ablate import tracking
+
+    if not backend_store_uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):
+        raise AblateError(f"--backend-store-uri: {backend_store_uri!r} is not a database URL (postgresql://...)")
+    if "://" not in artifacts:
+        artifacts = Path(artifacts).expanduser().resolve().as_uri()
+    typer.echo(f"MLflow server for {tracking.mask_password(backend_store_uri)} on {host}:{port}, artifacts in "
+               f"{artifacts}; workers log to it with --tracking-uri http://<this host>:{port}", err=True)
+    raise typer.Exit(tracking.serve(tracking.server_command(backend_store_uri, artifacts, port, host, workers,
+                                                            allowed_hosts)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file is noise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -203,9 +204,51 @@ def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None
     return cmd
 
 
+def server_command(backend: str, artifacts: str | None, port: int, host: str, workers: int,
+                   allowed_hosts: str | None = None) -> list[str]:
+    """The tracking server several machines' workers log to: its store in a database, artifacts proxied (the
+    workers upload them over HTTP into `artifacts`, a folder or bucket the server can write)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
+           "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
+    if artifacts:
+        cmd += ["--artifacts-destination", artifacts]
+    if allowed_hosts:  # beyond the local network MLflow checks the Host header against this list
+        cmd += ["--allowed-hosts", allowed_hosts]
+    return cmd
+
+
+def serve(cmd: list[str]) -> int:
+    """Run an MLflow server until it exits or we are stopped; Ctrl-C or SIGTERM end its whole process tree.
+
+    The server runs in a session of its own so that its worker processes (gunicorn's or uvicorn's) can be ended
+    as one group: stopping only the `mlflow` process would leave them holding the port."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not leave the group half-stopped
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with suppress(ProcessLookupError):  # workers that outlived their master
+            os.killpg(proc.pid, signal.SIGKILL)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def serve_ui(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> int:
     """MLflow's UI over the project's store, loopback-only unless `host` says otherwise; blocks until stopped."""
-    try:
-        return subprocess.call(ui_command(port, host, uri))
-    except KeyboardInterrupt:  # Ctrl-C reaches the server too; it shuts itself down
-        return 0
+    return serve(ui_command(port, host, uri))

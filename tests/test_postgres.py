@@ -30,6 +30,16 @@ ALL_CELLS = cells(MODULES, SEEDS)
 @pytest.fixture
 def pg_url():
     """A fresh, empty database on the test server; its URL. Skips (saying why) when there is no server."""
+    yield from fresh_database()
+
+
+@pytest.fixture
+def mlflow_pg_url():
+    """A second fresh database: MLflow's tables (and its alembic_version) apart from Optuna's."""
+    yield from fresh_database()
+
+
+def fresh_database():
     url = os.environ.get(ENV)
     if not url:
         why = os.environ.get(f"{ENV}_ERROR", f"${ENV} is not set (.ci/run starts a server with .ci/postgres)")
@@ -191,3 +201,75 @@ def test_dead_workers_trial_is_retried_by_another_worker(tmp_path, pg_url):
     killed = [r for r in runs() if r.data.tags.get("optuna.trial") == "0"]
     assert [r.info.status for r in killed] == ["FAILED"]
     assert_no_password(pg_url, output)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the MLflow server exited"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("the MLflow server did not answer /health")
+
+
+def test_two_workers_log_over_http_to_one_mlflow_server_on_postgresql(tmp_path, pg_url, mlflow_pg_url):
+    """`ablate server` (MLflow on PostgreSQL, artifacts proxied into a folder) and two workers on it."""
+    import mlflow
+
+    port, artifacts = free_port(), tmp_path / "shared-artifacts"
+    server = subprocess.Popen([sys.executable, "-m", "ablate.cli", "server", "--backend-store-uri", mlflow_pg_url,
+                               "--artifacts", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "2"], env=cli_env(), stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(uri, server)
+        path = write_study(tmp_path / "pg.yaml", epochs=3)
+        logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+        ready, go = [tmp_path / "ready0", tmp_path / "ready1"], tmp_path / "go"
+        procs = [start_worker(log, str(path), "--storage", pg_url, "--tracking-uri", uri, ready=r, go=go)
+                 for log, r in zip(logs, ready)]
+        fire_together(procs, ready, go)
+        outputs = [finish(p, log) for p, log in zip(procs, logs)]
+        assert all(trials_completed_by(out) for out in outputs), "a worker ran no trial: no parallel logging shown"
+
+        study = load("pg", pg_url)
+        assert cells_done(study) == ALL_CELLS
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name("pg")
+        every = client.search_runs([experiment.experiment_id])
+        parents = [r for r in every if r.data.tags.get("ablate.role") == "study"]
+        children = [r for r in every if r.data.tags.get("ablate.role") != "study"]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+        for run in children:  # every child once, each of its epochs' metrics there
+            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            for metric in ("train/loss", "val/loss", "val/acc1", "train/lr"):
+                assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 1, 2], metric
+        # the artifacts went through the server into its folder (the workers never wrote there themselves)
+        assert len(list(artifacts.rglob("config.yaml"))) == len(children)
+        assert len(list(artifacts.rglob("model.pt"))) == len(children)
+        assert_no_password(pg_url, *outputs)
+    finally:
+        server.send_signal(signal.SIGTERM)  # ablate server ends MLflow's whole process tree
+        server.wait(timeout=60)
+    time.sleep(1)
+    import socket
+
+    with socket.socket() as s:  # nothing is left holding the port
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "a server process outlived ablate server"

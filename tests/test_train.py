@@ -278,7 +278,8 @@ def test_pruned_trial_is_killed_with_its_last_validation_recorded(uri):
 @pytest.mark.parametrize("section, bad", [
     ("data", {"name": "cifar10", "root": "no-such-folder"}),  # the data module checks the data is there
     ("model", {"backbone": "resnet_nope"}),
-    ("train", {"devices": 2}),  # would be DDP inside a trial
+    ("train", {"devices": 3, "accelerator": "cpu"}),  # the batch of 64 does not split over 3 ranks
+    ("train", {"devices": "2", "accelerator": "cpu"}),  # several devices are given by their number
 ])
 def test_bad_config_raises_before_anything_is_tracked(tmp_path, section, bad):
     data = tiny().model_dump()
