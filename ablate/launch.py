@@ -33,7 +33,7 @@ from ablate import tracking  # noqa: E402
 from ablate.config import LauncherConfig, slurm_minutes  # noqa: E402
 from ablate.errors import AblateError, Preempted, one_line  # noqa: E402
 from ablate.spec import StudySpec, cell_label  # noqa: E402
-from ablate.storage import Attr, journal_file, mask_url, resumed_trials  # noqa: E402
+from ablate.storage import Attr, journal_file, make_storage, mask_url, resumed_trials  # noqa: E402
 from ablate.study import TASK_ENV, prepare_study, run_study  # noqa: E402
 
 __all__ = ["LAUNCHERS", "StudyTask", "launch", "wait", "task_states", "status_text"]
@@ -211,8 +211,6 @@ def _tally(states) -> dict[str, int]:
 
 
 def _storage(storage_url: str | None):
-    from ablate.storage import make_storage
-
     return make_storage(storage_url, 1)
 
 

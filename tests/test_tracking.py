@@ -1,5 +1,4 @@
 """ablate.tracking: store location, experiments (and their creation race), run statuses, batching, the UI command."""
-import subprocess
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def test_mask_password_leaves_plain_urls_alone():
 
 def test_serve_ui_runs_mlflow_server_on_loopback_over_the_project_store(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: ran.append(cmd) or 0)
+    monkeypatch.setattr(tracking, "serve", lambda cmd: ran.append(cmd) or 0)
     assert tracking.serve_ui(5055) == 0
     cmd = ran[0]
     assert cmd[1:4] == ["-m", "mlflow", "server"]
