@@ -218,9 +218,16 @@ def counts_text(study: optuna.Study) -> str:
     trials = [t for t in study.get_trials(deepcopy=False) if Attr.LABEL in t.user_attrs]
     continued = resumed_trials(trials)
     n = {s: sum(t.state == s and t.number not in continued for t in trials) for s in TrialState}
-    return (f"{n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} pruned, {n[TrialState.FAIL]} failed, "
-            f"{n[TrialState.RUNNING]} running, "
+    # stopped by a signal with their checkpoint saved: the next worker (a requeued task) resumes them
+    stopped = sum(t.state == TrialState.FAIL and t.number not in continued and _stopped(t) for t in trials)
+    return (f"{n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} pruned, "
+            f"{n[TrialState.FAIL] - stopped} failed, {stopped} stopped, {n[TrialState.RUNNING]} running, "
             f"{len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))} waiting")
+
+
+def _stopped(trial: optuna.trial.FrozenTrial) -> bool:
+    reason = trial.user_attrs.get(Attr.FAIL_REASON, "")
+    return reason.startswith("preempted") or reason == "KeyboardInterrupt"
 
 
 def status_text(study: optuna.Study, tracking_uri: str | None, storage_url: str | None) -> str:

@@ -1,0 +1,25 @@
+"""The hand-run benchmarks still run: `benchmarks/gpu_throughput.py --quick` prints its table (no timings checked)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_throughput_quick_prints_a_row_per_attention_module(tmp_path):
+    # --device cpu: the CPU-sized run on any machine (on a GPU --quick would compile its models too)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--quick", "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next((i for i, line in enumerate(lines) if "ablate img/s" in line), None)
+    assert header is not None, proc.stdout
+    assert lines[header].split() == ["workload", "attention", "mode", "ablate", "img/s", "plain", "img/s", "ratio"]
+    rows = [line.split() for line in lines[header + 1:] if line.strip()]
+    for name in ("none", "se", "cbam"):
+        assert any(name in row and "eager" in row for row in rows), proc.stdout
+    assert "skipped" in proc.stdout  # the compiled rows on CPU, said so
+    assert not list(tmp_path.iterdir())  # its MLflow store is a temporary folder, not ./mlruns
