@@ -62,7 +62,8 @@ class DataConfig(Strict):
     image_size: int = Field(64, ge=8)
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
-    on_device: bool = Field(True, description="in-memory datasets live on the accelerator (no copy per batch)")
+    on_device: bool = Field(True, description="in-memory datasets live on the accelerator (no copy per batch); "
+                            "imagefolder batches travel as uint8 and are normalised on the device")
     train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
     val_size: int | None = Field(None, ge=1)
     clutter: int = Field(4, ge=0, description="cluttered-digits: fragments per canvas")

@@ -565,9 +565,12 @@ class ImageFolderDataModule(DataModule):
         root = _imagefolder_root(cfg)
         # the same one-line error for a bad spec as the tensor datasets give
         _auto_augment(cfg.auto_augment, cfg.image_size, [0.5])
+        # data.on_device, timm's prefetcher convention: workers decode and augment to uint8 (a quarter of the
+        # bytes of float32 through pinned memory), the float conversion and normalisation run on the device
+        uint8 = cfg.on_device
         train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment,
-                                    hflip=cfg.hflip)
-        val_tf = create_transform(cfg.image_size, is_training=False)
+                                    hflip=cfg.hflip, use_prefetcher=uint8)
+        val_tf = create_transform(cfg.image_size, is_training=False, use_prefetcher=uint8)
         try:
             train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
         except FileNotFoundError as e:
@@ -583,6 +586,16 @@ class ImageFolderDataModule(DataModule):
         self.num_classes, self.in_chans, self.image_size = len(train.classes), 3, int(cfg.image_size)
         # what timm's create_transform normalises with
         self.mean, self.std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+
+    def transform_batch(self, batch, train: bool):
+        x, y = batch
+        if x.dtype != torch.uint8:  # data.on_device: false, timm's float transforms normalised it already
+            return x, y
+        if getattr(self, "_device_stats", (None,))[0] != x.device:  # in 0..255 units, as timm's PrefetchLoader
+            self._device_stats = (x.device, (self.mean * 255).to(x.device)[:, None, None],
+                                  (self.std * 255).to(x.device)[:, None, None])
+        _, mean, std = self._device_stats
+        return x.float().sub_(mean).div_(std), y
 
     def train_dataloader(self):
         batches = self.shuffled_batches(self.train_set)

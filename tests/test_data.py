@@ -169,6 +169,20 @@ def test_imagefolder_loads(tmp_path):
     assert x.shape == (4, 3, 32, 32)
 
 
+def test_imagefolder_batches_travel_as_uint8_and_normalise_on_the_device_like_timms_float_transforms(tmp_path):
+    write_image_folder(tmp_path)
+    batches = {}
+    for on_device in (True, False):
+        dm = build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path), image_size=32, batch_size=4,
+                                         on_device=on_device))
+        raw = next(iter(dm.val_dataloader()))
+        assert raw[0].dtype == (torch.uint8 if on_device else torch.float32)  # a quarter of the bytes to copy
+        batches[on_device] = dm.transform_batch(raw, train=False)
+    (x, y), (ref_x, ref_y) = batches[True], batches[False]
+    assert x.dtype == torch.float32 and torch.equal(y, ref_y)
+    torch.testing.assert_close(x, ref_x, atol=1e-5, rtol=0)  # the same input as timm's ToTensor + Normalize
+
+
 def test_imagefolder_missing_val_raises(tmp_path):
     write_image_folder(tmp_path, splits=("train",))
     with pytest.raises(AblateError, match="data.root") as err:
