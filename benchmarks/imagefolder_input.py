@@ -64,7 +64,8 @@ class JpegBytes(Dataset):
 def nvjpeg_batches(dm, size: int, device: torch.device, workers: int):
     data = dm.train_set.dataset if hasattr(dm.train_set, "dataset") else dm.train_set
     def collate(batch):
-        return [torch.frombuffer(bytearray(x), dtype=torch.uint8) for x, _ in batch], torch.tensor([y for _, y in batch])
+        files = [torch.frombuffer(bytearray(x), dtype=torch.uint8) for x, _ in batch]
+        return files, torch.tensor([y for _, y in batch])
 
     loader = DataLoader(JpegBytes(data.samples), batch_size=dm.cfg.batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, collate_fn=collate)
