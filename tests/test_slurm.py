@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import mlflow
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -132,3 +133,15 @@ def test_a_task_sent_usr1_mid_trial_is_requeued_and_its_trial_resumes_from_its_c
     task_log = "".join((tmp_path / "mlruns" / "launches" / "requeue" / f"{task}_0_log.{kind}").read_text()
                        for kind in ("out", "err"))  # submitit's log: stdout holds its INFO lines
     assert "SIGUSR1: stopping after the current batch" in task_log and f"Requeued job {task}" in task_log
+
+
+def test_options_sbatch_refuses_are_one_line_before_anything_is_written(tmp_path, slurm_conf, pg_url):
+    path = helpers.write_study(tmp_path / "bad.yaml", study={"name": "bad", "seeds": [0]},
+                               launcher=LAUNCHER | {"partition": "no-such-partition"})
+    proc = ablate("run", path, "--launcher", "slurm", "--storage", pg_url, cwd=tmp_path,
+                  env={"SLURM_CONF": slurm_conf})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("ablate: error: launcher: sbatch refuses the options (") and "partition" in line, line
+    assert not (tmp_path / "mlruns").exists()  # no MLflow store, no launch folder
+    assert not optuna.get_all_study_names(pg_url)  # and no study in the database
