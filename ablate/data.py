@@ -98,6 +98,12 @@ class DataModule(pl.LightningDataModule):
         # runs on the already-moved batch; the trainer says whether this is a training step
         return self.transform_batch(batch, train=self.trainer is not None and self.trainer.training)
 
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std shaped (C, 1, 1) on `device`, copied there once rather than every step."""
+        if getattr(self, "_device_stats", (None,))[0] != device:
+            self._device_stats = device, self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
+        return self._device_stats[1:]
+
     # ---- the training order, resumable: what a trial's checkpoint holds of the data
     _resume: dict | None = None  # a checkpoint's state, applied when the next training loader is built
 
@@ -245,12 +251,6 @@ class TensorDataModule(DataModule):
                               align_corners=False, antialias=True)
         mean, std = self._stats(x.device)
         return (x - mean) / std, y
-
-    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """mean and std shaped (C, 1, 1) on `device`, copied there once rather than every step."""
-        if getattr(self, "_device_stats", (None,))[0] != device:
-            self._device_stats = device, self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
-        return self._device_stats[1:]
 
     def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         # random parameters come from our own CPU generator, so they do not depend on the device or global RNG
@@ -591,11 +591,8 @@ class ImageFolderDataModule(DataModule):
         x, y = batch
         if x.dtype != torch.uint8:  # data.on_device: false, timm's float transforms normalised it already
             return x, y
-        if getattr(self, "_device_stats", (None,))[0] != x.device:  # in 0..255 units, as timm's PrefetchLoader
-            self._device_stats = (x.device, (self.mean * 255).to(x.device)[:, None, None],
-                                  (self.std * 255).to(x.device)[:, None, None])
-        _, mean, std = self._device_stats
-        return x.float().sub_(mean).div_(std), y
+        mean, std = self._stats(x.device)
+        return x.float().div_(255).sub_(mean).div_(std), y  # what timm's ToTensor + Normalize compute
 
     def train_dataloader(self):
         batches = self.shuffled_batches(self.train_set)

@@ -186,7 +186,7 @@ def wait(spec: StudySpec, launched: Launch, storage_url: str | None) -> None:
     """Block until every task has ended, printing a line whenever the study's counts or the tasks' states change.
     Ctrl-C stops waiting; Slurm tasks keep running (local ones get the Ctrl-C too and checkpoint)."""
     record = {"launcher": launched.launcher, "job": launched.job, "tasks": launched.tasks}
-    study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
+    study = optuna.load_study(study_name=spec.name, storage=make_storage(storage_url, 1))
     last = None
     while True:
         if launched.launcher == "local":
@@ -208,10 +208,6 @@ def _tally(states) -> dict[str, int]:
     for s in states:
         out[s] = out.get(s, 0) + 1
     return out
-
-
-def _storage(storage_url: str | None):
-    return make_storage(storage_url, 1)
 
 
 def counts_text(study: optuna.Study) -> str:

@@ -31,8 +31,7 @@ def slurm_conf():
     if not conf:
         why = os.environ.get(f"{ENV}_ERROR", f"${ENV} is not set (.ci/run starts a cluster with .ci/slurm)")
         pytest.skip(f"no Slurm cluster to test against: {why}")
-    if subprocess.run(["sinfo", "-h"], env={**os.environ, "SLURM_CONF": conf}, capture_output=True,
-                      timeout=30).returncode != 0:
+    if slurm(conf, "sinfo", "-h").returncode != 0:
         pytest.skip(f"${ENV}: the Slurm controller at {conf} does not answer")
     return conf
 
@@ -42,10 +41,14 @@ def pg_url():
     yield from fresh_database()
 
 
+def slurm(conf: str, *command: str) -> subprocess.CompletedProcess:
+    """A Slurm client command against the test cluster."""
+    return subprocess.run(command, env={**os.environ, "SLURM_CONF": conf}, capture_output=True, text=True, timeout=30)
+
+
 def scontrol(conf: str, job: str) -> dict[str, str]:
     """`scontrol show job JOB` as key -> value (finished jobs stay listed for MinJobAge = 600 s)."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", job], env={**os.environ, "SLURM_CONF": conf},
-                         capture_output=True, text=True, timeout=30).stdout
+    out = slurm(conf, "scontrol", "-o", "show", "job", job).stdout
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
@@ -103,8 +106,8 @@ def test_a_task_sent_usr1_mid_trial_is_requeued_and_its_trial_resumes_from_its_c
     paused = time.time() - began
     [task] = load("requeue", pg_url).user_attrs["ablate.launches"][0]["tasks"]  # one task: a plain job, no array
     # what Slurm does before a time limit (--signal=USR1@...) and a preemption notice: USR1 to the job's steps
-    subprocess.run(["scancel", "--signal=USR1", task], env={**os.environ, "SLURM_CONF": slurm_conf},
-                   check=True, timeout=30)
+    sent = slurm(slurm_conf, "scancel", "--signal=USR1", task)
+    assert sent.returncode == 0, sent.stderr
     signalled = time.time()
     try:
         proc.wait(timeout=400)
