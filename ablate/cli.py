@@ -241,6 +241,8 @@ def report(
                                  "nothing trained or read from the stores"),
     show_all: bool = typer.Option(False, "--all", help="also the configurations the study file no longer holds "
                                   "(marked as such)"),
+    columns: str = typer.Option("compact", help="compact (what a paper prints; the paper's numbers in a second "
+                                "table) or all (every number: sd of each metric, top-5, throughput, counts)"),
 ):
     """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
     from ablate.report import dry_run_report, write_report
@@ -254,7 +256,7 @@ def report(
         return
 
     text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, storage=storage,
-                        tracking_uri=tracking_uri, show_all=show_all)
+                        tracking_uri=tracking_uri, show_all=show_all, columns=columns)
     if not out:
         typer.echo(text)
 
@@ -277,15 +279,25 @@ def gradcam(
 
 @app.command()
 def ui(
+    study: Optional[str] = typer.Argument(None, help="print the link to this study's runs (default: every study's)"),
     port: int = typer.Option(5000, help="port on the host"),
     host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes your runs"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
 ):
-    """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise)."""
+    """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise); prints the
+    direct link to each study's runs (its configuration runs, each with its seed runs inside)."""
     from ablate import tracking
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: anyone who can reach it can read and change your runs", err=True)
+    server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    links = tracking.study_links(server, tracking_uri)
+    if study is not None and study not in links:
+        raise AblateError(f"study: no study {study!r} in {tracking.store_uri(tracking_uri)} "
+                          f"(studies: {', '.join(links) or 'none yet'})")
+    for name, url in links.items():
+        if study in (None, name):
+            typer.echo(f"{name}: {url}")
     raise typer.Exit(tracking.serve_ui(port, host, tracking_uri))
 
 

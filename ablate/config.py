@@ -9,7 +9,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -98,6 +98,8 @@ class TrainConfig(Strict):
     seed: int = 0
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+    val_every: float = Field(1.0, gt=0, le=1, description="validate every this fraction of an epoch (0.25: four "
+                             "times), so that a pruner can stop a short trial inside an epoch")
     progress_bar: bool = True
     checkpoint_every: int = Field(1, ge=0, description="epochs between the trial's resume checkpoints; 0 = none")
     checkpoint_dir: str | None = Field(None, description="where resume checkpoints live; null = beside the "
@@ -261,18 +263,61 @@ class Range(Strict):
     type: Literal["int", "float"] = "float"
 
 
+class SeedsOnDemand(Strict):
+    """`seeds: {min: 2, max: 10, until: decided}`: every configuration runs seeds 0..min-1, then one more seed at a
+    time while its 95% interval against the baseline still holds 0, up to max seeds."""
+
+    min: int = Field(2, ge=2, description="seeds every configuration runs (2: the fewest an interval needs)")
+    max: int = Field(10, ge=2, description="the most seeds a configuration gets")
+    until: Literal["decided"] = "decided"
+
+    @field_validator("max")
+    @classmethod
+    def _not_below_min(cls, v, info):
+        if v < info.data.get("min", 2):
+            raise ValueError(f"max ({v}) is below min ({info.data['min']})")
+        return v
+
+
+class Bound(Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+# study.constraints keys: a configuration's cost from its dry forward; *_delta_pct against the plain backbone
+CONSTRAINTS = ("params_m", "gmacs", "params_delta_pct", "gmacs_delta_pct")
+
+
 class StudySection(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     metric: str | list[Objective] = "val/acc1"
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["grid", "tpe", "random", "gp"] = "grid"
-    pruner: Literal["none", "median", "hyperband"] = "none"
+    pruner: Literal["none", "median", "hyperband", "asha"] = "none"
     trials: int | None = Field(None, ge=1, description="default: every grid cell x seed")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: Annotated[list[int], Field(min_length=1)] | SeedsOnDemand = Field(default_factory=lambda: [0])
+    constraints: dict[Literal[CONSTRAINTS], Bound] = Field(
+        default_factory=dict, description="cost limits checked before a trial trains, e.g. params_m: {max: 1.3}")
+    warm_start: str | None = Field(None, description="a searched study's sampler starts from this earlier study's "
+                                                     "finished trials (same storage)")
     ladder: bool = Field(False, description="cells are cumulative: each adds its keys to the previous one")
     # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")
+
+    @property
+    def on_demand(self) -> SeedsOnDemand | None:
+        return self.seeds if isinstance(self.seeds, SeedsOnDemand) else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Every seed a configuration may run: the list, or 0..max-1 on demand."""
+        return list(range(self.seeds.max)) if self.on_demand else self.seeds
+
+    @property
+    def first_seeds(self) -> list[int]:
+        """The seeds every configuration runs from the start: the list, or 0..min-1 on demand."""
+        return list(range(self.seeds.min)) if self.on_demand else self.seeds
 
     def objectives(self) -> list[Objective]:
         if isinstance(self.metric, str):

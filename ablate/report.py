@@ -16,20 +16,23 @@ import optuna.visualization.matplotlib as ovm
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from scipy import stats
 
-from ablate import tracking
+from ablate import stats, tracking
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError
 from ablate.results import (METRIC_COLUMNS, param_columns, resolve_study, stored_runs_client, study_file,
                             trials_frame)
-from ablate.spec import StudySpec, build_cell, cell_label, cell_location, grid_cells
+from ablate.data import dataset_shape
+from ablate.spec import StudySpec, build_cell, cell_label, cell_location, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
 # a study file's reference keys -> the report's column names
 REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
                      "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
+COLUMNS = ("compact", "all")  # --columns: what a paper prints, or every number the report has
+PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
+GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three decimals, and count differently)
 DELTA = "Δ top-1"
 DELTA_PREV = "Δ prev top-1"
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
@@ -37,31 +40,12 @@ NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although t
 
 # ---------------------------------------------------------------- deltas with confidence intervals
 
-def delta_ci(base: pd.Series, other: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean difference other - base and its confidence interval; both Series are indexed by seed."""
-    base, other = base.dropna(), other.dropna()
-    if len(base) >= 2 and set(base.index) == set(other.index):  # paired by seed
-        other = other.loc[base.index]
-        delta = (other - base).mean()
-        if (other - base).std(ddof=1) == 0:
-            return delta, delta, delta  # no spread: SciPy's interval would be NaN
-        ci = stats.ttest_rel(other, base).confidence_interval(level)
-        return delta, ci.low, ci.high
-    delta = other.mean() - base.mean()
-    if len(base) < 2 or len(other) < 2:
-        return delta, np.nan, np.nan
-    if base.var(ddof=1) + other.var(ddof=1) == 0:
-        return delta, delta, delta
-    ci = stats.ttest_ind(other, base, equal_var=False).confidence_interval(level)  # Welch
-    return delta, ci.low, ci.high
-
-
 def _delta_columns(per_seed: pd.DataFrame, pairs: list[tuple], name: str) -> pd.DataFrame:
     """For (row, reference row) pairs: the delta, its interval and whether the interval excludes zero."""
     rows = {}
     for row, ref in pairs:
         measured = ref in per_seed and row in per_seed  # a row with no finished trial has no delta
-        d, lo, hi = delta_ci(per_seed[ref], per_seed[row]) if measured else (np.nan,) * 3
+        d, lo, hi = stats.delta_ci(per_seed[ref], per_seed[row]) if measured else (np.nan,) * 3
         rows[row] = {name: d, f"{name} lo": lo, f"{name} hi": hi, f"{name} sig": bool(lo > 0 or hi < 0)}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -152,8 +136,60 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     if ladder:
         table = table.join(_delta_columns(per_seed, list(zip(rows, [None] + rows[:-1])), DELTA_PREV))
     table.index.name = "config"
-    table.attrs.update(baseline=base, study=study_name, ladder=ladder, hidden=0 if show_all else hidden)
-    return with_reference(table, done, spec.cfg.reference if spec else [])
+    table.attrs.update(baseline=base, study=study_name, ladder=ladder, hidden=0 if show_all else hidden,
+                       per_seed=per_seed, refused=refused_rows(study, spec), classes=num_classes(spec))
+    if not spec or spec.cfg.study.sampler != "grid":  # a search: its configurations ranked by mean over seeds
+        table = table.sort_values("top-1 acc (%)", ascending=False, na_position="last")
+    table["verdict"] = [("baseline" if row == base else stats.direction(lo, hi))
+                        for row, lo, hi in zip(table.index, table[f"{DELTA} lo"], table[f"{DELTA} hi"])]
+    return verdicts(with_reference(table, done, spec.cfg.reference if spec else []))
+
+
+def num_classes(spec: StudySpec | None) -> int | None:
+    """The study's number of classes (top-5 means something above 10), from its base config."""
+    if spec is None:
+        return None
+    return dataset_shape(trial_config(spec, {}, spec.cfg.study.seed_list[0]).data)[0]
+
+
+def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
+    """Configurations study.constraints refused before they trained: label -> why."""
+    cells = keyed_cells(spec) if spec is not None and spec.is_grid else {}
+    refused = {cell_label(cells[key]): why for key, why in study.user_attrs.get(Attr.REFUSED, {}).items()
+               if key in cells}
+    for t in study.get_trials(deepcopy=False):
+        if Attr.REFUSED in t.user_attrs and Attr.LABEL in t.user_attrs:
+            refused[t.user_attrs[Attr.LABEL]] = t.user_attrs[Attr.REFUSED]
+    return refused
+
+
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """With `reference:` rows: do our params match the paper's (within 0.01M), does our GMAC delta over the
+    baseline match the paper's, and is the paper's effect on top-1 reproduced by our interval (stats.reproduction)?
+    A ladder is judged per step (each row against the one before)."""
+    rows = list(table.index)
+    previous = dict(zip(rows, [None] + rows[:-1]))
+    ref = {r: (previous[r] if table.attrs["ladder"] else table.attrs["baseline"]) for r in rows}
+    ref = {r: b for r, b in ref.items() if b is not None and b != r}
+    delta = DELTA_PREV if table.attrs["ladder"] else DELTA
+    if "paper params (M)" in table:
+        gap = (table["params (M)"] - table["paper params (M)"]).abs()
+        table["params match"] = gap.le(PARAMS_TOLERANCE_M).where(gap.notna())
+    if "paper GMACs" in table:
+        for r, b in ref.items():
+            ours, paper = (table.at[r, "GMACs"] - table.at[b, "GMACs"],
+                           table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
+            table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
+            table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= GMACS_TOLERANCE if pd.notna(paper) else np.nan
+    accuracy = (table["paper top-1 acc"] if "paper top-1 acc" in table else
+                100 - table["paper top-1 err"] if "paper top-1 err" in table else None)
+    if accuracy is not None:
+        for r, b in ref.items():
+            paper = accuracy[r] - accuracy[b]
+            table.loc[r, "paper Δ top-1"] = paper
+            table.loc[r, "effect"] = (stats.reproduction(paper, table.at[r, f"{delta} lo"], table.at[r, f"{delta} hi"])
+                                      if pd.notna(paper) else "-")
+    return table
 
 
 def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
@@ -217,8 +253,60 @@ def _delta_text(table: pd.DataFrame, name: str, base=None) -> pd.Series:
     return pd.Series([one(row, label) for label, row in table.iterrows()], index=table.index)
 
 
-def presentable(table: pd.DataFrame) -> pd.DataFrame:
-    """The paper-like view: mean ± sd strings, deltas with their 95% intervals (* when it excludes 0)."""
+def _num(series: pd.Series, digits: int, sign: str = "") -> pd.Series:
+    return series.map(lambda v: "-" if pd.isna(v) else f"{v:{sign}.{digits}f}")
+
+
+def _check(series: pd.Series) -> pd.Series:
+    return series.map(lambda v: "-" if pd.isna(v) else "yes" if v else "no")
+
+
+def compact(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns a paper prints: params, GMACs, top-1 mean ± sd over n seeds, the delta with its interval and
+    what it says; top-5 only above 10 classes (below, it is ~100% for every row)."""
+    out = pd.DataFrame(index=table.index)
+    out["params (M)"] = _num(table["params (M)"], 3)
+    out["GMACs"] = _num(table["GMACs"], 4)
+    top1 = _pm(table["top-1 acc (%)"], table["top-1 acc (%) sd"])
+    out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, table["n"])]
+    if (table.attrs.get("classes") or 0) > 10:
+        out["top-5 acc (%)"] = _pm(table["top-5 acc (%)"], table["top-5 acc (%) sd"])
+    name = DELTA_PREV if table.attrs.get("ladder") else DELTA
+    out[f"{name} (95% CI)"] = _delta_text(table, name, None if table.attrs.get("ladder") else table.attrs.get("baseline"))
+    out["verdict"] = table["verdict"] if not table.attrs.get("ladder") else [
+        "-" if pd.isna(lo) and i == 0 else stats.direction(lo, hi)
+        for i, (lo, hi) in enumerate(zip(table[f"{DELTA_PREV} lo"], table[f"{DELTA_PREV} hi"]))]
+    return out
+
+
+def against_paper(table: pd.DataFrame) -> pd.DataFrame | None:
+    """The reproduction table: the paper's numbers beside ours and the verdicts (None without references)."""
+    if not any(c.startswith("paper ") for c in table):
+        return None
+    out = pd.DataFrame(index=table.index)
+    if "paper params (M)" in table:
+        out["params (M) ours / paper"] = _num(table["params (M)"], 2) + " / " + _num(table["paper params (M)"], 2)
+        out["params match"] = _check(table["params match"])
+    if "paper Δ GMACs" in table:
+        out["Δ GMACs ours / paper"] = (_num(table["ours Δ GMACs"], 4, "+") + " / " +
+                                       _num(table["paper Δ GMACs"], 3, "+"))
+        out["GMACs match"] = _check(table["GMACs Δ match"])
+    if "paper Δ top-1" in table:
+        name = DELTA_PREV if table.attrs.get("ladder") else DELTA
+        out[f"{name} ours / paper"] = _num(table[name], 2, "+") + " / " + _num(table["paper Δ top-1"], 2, "+")
+        if not table.attrs.get("ladder"):
+            out.loc[table.attrs["baseline"], f"{name} ours / paper"] = "(baseline)"
+        out["effect"] = table["effect"].fillna("-")
+    return out
+
+
+def presentable(table: pd.DataFrame, columns: str = "compact") -> pd.DataFrame:
+    """What a reader sees: the compact table, or (`all`) every column: mean ± sd strings, deltas with their 95%
+    intervals (* when it excludes 0), the paper's numbers and the verdicts."""
+    if columns == "compact":
+        return compact(table)
+    if columns != "all":
+        raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
     out = pd.DataFrame(index=table.index)
     out["n"] = table["n"]
     for col in ("top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)"):
@@ -229,8 +317,14 @@ def presentable(table: pd.DataFrame) -> pd.DataFrame:
     out[f"{DELTA} (95% CI)"] = _delta_text(table, DELTA, table.attrs.get("baseline"))
     if DELTA_PREV in table:
         out[f"{DELTA_PREV} (95% CI)"] = _delta_text(table, DELTA_PREV)
+    out["verdict"] = table["verdict"]
     for col in [c for c in table.columns if c.startswith(("paper ", "ours "))]:
         out[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    for col in ("params match", "GMACs Δ match"):
+        if col in table:
+            out[col] = _check(table[col])
+    if "effect" in table:
+        out["effect"] = table["effect"].fillna("-")
     out["pruned"], out["failed"] = table["pruned"], table["failed"]
     return out
 
@@ -244,16 +338,32 @@ def markdown(view: pd.DataFrame, note: str = "") -> str:
     return "\n".join([line(view.columns), rule, *(line(r) for r in view.itertuples(index=False))]) + note
 
 
-def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "") -> str:
-    """`table` holds the numbers (CSV, JSON); `view` the strings a reader sees (Markdown, LaTeX, HTML)."""
+def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "",
+           columns: str = "compact") -> str:
+    """`table` holds the numbers (CSV, JSON); `view` the strings a reader sees (Markdown, LaTeX, HTML): the compact
+    table, then (Markdown) the reproduction table when the study has references."""
+    second = None
     if view is None:
-        view = presentable(table)
-        note = (f"\n\nΔ: top-1 accuracy vs `{table.attrs.get('baseline')}` in points, 95% CI over seeds "
-                "(paired by seed, else Welch); * the interval excludes 0.")
+        view = presentable(table, columns)
+        second = against_paper(table) if columns == "compact" else None
+        against = ("the row before" if table.attrs.get("ladder") else f"`{table.attrs.get('baseline')}`")
+        note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over seeds (paired by seed, else Welch); "
+                "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0.")
+        if second is not None:
+            note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
+                     "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "
+                     "inconclusive while it holds 0.")
         if table.attrs.get("hidden"):
             note += (f" {table.attrs['hidden']} finished trials of configurations the study file no longer holds "
                      "are left out (--all shows them).")
+        if table.attrs.get("refused"):
+            note += " Refused by study.constraints before training: " + "; ".join(
+                f"{label} ({why})" for label, why in table.attrs["refused"].items()) + "."
+        if columns == "compact":
+            note += " More columns: --columns all."
     if fmt == "md":
+        if second is not None:
+            return markdown(view) + "\n\nAgainst the paper:\n\n" + markdown(second, note)
         return markdown(view, note)
     if fmt == "csv":
         return table.to_csv()
@@ -315,9 +425,19 @@ def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | N
     figures = {}
     fig = Figure(figsize=(max(4, 0.8 * len(table) + 2), 3.5), layout="tight")
     ax = fig.subplots()
-    ax.bar(range(len(table)), table["top-1 acc (%)"], yerr=table["top-1 acc (%) sd"].fillna(0), capsize=4)
+    per_seed = table.attrs.get("per_seed", pd.DataFrame())
+    for x, row in enumerate(table.index):  # every seed a point, its mean a bar with the 95% interval
+        values = per_seed[row].dropna() if row in per_seed else pd.Series(dtype=float)
+        ax.scatter(x + np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [x] * len(values), values,
+                   s=14, color="tab:gray", alpha=0.7, zorder=2, label="seed" if x == 0 else None)
+        if len(values):
+            low, high = stats.mean_ci(values)
+            err = [[values.mean() - low], [high - values.mean()]] if pd.notna(low) else None
+            ax.errorbar(x, values.mean(), yerr=err, fmt="o", color="tab:blue", capsize=5, zorder=3,
+                        label="mean, 95% CI" if x == 0 else None)
     ax.set_xticks(range(len(table)), table.index, rotation=30, ha="right")
-    ax.set_ylabel("top-1 acc (%) (mean ± sd over seeds)")
+    ax.set_ylabel("top-1 acc (%)")  # the axis follows the data: it starts at 0 only if the data does
+    ax.legend(fontsize=8)
     figures["top1_by_config.png"] = fig
 
     if len(study.directions) > 1:
@@ -355,18 +475,21 @@ def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | N
 
 def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
-                 tracking_uri: str | None = None, show_all: bool = False) -> str:
+                 tracking_uri: str | None = None, show_all: bool = False, columns: str = "compact") -> str:
     """STUDY is a study name, a study file or a loaded StudySpec; returns the rendered table, also logged on the
     study's parent run with its plots (and written to `out` and `plots` when given)."""
     if fmt not in FORMATS:
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if columns not in COLUMNS:
+        raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
     name, spec, tracking_uri = resolve_study(study, tracking_uri)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
     optuna_study = load(name, storage)
     client = stored_runs_client(optuna_study, tracking_uri)
     spec = spec or study_file(optuna_study, client)
     table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
                            client=client)
-    text = render(table, fmt)
+    text = render(table, fmt, columns=columns)
     if out:
         Path(out).write_text(text)
     figures = make_plots(table, optuna_study, trials_frame(optuna_study, client, spec))

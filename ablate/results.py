@@ -68,7 +68,7 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
         params = attrs.get(Attr.PARAMS, {})
         key = attrs.get(Attr.CELL) or (cell_key(spec, params) if spec is not None else attrs[Attr.LABEL])
         seed = attrs.get(Attr.SEED)
-        in_file = cells is None or (key in order and seed in spec.cfg.study.seeds)
+        in_file = cells is None or (key in order and seed in spec.cfg.study.seed_list)
         state = "RESUMED" if t.state == TrialState.FAIL and t.number in continued else t.state.name
         rows.append({"number": t.number, "state": state, "cell": key,
                      "label": labels.get(key, attrs[Attr.LABEL]), "seed": seed, "run_id": attrs.get(Attr.RUN_ID),
@@ -79,8 +79,11 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
     if parent and client is not None and len(df):
         experiment = client.get_experiment_by_name(study.study_name)
         if experiment is not None:
-            children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-            logged = pd.DataFrame([{"run_id": r.info.run_id, **r.data.metrics} for r in children])
+            # the trials' runs (children of their configuration's run, or of the parent in stores from before those)
+            found = client.search_runs([experiment.experiment_id], f"tags.`optuna.study` = '{study.study_name}'",
+                                       max_results=50000)
+            logged = pd.DataFrame([{"run_id": r.info.run_id, **r.data.metrics} for r in found
+                                   if "optuna.trial" in r.data.tags])
             for metric in METRIC_COLUMNS:  # a trial's attrs win; its run fills what they lack
                 if len(logged) and metric in logged:
                     known = df[metric] if metric in df else pd.Series(np.nan, index=df.index)

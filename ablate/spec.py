@@ -10,6 +10,7 @@ fingerprinted here and checked by the runner.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
         raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
     if spec.is_grid:
         for cell in grid_cells(spec):
-            trial_config(spec, cell, cfg.study.seeds[0])  # every cell must be a valid trial
+            trial_config(spec, cell, cfg.study.seed_list[0])  # every cell must be a valid trial
     elif cfg.study.trials is None:
         raise AblateError(f"{path}: study.trials: sampler {cfg.study.sampler!r} needs a number of trials")
     elif not spec.space:
@@ -229,6 +230,11 @@ def cell_key(spec: StudySpec, params: dict, base: dict | None = None) -> str:
     return json.dumps(differs, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def cell_digest(key: str) -> str:
+    """A cell key's short digest: keys are JSON, digests are names (checkpoint folders, run tags)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _knobs(params: dict) -> dict:
     return {k.removeprefix(KNOB_PREFIX): v for k, v in params.items() if k.startswith(KNOB_PREFIX)}
 
@@ -247,7 +253,10 @@ def fingerprint_change(spec: StudySpec, stored: dict) -> str | None:
     if stored.get("metric") and stored["metric"] != now["metric"]:
         return f"study.metric: {', '.join(stored['metric'])} -> {', '.join(now['metric'])}"
     old = stored.get("base", {})
+    defaults = json.loads(json.dumps(flatten(TrialConfig()), default=str))
     for key in sorted(set(old) | set(now["base"])):
+        if key not in old and now["base"].get(key) == defaults.get(key, object()):
+            continue  # a key added to ablate since the study was stored, at its default: nothing changed
         if old.get(key) != now["base"].get(key):
             return f"base.{key}: {old.get(key)!r} -> {now['base'].get(key)!r}"
     return None
@@ -283,7 +292,7 @@ def cell_location(params: dict) -> str:
 def build_cell(spec: StudySpec, params: dict, location: str, data: bool = True) -> tuple[BuiltModel, TrialConfig]:
     """The model of one configuration (pretrained weights not fetched), after the cheap data checks (`data`);
     errors name the file and the cell."""
-    cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+    cfg = trial_config(spec, params, spec.cfg.study.seed_list[0])
     with within(f"{spec.path}: {location}"):
         if data:
             check_data(cfg.data)
@@ -311,8 +320,81 @@ def check_cells(spec: StudySpec) -> None:
                         todo.append((f"space.{key}={value} with {module}", params))
     seen = set()
     for location, params in todo:
-        cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+        cfg = trial_config(spec, params, spec.cfg.study.seed_list[0])
         key = (cfg.model.model_dump_json(), cfg.data.model_dump_json())
         if key not in seen:  # training keys (lr, epochs ...) build the same model
             seen.add(key)
             build_cell(spec, params, location)
+
+
+# ---------------------------------------------------------------- cost limits (study.constraints)
+
+def cell_cost(spec: StudySpec, params: dict) -> dict[str, float]:
+    """A configuration's cost from its dry forward: params (M), GMACs and both as % above the plain backbone."""
+    built, _ = build_cell(spec, params, cell_location(params), data=False)
+    report = built.report
+    return {"params_m": report.params / 1e6, "gmacs": report.gmacs,
+            "params_delta_pct": 100 * (report.params - report.base_params) / report.base_params,
+            "gmacs_delta_pct": 100 * (report.gmacs - report.base_gmacs) / max(report.base_gmacs, 1e-12)}
+
+
+def constraint_excess(spec: StudySpec, cost: dict[str, float]) -> dict[str, float]:
+    """Each limit of study.constraints as Optuna takes it: by how much the cost exceeds it (<= 0: within)."""
+    excess = {}
+    for name, bound in spec.cfg.study.constraints.items():
+        over = [cost[name] - bound.max] if bound.max is not None else []
+        under = [bound.min - cost[name]] if bound.min is not None else []
+        excess[name] = max(over + under)
+    return excess
+
+
+def refusal(spec: StudySpec, cost: dict[str, float]) -> str | None:
+    """Why study.constraints refuse a configuration of this cost ('params_m 1.42 > max 1.30'), or None."""
+    why = []
+    for name, bound in spec.cfg.study.constraints.items():
+        if bound.max is not None and cost[name] > bound.max:
+            why.append(f"{name} {cost[name]:.3g} > max {bound.max:g}")
+        if bound.min is not None and cost[name] < bound.min:
+            why.append(f"{name} {cost[name]:.3g} < min {bound.min:g}")
+    return "; ".join(why) or None
+
+
+# ---------------------------------------------------------------- names and references
+
+KNOB_ABBREVIATIONS = {"reduction": "r", "kernel_size": "k"}  # as papers write them: SE r=16, ECA k=3
+
+
+def run_label(params: dict) -> str:
+    """A configuration as a run is named: a ladder row's name, else the module bare and the rest as key=value
+    ('cbam r=8 k=5', 'se lr=0.1'); 'base' when nothing varies."""
+    if "name" in params:
+        return str(params["name"])
+    parts = []
+    for key, value in params.items():
+        if key == MODULE_KEY:
+            parts.insert(0, str(value))
+        else:
+            short = key.split(".")[-1]
+            parts.append(f"{KNOB_ABBREVIATIONS.get(short, short) if key.startswith(KNOB_PREFIX) else short}={value}")
+    return " ".join(parts) or "base"
+
+
+def matches(match: dict, params: dict, label: str) -> bool:
+    """Does a `reference:` row's `match` name this configuration (its dotted params, or `name`: its label)?"""
+    return all(str(label if key == "name" else params.get(key, object())) == str(value) for key, value in match.items())
+
+
+def reference_row(spec: StudySpec, params: dict, label: str) -> dict | None:
+    """The first `reference:` row that matches the configuration, or None."""
+    return next((r for r in spec.cfg.reference if matches(r.get("match", {}), params, label)), None)
+
+
+def paper_delta(spec: StudySpec, row: tuple[dict, str], base: tuple[dict, str]) -> float:
+    """The paper's top-1 accuracy delta (points) of configuration `row` over `base`, each (params, label), from their
+    `reference:` rows (top1_err or top1_acc); NaN when the paper gives no such pair."""
+    refs = [reference_row(spec, *r) or {} for r in (row, base)]
+    for key, sign in (("top1_acc", 1), ("top1_err", -1)):
+        values = [ref.get(key) for ref in refs]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return sign * (values[0] - values[1])
+    return float("nan")

@@ -44,6 +44,8 @@ class Attr:
     RETRY_OF = "retry_of"  # searched trial: queued again to resume this stopped trial's params and seed
     TASK = "task"  # trial: the launcher's task running it ('slurm 1234_0', 'local 4321'), when launched
     LAUNCHES = "ablate.launches"  # study: the job arrays `ablate run --launcher` submitted for it
+    REFUSED = "refused"  # searched trial: why study.constraints refused it; study: {cell key: why} of a grid's cells
+    WARM_FROM = "warm_start_of"  # trial: a finished trial of this earlier study, copied in for the sampler (warm_start)
 
 
 def resumed_trials(trials) -> set[int]:

@@ -24,7 +24,9 @@ import sys
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from optuna.storages import fail_stale_trials
@@ -32,14 +34,15 @@ from optuna.trial import TrialState
 
 from mlflow import MlflowClient
 
-from ablate import tracking, train
+from ablate import stats, tracking, train
 from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
 from ablate.distributed import broadcast_decision
 from ablate.errors import AblateError, Preempted, describe
 from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.config import KNOB_PREFIX
-from ablate.spec import (StudySpec, cell_key, cell_label, check_cells, fingerprint, fingerprint_change,
-                         keyed_cells, knob_applies, trial_config)
+from ablate.spec import (StudySpec, cell_cost, cell_key, cell_label, check_cells, constraint_excess, fingerprint,
+                         fingerprint_change, keyed_cells, knob_applies, module_of, cell_digest, paper_delta, refusal, run_label,
+                         trial_config)
 from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
@@ -54,6 +57,7 @@ PRUNERS = {
     "none": (optuna.pruners.NopPruner, {}),
     "median": (optuna.pruners.MedianPruner, dict(n_startup_trials=3, n_warmup_steps=1)),
     "hyperband": (optuna.pruners.HyperbandPruner, dict(min_resource=1)),
+    "asha": (optuna.pruners.SuccessiveHalvingPruner, dict(min_resource=1, reduction_factor=3)),
 }
 TASK_ENV = "ABLATE_TASK"  # set by launch.py in a launched worker: its job array task, e.g. 'slurm 1234_0'
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -66,14 +70,19 @@ class WorkerDied(Exception):
 
 def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
     cls, settings = SAMPLERS[spec.cfg.study.sampler]
-    return cls(seed=spec.cfg.study.seeds[0] + worker, **settings)  # distinct streams: workers must not sample alike
+    return cls(seed=spec.cfg.study.seed_list[0] + worker, **settings)  # distinct streams: workers must not sample alike
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     cls, settings = PRUNERS[spec.cfg.study.pruner]
-    if cls is optuna.pruners.HyperbandPruner:
-        settings = settings | {"max_resource": spec.base.get("train", {}).get("epochs", 10)}
+    if cls is optuna.pruners.HyperbandPruner:  # its resource: validations (train.val_every per epoch)
+        train_cfg = trial_config(spec, {}, spec.cfg.study.seed_list[0]).train
+        settings = settings | {"max_resource": train_cfg.epochs * validations_per_epoch(train_cfg.val_every)}
     return cls(**settings)
+
+
+def validations_per_epoch(val_every: float) -> int:
+    return max(1, round(1 / val_every))
 
 
 def open_study(spec: StudySpec, storage, worker: int = 0) -> optuna.Study:
@@ -108,12 +117,24 @@ class PruningCallback(pl.Callback):
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking:
             return
-        epoch, prune = trainer.current_epoch, False
+        step, prune = self.step(trainer), False
         if self.trial is not None and self.metric in trainer.callback_metrics:  # rank 0: the one with the trial
-            self.trial.report(float(trainer.callback_metrics[self.metric]), epoch)
+            self.trial.report(float(trainer.callback_metrics[self.metric]), step)
             prune = self.trial.should_prune()
-        if broadcast_decision(trainer, prune):  # on several devices every rank stops at this epoch
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        if broadcast_decision(trainer, prune):  # on several devices every rank stops at this validation
+            per_epoch = validations_per_epoch(trainer.val_check_interval if isinstance(
+                trainer.val_check_interval, float) else 1.0)
+            where = f"epoch {trainer.current_epoch}" if per_epoch == 1 else (
+                f"validation {step % per_epoch + 1}/{per_epoch} of epoch {trainer.current_epoch}")
+            raise optuna.TrialPruned(f"pruned after {where}")
+
+    @staticmethod
+    def step(trainer) -> int:
+        """The pruner's step: the validation's index over the trial (the epoch, with one validation per epoch)."""
+        interval = trainer.val_check_interval
+        per_epoch = validations_per_epoch(interval) if isinstance(interval, float) else 1
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed / max(trainer.num_training_batches, 1)
+        return trainer.current_epoch * per_epoch + max(0, min(per_epoch, round(done * per_epoch)) - 1)
 
     def follower(self) -> PruningCallback:
         """The callback of a multi-device trial's other ranks: no trial of their own, rank 0's decision."""
@@ -134,8 +155,8 @@ def sample_params(trial: optuna.Trial, spec: StudySpec) -> tuple[dict, int]:
                                             log=values.log)
         else:
             params[key] = trial.suggest_float(key, values.low, values.high, step=values.step, log=values.log)
-    seeds = spec.cfg.study.seeds
-    # a stopped trial queued again (requeue_stopped) keeps its seed
+    seeds = [0] if spec.cfg.study.on_demand else spec.cfg.study.seeds  # on demand: repeats are queued
+    # a stopped trial queued again (requeue_stopped, or a repeat of seeds on demand) keeps its seed
     return params, trial.user_attrs.get(Attr.SEED, seeds[trial.number % len(seeds)])
 
 
@@ -144,8 +165,31 @@ def configuration(key: str, params: dict, seed: int) -> dict:
     return {Attr.CELL: key, Attr.PARAMS: params, Attr.LABEL: cell_label(params), Attr.SEED: seed}
 
 
-def make_objective(spec: StudySpec, parent_run_id: str):
+def run_name(spec: StudySpec, trial: optuna.Trial, params: dict, seed: int) -> str:
+    """What a trial's run is called in the UI: 'cbam · seed 1' in a grid, '#12 cbam r=8 k=5' in a search."""
+    several = spec.cfg.study.on_demand or len(spec.cfg.study.seeds) > 1
+    if spec.is_grid:
+        return f"{run_label(params)} · seed {seed}"
+    return f"#{trial.number} {run_label(params)}" + (f" · seed {seed}" if several else "")
+
+
+def refuse_if_costly(trial: optuna.Trial, spec: StudySpec, params: dict) -> None:
+    """study.constraints on a searched trial: Optuna's sampler learns the excess (trial.set_constraint), and a
+    configuration over a limit is pruned before it trains, its reason recorded."""
+    cost = cell_cost(spec, params)
+    for name, excess in constraint_excess(spec, cost).items():
+        trial.set_constraint(name, excess)
+    why = refusal(spec, cost)
+    if why:
+        trial.set_user_attr(Attr.REFUSED, why)
+        raise optuna.TrialPruned(f"refused by study.constraints: {why}")
+
+
+def make_objective(spec: StudySpec, parent_run_id: str, configuration_run=None):
+    """The Optuna objective; `configuration_run(key, params)` gives the run a trial's run is the child of (its
+    configuration's; default: the study's parent run)."""
     objectives = spec.cfg.study.objectives()
+    configuration_run = configuration_run or (lambda key, params: parent_run_id)
 
     def objective(trial: optuna.Trial):
         try:
@@ -163,6 +207,8 @@ def make_objective(spec: StudySpec, parent_run_id: str):
                     trial.set_user_attr(key, value)
             cfg = trial_config(spec, params, seed)
             key = trial.user_attrs.get(Attr.CELL) or cell_key(spec, params)  # (grid trials from before keys)
+            if spec.cfg.study.constraints and not spec.is_grid:  # a grid's refused cells are never queued
+                refuse_if_costly(trial, spec, params)
             checkpoint = cell_checkpoint(cfg, spec.name, key, seed)
             resume = resume_point(checkpoint, cfg)
             # a stopped trial's checkpoint: carry on from there (None overwrites what a heartbeat retry copied)
@@ -171,10 +217,11 @@ def make_objective(spec: StudySpec, parent_run_id: str):
                 print(f"[{spec.name}] trial {trial.number} ({cell_label(params)}, seed {seed}) resumes at epoch "
                       f"{resume.epoch} from trial {resume.trial}'s checkpoint", flush=True)
             callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
-            tags = {"optuna.study": spec.name, "optuna.trial": str(trial.number), "ablate.cell": cell_label(params)}
-            result = train.run_trial(cfg, callbacks=callbacks, parent_run_id=parent_run_id, tags=tags,
-                                     killed_by=(optuna.TrialPruned,), checkpoint=checkpoint, resume=resume,
-                                     owner={"trial": trial.number})
+            tags = {"optuna.study": spec.name, "optuna.trial": str(trial.number), "ablate.cell": cell_label(params),
+                    "ablate.seed": str(seed), tracking.ROLE_TAG: "trial"}
+            result = train.run_trial(cfg, callbacks=callbacks, parent_run_id=configuration_run(key, params),
+                                     tags=tags, killed_by=(optuna.TrialPruned,), checkpoint=checkpoint, resume=resume,
+                                     owner={"trial": trial.number}, run_name=run_name(spec, trial, params, seed))
         except BaseException as e:  # Ctrl-C too: the trial is marked with why it stopped
             if not isinstance(e, optuna.TrialPruned):
                 trial.set_user_attr(Attr.FAIL_REASON, describe(e))
@@ -248,9 +295,11 @@ def enqueue_missing(study: optuna.Study, spec: StudySpec, cells: dict[str, dict]
     have = {(t.user_attrs.get(Attr.CELL) or cell_key(spec, t.user_attrs[Attr.PARAMS]), t.user_attrs[Attr.SEED])
             for t in study.get_trials(deepcopy=False, states=LIVE)
             if Attr.PARAMS in t.user_attrs and Attr.SEED in t.user_attrs}  # studies from before keys: from params
-    for seed in spec.cfg.study.seeds:
+    # seeds on demand: a seed a cell was given before (then killed) is queued again too, so that it resumes
+    _, tried, _, _ = cell_samples(study, spec) if spec.cfg.study.on_demand else (None, {}, None, None)
+    for seed in sorted(set(spec.cfg.study.first_seeds).union(*tried.values())):
         for key, params in cells.items():
-            if (key, seed) not in have:
+            if (key, seed) not in have and (seed in spec.cfg.study.first_seeds or seed in tried.get(key, ())):
                 study.enqueue_trial({}, user_attrs=configuration(key, params, seed), skip_if_exists=False)
 
 
@@ -291,7 +340,7 @@ def set_aside(spec: StudySpec, storage) -> str | None:
     optuna.copy_study(from_study_name=spec.name, from_storage=storage, to_storage=storage, to_study_name=aside)
     optuna.delete_study(study_name=spec.name, storage=storage)
     # its stopped trials' checkpoints go with it: starting over must not resume them
-    root = checkpoint_root(trial_config(spec, {}, spec.cfg.study.seeds[0]))
+    root = checkpoint_root(trial_config(spec, {}, spec.cfg.study.seed_list[0]))
     if (root / spec.name).is_dir():
         os.replace(root / spec.name, root / aside)
     return aside
@@ -317,13 +366,218 @@ def parent_run(study: optuna.Study, spec: StudySpec, client, experiment_id: str)
     return run_id
 
 
+# ---------------------------------------------------------------- results over seeds: configuration runs, seeds on demand
+
+def own_trials(study: optuna.Study, states=None) -> list:
+    """The study's own trials: not those copied from an earlier study for its sampler (warm_start)."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if Attr.WARM_FROM not in t.user_attrs]
+
+
+def cell_samples(study: optuna.Study, spec: StudySpec):
+    """Per configuration (cell key; a grid's cells as the file reads now): its finished objective values by seed
+    (percent for accuracies; the mean of a seed's repeats), the seeds it has had a trial of, whether a trial of it is
+    queued or running, and its params. Returns (samples, tried, pending, params)."""
+    cells = keyed_cells(spec) if spec.is_grid else None
+    scale = stats.percent(spec.cfg.study.objectives()[0].metric)
+    values, tried, pending, params = {}, {}, set(), dict(cells or {})
+    for t in own_trials(study):
+        key, seed = t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)
+        if key is None or (cells is not None and key not in cells) or Attr.REFUSED in t.user_attrs:
+            continue
+        params.setdefault(key, t.user_attrs.get(Attr.PARAMS, {}))
+        tried.setdefault(key, set()).add(seed)
+        if t.state in (TrialState.WAITING, TrialState.RUNNING):
+            pending.add(key)
+        elif t.state == TrialState.COMPLETE:
+            values.setdefault(key, {}).setdefault(seed, []).append(t.values[0] * scale)
+    samples = {key: pd.Series({seed: np.mean(v) for seed, v in sorted(by_seed.items())}) for key, by_seed in
+               values.items()}
+    return samples, tried, pending, params
+
+
+def baseline_cell(spec: StudySpec, samples: dict, params: dict) -> str | None:
+    """What a configuration is compared with: in a grid, the first plain cell of the file (else its first);
+    in a search, the best configuration by mean over seeds."""
+    if not samples:
+        return None
+    if spec.is_grid:
+        ordered = [k for k in params if k in samples]
+        plain = [k for k in ordered if module_of(params[k], spec) == "none"]
+        return (plain or ordered)[0]
+    maximize = spec.cfg.study.objectives()[0].direction == "maximize"
+    means = {k: v.mean() for k, v in samples.items()}
+    return (max if maximize else min)(means, key=means.get)
+
+
+class ConfigurationRuns:
+    """A worker's view of the study's configuration runs (one per cell, children of the parent run, parents of the
+    cell's seed runs): found or started once each, and given the result over seeds after each trial."""
+
+    def __init__(self, spec: StudySpec, client: MlflowClient, experiment_id: str, parent: str):
+        self.spec, self.client, self.experiment_id, self.parent = spec, client, experiment_id, parent
+        self.ids: dict[str, str] = {}
+        self.logged: dict[str, tuple] = {}  # what each run last showed: unchanged results are not logged again
+
+    def __call__(self, key: str, params: dict, running: bool = True) -> str:
+        if key not in self.ids:
+            self.ids[key] = tracking.configuration_run(
+                self.client, self.experiment_id, self.parent, cell_digest(key), run_label(params),
+                tags={"optuna.study": self.spec.name, "ablate.cell": cell_label(params)})
+        if running:
+            self.client.update_run(self.ids[key], status="RUNNING")
+        return self.ids[key]
+
+    def summarise(self, study: optuna.Study) -> None:
+        """Each configuration's mean, sd, n, delta against the baseline with its 95% interval and verdict (metrics
+        and tags of its run; the run FINISHED while none of its trials is queued or running), and the study's
+        summary on the parent run: the best configuration by mean and the trial counts."""
+        spec, client = self.spec, self.client
+        objective = spec.cfg.study.objectives()[0]
+        scale, maximize = stats.percent(objective.metric), objective.direction == "maximize"
+        samples, _, pending, params = cell_samples(study, spec)
+        base = baseline_cell(spec, samples, params)
+        unit = " pts" if scale == 100 else ""
+        refused = study.user_attrs.get(Attr.REFUSED, {})
+        for key in params:
+            values = samples.get(key, pd.Series(dtype=float))
+            state = (tuple(values), key in pending, base, tuple(samples.get(base, ())))
+            if self.logged.get(key) == state:
+                continue
+            run = self(key, params[key], running=key in pending)
+            metrics = {"seeds": len(values)}
+            tags = {"ablate.verdict": "refused", "ablate.refused": refused[key]} if key in refused else {}
+            if len(values):
+                metrics |= {f"{objective.metric}/mean": values.mean() / scale}
+                text = f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+                tags["ablate.result"] = f"{text}{'%' if scale == 100 else ''} over {len(values)} seed(s)"
+            if len(values) > 1:
+                metrics[f"{objective.metric}/sd"] = values.std() / scale
+            if base is not None and key == base:
+                tags["ablate.verdict"] = "baseline"
+            elif base is not None and len(values):
+                delta, low, high = stats.delta_ci(samples[base], values)
+                metrics |= {f"{objective.metric}/delta": delta / scale}
+                if not np.isnan(low):
+                    metrics |= {f"{objective.metric}/delta_low": low / scale,
+                                f"{objective.metric}/delta_high": high / scale}
+                paper = paper_delta(spec, (params[key], cell_label(params[key])),
+                                    (params[base], cell_label(params[base])))
+                verdict = (stats.reproduction(paper, low, high) if not np.isnan(paper) and scale == 100
+                           else stats.direction(low, high, maximize))
+                ci = f" [{low:+.2f}, {high:+.2f}]" if not np.isnan(low) else " (one seed: no interval)"
+                tags |= {"ablate.verdict": verdict, "ablate.delta": f"{delta:+.2f}{unit}{ci} vs {run_label(params[base])}"
+                         + (f"; paper {paper:+.2f}{unit}" if not np.isnan(paper) else "")}
+            tracking.log_metrics(client, run, metrics, step=len(values))
+            if tags:  # the description the UI shows first on the run's page
+                tags["mlflow.note.content"] = "; ".join(tags[k] for k in ("ablate.result", "ablate.delta",
+                                                                          "ablate.refused") if k in tags) + (
+                    f" ({tags['ablate.verdict']})" if "ablate.verdict" in tags else "")
+            for tag, value in tags.items():
+                client.set_tag(run, tag, value)
+            if key not in pending:
+                client.set_terminated(run, "FINISHED")
+            self.logged[key] = state
+        self._summarise_study(study, samples, params, objective, scale, maximize)
+
+    def _summarise_study(self, study, samples, params, objective, scale, maximize) -> None:
+        trials = [t for t in own_trials(study) if Attr.LABEL in t.user_attrs]
+        continued = resumed_trials(trials)
+        refused = sum(Attr.REFUSED in t.user_attrs for t in trials) + len(study.user_attrs.get(Attr.REFUSED, {}))
+        counts = {"trials/complete": sum(t.state == TrialState.COMPLETE for t in trials),
+                  "trials/pruned": sum(t.state == TrialState.PRUNED and Attr.REFUSED not in t.user_attrs
+                                       for t in trials),
+                  "trials/failed": sum(t.state == TrialState.FAIL and t.number not in continued for t in trials),
+                  "trials/refused": refused}
+        metrics = dict(counts)
+        if samples:
+            means = {k: v.mean() for k, v in samples.items()}
+            best = (max if maximize else min)(means, key=means.get)
+            metrics[f"best/{objective.metric}/mean"] = means[best] / scale
+            self.client.set_tag(self.parent, "ablate.best_configuration", run_label(params[best]))
+            self.client.set_tag(self.parent, "ablate.summary", (
+                f"best {run_label(params[best])}: {means[best]:.2f}{'%' if scale == 100 else ''} mean over "
+                f"{len(samples[best])} seed(s); " + ", ".join(f"{v} {k.split('/')[1]}" for k, v in counts.items())))
+        tracking.log_metrics(self.client, self.parent, metrics, step=len(trials))
+
+
+def add_seeds(study: optuna.Study, spec: StudySpec) -> int:
+    """Seeds on demand (study.seeds: {min, max, until: decided}): queue the next seed of every configuration whose
+    interval against the baseline still holds 0 (stats.next_seeds); in a search, also a finished configuration's
+    repeats up to min. The caller holds the setup lock. Returns the number of trials queued."""
+    policy = spec.cfg.study.on_demand
+    samples, tried, pending, params = cell_samples(study, spec)
+    objective = spec.cfg.study.objectives()[0]
+    add = {}
+    if not spec.is_grid:
+        for key, values in samples.items():  # a searched configuration's first repeats: up to min seeds
+            missing = set(range(policy.min)) - tried[key]
+            if missing and key not in pending:
+                add[key] = missing
+    base = baseline_cell(spec, samples, params)
+    if base is not None:
+        ready = {k: v for k, v in samples.items() if len(v) >= policy.min or spec.is_grid}
+        for key, seeds in stats.next_seeds(ready, tried, pending, base, policy.max,
+                                           objective.direction == "maximize").items():
+            add.setdefault(key, set()).update(seeds)
+    if not spec.is_grid:  # within the study's budget of trials
+        room = spec.cfg.study.trials - len([t for t in own_trials(study) if Attr.LABEL in t.user_attrs or
+                                            t.state == TrialState.WAITING])
+        add = dict(list(add.items())[:max(room, 0)])
+    queued = 0
+    for key, seeds in add.items():
+        fixed = {k: v for k, v in params[key].items()} if not spec.is_grid else {}
+        for seed in sorted(seeds):
+            study.enqueue_trial(fixed, user_attrs=configuration(key, params[key], seed), skip_if_exists=False)
+            queued += 1
+    return queued
+
+
+def warm_start(study: optuna.Study, spec: StudySpec, storage) -> int:
+    """study.warm_start: the earlier study's finished trials whose params fit this study's space are added (once,
+    to a new study) for the sampler to learn from; they are marked, and neither counted nor reported as ours."""
+    earlier = spec.cfg.study.warm_start
+    if not earlier or spec.is_grid or study.get_trials(deepcopy=False):
+        return 0
+    try:
+        other = optuna.load_study(study_name=earlier, storage=storage)
+    except KeyError:
+        raise AblateError(f"{spec.path}: study.warm_start: no study {earlier!r} in the storage") from None
+    distributions = {key: distribution(values) for key, values in spec.space.items()}
+    added = 0
+    for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not t.params or not all(k in distributions and fits(distributions[k], v) for k, v in t.params.items()):
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=t.params, distributions={k: distributions[k] for k in t.params}, values=t.values,
+            user_attrs={Attr.WARM_FROM: earlier}))
+        added += 1
+    return added
+
+
+def fits(dist: optuna.distributions.BaseDistribution, value) -> bool:
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):  # a choice this study's space does not hold
+        return False
+
+
+def distribution(values) -> optuna.distributions.BaseDistribution:
+    """A space key's values as Optuna's distribution (what sample_params suggests from)."""
+    if isinstance(values, list):
+        return optuna.distributions.CategoricalDistribution(values)
+    if values.type == "int":
+        return optuna.distributions.IntDistribution(int(values.low), int(values.high), step=int(values.step or 1),
+                                                    log=values.log)
+    return optuna.distributions.FloatDistribution(values.low, values.high, step=values.step, log=values.log)
+
+
 # ---------------------------------------------------------------- workers
 
 def wanted(spec: StudySpec) -> set[tuple[str, int]] | None:
     """A grid's cell x seed pairs as the file reads now (None for a searched study)."""
     if not spec.is_grid:
         return None
-    return {(key, s) for key in keyed_cells(spec) for s in spec.cfg.study.seeds}
+    return {(key, s) for key in keyed_cells(spec) for s in spec.cfg.study.seed_list}
 
 
 def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, parent_run_id: str) -> None:
@@ -339,25 +593,33 @@ def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, pa
     s = spec.cfg.study
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
     study = open_study(spec, storage, worker)
-    objective = make_objective(spec, parent_run_id)
-    heartbeats = journal_file(storage_url) is None  # RDB: other machines' dead trials get failed as we go
-    if heartbeats:
-        client = tracking.make_client(spec.base.get("tracking", {}).get("uri"))
-        experiment_id = tracking.get_or_create_experiment(spec.name, client.tracking_uri)
+    client = tracking.make_client(spec.base.get("tracking", {}).get("uri"))
+    experiment_id = tracking.get_or_create_experiment(spec.name, client.tracking_uri)
+    runs = ConfigurationRuns(spec, client, experiment_id, parent_run_id)
+    objective = make_objective(spec, parent_run_id, runs)
+    journal = journal_file(storage_url)
+    heartbeats = journal is None  # RDB: other machines' dead trials get failed as we go
     pairs = wanted(spec)
-    total = len(pairs) if pairs is not None else s.trials
+    total = None if s.on_demand else len(pairs) if pairs is not None else s.trials  # on demand: as queued
     with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
             check_interrupt()
-            if spec.is_grid:
-                if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                    if not (heartbeats and await_stale(study, s.heartbeat_interval)):
-                        return
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if spec.is_grid and not waiting:
+                if heartbeats and await_stale(study, s.heartbeat_interval):
                     end_orphaned_runs(study, client, experiment_id)
                     continue
-            elif len(study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,))) >= total:
+                if s.on_demand and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    time.sleep(1)  # another worker's trial may still ask for more seeds
+                    continue
+                return
+            if not spec.is_grid and not waiting and len(own_trials(study, DONE + (TrialState.RUNNING,))) >= s.trials:
                 return
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs)])
+            runs.summarise(study)
+            if s.on_demand:
+                with setup_lock(storage, spec.name, journal):  # two workers must not queue the same seed
+                    add_seeds(study, spec)
             if heartbeats:  # a stale trial failed by the heartbeat check: end its MLflow run too
                 end_orphaned_runs(study, client, experiment_id)
 
@@ -384,26 +646,32 @@ def _worker_process(*args) -> None:
         sys.exit(130)
 
 
-def _progress(total: int, pairs: set[tuple[str, int]] | None):
-    """The line printed after each trial; counts only trials with a configuration (of the file, for a grid)."""
+def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
+    """The line printed after each trial; counts only trials with a configuration (of the file, for a grid).
+    `total` None: seeds on demand, the trials queued so far."""
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if Attr.LABEL not in trial.user_attrs:
             return  # a worker that found no grid cell left: nothing ran
-        trials = [t for t in study.get_trials(deepcopy=False) if Attr.LABEL in t.user_attrs
+        trials = [t for t in own_trials(study) if Attr.LABEL in t.user_attrs
                   and (pairs is None or (t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)) in pairs)]
         continued = resumed_trials(trials)  # stopped, then resumed by a later trial: not failed
-        count = {s: sum(t.state == s and t.number not in continued for t in trials)
-                 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+        count = {s: sum(t.state == s and t.number not in continued and Attr.REFUSED not in t.user_attrs
+                        for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        refused = sum(Attr.REFUSED in t.user_attrs for t in trials)
+        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + refused
+        shown = total if total is not None else len({(t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED))
+                                                     for t in trials if t.number not in continued})
         best = ""
-        if len(study.directions) == 1 and count[TrialState.COMPLETE]:
-            b = study.best_trial
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if len(study.directions) == 1 and complete:
+            b = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(complete, key=lambda t: t.value)
             best = f" | best {b.value:.4f} (trial {b.number}: {b.user_attrs.get(Attr.LABEL, '')})"
         reason = f" ({trial.user_attrs[Attr.FAIL_REASON]})" if Attr.FAIL_REASON in trial.user_attrs else ""
         if trial.user_attrs.get(Attr.RESUMED):
             reason += f" (resumed at epoch {trial.user_attrs[Attr.RESUMED]['epoch']})"
-        print(f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{reason} | {done}/{total} done, "
-              f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{best}", flush=True)
+        print(f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{reason} | {done}/{shown} done, "
+              f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed"
+              f"{f', {refused} refused' if refused else ''}{best}", flush=True)
 
     return report
 
@@ -430,13 +698,34 @@ def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = N
         # the MLflow store (a client creates it) and experiment are created once, before any worker starts
         client = tracking.make_client(uri)
         experiment_id = tracking.get_or_create_experiment(spec.name, uri)
+        objective = spec.cfg.study.objectives()[0]
+        client.set_experiment_tag(experiment_id, tracking.OBJECTIVE_TAG, f"{objective.metric} {objective.direction}")
         recover(study, storage, client, experiment_id, journal=journal is not None)
         if spec.is_grid:
-            enqueue_missing(study, spec, keyed_cells(spec))
+            cells = keyed_cells(spec)
+            refused = refused_cells(spec, cells)
+            study.set_user_attr(Attr.REFUSED, refused)  # the report lists them, with why
+            enqueue_missing(study, spec, {k: p for k, p in cells.items() if k not in refused})
         else:
+            added = warm_start(study, spec, storage)
+            if added:
+                print(f"[{spec.name}] warm start: {added} finished trials of study {spec.cfg.study.warm_start!r} "
+                      "inform the sampler", flush=True)
             requeue_stopped(study, spec)
         parent = parent_run(study, spec, client, experiment_id)
+        runs = ConfigurationRuns(spec, client, experiment_id, parent)
+        for key, params in (cells if spec.is_grid else {}).items():  # the UI shows every cell from the start
+            runs(key, params, running=False)
+        runs.summarise(study)
     return study, client, parent
+
+
+def refused_cells(spec: StudySpec, cells: dict[str, dict]) -> dict[str, str]:
+    """A grid's cells that study.constraints refuse, from their dry forwards: cell key -> why."""
+    if not spec.cfg.study.constraints:
+        return {}
+    why = {key: refusal(spec, cell_cost(spec, params)) for key, params in cells.items()}
+    return {key: reason for key, reason in why.items() if reason}
 
 
 def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
@@ -459,6 +748,7 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
         raise
     finally:
         if status:
+            tracking.end_configuration_runs(client, parent, status)  # those whose seeds will not run now
             tracking.end_run(client, parent, status, reason)
     return study
 

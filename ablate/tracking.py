@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -34,6 +35,10 @@ RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch
 RESUMED_FROM_RUN = "ablate.resumed_from_run"  # ... and the run of the trial whose checkpoint it continued
 RESUMED_BY = "ablate.resumed_by"  # a stopped trial's run: the run that continued it
 MAX_REASON = 4000  # well under MLflow's tag-value limit
+ROLE_TAG = "ablate.role"  # a study's runs: 'study' (the parent), 'configuration' (one per cell), 'trial' (one seed)
+CELL_DIGEST_TAG = "ablate.cell_digest"  # a configuration run's cell (cell keys are JSON: a digest searches simply)
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, judges); ours are model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
 KILLED_BY = (KeyboardInterrupt, SystemExit)
 
@@ -97,9 +102,13 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         raise AblateError(f"tracking.uri: cannot open {mask_password(client.tracking_uri)}: "
                           f"{one_line(e, 200)}") from None
     if found is not None:
+        if "mlflow.experimentKind" not in found.tags:  # created by an earlier ablate: the UI's training view too
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri))
+        return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri),
+                                        tags=EXPERIMENT_KIND)
     except MlflowException as e:
         if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
@@ -117,6 +126,53 @@ def start_run(client: MlflowClient, experiment_id: str, *, run_name: str | None 
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # how MLflow (and its UI) nests a child run
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def configuration_run(client: MlflowClient, experiment_id: str, parent_run_id: str, digest: str, name: str,
+                      tags: Mapping[str, Any] | None = None) -> str:
+    """The run of one configuration (a grid cell, a searched configuration) between the study's parent and its seed
+    runs, found by its cell's digest or started; it carries the result over seeds (study.summarise)."""
+    query = (f"tags.`{ROLE_TAG}` = 'configuration' and tags.`{CELL_DIGEST_TAG}` = '{digest}' and "
+             f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    return start_run(client, experiment_id, run_name=name, parent_run_id=parent_run_id,
+                     tags={ROLE_TAG: "configuration", CELL_DIGEST_TAG: digest, **(tags or {})})
+
+
+def end_configuration_runs(client: MlflowClient, parent_run_id: str, status: str) -> None:
+    """A study's configuration runs still RUNNING end with the study's parent run (stopped, failed or done)."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = (f"tags.`{ROLE_TAG}` = 'configuration' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+             "attributes.status = 'RUNNING'")
+    for run in client.search_runs([experiment_id], query, max_results=10000):
+        client.set_terminated(run.info.run_id, status)
+
+
+OBJECTIVE_TAG = "ablate.objective"  # a study's experiment: 'val/acc1 maximize', what its links rank by
+
+
+def runs_url(server: str, experiment_id: str, objective: str | None = None) -> str:
+    """The MLflow UI's page of a study's configuration runs (one row each, best mean first), in its model-training
+    view; each opens on its result over seeds and its seed runs."""
+    metric, _, direction = (objective or "val/acc1 maximize").partition(" ")
+    query = urllib.parse.urlencode({
+        "workflowType": "machine_learning", "searchFilter": f"tags.`{ROLE_TAG}` = 'configuration'",
+        # ordered by a metric (not by date), the filtered runs are listed flat rather than under their parent
+        "orderByKey": f"metrics.`{metric}/mean`", "orderByAsc": str(direction == "minimize").lower()},
+        quote_via=urllib.parse.quote)
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def study_links(server: str, uri: str | None = None) -> dict[str, str]:
+    """Each study's experiment in the store -> the UI's link to its runs (nothing when the store does not exist)."""
+    uri = store_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return {}
+    client = make_client(uri)
+    return {e.name: runs_url(server, e.experiment_id, e.tags.get(OBJECTIVE_TAG)) for e in client.search_experiments()
+            if e.name != "Default"}
 
 
 def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:

@@ -256,6 +256,7 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
             strategy=strategy, use_distributed_sampler=False,  # the datamodule shards its own batches
             deterministic="warn",  # deterministic kernels where they exist, a warning where they do not
             limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
+            val_check_interval=cfg.val_every,  # validations inside an epoch: what a pruner sees of a short trial
             enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
             logger=False,  # run_trial adds the MLflow logger once the run exists
             enable_checkpointing=durable,  # never Lightning's default ModelCheckpoint: ours or none
@@ -342,14 +343,15 @@ def follow_trial(cfg: TrialConfig, callbacks, checkpoint: Path | None, resume: R
 
 def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = None, tags: dict | None = None,
               killed_by: tuple[type[BaseException], ...] = (), checkpoint: Path | None = None,
-              resume: Resume | None = None, owner: dict | None = None) -> TrialResult:
+              resume: Resume | None = None, owner: dict | None = None, run_name: str | None = None) -> TrialResult:
     """Train one config and record it as an MLflow run (a child of `parent_run_id` when given).
 
     Bad input raises AblateError before the store is touched; once the run exists it always ends
     FINISHED, FAILED (reason tag, e.g. DivergedError) or KILLED (Ctrl-C, preemption, or an exception in
     `killed_by`: the study runner passes optuna.TrialPruned). With `checkpoint` the trial saves its resume
     checkpoint there (`owner` says whose it is); `resume` (checkpoint.resume_point) continues from one, in a
-    new run that takes over the earlier run's epochs.
+    new run that takes over the earlier run's epochs. `run_name` names the run (the study's names say what it is)
+    over `tracking.run_name`, without entering the config (a resumed trial's checkpoint must still be its own).
     """
     n = ranks(cfg.train)
     with deferred_interrupt(), quiet_lightning(), (world(n) if n > 1 else nullcontext()) as rendezvous:
@@ -362,7 +364,8 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
         if resume is not None:
             tags = (tags or {}) | {tracking.RESUMED_AT_EPOCH: str(resume.epoch)}
-        with tracking.tracked_run(client, experiment_id, killed_by=killed_by, run_name=cfg.tracking.run_name,
+        with tracking.tracked_run(client, experiment_id, killed_by=killed_by,
+                                  run_name=run_name or cfg.tracking.run_name,
                                   parent_run_id=parent_run_id, tags=tags) as run_id:
             size = {"model/params": built.params, "model/gmacs": built.gmacs}
             tracking.log_params(client, run_id, flatten(cfg) | {"model.num_params": built.params,

@@ -96,10 +96,20 @@ def load(name="tiny", storage: str | Path | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage if "://" in storage else make_storage(storage, 1))
 
 
-def runs(name="tiny", folder: Path | None = None):
+def runs(name="tiny", folder: Path | None = None, configurations: bool = False):
+    """The study's parent and trial runs; with `configurations`, its configuration runs (one per cell) too."""
     client = mlflow.MlflowClient(f"sqlite:///{(folder or Path.cwd()) / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(name)
-    return client.search_runs([experiment.experiment_id]) if experiment else []
+    found = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in found if configurations or r.data.tags.get("ablate.role") != "configuration"]
+
+
+def study_run_of(run, every) -> str:
+    """The study (parent) run a trial run belongs to: its configuration run's parent."""
+    by_id = {r.info.run_id: r for r in every}
+    configuration = by_id[run.data.tags["mlflow.parentRunId"]]
+    assert configuration.data.tags["ablate.role"] == "configuration"
+    return configuration.data.tags["mlflow.parentRunId"]
 
 
 def cells_done(study):

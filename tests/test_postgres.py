@@ -155,7 +155,8 @@ def test_two_workers_on_one_server_run_every_cell_exactly_once(tmp_path, pg_url)
     children = [r for r in all_runs if r.data.tags.get("ablate.role") != "study"]
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
-    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    every = helpers.runs("pg", configurations=True)
+    assert all(helpers.study_run_of(r, every) == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
     assert_no_password(pg_url, *outputs)
@@ -253,12 +254,12 @@ def test_two_workers_log_over_http_to_one_mlflow_server_on_postgresql(tmp_path, 
         experiment = client.get_experiment_by_name("pg")
         every = client.search_runs([experiment.experiment_id])
         parents = [r for r in every if r.data.tags.get("ablate.role") == "study"]
-        children = [r for r in every if r.data.tags.get("ablate.role") != "study"]
+        children = [r for r in every if r.data.tags.get("ablate.role") == "trial"]
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         complete = study.get_trials(states=(TrialState.COMPLETE,))
         assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
         for run in children:  # every child once, each of its epochs' metrics there
-            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert helpers.study_run_of(run, every) == parents[0].info.run_id
             for metric in ("train/loss", "val/loss", "val/acc1", "train/lr"):
                 assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 1, 2], metric
         # the artifacts went through the server into its folder (the workers never wrote there themselves)

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablate.report import ablation_table, delta_ci
+from ablate.report import ablation_table
+from ablate.stats import delta_ci
 from ablate.storage import make_storage
 from helpers import TINY_BASE, ablate, load, start
 
@@ -134,12 +136,16 @@ def test_latex_is_booktabs_with_the_rows(tiny):
 def test_html_and_markdown_formats(tiny):
     html = ablate("report", "tiny", "--format", "html", cwd=tiny["folder"]).stdout
     assert "<table" in html and "attention=se" in html
-    md = ablate("report", "tiny", cwd=tiny["folder"]).stdout.splitlines()
-    widths = {len(line) for line in md if line.startswith("|")}
-    assert len(widths) == 1  # aligned
+    out = ablate("report", "tiny", cwd=tiny["folder"]).stdout
+    ours, against = out.split("\nAgainst the paper:")  # the study has references: the reproduction table follows
+    md = ours.splitlines()
+    assert len({len(line) for line in md if line.startswith("|")}) == 1  # aligned
+    assert len({len(line) for line in against.splitlines() if line.startswith("|")}) == 1
     # the delta cell: the table's numbers as text, "d [lo, hi]" in points, * when the interval excludes 0
     cells = {row[0]: row for row in ([c.strip() for c in line.strip("|").split("|")] for line in md
                                      if line.startswith("|"))}
+    assert list(cells["config"]) == ["config", "params (M)", "GMACs", "top-1 acc (%)", "Δ top-1 (95% CI)",
+                                     "verdict"]  # compact: what a paper prints; top-5 is ~100% on 10 classes
     column = cells["config"].index("Δ top-1 (95% CI)")
     se = table(tiny).loc["attention=se"]
     d, lo, hi = se["Δ top-1"], se["Δ top-1 lo"], se["Δ top-1 hi"]
@@ -153,10 +159,25 @@ def test_reference_columns_stand_beside_ours(tiny):
     assert df.loc["attention=se", "paper top-1 err"] == 23.14
     assert df["ours params (M)"].tolist() == df["params (M)"].tolist()
     assert df["ours top-1 err"].tolist() == df["top-1 err (%)"].tolist()
-    md = ablate("report", "tiny", cwd=tiny["folder"]).stdout
-    header = md.splitlines()[0]
+    wide = ablate("report", "tiny", "--columns", "all", cwd=tiny["folder"]).stdout
+    header = wide.splitlines()[0]
     assert header.index("paper params (M)") < header.index("ours params (M)")
-    assert "25.56" in md and "28.09" in md
+    assert "25.56" in wide and "28.09" in wide
+
+
+def test_verdicts_judge_our_numbers_against_the_papers(tiny):
+    df = table(tiny)
+    se = df.loc["attention=se"]
+    # params: ours are resnet10_narrow's, the paper's ResNet-50's: no match, and the report says so
+    assert not df["params match"].any()
+    assert se["paper Δ top-1"] == pytest.approx(24.56 - 23.14)  # top-1 err 24.56 -> 23.14: +1.42 points
+    expected = ("inconclusive" if se["Δ top-1 lo"] <= 0 <= se["Δ top-1 hi"] else
+                "reproduced" if se["Δ top-1 lo"] > 0 else "contradicted")
+    assert se["effect"] == expected
+    assert se["verdict"] == {"inconclusive": "undecided", "reproduced": "better", "contradicted": "worse"}[expected]
+    against = ablate("report", "tiny", cwd=tiny["folder"]).stdout.split("Against the paper:")[1]
+    row = next(line for line in against.splitlines() if line.startswith("| attention=se"))
+    assert "1.26 / 28.09" in row and "| no " in row and f"{se['Δ top-1']:+.2f} / +1.42" in row and expected in row
 
 
 def test_ladder_report_has_a_delta_to_the_previous_row(tiny):
@@ -230,12 +251,14 @@ def _free_port():
 
 
 def test_ui_serves_the_parent_and_every_child(tiny, tmp_path):
+    """`ablate ui STUDY`: the link it prints opens the study's configuration runs in a real browser, and SIGTERM to
+    the command ends the MLflow server's whole process tree."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "ui.log"  # a file, not a pipe: nobody reads while the server runs
     # its own session: the MLflow server's worker processes are stopped with it
     with open(log, "w") as out:
-        ui = start("ui", "--port", port, cwd=tiny["folder"], stdout=out, stderr=subprocess.STDOUT,
+        ui = start("ui", "tiny", "--port", port, cwd=tiny["folder"], stdout=out, stderr=subprocess.STDOUT,
                    start_new_session=True)
     try:
         wait = 300  # generous: the MLflow server starts slowly on a busy machine, but a silent skip hid failures
@@ -263,16 +286,64 @@ def test_ui_serves_the_parent_and_every_child(tiny, tmp_path):
         assert parent in ids
         children = {t.user_attrs["mlflow_run_id"] for t in study.trials}
         assert len(children) == 6 and children <= ids
-        for run in runs:
-            if run["info"]["run_id"] in children:
-                tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-                assert tags["mlflow.parentRunId"] == parent
+        tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
+        for run in children:  # a trial's run is a child of its configuration's run, a child of the study's
+            configuration = tags[run]["mlflow.parentRunId"]
+            assert tags[configuration]["ablate.role"] == "configuration"
+            assert tags[configuration]["mlflow.parentRunId"] == parent
+        link = next(line.split(": ", 1)[1] for line in log.read_text().splitlines() if line.startswith("tiny: "))
+        assert link.startswith(f"{url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+        browse(link, tiny)
+        ui.send_signal(signal.SIGTERM)  # what a service manager, `timeout` or `kill` sends to the command alone
+        assert ui.wait(timeout=60) == 0
+        with pytest.raises(ProcessLookupError):  # not one of the server's worker processes is left
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                os.killpg(ui.pid, 0)
+                time.sleep(0.5)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{url}/health", timeout=5)
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if ui.poll() is None:
             os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def browse(link: str, tiny) -> None:
+    """Headless Chromium, as a researcher clicks: the link lists one run per configuration, best mean first; a
+    configuration's page shows its mean, sd, n, delta interval and verdict, and its seed runs."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no headless browser: .ci/run installs Debian's chromium and chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        driver.get(link)
+        wait = WebDriverWait(driver, 120)
+        rows = lambda d: [a.text for a in d.find_elements(By.CSS_SELECTOR, "a") if a.text in ("none", "se")]  # noqa: E731
+        names = wait.until(lambda d: rows(d) if len(rows(d)) == 2 else None)
+        means = table(tiny)["top-1 acc (%)"]
+        if means["attention=none"] != means["attention=se"]:  # ranked by mean over seeds (a tie: either way)
+            assert names == sorted(["none", "se"], key=lambda n: -means[f"attention={n}"])
+        assert "2 matching runs" in driver.find_element(By.TAG_NAME, "body").text  # configurations only
+        next(a for a in driver.find_elements(By.CSS_SELECTOR, "a") if a.text == "se").click()
+        page = wait.until(lambda d: d.find_element(By.TAG_NAME, "body").text if "se · seed 2" in d.find_element(
+            By.TAG_NAME, "body").text else None)
+        for shown in ("val/acc1/mean", "val/acc1/sd", "val/acc1/delta_low", "val/acc1/delta_high", "seeds",
+                      "ablate.verdict", "se · seed 0", "se · seed 1"):
+            assert shown in page, shown
+        assert f"{means['attention=se'] / 100:.4f}"[:5] in page  # the mean the report gives, as the run holds it
+    finally:
+        driver.quit()
 
 
 def test_multi_objective_study_gets_a_pareto_plot(tmp_path):

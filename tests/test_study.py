@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from ablate.errors import AblateError
 from ablate.report import ablation_table
 from ablate.spec import grid_cells, load_study
-from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, write_study
+from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, study_run_of, write_study
 
 # ---------------------------------------------------------------- validation (nothing runs, nothing is written)
 
@@ -80,15 +80,17 @@ def test_grid_study_runs_tracks_and_resumes(tmp_path):
     assert cells_done(study) == cells()
     all_runs = runs()
     parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "study"]
-    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    every = runs(configurations=True)
+    children = [r for r in all_runs if "optuna.trial" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
+    assert all(study_run_of(r, every) == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in all_runs)
     assert {r.data.tags["optuna.trial"] for r in children} == {"0", "1", "2", "3"}
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
 
     again = ablate("run", str(path))  # resume: nothing left to do
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len(load().trials) == 4 and len(runs()) == 5
+    assert len(load().trials) == 4 and len(runs()) == 5 and len(runs(configurations=True)) == 5 + 2
 
 
 def test_killed_study_resumes_every_cell_exactly_once(tmp_path):

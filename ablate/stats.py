@@ -1,0 +1,87 @@
+"""Statistics over seeds: the delta between two configurations with its confidence interval, and what it decides.
+
+Pure numbers (pandas, SciPy): the report prints them, the study runner logs them on configuration runs and uses
+them to decide whether a configuration needs more seeds. A configuration's samples are a Series indexed by seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+LEVEL = 0.95
+BETTER, WORSE, UNDECIDED = "better", "worse", "undecided"  # our delta against the baseline, by its interval
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"  # ... against the paper's
+
+
+def delta_ci(base: pd.Series, other: pd.Series, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean difference other - base and its confidence interval: paired by seed when both ran the same seeds (the
+    seed fixes data order and init, so pairing removes that noise), Welch otherwise; NaN bounds below 2 seeds."""
+    base, other = base.dropna(), other.dropna()
+    if len(base) >= 2 and set(base.index) == set(other.index):  # paired by seed
+        other = other.loc[base.index]
+        delta = (other - base).mean()
+        if (other - base).std(ddof=1) == 0:
+            return delta, delta, delta  # no spread: SciPy's interval would be NaN
+        ci = stats.ttest_rel(other, base).confidence_interval(level)
+        return delta, ci.low, ci.high
+    delta = other.mean() - base.mean()
+    if len(base) < 2 or len(other) < 2:
+        return delta, np.nan, np.nan
+    if base.var(ddof=1) + other.var(ddof=1) == 0:
+        return delta, delta, delta
+    ci = stats.ttest_ind(other, base, equal_var=False).confidence_interval(level)  # Welch
+    return delta, ci.low, ci.high
+
+
+def mean_ci(values: pd.Series, level: float = LEVEL) -> tuple[float, float]:
+    """The t-interval of one configuration's mean over its seeds (NaN below 2 seeds)."""
+    values = values.dropna()
+    if len(values) < 2 or values.std(ddof=1) == 0:
+        return (values.mean(), values.mean()) if len(values) >= 2 else (np.nan, np.nan)
+    low, high = stats.t.interval(level, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    return low, high
+
+
+def direction(low: float, high: float, maximize: bool = True) -> str:
+    """What an interval of a delta (other - base) says: better, worse, or undecided while it holds 0 (or is NaN);
+    for a metric to minimise, below 0 is better."""
+    if low > 0 or high < 0:
+        return BETTER if (low > 0) == maximize else WORSE
+    return UNDECIDED
+
+
+def reproduction(paper_delta: float, low: float, high: float) -> str:
+    """The paper's effect against ours: reproduced when our interval excludes 0 on the paper's side, contradicted
+    when it excludes 0 on the other, inconclusive while it holds 0 (or the paper reports no difference)."""
+    if direction(low, high) == UNDECIDED or paper_delta == 0 or np.isnan(paper_delta):
+        return INCONCLUSIVE
+    return REPRODUCED if (low > 0) == (paper_delta > 0) else CONTRADICTED
+
+
+def percent(metric: str) -> float:
+    """The scale a metric is read at: accuracies are logged as fractions, papers print percent."""
+    return 100.0 if "/acc" in metric else 1.0
+
+
+def next_seeds(samples: dict[str, pd.Series], tried: dict[str, set[int]], pending: set[str], baseline: str,
+               max_seeds: int, maximize: bool = True) -> dict[str, set[int]]:
+    """Seeds on demand: each configuration whose seeds have all finished gets one more while its interval against
+    the baseline still holds 0, up to `max_seeds`; the baseline gets that seed too, so that the pair stays paired.
+
+    `samples`: each configuration's finished values by seed; `tried`: the seeds each has had a trial of (finished,
+    failed or queued); `pending`: configurations with a trial queued or running. Returns configuration -> seeds."""
+    add: dict[str, set[int]] = {}
+    if baseline in pending or baseline not in samples:
+        return add  # the reference itself is still moving
+    for key, values in samples.items():
+        if key == baseline or key in pending or len(tried.get(key, ())) >= max_seeds:
+            continue
+        _, low, high = delta_ci(samples[baseline], values)
+        if len(values) >= 2 and direction(low, high, maximize) != UNDECIDED:
+            continue  # decided: more seeds would not change the verdict's sign
+        seed = min(set(range(max_seeds)) - tried.get(key, set()))
+        add.setdefault(key, set()).add(seed)
+        if seed not in tried.get(baseline, set()):
+            add.setdefault(baseline, set()).add(seed)
+    return add
