@@ -15,7 +15,7 @@ from ablate.models import build_model
 FAMILIES = {
     "resnet18": "block", "resnet50": "block", "resnext50_32x4d": "block", "resnet50d": "block",
     "wide_resnet50_2": "block", "efficientnet_b0": "block", "mobilenetv3_small_100": "block",
-    "regnety_002": "block", "convnext_atto": "block_out",
+    "regnety_002": "block", "convnext_atto": "block_out", "resnet20": "block",  # resnet20: ablate.backbones
 }
 SIZE = 32
 _plain_cache = {}
