@@ -1,6 +1,7 @@
 """He et al.'s CIFAR ResNets and the pre-activation ResNet-164 as timm models: the papers' parameter counts,
 SE on them against a hand formula, every position, identity at init, features_only."""
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -11,8 +12,11 @@ from ablate.config import AttentionSpec, ModelConfig
 from ablate.inject import find_blocks, inject
 from ablate.models import build_model
 from ablate.profile import count_params
+from ablate.report import dry_run_table
+from ablate.spec import load_study
 
 SIZE = 32
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,3 +133,22 @@ def test_a_replaced_conv_takes_the_blocks_following_norm_and_activation():
         block = model.layer3[1]
         assert isinstance(block.bn2, torch.nn.Identity) and isinstance(block.act2, torch.nn.Identity)
         assert isinstance(block.bn1, torch.nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("study, rows, errors", [
+    ("resnet_cifar_table", 5, [8.75, 7.51, 7.17, 6.97, 6.43]),
+    ("se_cifar_table", 8, [6.37, 5.21, 26.88, 23.85, 5.46, 4.39, 24.33, 21.31]),
+])
+def test_the_cifar_studies_dry_run_without_data_beside_the_papers_numbers(study, rows, errors, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data.root is relative: no CIFAR under this folder
+    table = dry_run_table(load_study(STUDIES / f"{study}.yaml"))
+    assert len(table) == rows and table["paper top-1 err"].tolist() == errors
+    paper, ours = table["paper params (M)"], table["ours params (M)"]
+    for published, counted in zip(paper[paper.notna()], ours[paper.notna()]):
+        assert round(counted, len(str(published).split(".")[1])) == published
+    if study == "se_cifar_table":  # SE's rows: the plain row's params and SE's, in each of the 54 blocks
+        se = ours[table["model.attention.name"] == "se"].to_numpy()
+        plain = ours[table["model.attention.name"] == "none"].to_numpy()
+        added = [18 * sum(se_params(c) for c in widths) / 1e6 for widths in ((16, 32, 64), (64, 128, 256))]
+        assert se - plain == pytest.approx([added[0], added[0], added[1], added[1]], abs=1e-9)
