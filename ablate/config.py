@@ -31,7 +31,8 @@ class AttentionSpec(Strict):
     """Which module goes where: `name: none` is the plain backbone."""
 
     name: str = "none"
-    position: Literal[POSITIONS] = "block"
+    position: Literal[POSITIONS] | None = Field(None, description="null = where the module's paper puts it "
+                                                "(ablate modules), block when it names no place")
     stages: list[int] | None = Field(None, description="1-based stages to touch, as papers count; null = all")
     every: int = Field(1, ge=1, description="every n-th block within a stage")
     pattern: str | None = Field(None, description="module-path glob for position: pattern")
