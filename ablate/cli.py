@@ -36,17 +36,17 @@ def _root(ctx: typer.Context):
 
 @app.command()
 def modules(plugin: List[str] = PLUGIN):
-    """Every registered attention module: name, kind, paper, knobs with defaults."""
+    """Every registered attention module: name, kind, where its paper puts it, knobs with defaults, paper."""
     _plugins(plugin)
     from ablate.attention import list_attention
 
     infos = list_attention()
-    rows = [(i.name, i.kind, ", ".join(f"{k}={_show(v.default)}" for k, v in i.knobs.items()) or "-",
-             i.paper) for i in infos]
-    widths = [max(len(r[c]) for r in rows + [("name", "kind", "knobs (defaults)", "paper")]) for c in range(3)]
-    header = ("name", "kind", "knobs (defaults)", "paper")
+    rows = [(i.name, i.kind, i.placement.describe() if i.placement else "-",
+             ", ".join(f"{k}={_show(v.default)}" for k, v in i.knobs.items()) or "-", i.paper) for i in infos]
+    header = ("name", "kind", "placement", "knobs (defaults)", "paper")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
     for row in [header] + rows:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
     typer.echo(f"{len(infos)} modules")
 
 
@@ -60,7 +60,7 @@ def _show(value) -> str:
 def inspect(
     backbone: str = typer.Argument(..., help="timm model name, e.g. resnet50"),
     attention: str = typer.Option("none", help="registered module name (see `ablate modules`)"),
-    position: str = typer.Option("block", help=", ".join(POSITIONS)),
+    position: Optional[str] = typer.Option(None, help=", ".join(POSITIONS) + " (default: the paper's placement)"),
     knob: List[str] = typer.Option([], help="module knob as name=value (repeatable)"),
     stages: Optional[str] = typer.Option(None, help="1-based stages, comma separated, e.g. 3,4"),
     every: int = typer.Option(1, help="every n-th block within a stage"),

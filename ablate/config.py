@@ -31,7 +31,8 @@ class AttentionSpec(Strict):
     """Which module goes where: `name: none` is the plain backbone."""
 
     name: str = "none"
-    position: Literal[POSITIONS] = "block"
+    position: Literal[POSITIONS] | None = Field(None, description="null = where the module's paper puts it "
+                                                "(ablate modules), block when it names no place")
     stages: list[int] | None = Field(None, description="1-based stages to touch, as papers count; null = all")
     every: int = Field(1, ge=1, description="every n-th block within a stage")
     pattern: str | None = Field(None, description="module-path glob for position: pattern")
@@ -79,10 +80,11 @@ class TrainConfig(Strict):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "multistep", "constant"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0)
     decay_epochs: int = Field(30, ge=1, description="step schedule: epochs between decays")
+    decay_milestones: list[int] = Field([30, 60, 90], min_length=1, description="multistep schedule: the epochs where lr decays")
     decay_rate: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")

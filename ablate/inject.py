@@ -1,6 +1,7 @@
 """Put attention modules into an already-built timm model, at named positions.
 
-Positions (the POSITIONS table; config.POSITIONS names the same ones):
+Positions (the POSITIONS table; config.POSITIONS names the same ones); an unset position is the module's
+paper placement (its registry entry), `block` where the paper names none:
   block      inside each residual block, before the residual add: the block's `se` slot, where timm's
              ResNet/ResNeXt/ResNet-D/Wide, EfficientNet/MobileNetV3 and RegNet blocks put SE. A slot that
              already holds a module (EfficientNet's SE) keeps it; ours runs right after it.
@@ -34,7 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ablate.attention import AttentionInfo, create_attention, get_attention
+from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
 from ablate.config import AttentionSpec
 from ablate.errors import AblateError, at
 from ablate.profile import count_gmacs, count_params
@@ -415,19 +416,34 @@ def _position(spec: AttentionSpec, info: AttentionInfo) -> Position:
     return position
 
 
+DEFAULT_PLACEMENT = Placement("block")  # for a module whose paper names no single place (and for none)
+
+
+def with_placement(model: nn.Module, spec: AttentionSpec, info: AttentionInfo | None) -> AttentionSpec:
+    """`spec` with what the user left unset taken from the paper's placement: the position, and for that
+    position the paper's stages (BAM: every stage but the last)."""
+    placement = (info.placement if info else None) or DEFAULT_PLACEMENT
+    position = spec.position or placement.position
+    stages = spec.stages
+    if stages is None and position == placement.position and placement.stages != "all":
+        stages = placement.select(sorted({b.stage for b in find_blocks(model)}))
+    return spec.model_copy(update=dict(position=position, stages=stages))
+
+
 def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_size: int = 224,
            backbone: str = "") -> InsertionReport:
     """Insert `spec.name` at `spec.position` into `model` in place; return the insertion report.
     Errors are keyed relative to the spec ("position", "knobs.reduction"); the caller locates them."""
     input_size = (in_chans, image_size, image_size)
+    with at("name"):
+        info = None if spec.name == "none" else get_attention(spec.name)
+    spec = with_placement(model, spec, info)
     base_params = count_params(model)
     base_gmacs, base_per_module = count_gmacs(model, input_size)
     report = InsertionReport(backbone or type(model).__name__, spec.name, spec.position, dict(spec.knobs),
                              image_size, base_params, base_gmacs, base_params, base_gmacs)
-    if spec.name == "none":
+    if info is None:
         return report
-    with at("name"):
-        info = get_attention(spec.name)
     sites = _position(spec, info).sites(model, spec, info.kind)
     shapes = _probe_shapes(model, sites, in_chans, image_size)
     placed = []

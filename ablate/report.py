@@ -27,7 +27,8 @@ from ablate.spec import StudySpec, build_cell, cell_label, cell_location, grid_c
 from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
-# a study file's reference keys -> the report's column names
+# a study file's reference keys -> the report's column names; `gflops` stays an alias of `gmacs` for older
+# study files: the papers' "GFLOPs" columns count multiply-accumulates (CBAM's ResNet-50 3.858 is GMACs)
 REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
                      "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
 COLUMNS = ("compact", "all")  # --columns: what a paper prints, or every number the report has
@@ -389,8 +390,9 @@ def dry_run_report(study: str | StudySpec, fmt: str = "md") -> str:
     digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
     view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
                        if col.dtype.kind == "f" else col)
-    note = ("\n\nDry run: nothing trained. GMACs by torch.utils.flop_counter; papers' GFLOPs often come from "
-            "another counter (ResNet-50: 4.089 here, 3.858 in CBAM), so compare the differences between rows.")
+    note = ("\n\nDry run: nothing trained. GMACs (multiply-accumulates) by torch.utils.flop_counter; the papers' "
+            "\"GFLOPs\" columns count MACs too, with other counters (ResNet-50: 4.089 here, 3.858 in CBAM), so "
+            "compare the differences between rows.")
     return render(table, fmt, view, note)
 
 

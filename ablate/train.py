@@ -164,7 +164,8 @@ class TrialModule(pl.LightningModule):
         # estimated_stepping_batches honours limit_train_batches
         per_epoch = max(1, self.trainer.estimated_stepping_batches // cfg.epochs)
         scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.schedule, num_epochs=cfg.epochs,
-                                           decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+                                           decay_epochs=cfg.decay_epochs, decay_milestones=cfg.decay_milestones,
+                                           decay_rate=cfg.decay_rate,
                                            min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
                                            step_on_epochs=False, updates_per_epoch=per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

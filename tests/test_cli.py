@@ -18,7 +18,8 @@ def test_modules_lists_every_module_with_kind_and_defaults(run_cli):
     proc = run_cli("modules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for expected in ("cbam ", "reduction=16", "pool_types=avg+max", "arrangement=channel_first", "Woo et al."):
+    for expected in ("cbam ", "reduction=16", "pool_types=avg+max", "arrangement=channel_first", "Woo et al.",
+                     "stage (not after the last)"):
         assert expected in out
     assert int(out.strip().splitlines()[-1].split()[0]) >= 16
 

@@ -15,7 +15,7 @@ from ablate.models import build_model
 FAMILIES = {
     "resnet18": "block", "resnet50": "block", "resnext50_32x4d": "block", "resnet50d": "block",
     "wide_resnet50_2": "block", "efficientnet_b0": "block", "mobilenetv3_small_100": "block",
-    "regnety_002": "block", "convnext_atto": "block_out",
+    "regnety_002": "block", "convnext_atto": "block_out", "resnet20": "block",  # resnet20: ablate.backbones
 }
 SIZE = 32
 _plain_cache = {}
@@ -65,7 +65,7 @@ def test_resnet50_se_and_cbam_give_the_papers_parameter_counts():
 
 def test_cbam_gmac_delta_on_resnet50_matches_the_paper():
     report = build_model(ModelConfig(backbone="resnet50", attention=AttentionSpec(name="cbam")), 1000, 3, 224).report
-    assert abs((report.gmacs - report.base_gmacs) - 0.006) <= 0.003  # paper: 3.858 -> 3.864 GFLOPs
+    assert abs((report.gmacs - report.base_gmacs) - 0.006) <= 0.003  # paper: 3.858 -> 3.864 "GFLOPs", which are GMACs
     assert sum(r.params for r in report.rows) == report.params - report.base_params
     assert abs(sum(r.gmacs for r in report.rows) - (report.gmacs - report.base_gmacs)) < 1e-6
 

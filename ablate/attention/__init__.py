@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from ablate.attention.registry import (  # noqa: F401
-    AttentionInfo, Knob, as_timm_layer, create_attention, get_attention, list_attention, load_plugins,
+    AttentionInfo, Knob, Placement, as_timm_layer, create_attention, get_attention, list_attention, load_plugins,
     register_attention, resolve_knobs,
 )
 

@@ -10,7 +10,7 @@ Keras' 'uniform'. Softmax stands for its exp / (sum + 1e-7), equal to within 1e-
 import torch
 from torch import nn
 
-from ablate.attention.registry import register_attention
+from ablate.attention.registry import Placement, register_attention
 
 
 def attention_weighted_average(x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def attention_weighted_average(x: torch.Tensor, attn: torch.Tensor) -> torch.Ten
 
 
 @register_attention(
-    "attn_pool", kind="head",
+    "attn_pool", kind="head", placement=Placement("head"),
     paper="Felbo et al., Using millions of emoji occurrences to learn any-domain representations (DeepMoji), "
           "EMNLP 2017 (arXiv:1708.00524)",
 )

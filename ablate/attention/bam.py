@@ -12,11 +12,11 @@ paper's two output BNs in both modes so that `combine` changes one thing. Not in
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "bam", kind="gate",
+    "bam", kind="gate", placement=Placement("stage", "all_but_last"),
     paper="Park et al., BAM: Bottleneck Attention Module, BMVC 2018 (arXiv:1807.06514)",
     knobs={
         "reduction": Knob(int, 16, "reduction ratio r of both branches", low=1, high="channels"),

@@ -12,7 +12,7 @@ after the spatial conv, the paper does not: `spatial_norm: true` gives the offic
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 PAPER = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018 (arXiv:1807.06521)"
 POOL_TYPES = ("avg", "max", "lp", "lse")
@@ -30,7 +30,7 @@ def _global_pool(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 @register_attention(
-    "cbam_channel", kind="gate", paper=PAPER,
+    "cbam_channel", kind="gate", placement=Placement("block"), paper=PAPER,
     knobs={
         "reduction": Knob(int, 16, "MLP reduction ratio r", low=1, high="channels"),
         "pool_types": Knob(list, ("avg", "max"), "channel descriptors summed after the MLP", choices=POOL_TYPES),
@@ -54,7 +54,7 @@ class ChannelGate(nn.Module):
 
 
 @register_attention(
-    "cbam_spatial", kind="gate", paper=PAPER,
+    "cbam_spatial", kind="gate", placement=Placement("block"), paper=PAPER,
     knobs={
         "kernel_size": Knob(int, 7, "spatial conv size", low=1, high=15, odd=True),
         "spatial_norm": Knob(bool, False, "BatchNorm after the conv, as the official code"),
@@ -77,7 +77,7 @@ class SpatialGate(nn.Module):
 
 
 @register_attention(
-    "cbam", kind="gate", paper=PAPER,
+    "cbam", kind="gate", placement=Placement("block"), paper=PAPER,
     knobs={
         "reduction": Knob(int, 16, "channel MLP reduction ratio r", low=1, high="channels"),
         "pool_types": Knob(list, ("avg", "max"), "channel descriptors", choices=POOL_TYPES),

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 KEY_GROUPS = 4  # official key_embed groups
 SHARE_PLANES = 8  # official: channels sharing one k x k attention map
@@ -22,7 +22,7 @@ RADIX = 2  # the fusion picks between static and dynamic context
 
 
 @register_attention(
-    "cot", kind="conv", includes_norm_act=True,
+    "cot", kind="conv", placement=Placement("conv"), includes_norm_act=True,
     paper="Li et al., Contextual Transformer Networks for Visual Recognition, TPAMI 2022 (arXiv:2107.12292)",
     knobs={
         "kernel_size": Knob(int, 3, "neighbourhood k of the keys and the local attention", low=1, high=9, odd=True),

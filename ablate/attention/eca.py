@@ -6,11 +6,11 @@ differs from the paper below 8 channels.
 """
 from timm.layers import EcaModule
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "eca", kind="gate", source="timm.layers.EcaModule",
+    "eca", kind="gate", placement=Placement("block"), source="timm.layers.EcaModule",
     paper="Wang et al., ECA-Net: Efficient Channel Attention, CVPR 2020 (arXiv:1910.03151)",
     knobs={
         "kernel_size": Knob(int, None, "1D conv size; null = adaptive from gamma and b",

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 EXTENTS = (0, 2, 4, 8)
 
 
 @register_attention(
-    "gather_excite", kind="gate",
+    "gather_excite", kind="gate", placement=Placement("block"),
     paper="Hu et al., Gather-Excite: Exploiting Feature Context in Convolutional Neural Networks, "
           "NeurIPS 2018 (arXiv:1810.12348)",
     knobs={

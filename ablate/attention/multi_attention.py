@@ -21,11 +21,11 @@ from torch import nn
 
 from ablate.attention.attn_pool import AttentionWeightedAverage
 from ablate.attention.cbam import ChannelGate, SpatialGate
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "multi_attention", kind="head",
+    "multi_attention", kind="head", placement=Placement("head"),
     paper="innat/Multi-Attention (Keras): CBAM (Woo et al., ECCV 2018) + DeepMoji attention-weighted average "
           "(Felbo et al., EMNLP 2017) before a BatchNorm-Dense(512)-Dropout tail",
     knobs={

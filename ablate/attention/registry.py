@@ -1,6 +1,7 @@
 """The attention registry: one contract for every module, from us or from a plugin.
 
-A module registers with `@register_attention(name, kind=..., paper=..., knobs={...})`.
+A module registers with `@register_attention(name, kind=..., paper=..., knobs={...}, placement=...)`;
+`placement` says where its paper puts it, which `position` (and `stages`) default to.
 `create_attention(name, channels, **knobs)` validates the knobs against the metadata and builds it;
 `as_timm_layer(name, **knobs)` hands a gate to timm as `attn_layer`.
 
@@ -32,6 +33,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ablate.config import POSITIONS
 from ablate.errors import AblateError, at, describe
 
 KINDS = ("gate", "conv", "head")
@@ -107,6 +109,31 @@ def _fmt(bound, unbounded: str) -> str:
     return unbounded if bound is None else str(bound)
 
 
+STAGE_RULES = ("all", "all_but_last", "last")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a module's paper puts it: a position, and on which stages when the user names none."""
+
+    position: str
+    stages: str = "all"  # all_but_last: BAM's bottlenecks between stages; last: BoTNet's c5 stage
+
+    def __post_init__(self):
+        if self.position not in POSITIONS or self.stages not in STAGE_RULES:
+            raise ValueError(f"placement: position one of {POSITIONS}, stages one of {STAGE_RULES}")
+
+    def select(self, available: list[int]) -> list[int] | None:
+        """The 1-based stages to use out of `available`; None: all of them."""
+        if self.stages == "all" or len(available) < 2:
+            return None
+        return available[:-1] if self.stages == "all_but_last" else available[-1:]
+
+    def describe(self) -> str:
+        return {"all": self.position, "all_but_last": f"{self.position} (not after the last)",
+                "last": f"{self.position} (last stage)"}[self.stages]
+
+
 @dataclass(frozen=True)
 class AttentionInfo:
     """What `ablate modules` prints and what the injector and search space read."""
@@ -119,6 +146,7 @@ class AttentionInfo:
     source: str = "ablate"  # or "timm.layers.X" where we register timm's class behind an adapter
     # conv kind: the module applies its own norm + activation, so the block's following ones go
     includes_norm_act: bool = False
+    placement: Placement | None = None  # where the paper puts it; None: the paper names no single place
 
     def defaults(self) -> dict[str, Any]:
         return {k: knob.default for k, knob in self.knobs.items()}
@@ -136,6 +164,7 @@ def register_attention(
     knobs: dict[str, Knob] | None = None,
     source: str = "ablate",
     includes_norm_act: bool = False,
+    placement: Placement | None = None,
 ):
     """Class decorator: make `cls` available as `name` to the injector, the CLI and the studies."""
     if kind not in KINDS:
@@ -146,7 +175,8 @@ def register_attention(
     def decorate(cls):
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"attention module {name!r} is already registered by {_REGISTRY[name].cls}")
-        _REGISTRY[name] = AttentionInfo(name, cls, kind, paper, dict(knobs or {}), source, includes_norm_act)
+        _REGISTRY[name] = AttentionInfo(name, cls, kind, paper, dict(knobs or {}), source, includes_norm_act,
+                                       placement)
         return cls
 
     return decorate

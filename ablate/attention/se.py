@@ -5,11 +5,11 @@ to a multiple of 8, which differs from the paper on narrow layers).
 """
 from timm.layers import SEModule
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "se", kind="gate", source="timm.layers.SEModule",
+    "se", kind="gate", placement=Placement("block"), source="timm.layers.SEModule",
     paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018 (arXiv:1709.01507)",
     knobs={"reduction": Knob(int, 16, "channel reduction ratio r", low=1, high="channels")},
 )

@@ -8,11 +8,11 @@ Not in timm.
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "simam", kind="gate",
+    "simam", kind="gate", placement=Placement("block"),
     paper="Yang et al., SimAM: A Simple, Parameter-Free Attention Module for CNNs, ICML 2021",
     knobs={"e_lambda": Knob(float, 1e-4, "energy regulariser lambda", low=1e-9, high=1.0)},
 )

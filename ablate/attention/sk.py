@@ -10,11 +10,12 @@ true feeds each path half the input channels, its own parameter-saving change.
 """
 from timm.layers import SelectiveKernel
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "sk", kind="conv", source="timm.layers.SelectiveKernel", includes_norm_act=True,
+    "sk", kind="conv", placement=Placement("conv"),
+    source="timm.layers.SelectiveKernel", includes_norm_act=True,
     paper="Li et al., Selective Kernel Networks, CVPR 2019 (arXiv:1903.06586)",
     knobs={
         "reduction": Knob(int, 16, "attention reduction ratio r: d = max(C / r, L)", low=1, high="channels"),

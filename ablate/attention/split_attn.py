@@ -6,28 +6,31 @@ Attend  s = GAP(sum_r U_r);  z = ReLU(BN(FC1(s))) (C * R / reduction, at least 3
 
 timm's SplitAttn with BatchNorm is the official SplAtConv2d (it applies BN + ReLU itself, as ResNeSt's
 block drops bn2/act2); its attention width is rounded to a multiple of 8, equal to the official one
-whenever C * R / reduction is. Stride goes into the conv as in SplAtConv2d; `avd: true` instead
-downsamples with ResNeSt's 3x3 average pool after the block (avd_first=False, as resnest50).
+whenever C * R / reduction is. A strided block downsamples with ResNeSt's 3x3 average pool after the conv
+(`avd: true`, avd_first=False: the paper's "average downsampling" and the released resnest50's setting);
+`avd: false` puts the stride into the conv instead, as a bare SplAtConv2d does.
 """
 from timm.layers import SplitAttn, make_divisible
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 @register_attention(
-    "split_attn", kind="conv", source="timm.layers.SplitAttn", includes_norm_act=True,
+    "split_attn", kind="conv", placement=Placement("conv"),
+    source="timm.layers.SplitAttn", includes_norm_act=True,
     paper="Zhang et al., ResNeSt: Split-Attention Networks, CVPRW 2022 (arXiv:2004.08955)",
     knobs={
         "radix": Knob(int, 2, "splits R per cardinal group", low=1, high=8),
         "reduction": Knob(int, 4, "attention reduction: width C * R / reduction, at least 32", low=1, high="channels"),
         "groups": Knob(int, 1, "cardinality G", low=1, high="channels"),
-        "avd": Knob(bool, False, "downsample by a 3x3 average pool after the block (ResNeSt's avd)"),
+        "avd": Knob(bool, True, "stride as a 3x3 average pool after the conv (ResNeSt's avd, as the paper and "
+                    "the released resnest50); false: a strided conv"),
     },
 )
 class SplitAttnConv(SplitAttn):
     def __init__(self, channels: int, out_channels: int, stride: int = 1, feat_size=None, radix: int = 2,
-                 reduction: int = 4, groups: int = 1, avd: bool = False):
+                 reduction: int = 4, groups: int = 1, avd: bool = True):
         attn_channels = make_divisible(channels * radix / reduction, min_value=32, divisor=8)  # as SplitAttn
         if channels % (groups * radix) or out_channels % groups or attn_channels % groups:
             raise ValueError(f"split_attn: groups * radix = {groups * radix} must divide the {channels} input "

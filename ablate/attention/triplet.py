@@ -8,7 +8,7 @@ Not in timm.
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
+from ablate.attention.registry import Knob, Placement, register_attention
 
 
 class ZPoolGate(nn.Module):
@@ -25,7 +25,7 @@ class ZPoolGate(nn.Module):
 
 
 @register_attention(
-    "triplet", kind="gate",
+    "triplet", kind="gate", placement=Placement("block"),
     paper="Misra et al., Rotate to Attend: Convolutional Triplet Attention Module, WACV 2021 (arXiv:2010.03045)",
     knobs={"kernel_size": Knob(int, 7, "conv size of each branch", low=1, high=15, odd=True)},
 )

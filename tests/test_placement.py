@@ -1,0 +1,51 @@
+"""Paper placements: an unset position (and, for that position, unset stages) is where the module's paper puts it."""
+import pytest
+import timm
+import torch
+
+from ablate.attention import get_attention
+from ablate.config import AttentionSpec, ModelConfig
+from ablate.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # resnet50 probes on 2 busy cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def built(backbone, image_size=64, classes=1000, **attention):
+    return build_model(ModelConfig(backbone=backbone, attention=attention), classes, 3, image_size).report
+
+
+@pytest.mark.parametrize("attention", [{}, {"position": "stage"}])
+def test_bam_sits_at_the_bottlenecks_between_stages_with_the_papers_params(attention):
+    report = built("resnet50", name="bam", **attention)
+    assert [r.path for r in report.rows] == ["layer1.2.attn_out", "layer2.3.attn_out", "layer3.5.attn_out"]
+    assert abs(report.params / 1e6 - 25.92) <= 0.01  # Park et al., Table: ResNet50 + BAM 25.92M
+    assert report.position == "stage"
+
+
+def test_what_the_user_says_wins_over_the_paper():
+    assert len(built("resnet50", name="bam", position="stage", stages=[1, 2, 3, 4]).rows) == 4
+    assert len(built("resnet50", name="bam", position="block").rows) == 16
+    # on a 3-stage CIFAR ResNet, "every stage but the last" is stages 1 and 2
+    assert [r.path for r in built("resnet20", 32, 10, name="bam").rows] == ["layer1.2.attn_out", "layer2.2.attn_out"]
+
+
+def test_modules_without_a_single_paper_place_go_in_the_block_and_conv_modules_replace_convs():
+    assert get_attention("external").placement is None
+    assert built("resnet18", name="external").position == "block"
+    bot = built("resnet18", name="bot_mhsa")  # BoTNet: the 3x3 convs of the last stage (c5)
+    assert [r.path for r in bot.rows] == ["layer4.0.conv2", "layer4.1.conv2"]
+    assert [r.path for r in built("resnet18", name="sk").rows][:1] == ["layer1.0.conv2"]
+
+
+def test_split_attention_downsamples_as_the_released_resnest50():
+    assert get_attention("split_attn").knobs["avd"].default is True
+    released = timm.create_model("resnest50d", pretrained=False)  # the paper's ResNeSt-50 in timm
+    assert isinstance(released.layer2[0].avd_last, torch.nn.AvgPool2d) and released.layer2[0].avd_first is None
+    ours = build_model(ModelConfig(backbone="resnet50", attention={"name": "split_attn"}), 1000, 3, 64).model
+    assert ours.layer2[0].conv2.conv.stride == (1, 1) and isinstance(ours.layer2[0].conv2.avd, torch.nn.AvgPool2d)
