@@ -170,6 +170,7 @@ def run(
         return
     from ablate.errors import Preempted
     from ablate.interrupt import REQUEUE_EXIT_CODE
+    from ablate.plots import make_plots
     from ablate.report import write_report
     from ablate.study import WorkerDied, run_study
 
@@ -191,11 +192,12 @@ def run(
     except WorkerDied as e:  # a worker process died (OOM killer, kill -9): not bad input
         typer.echo(f"ablate: {e}: {again}", err=True)
         raise typer.Exit(1)
-    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri))
+    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots))
 
 
 def _launch(loaded, launcher: str, workers: int | None, storage: str | None, force_new: bool) -> None:
     from ablate.launch import launch, wait
+    from ablate.plots import make_plots
     from ablate.report import write_report
 
     launched = launch(loaded, launcher, workers=workers, storage_url=storage, force_new=force_new)
@@ -209,7 +211,7 @@ def _launch(loaded, launcher: str, workers: int | None, storage: str | None, for
         typer.echo(f"\nstopped waiting; the tasks keep running ({stop}); follow them with: {status}", err=True)
         raise typer.Exit(130)
     tracking_uri = loaded.base.get("tracking", {}).get("uri")
-    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri))
+    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots))
 
 
 @app.command()
@@ -255,7 +257,10 @@ def report(
             typer.echo(text)
         return
 
-    text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, storage=storage,
+    plotter = None
+    if plots:  # matplotlib and Optuna's plots: only when asked (the study's run logs them when it ends)
+        from ablate.plots import make_plots as plotter
+    text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, plotter=plotter, storage=storage,
                         tracking_uri=tracking_uri, show_all=show_all, columns=columns)
     if not out:
         typer.echo(text)

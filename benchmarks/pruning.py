@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def study_file(folder: Path, name: str, args, **study) -> Path:
     base = {"model": {"backbone": "resnet10_narrow", "attention": {"position": "block"}},
-            "data": {"name": "cluttered-digits", "image_size": 32, "batch_size": 64,
+            "data": {"name": "cluttered-digits", "image_size": 32, "batch_size": 32,
                      "train_size": args.train_size, "val_size": args.val_size},
             "train": {"epochs": args.epochs, "lr": 0.05, "progress_bar": False, "checkpoint_every": 0},
             "tracking": {"log_weights": False}}
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 epochs on fewer images: a smoke run")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train-size", type=int, default=1000)
+    parser.add_argument("--train-size", type=int, default=1500)
     parser.add_argument("--val-size", type=int, default=500)
     args = parser.parse_args()
     if args.quick:

@@ -7,7 +7,6 @@ module's true accuracy), so that the decisions can be checked against the truth 
 """
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest

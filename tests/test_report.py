@@ -231,7 +231,7 @@ def test_report_and_plots_are_logged_on_the_parent_run(tiny, tmp_path):
 
 def test_searched_study_gets_optunas_plots(tmp_path):
     """Optuna's own plots of a searched study; a stored study with fake trials stands in for a real run."""
-    from ablate.report import make_plots
+    from ablate.plots import make_plots
 
     study = optuna.create_study(study_name="searched", direction="maximize")
     for i in range(6):
@@ -347,7 +347,7 @@ def browse(link: str, tiny) -> None:
 
 
 def test_multi_objective_study_gets_a_pareto_plot(tmp_path):
-    from ablate.report import make_plots
+    from ablate.plots import make_plots
 
     study = optuna.create_study(study_name="pareto", directions=["maximize", "minimize"])
     for i in range(2):  # grid trials: their configuration is in user attrs, not in Optuna's params
