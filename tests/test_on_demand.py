@@ -174,3 +174,17 @@ def test_warm_start_informs_the_sampler_without_counting_as_the_new_studys_trial
     assert ablation_table("second")["n"].sum() == 3  # the report is the new study's own trials
     study_runner.run_study(load_study(second))  # resumed: the earlier trials are not copied twice
     assert len([t for t in load("second").trials if "warm_start_of" in t.user_attrs]) == 4
+
+
+# ---------------------------------------------------------------- pruning inside short trials (real training)
+
+def test_asha_sees_every_validation_of_a_trial_that_validates_twice_an_epoch(tmp_path):
+    path = study_file(tmp_path, "asha", sampler="random", pruner="asha", trials=3)
+    study = study_runner.run_study(load_study(path, ["train.val_every=0.5", "train.epochs=2",
+                                                     "data.train_size=64"]))
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done and all(sorted(t.intermediate_values) == [0, 1, 2, 3] for t in done)  # 2 epochs x 2 validations
+    for t in study.trials:
+        if t.state == TrialState.PRUNED:  # ASHA's first rung: the first validation, halfway through epoch 0
+            assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+    assert isinstance(study_runner.make_pruner(load_study(path)), study_runner.optuna.pruners.SuccessiveHalvingPruner)
