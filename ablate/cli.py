@@ -66,9 +66,9 @@ def inspect(
     every: int = typer.Option(1, help="every n-th block within a stage"),
     pattern: Optional[str] = typer.Option(None, help="module-path glob for --position pattern"),
     init: str = typer.Option("default", help="default or identity"),
-    image_size: int = typer.Option(224, help="input size for channels, feature sizes and GMACs"),
-    in_chans: int = typer.Option(3),
-    num_classes: int = typer.Option(1000),
+    image_size: int = typer.Option(224, min=8, max=2048, help="input size for channels, feature sizes and GMACs"),
+    in_chans: int = typer.Option(3, min=1),
+    num_classes: int = typer.Option(1000, min=0, help="0: no classifier (timm's feature backbone)"),
     plugin: List[str] = PLUGIN,
 ):
     """Where the module goes in BACKBONE, and the params and GMACs it adds; nothing is trained."""
@@ -89,7 +89,12 @@ def inspect(
         raise validation_error("inspect", e, ModelConfig) from None
     from ablate.models import build_model
 
-    built = build_model(cfg, num_classes, in_chans, image_size)
+    try:
+        built = build_model(cfg, num_classes, in_chans, image_size)
+    except AblateError as e:
+        if e.key == "data.image_size":  # the input is this command's flags
+            raise AblateError(f"--image-size, --in-chans: {e.message}") from None
+        raise
     typer.echo(built.report.to_text())
 
 
@@ -243,12 +248,19 @@ def report(
                                   "(marked as such)"),
 ):
     """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
+    from ablate.errors import check_output, writing
     from ablate.report import dry_run_report, write_report
 
+    if out:
+        check_output(out, "--out")
+    if plots:
+        check_output(plots, "--plots", folder=True)
     if dry_run:
         text = dry_run_report(study, fmt)
         if out:
-            Path(out).write_text(text)
+            with writing(out, "--out"):
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                Path(out).write_text(text)
         else:
             typer.echo(text)
         return
@@ -270,8 +282,11 @@ def gradcam(
 ):
     """Grad-CAM of each configuration's best run on the same validation images, in one figure."""
     _plugins(plugin)
+    from ablate.errors import check_output
     from ablate.gradcam import write_gradcam
 
+    if out:
+        check_output(out, "--out")
     typer.echo(f"wrote {write_gradcam(study, images, out, storage, tracking_uri)}")
 
 

@@ -8,7 +8,8 @@ that knows the section wraps the call in `with at("model.attention.knobs"):` (th
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Iterator
 
 
@@ -39,6 +40,30 @@ def within(source: str) -> Iterator[None]:
         yield
     except AblateError as e:
         raise AblateError(f"{source}: {e}") from None
+
+
+def check_output(path: str | Path, flag: str, folder: bool = False) -> Path:
+    """An output the user named (`--out FILE`, `--plots FOLDER`): refuse a folder for a file and a file for a
+    folder, before any work; missing parent folders are created when it is written."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise AblateError(f"{flag}: {path} is a folder; give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise AblateError(f"{flag}: {path} is a file; give a folder for the plots")
+    return path
+
+
+@contextmanager
+def writing(path: str | Path, flag: str) -> Iterator[None]:
+    """An OSError while writing `path` (a full disk, a name too long for the file system, no rights) as one
+    line naming the flag; a partly written regular file is removed, so no half report is left behind."""
+    try:
+        yield
+    except OSError as e:
+        with suppress(OSError):
+            if Path(path).is_file():
+                Path(path).unlink()
+        raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
 
 
 class Preempted(KeyboardInterrupt):

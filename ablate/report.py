@@ -20,16 +20,13 @@ from scipy import stats
 
 from ablate import tracking
 from ablate.config import MODULE_KEY
-from ablate.errors import AblateError
+from ablate.errors import AblateError, writing
 from ablate.results import (METRIC_COLUMNS, param_columns, resolve_study, stored_runs_client, study_file,
                             trials_frame)
-from ablate.spec import StudySpec, build_cell, cell_label, cell_location, grid_cells
+from ablate.spec import REFERENCE_COLUMNS, StudySpec, build_cell, cell_label, cell_location, grid_cells
 from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
-# a study file's reference keys -> the report's column names
-REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
-                     "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
 DELTA = "Δ top-1"
 DELTA_PREV = "Δ prev top-1"
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
@@ -368,12 +365,15 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
                            client=client)
     text = render(table, fmt)
     if out:
-        Path(out).write_text(text)
+        with writing(out, "--out"):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text)
     figures = make_plots(table, optuna_study, trials_frame(optuna_study, client, spec))
     if plots:
-        Path(plots).mkdir(parents=True, exist_ok=True)
         for file, fig in figures.items():
-            fig.savefig(Path(plots) / file, dpi=120)
+            with writing(Path(plots) / file, "--plots"):
+                Path(plots).mkdir(parents=True, exist_ok=True)
+                fig.savefig(Path(plots) / file, dpi=120)
     parent = optuna_study.user_attrs.get(Attr.PARENT_RUN)
     if client is not None:
         client.log_text(parent, text, f"report/report.{fmt}")

@@ -35,11 +35,11 @@ from mlflow import MlflowClient
 from ablate import tracking, train
 from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
 from ablate.distributed import broadcast_decision
-from ablate.errors import AblateError, Preempted, describe
+from ablate.errors import AblateError, Preempted, describe, within
 from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.config import KNOB_PREFIX
-from ablate.spec import (StudySpec, cell_key, cell_label, check_cells, fingerprint, fingerprint_change,
-                         keyed_cells, knob_applies, trial_config)
+from ablate.spec import (StudySpec, cell_key, cell_label, cell_location, check_cells, fingerprint,
+                         fingerprint_change, grid_cells, keyed_cells, knob_applies, trial_config)
 from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
@@ -410,12 +410,27 @@ def _progress(total: int, pairs: set[tuple[str, int]] | None):
 
 # ---------------------------------------------------------------- the study
 
+def check_trainers(spec: StudySpec) -> None:
+    """Lightning's checks of accelerator, devices and precision, once per distinct setting before any trial:
+    `accelerator: gpu` on a machine without one is bad input, not a study whose every trial fails."""
+    cells = grid_cells(spec) if spec.is_grid else [{}]
+    seen = set()
+    for params in cells:
+        cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+        setting = (cfg.train.accelerator, str(cfg.train.devices), cfg.train.precision)
+        if setting not in seen:
+            seen.add(setting)
+            with within(f"{spec.path}: {cell_location(params)}"), train.quiet_lightning():
+                train.make_trainer(cfg.train)
+
+
 def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
                   force_new: bool = False) -> tuple[optuna.Study, MlflowClient, str]:
     """Everything before the workers start: check the cells, open (or set aside and create) the study, fail what a
     dead process left running, queue what is missing, and get the parent run. Returns (study, client, parent)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_cells(spec)  # bad models and missing data folders fail here, before any store exists
+    check_trainers(spec)
     s = spec.cfg.study
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
     uri = tracking.resolve_uri(spec.base.get("tracking", {}).get("uri"))

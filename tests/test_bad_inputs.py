@@ -34,7 +34,9 @@ PG_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"  # nothing listens on port 
 REAL_PROCESS = {"study-yaml-syntax", "base-unknown-backbone", "space-knob-exceeds-channels", "include-unknown-module",
                 "trial-cifar10-missing-root", "run-storage-unreachable-postgres", "run-tracking-uri-unopenable",
                 "run-plugin-missing", "inspect-gate-at-conv", "report-unknown-by-key", "cli-unknown-option",
-                "study-missing-file"}
+                "study-missing-file", "study-latin1", "study-yaml-deep-nesting", "study-duplicate-key",
+                "trial-seed-negative", "space-float-range-for-int-key", "space-module-nested-list",
+                "study-cells-same-name"}
 
 
 def ablate_cli(*args, cwd):
@@ -245,6 +247,88 @@ CASES = [
     case("study-override-without-equals", ["run", "{repo}/studies/se_reduction.yaml", "train.lr"],
          ["command line", "override 'train.lr' is not of the form key.path=value"]),
 
+    # files that are not UTF-8 text
+    bad_study("study-latin1", None, "not UTF-8 text (byte 0xe9 at line 1, column 6)",
+              text="# caf\u00e9\nstudy: {name: x}\n".encode("latin-1")),
+    bad_study("study-utf16-bom", None, "UTF-16 text", text="study: {name: x}\n".encode("utf-16")),
+    bad_study("study-random-bytes", None, "not UTF-8 text", text=bytes(range(128, 256)) * 4),
+    # pathological YAML: limits on size, depth and alias expansion, before anything is built
+    bad_study("study-yaml-deep-nesting", None, "nested deeper than 64 levels",
+              text="study: {name: x}\nbase: " + "[" * 5000 + "]" * 5000 + "\n"),
+    bad_study("study-yaml-billion-laughs", None, "more than 100000 values once aliases are expanded",
+              text="study: {name: x}\nspace:\n  l0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"  l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+                   + "  train.lr: *a8\n"),
+    bad_study("study-yaml-too-big", None, "bytes, more than the 1048576 a config file may have",
+              text="study: {name: x}\n" + "#" * (1 << 20) + "\n"),
+    # duplicate keys: the user meant both; refuse, naming the key and both lines
+    bad_study("study-duplicate-key", None, "line 3: duplicate key 'seeds' (first at line 2)",
+              text="study:\n  seeds: [0]\n  seeds: [1]\n  name: x\n"),
+    bad_study("study-duplicate-space", None, "line 4: duplicate key 'space' (first at line 2)",
+              text="study: {name: x}\nspace: {model.attention.name: [se]}\nbase: {}\nspace: {train.lr: [0.1]}\n"),
+    case("include-duplicate-key", ["run", "include-duplicate-key.yaml"], ["inc-dup.yaml", "duplicate key 'train.lr'"],
+         {"include-duplicate-key.yaml": study_doc("include-duplicate-key", lambda d: d.update(include=["inc-dup.yaml"])),
+          "inc-dup.yaml": "space:\n  train.lr: [0.1]\n  train.lr: [0.2]\n"}),
+    # numbers at the edges
+    bad_study("base-seed-too-big", lambda d: d["base"]["train"].update(seed=2**64), "train.seed", "4294967295"),
+    bad_study("base-min-lr-inf", lambda d: d["base"]["train"].update(min_lr=float("inf")),
+              "train.min_lr: Input should be a finite number"),
+    bad_study("base-image-size-huge", lambda d: d["base"]["data"].update(image_size=100000),
+              "data.image_size: Input should be less than or equal to 2048"),
+    bad_study("space-range-step-zero", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": 0}}),
+              "space.train.lr", "step", "greater than 0"),
+    bad_study("space-range-step-negative",
+              lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": -0.1}}),
+              "space.train.lr", "step", "greater than 0"),
+    bad_study("space-range-step-nan", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": float("nan")}}),
+              "space.train.lr", "step", "finite number"),
+    bad_study("space-range-step-tiny",
+              lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": 1e-300}}),
+              "space.train.lr: step 1e-300 makes", "at most 10000 values in a grid"),
+    bad_study("space-range-high-inf", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": float("inf")}}),
+              "space.train.lr", "high", "finite number"),
+    # spaces whose values do not fit their key: refused at load, before any store
+    bad_study("space-float-range-for-int-key", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
+        {"train.epochs": {"low": 1, "high": 3}})), "space.train.epochs: a float range, but train.epochs takes whole "
+                                                  "numbers: give the range type: int"),
+    bad_study("space-float-range-for-int-knob", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
+        {"model.attention.name": ["se"], "model.attention.knobs.reduction": {"low": 4, "high": 16}})),
+        "space.model.attention.knobs.reduction", "takes whole numbers: give the range type: int"),
+    bad_study("space-log-with-step", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
+        {"train.lr": {"low": 0.01, "high": 0.1, "log": True, "step": 0.01}})),
+        "space.train.lr: log: true samples on a log scale, step on an even one"),
+    bad_study("space-int-range-fractional", lambda d: d["space"].update(
+        {"train.epochs": {"low": 1, "high": 3, "step": 0.5, "type": "int"}}),
+        "space.train.epochs: a range of type int takes whole numbers"),
+    # structure in the wrong place
+    bad_study("space-module-nested-list", lambda d: d["space"].update({"model.attention.name": [["se"], "none"]}),
+              "space.model.attention.name: ['se'] is not a module name"),
+    bad_study("space-module-range", lambda d: d["space"].update({"model.attention.name": {"low": 1, "high": 2}}),
+              "space.model.attention.name: attention modules are choices"),
+    # silently wrong tables
+    bad_study("study-cells-same-name", lambda d: d.update(space={}, cells=[
+        {"name": "mine", "model.attention.name": "se"}, {"name": "mine", "model.attention.name": "eca"}]),
+        "cells: two configurations are both named 'mine'", "give each its own name"),
+    bad_study("study-seed-twice", lambda d: d["study"].update(seeds=[0, 1, 0]),
+              "study.seeds", "seed 0 is listed twice"),
+    bad_study("study-grid-with-trials", lambda d: d["study"].update(trials=3),
+              "study.trials (or --trials): a grid runs every cell x seed (2 trials here)"),
+    case("run-trials-for-grid", ["run", "cli-trials-grid.yaml", "--trials", "5"],
+         ["cli-trials-grid.yaml", "study.trials (or --trials): a grid runs every cell x seed"],
+         ok_study("cli-trials-grid")),
+    bad_study("reference-unknown-key", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "se"}, "top1_er": 23.1}]),
+        "reference[0].top1_er: unknown reference column (did you mean 'top1_err'?)"),
+    bad_study("reference-number-as-string", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "se"}, "top1_err": "23.1"}]),
+        "reference[0].top1_err: '23.1' is not a number"),
+    bad_study("reference-list-value", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "se"}, "top1_err": [23.1, 22.0]}]),
+        "reference[0].top1_err: [23.1, 22.0] is not a number"),
+    bad_study("reference-match-nothing", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "cbam"}, "top1_err": 22.7}]),
+        "reference[0]: match: {'model.attention.name': 'cbam'} names no configuration of the grid"),
+
     # ------------------------------------------------------------ trial configs (ablate train)
     bad_trial("trial-yaml-syntax", None, "YAML syntax error at line 2, column 6",
               text="model: {backbone: resnet18\ntrain: {epochs: 1}\n"),
@@ -263,6 +347,15 @@ CASES = [
               "tracking.log_weights: Input should be a valid boolean"),
     bad_trial("trial-section-not-a-mapping", lambda d: d.update(train=5), "train: Input should be a valid dictionary"),
     bad_trial("trial-drop-rate-out-of-range", lambda d: d["model"].update(drop_rate=1.5), "model.drop_rate:"),
+    bad_trial("trial-seed-negative", lambda d: d["train"].update(seed=-1),
+              "train.seed: Input should be greater than or equal to 0"),
+    bad_trial("trial-limit-train-batches-negative", lambda d: d["train"].update(limit_train_batches=-1),
+              "train.limit_train_batches", "-1 is neither a number of batches"),
+    bad_trial("trial-override-deep-nesting", None, "command line: train.lr: nested deeper than 64 levels",
+              args=["train.lr=" + "[" * 200 + "]" * 200], named=False),
+    bad_trial("trial-latin1", None, "not UTF-8 text", text="# d\u00e9j\u00e0\ntrain: {epochs: 1}\n".encode("latin-1")),
+    bad_trial("trial-duplicate-section", None, "duplicate key 'train' (first at line 1)",
+              text="train: {epochs: 1}\ntrain: {epochs: 2}\n"),
     bad_trial("trial-unknown-dataset", lambda d: d["data"].update(name="mnist"), "data.name: 'mnist' is not allowed"),
     bad_trial("trial-unknown-position", lambda d: d["model"].update(attention={"name": "se", "position": "middle"}),
               "model.attention.position: 'middle' is not allowed"),
@@ -354,6 +447,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ru
         path = folder / name
         if content is DIR:
             path.mkdir(exist_ok=True)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
         else:
             path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
     before, others = snapshot(folder), outside_stores(folder)
