@@ -155,6 +155,10 @@ def run(
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
     _plugins(plugin)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if jobs > cores:  # each worker is a torch process with its own threads: more than the cores only thrash
+        raise AblateError(f"--jobs: {jobs} workers on {cores} CPU cores; at most {cores} on this machine "
+                          "(more machines: --launcher slurm)")
     from ablate.spec import load_study
 
     overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials is not None else [])
@@ -248,7 +252,7 @@ def report(
                                   "(marked as such)"),
 ):
     """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
-    from ablate.errors import check_output, writing
+    from ablate.errors import check_output, write_output
     from ablate.report import dry_run_report, write_report
 
     if out:
@@ -258,9 +262,7 @@ def report(
     if dry_run:
         text = dry_run_report(study, fmt)
         if out:
-            with writing(out, "--out"):
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                Path(out).write_text(text)
+            write_output(out, text, "--out")
         else:
             typer.echo(text)
         return
@@ -292,13 +294,14 @@ def gradcam(
 
 @app.command()
 def ui(
-    port: int = typer.Option(5000, help="port on the host"),
+    port: int = typer.Option(5000, min=1, max=65535, help="port on the host"),
     host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes your runs"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
 ):
     """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise)."""
     from ablate import tracking
 
+    tracking.check_address(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: anyone who can reach it can read and change your runs", err=True)
     raise typer.Exit(tracking.serve_ui(port, host, tracking_uri))
@@ -318,6 +321,7 @@ def server(
 
     if not backend_store_uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):
         raise AblateError(f"--backend-store-uri: {backend_store_uri!r} is not a database URL (postgresql://...)")
+    tracking.check_address(host, port)
     if "://" not in artifacts:
         artifacts = Path(artifacts).expanduser().resolve().as_uri()
     typer.echo(f"MLflow server for {tracking.mask_password(backend_store_uri)} on {host}:{port}, artifacts in "

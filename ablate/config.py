@@ -143,10 +143,16 @@ class _Loader(yaml.SafeLoader):
 
     depth = 0
 
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_YAML_DEPTH:  # '[[[[...': stopped in the scanner, whose simple-key bookkeeping
+            raise AblateError(f"line {self.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels "  # is quadratic
+                              "(the limit for a config file)")
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent, index):
         self.depth += 1
         try:
-            if self.depth > MAX_YAML_DEPTH:
+            if self.depth > MAX_YAML_DEPTH:  # block nesting: indentation levels
                 raise AblateError(f"line {self.peek_event().start_mark.line + 1}: nested deeper than "
                                   f"{MAX_YAML_DEPTH} levels (the limit for a config file)")
             return super().compose_node(parent, index)
@@ -233,10 +239,14 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
 
     nested=False sets the dotted key itself (a search space's keys are dotted paths)."""
     data = copy.deepcopy(data)
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise AblateError(f"{source}: override {item!r} is not of the form key.path=value")
+        if key in given:  # as with a key written twice in a file: the user meant both
+            raise AblateError(f"{source}: {key} is given twice ({given[key]!r} and {raw!r}); keep one")
+        given[key] = raw
         try:
             value = yaml.load(raw, Loader=_Loader)
         except yaml.YAMLError:
@@ -353,7 +363,8 @@ class Range(Strict):
 
 
 class StudySection(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # a folder name for its checkpoints (255 bytes), with '.before-<time>' appended when set aside
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
     metric: str | list[Objective] = "val/acc1"
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["grid", "tpe", "random", "gp"] = "grid"

@@ -46,9 +46,13 @@ def check_output(path: str | Path, flag: str, folder: bool = False) -> Path:
     """An output the user named (`--out FILE`, `--plots FOLDER`): refuse a folder for a file and a file for a
     folder, before any work; missing parent folders are created when it is written."""
     path = Path(path)
-    if not folder and path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
+    if not folder and is_dir:
         raise AblateError(f"{flag}: {path} is a folder; give a file name")
-    if folder and path.exists() and not path.is_dir():
+    if folder and exists and not is_dir:
         raise AblateError(f"{flag}: {path} is a file; give a folder for the plots")
     return path
 
@@ -64,6 +68,17 @@ def writing(path: str | Path, flag: str) -> Iterator[None]:
             if Path(path).is_file():
                 Path(path).unlink()
         raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
+
+
+def write_output(path: str | Path, data: str | bytes, flag: str) -> None:
+    """Write a report, a figure's bytes ... to `path` (parent folders created) with writing()'s one-line errors.
+
+    Whole bytes in one write: a full disk shows at close, where a library writing piecemeal may not notice it."""
+    path = Path(path)
+    with writing(path, flag):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
 
 
 class Preempted(KeyboardInterrupt):

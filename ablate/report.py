@@ -7,6 +7,7 @@ the file no longer holds stay in the store and are left out unless `show_all` (t
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from scipy import stats
 
 from ablate import tracking
 from ablate.config import MODULE_KEY
-from ablate.errors import AblateError, writing
+from ablate.errors import AblateError, write_output
 from ablate.results import (METRIC_COLUMNS, param_columns, resolve_study, stored_runs_client, study_file,
                             trials_frame)
 from ablate.spec import REFERENCE_COLUMNS, StudySpec, build_cell, cell_label, cell_location, grid_cells
@@ -305,6 +306,12 @@ def plot_study(study: optuna.Study, frame: pd.DataFrame) -> optuna.Study:
     return copy
 
 
+def png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
 def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | None = None) -> dict[str, Figure]:
     """name -> figure: bar chart with error bars; Pareto front (several objectives); Optuna's importances,
     parallel coordinates and history (of a grid too, given its trials `frame`). The caller's matplotlib
@@ -365,15 +372,11 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
                            client=client)
     text = render(table, fmt)
     if out:
-        with writing(out, "--out"):
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(text)
+        write_output(out, text, "--out")
     figures = make_plots(table, optuna_study, trials_frame(optuna_study, client, spec))
     if plots:
         for file, fig in figures.items():
-            with writing(Path(plots) / file, "--plots"):
-                Path(plots).mkdir(parents=True, exist_ok=True)
-                fig.savefig(Path(plots) / file, dpi=120)
+            write_output(Path(plots) / file, png(fig), "--plots")
     parent = optuna_study.user_attrs.get(Attr.PARENT_RUN)
     if client is not None:
         client.log_text(parent, text, f"report/report.{fmt}")

@@ -155,6 +155,10 @@ def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
     for candidate in (Path(include), study_path.parent / include, study_path.parent.parent / include):
         if candidate.is_file():
             data = load_yaml(candidate)
+            others = sorted(set(data) - {"space"}) if "space" in data else []
+            if others or "include" in data:  # a study file's base or include would be dropped without a word
+                raise AblateError(f"{candidate}: {(others or ['include'])[0]}: a search space file holds only "
+                                  "space: (its keys and values); include files from the study file itself")
             data = data.get("space", data)
             try:
                 return StudyConfig.model_validate({"study": {"name": "x"}, "space": data}).space, candidate

@@ -64,6 +64,21 @@ class WorkerDied(Exception):
     """A worker process ended without finishing its trials (OOM killer, kill -9): not bad input."""
 
 
+class FailureStreak:
+    """An Optuna callback that stops a worker whose last `n` trials all failed with one and the same reason: a
+    configuration every trial trips over (a bad key value only a trial finds) must not burn the whole study."""
+
+    def __init__(self, n: int = 3):
+        self.n, self.reasons = n, []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = trial.state == TrialState.FAIL and Attr.FAIL_REASON in trial.user_attrs
+        self.reasons = self.reasons[-(self.n - 1):] + [trial.user_attrs[Attr.FAIL_REASON]] if failed else []
+        if len(self.reasons) == self.n and len(set(self.reasons)) == 1:
+            raise AblateError(f"study {study.study_name!r}: the last {self.n} trials all failed with the same error, "
+                              f"so the study stops: {self.reasons[0]}")
+
+
 def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
     cls, settings = SAMPLERS[spec.cfg.study.sampler]
     return cls(seed=spec.cfg.study.seeds[0] + worker, **settings)  # distinct streams: workers must not sample alike
@@ -283,6 +298,40 @@ def check_comparable(study: optuna.Study, spec: StudySpec) -> None:
                           f"aside and start over)")
 
 
+def distribution(values) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution sample_params draws a space key from."""
+    if isinstance(values, list):
+        return optuna.distributions.CategoricalDistribution(values)
+    if values.type == "int":
+        return optuna.distributions.IntDistribution(int(values.low), int(values.high), step=int(values.step or 1),
+                                                    log=values.log)
+    return optuna.distributions.FloatDistribution(values.low, values.high, step=values.step, log=values.log)
+
+
+def check_search_space(study: optuna.Study, spec: StudySpec) -> None:
+    """A searched study's keys must keep the kind of distribution its trials were sampled from (Optuna fails every
+    later trial otherwise): other choices, a range for choices, log on or off. Keys added or dropped are fine."""
+    if spec.is_grid:
+        return
+    recorded = {}
+    for t in study.get_trials(deepcopy=False):
+        recorded.update(t.distributions)
+    for key in sorted(set(recorded) & set(spec.space)):
+        now = distribution(spec.space[key])
+        try:
+            optuna.distributions.check_distribution_compatibility(recorded[key], now)
+        except ValueError:
+            raise AblateError(f"{spec.path}: space.{key}: study {spec.name!r} in the store samples it from "
+                              f"{_domain(recorded[key])}, this file from {_domain(now)}; Optuna cannot mix them (run it "
+                              "under a new study.name, or with --force-new to set the old trials aside)") from None
+
+
+def _domain(d: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return f"choices {list(d.choices)}"
+    return f"{'a log ' if d.log else 'a '}range [{d.low}, {d.high}]{f' step {d.step}' if d.step else ''}"
+
+
 def set_aside(spec: StudySpec, storage) -> str | None:
     """--force-new: move an existing study to '<name>.before-<UTC time>' (its results stay readable there)."""
     if spec.name not in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}:
@@ -346,6 +395,7 @@ def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, pa
         experiment_id = tracking.get_or_create_experiment(spec.name, client.tracking_uri)
     pairs = wanted(spec)
     total = len(pairs) if pairs is not None else s.trials
+    streak = FailureStreak()
     with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
             check_interrupt()
@@ -357,7 +407,7 @@ def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, pa
                     continue
             elif len(study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,))) >= total:
                 return
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs)])
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs), streak])
             if heartbeats:  # a stale trial failed by the heartbeat check: end its MLflow run too
                 end_orphaned_runs(study, client, experiment_id)
 
@@ -442,6 +492,7 @@ def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = N
                 print(f"[{spec.name}] --force-new: the earlier trials are now study {aside!r}", flush=True)
         study = open_study(spec, storage)
         check_comparable(study, spec)  # before anything is written to either store
+        check_search_space(study, spec)
         # the MLflow store (a client creates it) and experiment are created once, before any worker starts
         client = tracking.make_client(uri)
         experiment_id = tracking.get_or_create_experiment(spec.name, uri)
@@ -469,7 +520,7 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
     except KeyboardInterrupt as e:  # Ctrl-C, or Preempted: 'preempted (SIGTERM)'
         status, reason = "KILLED", describe(e) if isinstance(e, Preempted) else None
         raise
-    except WorkerDied:
+    except (WorkerDied, AblateError):  # AblateError: FailureStreak stopped it
         status = "FAILED"
         raise
     finally:
