@@ -172,6 +172,9 @@ def run(
         raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
     if launcher is not None and jobs != 1:
         raise AblateError("--jobs: not with --launcher (each task is one worker: use --workers N)")
+    if launcher == "local" and (workers or loaded.cfg.launcher.workers) > cores:  # the same cores as --jobs
+        raise AblateError(f"--workers (launcher.workers): {workers or loaded.cfg.launcher.workers} local tasks on "
+                          f"{cores} CPU cores; at most {cores} on this machine")
     if dry_run:
         from ablate.report import dry_run_table
 

@@ -428,6 +428,9 @@ def _worker_process(*args) -> None:
     """A spawned worker: Ctrl-C ends it quietly with exit code 130, preemption with 75 (the trial is marked)."""
     try:
         _worker(*args)
+    except AblateError as e:  # FailureStreak: its one line, as the CLI would print it
+        print(f"ablate: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except Preempted:
         sys.exit(REQUEUE_EXIT_CODE)
     except KeyboardInterrupt:
@@ -484,6 +487,7 @@ def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = N
     s = spec.cfg.study
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
     uri = tracking.resolve_uri(spec.base.get("tracking", {}).get("uri"))
+    tracking.probe_store(uri)  # a server that does not answer: one line now, before the study is created
     journal = journal_file(storage_url)
     with setup_lock(storage, spec.name, journal):  # another `ablate run` of the same study waits here
         if force_new:

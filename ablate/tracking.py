@@ -60,7 +60,7 @@ def home(uri: str | None = None) -> Path:
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    """store_uri, with the folder of a SQLite store created, probed (probe_store) before MLflow opens it."""
+    """store_uri, with the folder of a SQLite store created."""
     uri = store_uri(uri)
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
@@ -69,7 +69,6 @@ def resolve_uri(uri: str | None = None) -> str:
         except OSError as e:
             raise AblateError(f"tracking.uri: cannot create {folder} for {uri} ({type(e).__name__}: "
                               f"{e.strerror or e})") from None
-    probe_store(uri)
     return uri
 
 
@@ -109,6 +108,7 @@ def probe_store(uri: str) -> None:
 
 def make_client(uri: str | None = None) -> MlflowClient:
     uri = resolve_uri(uri)
+    probe_store(uri)
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)

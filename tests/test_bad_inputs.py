@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import subprocess
 import shutil
 from pathlib import Path
 
@@ -547,6 +549,10 @@ CASES = [
          {**ok_study("cli-exit"), "exits_plugin.py": "import sys\nsys.exit(3)\n"}),
     case("modules-plugin-raises", ["modules", "--plugin", "raises_plugin"],
          ["--plugin: cannot import 'raises_plugin': ValueError: no"], {"raises_plugin.py": "raise ValueError('no')\n"}),
+    case("run-local-workers-too-many", ["run", "cli-w1000.yaml", "--launcher", "local", "--workers", "1000"],
+         ["--workers (launcher.workers): 1000 local tasks on"], ok_study("cli-w1000"), where="empty"),
+    case("inspect-vit-at-block", ["inspect", "vit_tiny_patch16_224", "--attention", "se", "--image-size", "224"],
+         ["model.attention.position: VisionTransformer blocks have no attention slot for position 'block'"]),
     case("run-jobs-too-many", ["run", "cli-jobs1000.yaml", "--jobs", "1000"], ["--jobs: 1000 workers on", "CPU cores"],
          ok_study("cli-jobs1000"), where="empty"),
     # environment variables
@@ -635,3 +641,22 @@ def test_report_outputs_create_their_missing_folders(stores, run_cli):
         assert plots and all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
     finally:
         shutil.rmtree(stores / "new", ignore_errors=True)
+
+
+def test_a_read_only_tracking_store_is_one_line_not_minutes_of_retries(stores, tmp_path, run_cli):
+    """MLflow retries a write to a read-only SQLite file for minutes; the store is probed first."""
+    ro = tmp_path / "ro" / "mlflow.db"
+    ro.parent.mkdir()
+    shutil.copy(stores / "mlruns" / "mlflow.db", ro)
+    ro.chmod(0o444)
+    if os.access(ro, os.W_OK):  # root ignores the mode, not an immutable file
+        subprocess.run(["chattr", "+i", str(ro)], capture_output=True)
+    if os.access(ro, os.W_OK):
+        pytest.skip("root without chattr here: no file can be made read-only")
+    try:
+        proc = run_cli("report", "tiny", "--tracking-uri", f"sqlite:///{ro}", cwd=stores)
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"ablate: error: tracking.uri: {ro} is read-only (runs, their metrics and reports " \
+                                  "are written there); make it writable or copy it"
