@@ -139,7 +139,8 @@ def _check_reference(spec: StudySpec) -> None:
                         raise AblateError(f"{value!r} is not a number (a published {REFERENCE_COLUMNS[key]})",
                                           key=str(key))
                 elif isinstance(value, (int, float)) and not isinstance(value, bool) or close:
-                    hint = f"did you mean {close[0]!r}?" if close else f"numbers go under {', '.join(REFERENCE_COLUMNS)}"
+                    columns = ", ".join(REFERENCE_COLUMNS)
+                    hint = f"did you mean {close[0]!r}?" if close else f"numbers go under {columns}"
                     raise AblateError(f"unknown reference column ({hint})", key=str(key))
                 elif not isinstance(value, str):
                     raise AblateError(f"{value!r}: a description is a string (numbers go under "

@@ -322,8 +322,9 @@ def check_search_space(study: optuna.Study, spec: StudySpec) -> None:
             optuna.distributions.check_distribution_compatibility(recorded[key], now)
         except ValueError:
             raise AblateError(f"{spec.path}: space.{key}: study {spec.name!r} in the store samples it from "
-                              f"{_domain(recorded[key])}, this file from {_domain(now)}; Optuna cannot mix them (run it "
-                              "under a new study.name, or with --force-new to set the old trials aside)") from None
+                              f"{_domain(recorded[key])}, this file from {_domain(now)}; Optuna cannot mix them "
+                              "(run it under a new study.name, or with --force-new to set the old trials aside)"
+                              ) from None
 
 
 def _domain(d: optuna.distributions.BaseDistribution) -> str:

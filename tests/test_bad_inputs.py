@@ -279,7 +279,8 @@ CASES = [
     bad_study("study-duplicate-space", None, "line 4: duplicate key 'space' (first at line 2)",
               text="study: {name: x}\nspace: {model.attention.name: [se]}\nbase: {}\nspace: {train.lr: [0.1]}\n"),
     case("include-duplicate-key", ["run", "include-duplicate-key.yaml"], ["inc-dup.yaml", "duplicate key 'train.lr'"],
-         {"include-duplicate-key.yaml": study_doc("include-duplicate-key", lambda d: d.update(include=["inc-dup.yaml"])),
+         {"include-duplicate-key.yaml": study_doc("include-duplicate-key",
+                                                  lambda d: d.update(include=["inc-dup.yaml"])),
           "inc-dup.yaml": "space:\n  train.lr: [0.1]\n  train.lr: [0.2]\n"}),
     # numbers at the edges
     bad_study("base-seed-too-big", lambda d: d["base"]["train"].update(seed=2**64), "train.seed", "4294967295"),
@@ -292,7 +293,8 @@ CASES = [
     bad_study("space-range-step-negative",
               lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": -0.1}}),
               "space.train.lr", "step", "greater than 0"),
-    bad_study("space-range-step-nan", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": float("nan")}}),
+    bad_study("space-range-step-nan",
+              lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": float("nan")}}),
               "space.train.lr", "step", "finite number"),
     bad_study("space-range-step-tiny",
               lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": 1e-300}}),
@@ -300,11 +302,12 @@ CASES = [
     bad_study("space-range-high-inf", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": float("inf")}}),
               "space.train.lr", "high", "finite number"),
     # spaces whose values do not fit their key: refused at load, before any store
-    bad_study("space-float-range-for-int-key", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
-        {"train.epochs": {"low": 1, "high": 3}})), "space.train.epochs: a float range, but train.epochs takes whole "
-                                                  "numbers: give the range type: int"),
-    bad_study("space-float-range-for-int-knob", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
-        {"model.attention.name": ["se"], "model.attention.knobs.reduction": {"low": 4, "high": 16}})),
+    bad_study("space-float-range-for-int-key", lambda d: (d["study"].update(sampler="random", trials=2),
+                                                          d["space"].update({"train.epochs": {"low": 1, "high": 3}})),
+              "space.train.epochs: a float range, but train.epochs takes whole numbers: give the range type: int"),
+    bad_study("space-float-range-for-int-knob", lambda d: (
+        d["study"].update(sampler="random", trials=2), d["space"].update(
+            {"model.attention.name": ["se"], "model.attention.knobs.reduction": {"low": 4, "high": 16}})),
         "space.model.attention.knobs.reduction", "takes whole numbers: give the range type: int"),
     bad_study("space-log-with-step", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
         {"train.lr": {"low": 0.01, "high": 0.1, "log": True, "step": 0.01}})),
@@ -388,13 +391,15 @@ CASES = [
           "inc-chain.yaml": {"include": ["inc-leaf.yaml"]}, "inc-leaf.yaml": {"space": {"train.lr": [0.1]}}}),
     case("include-a-study-file", ["run", "include-a-study-file.yaml"],
          ["inc-study.yaml: base: a search space file holds only space:"],
-         {"include-a-study-file.yaml": study_doc("include-a-study-file", lambda d: d.update(include=["inc-study.yaml"])),
+         {"include-a-study-file.yaml": study_doc("include-a-study-file",
+                                                 lambda d: d.update(include=["inc-study.yaml"])),
           "inc-study.yaml": study_doc("inc-study")}),
     bad_study("study-name-too-long", lambda d: d["study"].update(name="n" * 300), "study.name",
               "at most 128 characters"),
     case("run-override-twice", ["run", "cli-twice.yaml", "train.lr=0.1", "train.lr=0.2"],
          ["command line: train.lr is given twice ('0.1' and '0.2'); keep one"], ok_study("cli-twice")),
-    case("run-trials-flag-and-override", ["run", "{repo}/studies/attention_search.yaml", "study.trials=5", "--trials", "3"],
+    case("run-trials-flag-and-override",
+         ["run", "{repo}/studies/attention_search.yaml", "study.trials=5", "--trials", "3"],
          ["command line: study.trials is given twice ('5' and '3')"]),
 
     # ------------------------------------------------------------ trial configs (ablate train)
@@ -441,7 +446,8 @@ CASES = [
               args=["train.epochs=ten"]),
     case("trial-missing-file", ["train", "nosuch-trial.yaml"], ["nosuch-trial.yaml", "no such file"], where="empty"),
     bad_trial("trial-accelerator-gpu", lambda d: d["train"].update(accelerator="gpu"), "train:", "accelerator"),
-    bad_trial("trial-checkpoint-not-weights", lambda d: d["model"].update(checkpoint="trial-checkpoint-not-weights.yaml"),
+    bad_trial("trial-checkpoint-not-weights",
+              lambda d: d["model"].update(checkpoint="trial-checkpoint-not-weights.yaml"),
               "model.checkpoint: trial-checkpoint-not-weights.yaml is not a weights file"),
     bad_trial("trial-tracking-server-refused", None, "tracking.uri: no tracking server answers at http://127.0.0.1:1",
               args=["tracking.uri=http://127.0.0.1:1"]),
@@ -523,16 +529,19 @@ CASES = [
          ["--out: cannot write /dev/full (OSError: No space left on device)"]),
     case("report-out-name-too-long", ["report", "tiny", "--out", "r" * 300 + ".md"],
          ["--out: cannot write", "File name too long"]),
-    case("report-dry-run-out-full-disk", ["report", "{repo}/studies/se_reduction.yaml", "--dry-run", "--out", "/dev/full"],
+    case("report-dry-run-out-full-disk",
+         ["report", "{repo}/studies/se_reduction.yaml", "--dry-run", "--out", "/dev/full"],
          ["--out: cannot write /dev/full"]),
     case("gradcam-out-full-disk", ["gradcam", "tiny", "--images", "2", "--out", "/dev/full"],
          ["--out: cannot write /dev/full (OSError: No space left on device)"]),
     case("gradcam-out-is-a-folder", ["gradcam", "tiny", "--out", "mlruns"], ["--out: mlruns is a folder"]),
     # other commands
-    case("inspect-image-size-zero", ["inspect", "resnet10_narrow", "--image-size", "0"], ["'--image-size'", "greater than or equal to 8"]),
+    case("inspect-image-size-zero", ["inspect", "resnet10_narrow", "--image-size", "0"],
+         ["'--image-size'", "greater than or equal to 8"]),
     case("inspect-image-size-negative", ["inspect", "resnet10_narrow", "--image-size", "-5"], ["'--image-size'"]),
     case("inspect-in-chans-zero", [*INSPECT, "--in-chans", "0"], ["'--in-chans'", "greater than or equal to 1"]),
-    case("inspect-num-classes-negative", [*INSPECT, "--num-classes", "-3"], ["'--num-classes'", "greater than or equal to 0"]),
+    case("inspect-num-classes-negative", [*INSPECT, "--num-classes", "-3"],
+         ["'--num-classes'", "greater than or equal to 0"]),
     case("inspect-knob-twice", [*INSPECT, "--attention", "se", "--knob", "reduction=4", "--knob", "reduction=8"],
          ["--knob: reduction is given twice ('4' and '8')"]),
     case("inspect-knob-inf", [*INSPECT, "--attention", "se", "--knob", "reduction=.inf"],
@@ -558,7 +567,8 @@ CASES = [
     # environment variables
     case("env-plugins-missing", ["modules"], ["$ABLATE_PLUGINS: cannot import 'no_such_env_plugin'"],
          env={"ABLATE_PLUGINS": "no_such_env_plugin"}),
-    case("env-tracking-uri-refused", ["report", "tiny"], ["tracking.uri: no tracking server answers at http://127.0.0.1:1"],
+    case("env-tracking-uri-refused", ["report", "tiny"],
+         ["tracking.uri: no tracking server answers at http://127.0.0.1:1"],
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
     case("report-unknown-study", ["report", "nosuch"], ["unknown study 'nosuch' in mlruns/optuna.journal"]),
     case("report-unknown-study-no-stores", ["report", "nosuch"], ["unknown study 'nosuch'", "mlruns/optuna.journal"],
