@@ -66,9 +66,9 @@ def inspect(
     every: int = typer.Option(1, help="every n-th block within a stage"),
     pattern: Optional[str] = typer.Option(None, help="module-path glob for --position pattern"),
     init: str = typer.Option("default", help="default or identity"),
-    image_size: int = typer.Option(224, help="input size for channels, feature sizes and GMACs"),
-    in_chans: int = typer.Option(3),
-    num_classes: int = typer.Option(1000),
+    image_size: int = typer.Option(224, min=8, max=2048, help="input size for channels, feature sizes and GMACs"),
+    in_chans: int = typer.Option(3, min=1),
+    num_classes: int = typer.Option(1000, min=0, help="0: no classifier (timm's feature backbone)"),
     plugin: List[str] = PLUGIN,
 ):
     """Where the module goes in BACKBONE, and the params and GMACs it adds; nothing is trained."""
@@ -89,7 +89,12 @@ def inspect(
         raise validation_error("inspect", e, ModelConfig) from None
     from ablate.models import build_model
 
-    built = build_model(cfg, num_classes, in_chans, image_size)
+    try:
+        built = build_model(cfg, num_classes, in_chans, image_size)
+    except AblateError as e:
+        if e.key == "data.image_size":  # the input is this command's flags
+            raise AblateError(f"--image-size, --in-chans: {e.message}") from None
+        raise
     typer.echo(built.report.to_text())
 
 
@@ -150,6 +155,10 @@ def run(
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
     _plugins(plugin)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if jobs > cores:  # each worker is a torch process with its own threads: more than the cores only thrash
+        raise AblateError(f"--jobs: {jobs} workers on {cores} CPU cores; at most {cores} on this machine "
+                          "(more machines: --launcher slurm)")
     from ablate.spec import load_study
 
     overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials is not None else [])
@@ -163,6 +172,9 @@ def run(
         raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
     if launcher is not None and jobs != 1:
         raise AblateError("--jobs: not with --launcher (each task is one worker: use --workers N)")
+    if launcher == "local" and (workers or loaded.cfg.launcher.workers) > cores:  # the same cores as --jobs
+        raise AblateError(f"--workers (launcher.workers): {workers or loaded.cfg.launcher.workers} local tasks on "
+                          f"{cores} CPU cores; at most {cores} on this machine")
     if dry_run:
         from ablate.report import dry_run_table
 
@@ -247,12 +259,17 @@ def report(
                                 "table) or all (every number: sd of each metric, top-5, throughput, counts)"),
 ):
     """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
+    from ablate.errors import check_output, write_output
     from ablate.report import dry_run_report, write_report
 
+    if out:
+        check_output(out, "--out")
+    if plots:
+        check_output(plots, "--plots", folder=True)
     if dry_run:
         text = dry_run_report(study, fmt)
         if out:
-            Path(out).write_text(text)
+            write_output(out, text, "--out")
         else:
             typer.echo(text)
         return
@@ -277,15 +294,18 @@ def gradcam(
 ):
     """Grad-CAM of each configuration's best run on the same validation images, in one figure."""
     _plugins(plugin)
+    from ablate.errors import check_output
     from ablate.gradcam import write_gradcam
 
+    if out:
+        check_output(out, "--out")
     typer.echo(f"wrote {write_gradcam(study, images, out, storage, tracking_uri)}")
 
 
 @app.command()
 def ui(
     study: Optional[str] = typer.Argument(None, help="print the link to this study's runs (default: every study's)"),
-    port: int = typer.Option(5000, help="port on the host"),
+    port: int = typer.Option(5000, min=1, max=65535, help="port on the host"),
     host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes your runs"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
 ):
@@ -293,6 +313,7 @@ def ui(
     direct link to each study's runs (its configuration runs, each with its seed runs inside)."""
     from ablate import tracking
 
+    tracking.check_address(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: anyone who can reach it can read and change your runs", err=True)
     server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -320,6 +341,7 @@ def server(
 
     if not backend_store_uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):
         raise AblateError(f"--backend-store-uri: {backend_store_uri!r} is not a database URL (postgresql://...)")
+    tracking.check_address(host, port)
     if "://" not in artifacts:
         artifacts = Path(artifacts).expanduser().resolve().as_uri()
     typer.echo(f"MLflow server for {tracking.mask_password(backend_store_uri)} on {host}:{port}, artifacts in "

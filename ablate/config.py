@@ -23,8 +23,12 @@ KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
 
 
+SEED = Field(0, ge=0, le=2**32 - 1, description="numpy's and Lightning's seeds are unsigned 32-bit")
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # .inf and .nan are never a sensible setting (a min_lr of inf trains; a range to inf never ends)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AttentionSpec(Strict):
@@ -60,7 +64,7 @@ class DataConfig(Strict):
     name: Literal[DATASETS] = "cluttered-digits"
     root: str | None = Field(None, description="dataset folder for cifar10/cifar100/imagefolder")
     download: bool = False
-    image_size: int = Field(64, ge=8)
+    image_size: int = Field(64, ge=8, le=2048, description="beyond 2048 px a batch no longer fits any accelerator")
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     on_device: bool = Field(True, description="in-memory datasets live on the accelerator (no copy per batch); "
@@ -71,7 +75,7 @@ class DataConfig(Strict):
     num_classes: int = Field(10, ge=2, description="synthetic only")
     auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
     hflip: float = Field(0.0, ge=0, le=1)
-    seed: int = 0
+    seed: int = SEED
 
 
 class TrainConfig(Strict):
@@ -97,8 +101,8 @@ class TrainConfig(Strict):
     ddp_timeout_s: int = Field(600, ge=10, description="the longest a rank waits for the others (a dead rank)")
     channels_last: bool = False
     compile: bool = False
-    seed: int = 0
-    limit_train_batches: int | float | None = None
+    seed: int = SEED
+    limit_train_batches: int | float | None = Field(None, description="batches per epoch (int >= 1) or a fraction")
     limit_val_batches: int | float | None = None
     val_every: float = Field(1.0, gt=0, le=1, description="validate every this fraction of an epoch (0.25: four "
                              "times), so that a pruner can stop a short trial inside an epoch")
@@ -106,6 +110,14 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(1, ge=0, description="epochs between the trial's resume checkpoints; 0 = none")
     checkpoint_dir: str | None = Field(None, description="where resume checkpoints live; null = beside the "
                                                          "tracking store (mlruns/checkpoints)")
+
+
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _batches(cls, v):
+        if v is not None and not (isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v <= 1):
+            raise ValueError(f"{v!r} is neither a number of batches (an integer >= 1) nor a fraction in (0, 1]")
+        return v
 
 
 class TrackingConfig(Strict):
@@ -124,18 +136,101 @@ class TrialConfig(Strict):
 
 # ---------------------------------------------------------------- loading and errors
 
-def load_yaml(path: str | Path) -> dict:
-    """Safe-load a YAML mapping; syntax errors become one line with the file and position."""
-    path = Path(path)
-    if not path.is_file():
-        raise AblateError(f"{path}: no such file")
+# a study, trial or search space file is a few KiB: anything far bigger or deeper is a mistake or an attack
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64  # nesting levels of lists and mappings
+MAX_YAML_NODES = 100_000  # values after aliases are expanded (an alias "billion laughs" stops here)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits on depth and expanded size, and duplicate keys refused."""
+
+    depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_YAML_DEPTH:  # '[[[[...': stopped in the scanner, whose simple-key bookkeeping
+            raise AblateError(f"line {self.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels "  # is quadratic
+                              "(the limit for a config file)")
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:  # block nesting: indentation levels
+                raise AblateError(f"line {self.peek_event().start_mark.line + 1}: nested deeper than "
+                                  f"{MAX_YAML_DEPTH} levels (the limit for a config file)")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_document(self, node):
+        count, todo = 0, [node]
+        while todo:  # every value as often as aliases repeat it, without building anything
+            count += 1
+            if count > MAX_YAML_NODES:
+                raise AblateError(f"more than {MAX_YAML_NODES} values once aliases are expanded "
+                                  "(the limit for a config file)")
+            item = todo.pop()
+            if isinstance(item, yaml.SequenceNode):
+                todo.extend(item.value)
+            elif isinstance(item, yaml.MappingNode):
+                todo.extend(n for pair in item.value for n in pair)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<: *defaults' may be overridden on purpose
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise AblateError(f"line {line}: duplicate key {key!r} (first at line {first[key]}); "
+                                          "keep one")
+                    first[key] = line
+                except TypeError:
+                    pass  # an unhashable key: PyYAML's own error says so
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, text: str | None = None):
+    """The YAML document in `path` (or `text`, read from it) under _Loader's limits; errors name the file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        if text is None:
+            if path.stat().st_size > MAX_YAML_BYTES:
+                raise AblateError(f"{path.stat().st_size} bytes, more than the {MAX_YAML_BYTES} a config file may have")
+            text = decode(path.read_bytes())
+        return yaml.load(text, Loader=_Loader)
+    except AblateError as e:
+        raise AblateError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise AblateError(f"{path}: YAML syntax error{at}: {problem}") from None
+
+
+def decode(raw: bytes) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark is dropped); anything else is refused with where it went wrong."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise AblateError("UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise AblateError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}, column {column}); "
+                          "save it as UTF-8") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Safe-load a YAML mapping; syntax errors become one line with the file and position."""
+    path = Path(path)
+    if not path.is_file():
+        raise AblateError(f"{path}: no such file")
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -148,14 +243,20 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
 
     nested=False sets the dotted key itself (a search space's keys are dotted paths)."""
     data = copy.deepcopy(data)
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise AblateError(f"{source}: override {item!r} is not of the form key.path=value")
+        if key in given:  # as with a key written twice in a file: the user meant both
+            raise AblateError(f"{source}: {key} is given twice ({given[key]!r} and {raw!r}); keep one")
+        given[key] = raw
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_Loader)
         except yaml.YAMLError:
             value = raw
+        except AblateError as e:
+            raise AblateError(f"{source}: {key}: {e}") from None
         node = data
         parts = key.split(".") if nested else [key]
         for part in parts[:-1]:
@@ -260,7 +361,7 @@ class Objective(Strict):
 class Range(Strict):
     low: float
     high: float
-    step: float | None = None
+    step: float | None = Field(None, gt=0)
     log: bool = False
     type: Literal["int", "float"] = "float"
 
@@ -291,7 +392,8 @@ CONSTRAINTS = ("params_m", "gmacs", "params_delta_pct", "gmacs_delta_pct")
 
 
 class StudySection(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # a folder name for its checkpoints (255 bytes), with '.before-<time>' appended when set aside
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
     metric: str | list[Objective] = "val/acc1"
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["grid", "tpe", "random", "gp"] = "grid"
@@ -320,6 +422,13 @@ class StudySection(Strict):
     def first_seeds(self) -> list[int]:
         """The seeds every configuration runs from the start: the list, or 0..min-1 on demand."""
         return list(range(self.seeds.min)) if self.on_demand else self.seeds
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        twice = sorted({s for s in v if v.count(s) > 1}) if isinstance(v, list) else []
+        if twice:  # a repeat of a seed is the same run again: it would count twice in n
+            raise ValueError(f"seed {twice[0]} is listed twice; each seed is one repeat of every cell")
+        return v
 
     def objectives(self) -> list[Objective]:
         if isinstance(self.metric, str):

@@ -88,8 +88,19 @@ class DataModule(pl.LightningDataModule):
 
     @classmethod
     def check(cls, cfg: DataConfig) -> None:
-        """Raise AblateError for what is wrong without loading anything (a missing folder); in-memory data
-        has nothing to check."""
+        """Raise AblateError for what is wrong without loading anything (a missing folder, a subset larger than
+        the dataset, an auto-augment spec timm does not parse); subclasses add their own checks to these."""
+        _auto_augment(cfg.auto_augment, cfg.image_size, [0.5])
+        for key, n, available in zip(("train_size", "val_size"), (cfg.train_size, cfg.val_size),
+                                     cls.split_sizes(cfg) or (None, None)):
+            if n is not None and available is not None and n > available:
+                raise AblateError(f"data.{key}: {n} is more than the {available} samples available "
+                                  f"(use at most {available}, or null for all)")
+
+    @classmethod
+    def split_sizes(cls, cfg: DataConfig) -> tuple[int, int] | None:
+        """(train, val) samples of a dataset of fixed size; None where they are synthesised or counted on load."""
+        return None
 
     def transform_batch(self, batch, train: bool):
         return batch
@@ -357,6 +368,10 @@ class DigitsDataModule(TensorDataModule):
     def shape(cls, cfg: DataConfig) -> tuple[int, int]:
         return 10, 1
 
+    @classmethod
+    def split_sizes(cls, cfg: DataConfig) -> tuple[int, int]:
+        return tuple(len(s) for s in digits_split(cfg.seed))
+
     def __init__(self, cfg: DataConfig):
         images, labels = _load_digits()
         train, val = digits_split(cfg.seed)
@@ -486,7 +501,12 @@ class CifarDataModule(TensorDataModule):
         return cls.class_count, 3
 
     @classmethod
+    def split_sizes(cls, cfg: DataConfig) -> tuple[int, int]:
+        return 50000, 10000  # both CIFARs' train and test batches
+
+    @classmethod
     def check(cls, cfg: DataConfig) -> None:
+        super().check(cfg)
         cls.folder(cfg)
 
     @classmethod
@@ -557,6 +577,7 @@ class ImageFolderDataModule(DataModule):
 
     @classmethod
     def check(cls, cfg: DataConfig) -> None:
+        super().check(cfg)
         _imagefolder_root(cfg)
 
     def __init__(self, cfg: DataConfig):

@@ -8,7 +8,8 @@ that knows the section wraps the call in `with at("model.attention.knobs"):` (th
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Iterator
 
 
@@ -39,6 +40,45 @@ def within(source: str) -> Iterator[None]:
         yield
     except AblateError as e:
         raise AblateError(f"{source}: {e}") from None
+
+
+def check_output(path: str | Path, flag: str, folder: bool = False) -> Path:
+    """An output the user named (`--out FILE`, `--plots FOLDER`): refuse a folder for a file and a file for a
+    folder, before any work; missing parent folders are created when it is written."""
+    path = Path(path)
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
+    if not folder and is_dir:
+        raise AblateError(f"{flag}: {path} is a folder; give a file name")
+    if folder and exists and not is_dir:
+        raise AblateError(f"{flag}: {path} is a file; give a folder for the plots")
+    return path
+
+
+@contextmanager
+def writing(path: str | Path, flag: str) -> Iterator[None]:
+    """An OSError while writing `path` (a full disk, a name too long for the file system, no rights) as one
+    line naming the flag; a partly written regular file is removed, so no half report is left behind."""
+    try:
+        yield
+    except OSError as e:
+        with suppress(OSError):
+            if Path(path).is_file():
+                Path(path).unlink()
+        raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
+
+
+def write_output(path: str | Path, data: str | bytes, flag: str) -> None:
+    """Write a report, a figure's bytes ... to `path` (parent folders created) with writing()'s one-line errors.
+
+    Whole bytes in one write: a full disk shows at close, where a library writing piecemeal may not notice it."""
+    path = Path(path)
+    with writing(path, flag):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
 
 
 class Preempted(KeyboardInterrupt):

@@ -30,8 +30,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ablate import tracking
 from ablate.config import parse_trial
 from ablate.data import build_datamodule
-from ablate.errors import AblateError
+from ablate.errors import AblateError, write_output
 from ablate.models import build_model
+from ablate.report import png
 from ablate.results import resolve_study, stored_runs_client, study_file, trials_frame
 from ablate.storage import Attr, load
 from ablate.tracking import WEIGHTS
@@ -219,9 +220,8 @@ def write_gradcam(study, images: int = 6, out: str | None = None, storage: str |
     """The figure as a PNG (default <study>_gradcam.png), also logged on the study's parent run."""
     grid = gradcam_grid(study, images, storage, tracking_uri)
     path = Path(out or f"{grid.study}_gradcam.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = draw_grid(grid)
-    fig.savefig(path, dpi=120)
+    write_output(path, png(fig), "--out")
     if grid.parent_run_id:  # the artifact keeps its fixed name whatever --out says
         _, _, tracking_uri = resolve_study(study, tracking_uri)
         tracking.make_client(tracking_uri).log_figure(grid.parent_run_id, fig, ARTIFACT)

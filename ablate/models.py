@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+import torch
+from safetensors import safe_open
 from torch import nn
 
 import ablate.backbones  # noqa: F401  (registers our small CPU backbones with timm before any lookup)
 from ablate.config import ModelConfig
-from ablate.errors import AblateError, at
+from ablate.errors import AblateError, at, describe, one_line
 from ablate.inject import InsertionReport, inject
 
 
@@ -47,8 +49,7 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Mod
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.checkpoint:
-        if not Path(cfg.checkpoint).is_file():
-            raise AblateError(f"no weights file at {cfg.checkpoint}", key="checkpoint")
+        check_weights(cfg.checkpoint)
         # timm loads the file like hub weights: adapts in_chans, drops a classifier of another size
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve())))
     else:
@@ -57,19 +58,46 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Mod
         return timm.create_model(cfg.backbone, **kwargs)
     except TypeError as e:  # e.g. drop_path_rate on a family that has no stochastic depth
         raise AblateError(f"{cfg.backbone} does not accept {e}") from None
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError) as e:
         if cfg.pretrained and not cfg.checkpoint:
             raise AblateError(f"could not fetch {cfg.backbone} weights (offline?): set model.checkpoint to a "
                               f"local weights file", key="pretrained") from None
+        if cfg.checkpoint:  # weights of another architecture: missing keys, shape mismatches
+            raise AblateError(f"{cfg.checkpoint} does not fit {cfg.backbone} ({one_line(describe(e), 200)})",
+                              key="checkpoint") from None
         raise
+
+
+def check_weights(path: str) -> None:
+    """A keyed AblateError unless `path` is a weights file timm can load (a state dict, saved by torch or as
+    safetensors); memory-mapped, so a large file costs no memory."""
+    if not Path(path).is_file():
+        raise AblateError(f"no weights file at {path}", key="checkpoint")
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, framework="pt"):  # reads the header: the weights stay on disk
+                return
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # torch's legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (pickle, zip and safetensors errors come in many types)
+        raise AblateError(f"{path} is not a weights file torch can load ({one_line(describe(e), 160)})",
+                          key="checkpoint") from None
+    if not isinstance(state, dict):
+        raise AblateError(f"{path} holds a {type(state).__name__}, not a state dict of weights", key="checkpoint")
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: int) -> BuiltModel:
     """The backbone with its attention; errors are located in the trial config (model.backbone,
     model.attention.position, model.attention.knobs.reduction, ...)."""
-    with at("model"):
-        model = create_backbone(cfg, num_classes, in_chans)
-        with at("attention"):
-            report = inject(model, cfg.attention, in_chans=in_chans, image_size=image_size,
-                            backbone=cfg.backbone)
+    try:
+        with at("model"):
+            model = create_backbone(cfg, num_classes, in_chans)
+            with at("attention"):
+                report = inject(model, cfg.attention, in_chans=in_chans, image_size=image_size,
+                                backbone=cfg.backbone)
+    except (AssertionError, RuntimeError) as e:  # timm's input checks: a ViT's fixed size, a map shrunk to 0 px
+        raise AblateError(f"{cfg.backbone} cannot run on {in_chans} x {image_size} x {image_size} inputs "
+                          f"({one_line(describe(e), 200)})", key="data.image_size") from None
     return BuiltModel(model, report)

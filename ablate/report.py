@@ -7,6 +7,7 @@ the file no longer holds stay in the store and are left out unless `show_all` (t
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +17,14 @@ from mlflow import MlflowClient
 
 from ablate import stats
 from ablate.config import MODULE_KEY
-from ablate.errors import AblateError
+from ablate.errors import AblateError, write_output
 from ablate.results import (METRIC_COLUMNS, param_columns, resolve_study, stored_runs_client, study_file,
                             trials_frame)
 from ablate.data import dataset_shape
-from ablate.spec import StudySpec, build_cell, cell_label, cell_location, grid_cells, keyed_cells, trial_config
+from ablate.spec import REFERENCE_COLUMNS, StudySpec, build_cell, cell_label, cell_location, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
-# a study file's reference keys -> the report's column names; `gflops` stays an alias of `gmacs` for older
-# study files: the papers' "GFLOPs" columns count multiply-accumulates (CBAM's ResNet-50 3.858 is GMACs)
-REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
-                     "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
 COLUMNS = ("compact", "all")  # --columns: what a paper prints, or every number the report has
 PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
 GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three decimals, and count differently)
@@ -395,6 +392,13 @@ def dry_run_report(study: str | StudySpec, fmt: str = "md") -> str:
 
 # ---------------------------------------------------------------- the command
 
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes, written in one go: a full disk is one error, not a silent half-file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
 def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
                  tracking_uri: str | None = None, show_all: bool = False, columns: str = "compact",
@@ -416,12 +420,11 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
                            client=client)
     text = render(table, fmt, columns=columns)
     if out:
-        Path(out).write_text(text)
+        write_output(out, text, "--out")
     figures = plotter(table, optuna_study, trials_frame(optuna_study, client, spec)) if plotter else {}
     if plots:
-        Path(plots).mkdir(parents=True, exist_ok=True)
         for file, fig in figures.items():
-            fig.savefig(Path(plots) / file, dpi=120)
+            write_output(Path(plots) / file, png(fig), "--plots")
     parent = optuna_study.user_attrs.get(Attr.PARENT_RUN)
     if client is not None:
         client.log_text(parent, text, f"report/report.{fmt}")

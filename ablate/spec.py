@@ -10,12 +10,15 @@ fingerprinted here and checked by the runner.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import itertools
 import json
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import ValidationError
 
@@ -24,12 +27,17 @@ from ablate.config import (KNOB_PREFIX, METRICS, MODULE_KEY, Range, StudyConfig,
                            flatten, load_yaml, parse_trial, validation_error)
 from ablate.data import check_data, dataset_shape
 from ablate.errors import AblateError, at, within
-from ablate.models import BuiltModel, build_model
+from ablate.models import BuiltModel, build_model, check_weights
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
 OPERATIONAL_KEYS = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
                     "train.accelerator", "train.devices", "train.ddp_timeout_s", "train.checkpoint_",
                     "data.num_workers", "data.on_device", "data.download", "data.root")
+MAX_GRID_VALUES = 10_000  # a grid range with more steps than this is a typo in its step, not an ablation
+MAX_RANGE_STEPS = 10**9  # past this Optuna's decimal arithmetic on the step fails
+# a study file's reference keys -> the report's column names; other keys describe the row in words
+REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
+                     "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
 
 
 @dataclass
@@ -85,14 +93,63 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
         raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
     if spec.is_grid:
-        for cell in grid_cells(spec):
+        cells = grid_cells(spec)
+        for cell in cells:
             trial_config(spec, cell, cfg.study.seed_list[0])  # every cell must be a valid trial
+        _check_labels(spec, cells)
+        if cfg.study.trials is not None:
+            raise AblateError(f"{path}: study.trials (or --trials): a grid runs every cell x seed "
+                              f"({len(cells) * len(cfg.study.seed_list)} trials here); trials is for sampler tpe, "
+                              "random or gp")
     elif cfg.study.trials is None:
         raise AblateError(f"{path}: study.trials: sampler {cfg.study.sampler!r} needs a number of trials")
     elif not spec.space:
         raise AblateError(f"{path}: space: sampler {cfg.study.sampler!r} has nothing to search "
                           "(add keys to space or include, or use sampler: grid)")
+    with within(str(path)):
+        _check_reference(spec)
     return spec
+
+
+def _check_labels(spec: StudySpec, cells: list[dict]) -> None:
+    """The report's rows are the cells' labels: two cells under one label would be merged into one row."""
+    seen: dict[str, dict] = {}
+    for params in cells:
+        label = cell_label(params)
+        if label in seen:
+            raise AblateError(f"{spec.path}: cells: two configurations are both named {label!r} ({seen[label]} and "
+                              f"{params}); their rows would be merged: give each its own name:")
+        seen[label] = params
+
+
+def _check_reference(spec: StudySpec) -> None:
+    """Published numbers must land in a column and on a row: a typo'd key, a number written as a string or a
+    match that names no configuration would make the row disappear without a word."""
+    cells = grid_cells(spec) if spec.is_grid else None
+    for i, ref in enumerate(spec.cfg.reference):
+        with at(f"reference[{i}]"):
+            match = ref.get("match", {})
+            if not isinstance(match, dict):
+                raise AblateError(f"match: {match!r} is not a mapping of keys to values", key=None)
+            for key, value in ref.items():
+                if key == "match":
+                    continue
+                close = difflib.get_close_matches(str(key), REFERENCE_COLUMNS, n=1, cutoff=0.7)
+                if key in REFERENCE_COLUMNS:
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise AblateError(f"{value!r} is not a number (a published {REFERENCE_COLUMNS[key]})",
+                                          key=str(key))
+                elif isinstance(value, (int, float)) and not isinstance(value, bool) or close:
+                    columns = ", ".join(REFERENCE_COLUMNS)
+                    hint = f"did you mean {close[0]!r}?" if close else f"numbers go under {columns}"
+                    raise AblateError(f"unknown reference column ({hint})", key=str(key))
+                elif not isinstance(value, str):
+                    raise AblateError(f"{value!r}: a description is a string (numbers go under "
+                                      f"{', '.join(REFERENCE_COLUMNS)})", key=str(key))
+            if cells is not None and not any(all(str(cell_label(p) if k == "name" else p.get(k)) == str(v)
+                                                 for k, v in match.items()) for p in cells):
+                raise AblateError(f"match: {match} names no configuration of the grid (its rows: "
+                                  f"{', '.join(cell_label(p) for p in cells[:6])}{' ...' if len(cells) > 6 else ''})")
 
 
 def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
@@ -100,6 +157,10 @@ def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
     for candidate in (Path(include), study_path.parent / include, study_path.parent.parent / include):
         if candidate.is_file():
             data = load_yaml(candidate)
+            others = sorted(set(data) - {"space"}) if "space" in data else []
+            if others or "include" in data:  # a study file's base or include would be dropped without a word
+                raise AblateError(f"{candidate}: {(others or ['include'])[0]}: a search space file holds only "
+                                  "space: (its keys and values); include files from the study file itself")
             data = data.get("space", data)
             try:
                 return StudyConfig.model_validate({"study": {"name": "x"}, "space": data}).space, candidate
@@ -115,21 +176,20 @@ def _space_source(spec: StudySpec, key: str) -> str:
 
 def _check_space(spec: StudySpec, base_cfg: TrialConfig) -> None:
     modules = spec.space.get(MODULE_KEY, [base_cfg.model.attention.name])
+    with within(_space_source(spec, MODULE_KEY)), at(f"space.{MODULE_KEY}"):
+        if isinstance(modules, Range):
+            raise AblateError("attention modules are choices (a list of names), not a range")
+        for name in modules:
+            if not isinstance(name, str):
+                raise AblateError(f"{name!r} is not a module name (choices are names: [none, se, cbam])")
+            if name != "none":
+                get_attention(name)
     for key, values in spec.space.items():
         with within(_space_source(spec, key)), at(f"space.{key}"):
             if isinstance(values, list) and not values:
                 raise AblateError("empty choices")
             if isinstance(values, Range):
-                if values.low > values.high:
-                    raise AblateError(f"range low {values.low} > high {values.high}")
-                if values.log and values.low <= 0:
-                    raise AblateError("a log range needs low > 0")
-                if spec.is_grid and values.step is None:
-                    raise AblateError("a grid needs choices or a range with step")
-    with within(_space_source(spec, MODULE_KEY)), at(f"space.{MODULE_KEY}"):
-        for name in modules:
-            if name != "none":
-                get_attention(name)
+                _check_range(values, spec.is_grid)
     for key, values in spec.space.items():
         if key.startswith(KNOB_PREFIX):
             knob = key.removeprefix(KNOB_PREFIX)
@@ -140,15 +200,52 @@ def _check_space(spec: StudySpec, base_cfg: TrialConfig) -> None:
             with within(_space_source(spec, key)), at(f"space.{KNOB_PREFIX.rstrip('.')}"):  # + the knob's key
                 for value in values_to_check(values):
                     for module in takers:
-                        resolve_knobs(module, {knob: value})
+                        with _range_fits(values, value, key):
+                            resolve_knobs(module, {knob: value})
         elif key != "seed":  # every choice (both ends of a range) must make a valid trial config
             for value in values_to_check(values):
-                parse_trial(set_dotted(copy.deepcopy(spec.base), key, value), f"{_space_source(spec, key)}: space")
+                with _range_fits(values, value, key, f"{_space_source(spec, key)}: space.{key}"):
+                    parse_trial(set_dotted(copy.deepcopy(spec.base), key, value), f"{_space_source(spec, key)}: space")
+
+
+def _check_range(r: Range, grid: bool) -> None:
+    """What Optuna (or a grid) would refuse or choke on, refused now."""
+    if r.low > r.high:
+        raise AblateError(f"range low {r.low} > high {r.high}")
+    if r.log and r.low <= 0:
+        raise AblateError("a log range needs low > 0")
+    if r.log and r.step is not None and not (r.type == "int" and r.step == 1):
+        raise AblateError("log: true samples on a log scale, step on an even one: give one of them")
+    if r.type == "int" and any(v is not None and v != int(v) for v in (r.low, r.high, r.step)):
+        raise AblateError(f"a range of type int takes whole numbers (low {r.low}, high {r.high}, step {r.step})")
+    if grid and r.step is None:
+        raise AblateError("a grid needs choices or a range with step")
+    steps = (r.high - r.low) / r.step if r.step else 0
+    if not math.isfinite(steps) or steps > MAX_RANGE_STEPS or grid and steps + 1 > MAX_GRID_VALUES:
+        limit = f"{MAX_GRID_VALUES} values in a grid" if grid else f"{MAX_RANGE_STEPS} steps"
+        raise AblateError(f"step {r.step} makes {steps + 1:.3g} values from {r.low} to {r.high} (at most {limit})")
+
+
+@contextmanager
+def _range_fits(values: list | Range, value, key: str, where: str | None = None) -> Iterator[None]:
+    """A float range's inner point refused where its ends pass: the key takes whole numbers. `where`: the error's
+    location when the check inside gives a whole line rather than a keyed message."""
+    try:
+        yield
+    except AblateError as e:
+        if isinstance(values, Range) and value not in (values.low, values.high):
+            problem = f"a float range, but {key} takes whole numbers: give the range type: int"
+            raise (AblateError(f"{where}: {problem}") if where else AblateError(problem, key=e.key)) from None
+        raise
 
 
 def values_to_check(values: list | Range) -> list:
-    """What validation tries of a space key: every choice, or both ends of a range."""
-    return values if isinstance(values, list) else [values.low, values.high]
+    """What validation tries of a space key: every choice, or both ends of a range (and, for a float range, a
+    fractional point between them: a sampler suggests such values)."""
+    if isinstance(values, list):
+        return values
+    inner = [] if values.type == "int" or values.step else [values.low + (values.high - values.low) * 0.37]
+    return [values.low, values.high, *inner]
 
 
 def grid_values(values: list | Range) -> list:
@@ -296,8 +393,9 @@ def build_cell(spec: StudySpec, params: dict, location: str, data: bool = True) 
     with within(f"{spec.path}: {location}"):
         if data:
             check_data(cfg.data)
-        if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
-            raise AblateError(f"model.checkpoint: no weights file at {cfg.model.checkpoint}")
+        if cfg.model.checkpoint:
+            with at("model"):
+                check_weights(cfg.model.checkpoint)
         model_cfg = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})  # shapes only
         return build_model(model_cfg, *dataset_shape(cfg.data), cfg.data.image_size), cfg
 

@@ -6,10 +6,12 @@ heartbeats, so a live worker fails and retries a dead machine's trial. Never SQL
 """
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 import warnings
 import zlib
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -68,9 +70,44 @@ def journal_file(url: str | None) -> str | None:
     return None if "://" in url else url
 
 
+def check_journal(journal: str) -> None:
+    """A file that is there must be an Optuna journal (JSON records, one a line): the MLflow database or a study
+    file given as --storage would be read as garbage, or appended to."""
+    path = Path(journal)
+    if not path.is_file() or not path.stat().st_size:
+        return
+    with path.open("rb") as f:
+        first = f.readline(1 << 16)
+    try:
+        record = json.loads(first)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise AblateError(f"--storage: {journal} is not an Optuna journal (its first line is no journal record); "
+                          f"give a new file or an existing journal (default {JOURNAL})")
+
+
+def check_sqlite(url: str) -> None:
+    """An SQLite file that is there must hold Optuna's tables (or none yet): RDBStorage would add its own to the
+    MLflow database, and a study file is no database at all."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or not Path(path).is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise AblateError(f"--storage: {path} is not an SQLite database ({e})") from None
+    if tables and not {"studies", "trials"} <= tables:
+        what = "the MLflow tracking database" if "experiments" in tables else "another program's database"
+        raise AblateError(f"--storage: {path} is {what}, not an Optuna storage (tables: "
+                          f"{', '.join(sorted(tables)[:5])} ...); give Optuna its own file")
+
+
 def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace_period: int = 120):
     journal = journal_file(url)
     if journal:  # safe for several processes on one machine
+        check_journal(journal)
         try:
             Path(journal).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(journal))
@@ -79,6 +116,8 @@ def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace
                               f"{e.strerror or e})") from None
     if url.startswith("sqlite") and jobs > 1:
         raise AblateError("--storage: SQLite does not take parallel workers; use the default journal or PostgreSQL")
+    if url.startswith("sqlite"):
+        check_sqlite(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: "experimental" since Optuna 2.9

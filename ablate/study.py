@@ -37,12 +37,12 @@ from mlflow import MlflowClient
 from ablate import stats, tracking, train
 from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
 from ablate.distributed import broadcast_decision
-from ablate.errors import AblateError, Preempted, describe
+from ablate.errors import AblateError, Preempted, describe, within
 from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.config import KNOB_PREFIX
-from ablate.spec import (StudySpec, cell_cost, cell_key, cell_label, check_cells, constraint_excess, fingerprint,
-                         fingerprint_change, keyed_cells, knob_applies, module_of, cell_digest, paper_delta, refusal, run_label,
-                         trial_config)
+from ablate.spec import (StudySpec, cell_cost, cell_digest, cell_key, cell_label, cell_location, check_cells,
+                         constraint_excess, fingerprint, fingerprint_change, grid_cells, keyed_cells, knob_applies,
+                         module_of, paper_delta, refusal, run_label, trial_config)
 from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
@@ -66,6 +66,21 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 class WorkerDied(Exception):
     """A worker process ended without finishing its trials (OOM killer, kill -9): not bad input."""
+
+
+class FailureStreak:
+    """An Optuna callback that stops a worker whose last `n` trials all failed with one and the same reason: a
+    configuration every trial trips over (a bad key value only a trial finds) must not burn the whole study."""
+
+    def __init__(self, n: int = 3):
+        self.n, self.reasons = n, []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = trial.state == TrialState.FAIL and Attr.FAIL_REASON in trial.user_attrs
+        self.reasons = self.reasons[-(self.n - 1):] + [trial.user_attrs[Attr.FAIL_REASON]] if failed else []
+        if len(self.reasons) == self.n and len(set(self.reasons)) == 1:
+            raise AblateError(f"study {study.study_name!r}: the last {self.n} trials all failed with the same error, "
+                              f"so the study stops: {self.reasons[0]}")
 
 
 def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -332,6 +347,41 @@ def check_comparable(study: optuna.Study, spec: StudySpec) -> None:
                           f"aside and start over)")
 
 
+def distribution(values) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution sample_params draws a space key from."""
+    if isinstance(values, list):
+        return optuna.distributions.CategoricalDistribution(values)
+    if values.type == "int":
+        return optuna.distributions.IntDistribution(int(values.low), int(values.high), step=int(values.step or 1),
+                                                    log=values.log)
+    return optuna.distributions.FloatDistribution(values.low, values.high, step=values.step, log=values.log)
+
+
+def check_search_space(study: optuna.Study, spec: StudySpec) -> None:
+    """A searched study's keys must keep the kind of distribution its trials were sampled from (Optuna fails every
+    later trial otherwise): other choices, a range for choices, log on or off. Keys added or dropped are fine."""
+    if spec.is_grid:
+        return
+    recorded = {}
+    for t in study.get_trials(deepcopy=False):
+        recorded.update(t.distributions)
+    for key in sorted(set(recorded) & set(spec.space)):
+        now = distribution(spec.space[key])
+        try:
+            optuna.distributions.check_distribution_compatibility(recorded[key], now)
+        except ValueError:
+            raise AblateError(f"{spec.path}: space.{key}: study {spec.name!r} in the store samples it from "
+                              f"{_domain(recorded[key])}, this file from {_domain(now)}; Optuna cannot mix them "
+                              "(run it under a new study.name, or with --force-new to set the old trials aside)"
+                              ) from None
+
+
+def _domain(d: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return f"choices {list(d.choices)}"
+    return f"{'a log ' if d.log else 'a '}range [{d.low}, {d.high}]{f' step {d.step}' if d.step else ''}"
+
+
 def set_aside(spec: StudySpec, storage) -> str | None:
     """--force-new: move an existing study to '<name>.before-<UTC time>' (its results stay readable there)."""
     if spec.name not in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}:
@@ -561,16 +611,6 @@ def fits(dist: optuna.distributions.BaseDistribution, value) -> bool:
         return False
 
 
-def distribution(values) -> optuna.distributions.BaseDistribution:
-    """A space key's values as Optuna's distribution (what sample_params suggests from)."""
-    if isinstance(values, list):
-        return optuna.distributions.CategoricalDistribution(values)
-    if values.type == "int":
-        return optuna.distributions.IntDistribution(int(values.low), int(values.high), step=int(values.step or 1),
-                                                    log=values.log)
-    return optuna.distributions.FloatDistribution(values.low, values.high, step=values.step, log=values.log)
-
-
 # ---------------------------------------------------------------- workers
 
 def wanted(spec: StudySpec) -> set[tuple[str, int]] | None:
@@ -601,6 +641,7 @@ def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, pa
     heartbeats = journal is None  # RDB: other machines' dead trials get failed as we go
     pairs = wanted(spec)
     total = None if s.on_demand else len(pairs) if pairs is not None else s.trials  # on demand: as queued
+    streak = FailureStreak()
     with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
             check_interrupt()
@@ -615,7 +656,7 @@ def _worker(spec: StudySpec, storage_url: str | None, jobs: int, worker: int, pa
                 return
             if not spec.is_grid and not waiting and len(own_trials(study, DONE + (TrialState.RUNNING,))) >= s.trials:
                 return
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs)])
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs), streak])
             runs.summarise(study)
             if s.on_demand:
                 with setup_lock(storage, spec.name, journal):  # two workers must not queue the same seed
@@ -640,6 +681,9 @@ def _worker_process(*args) -> None:
     """A spawned worker: Ctrl-C ends it quietly with exit code 130, preemption with 75 (the trial is marked)."""
     try:
         _worker(*args)
+    except AblateError as e:  # FailureStreak: its one line, as the CLI would print it
+        print(f"ablate: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except Preempted:
         sys.exit(REQUEUE_EXIT_CODE)
     except KeyboardInterrupt:
@@ -678,15 +722,31 @@ def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
 
 # ---------------------------------------------------------------- the study
 
+def check_trainers(spec: StudySpec) -> None:
+    """Lightning's checks of accelerator, devices and precision, once per distinct setting before any trial:
+    `accelerator: gpu` on a machine without one is bad input, not a study whose every trial fails."""
+    cells = grid_cells(spec) if spec.is_grid else [{}]
+    seen = set()
+    for params in cells:
+        cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+        setting = (cfg.train.accelerator, str(cfg.train.devices), cfg.train.precision)
+        if setting not in seen:
+            seen.add(setting)
+            with within(f"{spec.path}: {cell_location(params)}"), train.quiet_lightning():
+                train.make_trainer(cfg.train)
+
+
 def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
                   force_new: bool = False) -> tuple[optuna.Study, MlflowClient, str]:
     """Everything before the workers start: check the cells, open (or set aside and create) the study, fail what a
     dead process left running, queue what is missing, and get the parent run. Returns (study, client, parent)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_cells(spec)  # bad models and missing data folders fail here, before any store exists
+    check_trainers(spec)
     s = spec.cfg.study
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
     uri = tracking.resolve_uri(spec.base.get("tracking", {}).get("uri"))
+    tracking.probe_store(uri)  # a server that does not answer: one line now, before the study is created
     journal = journal_file(storage_url)
     with setup_lock(storage, spec.name, journal):  # another `ablate run` of the same study waits here
         if force_new:
@@ -695,6 +755,7 @@ def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = N
                 print(f"[{spec.name}] --force-new: the earlier trials are now study {aside!r}", flush=True)
         study = open_study(spec, storage)
         check_comparable(study, spec)  # before anything is written to either store
+        check_search_space(study, spec)
         # the MLflow store (a client creates it) and experiment are created once, before any worker starts
         client = tracking.make_client(uri)
         experiment_id = tracking.get_or_create_experiment(spec.name, uri)
@@ -743,7 +804,7 @@ def run_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = None,
     except KeyboardInterrupt as e:  # Ctrl-C, or Preempted: 'preempted (SIGTERM)'
         status, reason = "KILLED", describe(e) if isinstance(e, Preempted) else None
         raise
-    except WorkerDied:
+    except (WorkerDied, AblateError):  # AblateError: FailureStreak stopped it
         status = "FAILED"
         raise
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import urllib.parse
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 import torch
 import yaml
@@ -85,8 +87,33 @@ def artifact_root(uri: str) -> str | None:
     return (Path.cwd().resolve() / HOME / "artifacts").as_uri()
 
 
+def probe_store(uri: str) -> None:
+    """Fail in seconds with one line where MLflow would retry for minutes or write into the wrong file: a server
+    that refuses connections, an SQLite file that is not MLflow's database or cannot be written."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        try:
+            socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                     timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise AblateError(f"tracking.uri: no tracking server answers at {mask_password(uri)} "
+                              f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            return
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            raise AblateError(f"tracking.uri: {path} is read-only (runs, their metrics and reports are written "
+                              "there); make it writable or copy it")
+        with path.open("rb") as f:
+            header = f.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise AblateError(f"tracking.uri: {path} is not an SQLite database")
+
+
 def make_client(uri: str | None = None) -> MlflowClient:
     uri = resolve_uri(uri)
+    probe_store(uri)
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)
@@ -271,6 +298,18 @@ def server_command(backend: str, artifacts: str | None, port: int, host: str, wo
     if allowed_hosts:  # beyond the local network MLflow checks the Host header against this list
         cmd += ["--allowed-hosts", allowed_hosts]
     return cmd
+
+
+def check_address(host: str, port: int) -> None:
+    """--host and --port as a server would bind them, tried before MLflow starts (and fails inside itself)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except (OSError, OverflowError) as e:  # socket.gaierror is an OSError; a port beyond 65535 an OverflowError
+        raise AblateError(f"--host {host} --port {port}: cannot serve there ({getattr(e, 'strerror', None) or e})"
+                          ) from None
 
 
 def serve(cmd: list[str]) -> int:

@@ -96,8 +96,9 @@ class TrialModule(pl.LightningModule):
         self.val_acc = accuracy(num_classes)
         self.ema_acc = accuracy(num_classes, postfix="_ema") if cfg.ema else None
         # metric objects, not logged values: on several devices they average over every rank's samples
-        self.val_loss = MeanMetric()
-        self.ema_loss = MeanMetric() if cfg.ema else None
+        # nan_strategy "disable": a NaN batch makes the mean NaN (the trial fails) instead of being dropped unseen
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.ema_loss = MeanMetric(nan_strategy="disable") if cfg.ema else None
         self.best_acc1 = MaxMetric()  # logged by value: Lightning resets the metric objects it is given
         self.best_acc1.persistent(True)  # in the checkpoint: a resumed trial keeps its best epoch
         self.train_loss = MeanMetric()  # persistent: an epoch resumed mid-way still averages all its batches
@@ -153,6 +154,9 @@ class TrialModule(pl.LightningModule):
         self.log_dict(acc, on_epoch=True, prog_bar=True)  # Lightning computes and resets them at epoch end
 
     def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()  # cached like acc1's: Lightning's own call at the epoch's end reuses it
+        if not torch.isfinite(loss):  # a finite train loss with a NaN val loss is divergence too, not a result
+            raise DivergedError(f"val/loss is {loss.item()} at epoch {self.current_epoch}")
         self.best_acc1(self.val_acc["acc1"].compute())  # compute() caches: Lightning's own call reuses it
         self.log("val/acc1_best", self.best_acc1.compute(), prog_bar=True)
 

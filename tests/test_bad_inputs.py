@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import subprocess
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 import ablate
-from helpers import TINY_BASE, ablate as run_ablate  # `ablate` is the package here
+from helpers import TINY_BASE, ablate as run_ablate, call_main  # `ablate` is the package here
 
 REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/ and search_spaces/
 
@@ -34,11 +37,16 @@ PG_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"  # nothing listens on port 
 REAL_PROCESS = {"study-yaml-syntax", "base-unknown-backbone", "space-knob-exceeds-channels", "include-unknown-module",
                 "trial-cifar10-missing-root", "run-storage-unreachable-postgres", "run-tracking-uri-unopenable",
                 "run-plugin-missing", "inspect-gate-at-conv", "report-unknown-by-key", "cli-unknown-option",
-                "study-missing-file"}
+                "study-missing-file",
+                # round two: file text (encoding, YAML limits, duplicate keys), values that do not fit, configs that
+                # fail only in training, stores, outputs, other commands and the environment, a different study
+                # (the other classes' cases take the same code path in-process: ~25 s a process here is the budget's)
+                "study-yaml-deep-nesting", "base-accelerator-gpu", "env-plugins-missing"}
 
 
-def ablate_cli(*args, cwd):
-    return run_ablate(*args, cwd=cwd, timeout=600, env={"PYTHONDONTWRITEBYTECODE": "1"})  # no __pycache__ from plugins
+def ablate_cli(*args, cwd, env=None):
+    # no __pycache__ from plugins
+    return run_ablate(*args, cwd=cwd, timeout=600, env={"PYTHONDONTWRITEBYTECODE": "1", **(env or {})})
 
 
 # ---------------------------------------------------------------- the stores every case must leave alone
@@ -53,6 +61,11 @@ def stores(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (folder / "mlruns" / "mlflow.db").is_file() and (folder / "mlruns" / "optuna.journal").is_file()
     assert any((folder / "mlruns" / "artifacts").rglob("model.pt"))
+    # and a searched study of one trial (in this process: a second start-up costs more than the trial)
+    (folder / "tiny-search.yaml").write_text(yaml.safe_dump({
+        "study": {"name": "tiny-search", "sampler": "random", "trials": 1}, "base": TINY_BASE,
+        "space": {"model.attention.name": ["none", "se"], "train.lr": {"low": 0.01, "high": 0.1, "log": True}}}))
+    assert call_main("run", "tiny-search.yaml", cwd=folder) == (0, "")
     return folder
 
 
@@ -76,9 +89,10 @@ def outside_stores(folder: Path) -> set[str]:
 
 # ---------------------------------------------------------------- case builders
 
-def case(id, args, expect, files=None, where="stores", forbid=()):
-    """args: the command line ('{repo}' is the repository); expect: substrings of the error line."""
-    return pytest.param(list(args), tuple(expect), dict(files or {}), where, tuple(forbid), id=id)
+def case(id, args, expect, files=None, where="stores", forbid=(), env=None):
+    """args: the command line ('{repo}' is the repository); expect: substrings of the error line; env: variables
+    the command runs with."""
+    return pytest.param(list(args), tuple(expect), dict(files or {}), where, tuple(forbid), dict(env or {}), id=id)
 
 
 def study_doc(name, mutate=None):
@@ -245,6 +259,149 @@ CASES = [
     case("study-override-without-equals", ["run", "{repo}/studies/se_reduction.yaml", "train.lr"],
          ["command line", "override 'train.lr' is not of the form key.path=value"]),
 
+    # files that are not UTF-8 text
+    bad_study("study-latin1", None, "not UTF-8 text (byte 0xe9 at line 1, column 6)",
+              text="# caf\u00e9\nstudy: {name: x}\n".encode("latin-1")),
+    bad_study("study-utf16-bom", None, "UTF-16 text", text="study: {name: x}\n".encode("utf-16")),
+    bad_study("study-random-bytes", None, "not UTF-8 text", text=bytes(range(128, 256)) * 4),
+    # pathological YAML: limits on size, depth and alias expansion, before anything is built
+    bad_study("study-yaml-deep-nesting", None, "nested deeper than 64 levels",
+              text="study: {name: x}\nbase: " + "[" * 5000 + "]" * 5000 + "\n"),
+    bad_study("study-yaml-billion-laughs", None, "more than 100000 values once aliases are expanded",
+              text="study: {name: x}\nspace:\n  l0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"  l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+                   + "  train.lr: *a8\n"),
+    bad_study("study-yaml-too-big", None, "bytes, more than the 1048576 a config file may have",
+              text="study: {name: x}\n" + "#" * (1 << 20) + "\n"),
+    # duplicate keys: the user meant both; refuse, naming the key and both lines
+    bad_study("study-duplicate-key", None, "line 3: duplicate key 'seeds' (first at line 2)",
+              text="study:\n  seeds: [0]\n  seeds: [1]\n  name: x\n"),
+    bad_study("study-duplicate-space", None, "line 4: duplicate key 'space' (first at line 2)",
+              text="study: {name: x}\nspace: {model.attention.name: [se]}\nbase: {}\nspace: {train.lr: [0.1]}\n"),
+    case("include-duplicate-key", ["run", "include-duplicate-key.yaml"], ["inc-dup.yaml", "duplicate key 'train.lr'"],
+         {"include-duplicate-key.yaml": study_doc("include-duplicate-key",
+                                                  lambda d: d.update(include=["inc-dup.yaml"])),
+          "inc-dup.yaml": "space:\n  train.lr: [0.1]\n  train.lr: [0.2]\n"}),
+    # numbers at the edges
+    bad_study("base-seed-too-big", lambda d: d["base"]["train"].update(seed=2**64), "train.seed", "4294967295"),
+    bad_study("base-min-lr-inf", lambda d: d["base"]["train"].update(min_lr=float("inf")),
+              "train.min_lr: Input should be a finite number"),
+    bad_study("base-image-size-huge", lambda d: d["base"]["data"].update(image_size=100000),
+              "data.image_size: Input should be less than or equal to 2048"),
+    bad_study("space-range-step-zero", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": 0}}),
+              "space.train.lr", "step", "greater than 0"),
+    bad_study("space-range-step-negative",
+              lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": -0.1}}),
+              "space.train.lr", "step", "greater than 0"),
+    bad_study("space-range-step-nan",
+              lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": float("nan")}}),
+              "space.train.lr", "step", "finite number"),
+    bad_study("space-range-step-tiny",
+              lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": 0.2, "step": 1e-300}}),
+              "space.train.lr: step 1e-300 makes", "at most 10000 values in a grid"),
+    bad_study("space-range-high-inf", lambda d: d["space"].update({"train.lr": {"low": 0.1, "high": float("inf")}}),
+              "space.train.lr", "high", "finite number"),
+    # spaces whose values do not fit their key: refused at load, before any store
+    bad_study("space-float-range-for-int-key", lambda d: (d["study"].update(sampler="random", trials=2),
+                                                          d["space"].update({"train.epochs": {"low": 1, "high": 3}})),
+              "space.train.epochs: a float range, but train.epochs takes whole numbers: give the range type: int"),
+    bad_study("space-float-range-for-int-knob", lambda d: (
+        d["study"].update(sampler="random", trials=2), d["space"].update(
+            {"model.attention.name": ["se"], "model.attention.knobs.reduction": {"low": 4, "high": 16}})),
+        "space.model.attention.knobs.reduction", "takes whole numbers: give the range type: int"),
+    bad_study("space-log-with-step", lambda d: (d["study"].update(sampler="random", trials=2), d["space"].update(
+        {"train.lr": {"low": 0.01, "high": 0.1, "log": True, "step": 0.01}})),
+        "space.train.lr: log: true samples on a log scale, step on an even one"),
+    bad_study("space-int-range-fractional", lambda d: d["space"].update(
+        {"train.epochs": {"low": 1, "high": 3, "step": 0.5, "type": "int"}}),
+        "space.train.epochs: a range of type int takes whole numbers"),
+    # structure in the wrong place
+    bad_study("space-module-nested-list", lambda d: d["space"].update({"model.attention.name": [["se"], "none"]}),
+              "space.model.attention.name: ['se'] is not a module name"),
+    bad_study("space-module-range", lambda d: d["space"].update({"model.attention.name": {"low": 1, "high": 2}}),
+              "space.model.attention.name: attention modules are choices"),
+    # silently wrong tables
+    bad_study("study-cells-same-name", lambda d: d.update(space={}, cells=[
+        {"name": "mine", "model.attention.name": "se"}, {"name": "mine", "model.attention.name": "eca"}]),
+        "cells: two configurations are both named 'mine'", "give each its own name"),
+    bad_study("study-seed-twice", lambda d: d["study"].update(seeds=[0, 1, 0]),
+              "study.seeds", "seed 0 is listed twice"),
+    bad_study("study-grid-with-trials", lambda d: d["study"].update(trials=3),
+              "study.trials (or --trials): a grid runs every cell x seed (2 trials here)"),
+    case("run-trials-for-grid", ["run", "cli-trials-grid.yaml", "--trials", "5"],
+         ["cli-trials-grid.yaml", "study.trials (or --trials): a grid runs every cell x seed"],
+         ok_study("cli-trials-grid")),
+    bad_study("reference-unknown-key", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "se"}, "top1_er": 23.1}]),
+        "reference[0].top1_er: unknown reference column (did you mean 'top1_err'?)"),
+    bad_study("reference-number-as-string", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "se"}, "top1_err": "23.1"}]),
+        "reference[0].top1_err: '23.1' is not a number"),
+    bad_study("reference-list-value", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "se"}, "top1_err": [23.1, 22.0]}]),
+        "reference[0].top1_err: [23.1, 22.0] is not a number"),
+    bad_study("reference-match-nothing", lambda d: d.update(reference=[
+        {"match": {"model.attention.name": "cbam"}, "top1_err": 22.7}]),
+        "reference[0]: match: {'model.attention.name': 'cbam'} names no configuration of the grid"),
+
+    # configs that would only fail once training starts: one line before any trial
+    bad_study("base-accelerator-gpu", lambda d: d["base"]["train"].update(accelerator="gpu"),
+              "cell attention=none: train:", "gpu"),
+    bad_study("base-precision-unknown-device", lambda d: d["base"]["train"].update(accelerator="tpu"),
+              "cell attention=none: train:", "torch_xla"),
+    bad_study("base-limit-train-batches-negative", lambda d: d["base"]["train"].update(limit_train_batches=-1),
+              "base: train.limit_train_batches", "-1 is neither a number of batches"),
+    bad_study("base-train-size-too-big", lambda d: d["base"]["data"].update(name="digits", train_size=5000),
+              "data.train_size: 5000 is more than the 1438 samples available"),
+    bad_study("base-unknown-auto-augment", lambda d: d["base"]["data"].update(auto_augment="randaug-m9"),
+              "data.auto_augment: 'randaug-m9' is not a timm auto-augment spec"),
+    bad_study("base-checkpoint-not-weights", lambda d: d["base"]["model"].update(checkpoint="notweights.pt"),
+              "model.checkpoint: notweights.pt is not a weights file torch can load",
+              files={"notweights.pt": "model: {backbone: resnet18}\n"}),
+    bad_study("space-checkpoint-not-weights", lambda d: d["space"].update({"model.checkpoint": ["notweights2.pt"]}),
+              "model.checkpoint: notweights2.pt is not a weights file", files={"notweights2.pt": b"\x00" * 64}),
+    # a different study under a name already in the store
+    case("run-search-space-changed", ["run", "search-changed.yaml"],
+         ["search-changed.yaml", "space.model.attention.name: study 'tiny-search' in the store samples it from "
+          "choices ['none', 'se'], this file from choices ['none', 'se', 'eca']"],
+         {"search-changed.yaml": {"study": {"name": "tiny-search", "sampler": "random", "trials": 2},
+                                  "base": TINY_BASE, "space": {"model.attention.name": ["none", "se", "eca"],
+                                                               "train.lr": {"low": 0.01, "high": 0.1, "log": True}}}}),
+    case("run-search-space-log-changed", ["run", "search-log.yaml"],
+         ["search-log.yaml", "space.train.lr: study 'tiny-search' in the store samples it from a log range"],
+         {"search-log.yaml": {"study": {"name": "tiny-search", "sampler": "random", "trials": 2}, "base": TINY_BASE,
+                              "space": {"model.attention.name": ["none", "se"],
+                                        "train.lr": {"low": 0.01, "high": 0.1}}}}),
+    case("run-search-space-range-for-choices", ["run", "search-kind.yaml"],
+         ["search-kind.yaml", "space.train.lr:", "this file from choices [0.01, 0.1]"],
+         {"search-kind.yaml": {"study": {"name": "tiny-search", "sampler": "random", "trials": 2}, "base": TINY_BASE,
+                               "space": {"model.attention.name": ["none", "se"], "train.lr": [0.01, 0.1]}}}),
+    case("run-direction-changed", ["run", "tiny-min.yaml"], ["tiny-min.yaml", "study.direction", "minimize"],
+         {"tiny-min.yaml": study_doc("tiny", lambda d: d["study"].update(direction="minimize"))}),
+    case("run-metric-changed", ["run", "tiny-loss.yaml"], ["tiny-loss.yaml", "study.metric: val/acc1 maximize -> "
+                                                          "val/acc5 maximize"],
+         {"tiny-loss.yaml": study_doc("tiny", lambda d: d["study"].update(metric="val/acc5"))}),
+    case("run-base-changed", ["run", "tiny-epochs.yaml"], ["tiny-epochs.yaml", "base.train.epochs: 1 -> 2"],
+         {"tiny-epochs.yaml": study_doc("tiny", lambda d: d["base"]["train"].update(epochs=2))}),
+
+    # found hunting: include chains, a study file included as a search space, a name too long for a folder
+    case("include-chain", ["run", "include-chain.yaml"],
+         ["inc-chain.yaml: include: a search space file holds only space:"],
+         {"include-chain.yaml": study_doc("include-chain", lambda d: d.update(include=["inc-chain.yaml"])),
+          "inc-chain.yaml": {"include": ["inc-leaf.yaml"]}, "inc-leaf.yaml": {"space": {"train.lr": [0.1]}}}),
+    case("include-a-study-file", ["run", "include-a-study-file.yaml"],
+         ["inc-study.yaml: base: a search space file holds only space:"],
+         {"include-a-study-file.yaml": study_doc("include-a-study-file",
+                                                 lambda d: d.update(include=["inc-study.yaml"])),
+          "inc-study.yaml": study_doc("inc-study")}),
+    bad_study("study-name-too-long", lambda d: d["study"].update(name="n" * 300), "study.name",
+              "at most 128 characters"),
+    case("run-override-twice", ["run", "cli-twice.yaml", "train.lr=0.1", "train.lr=0.2"],
+         ["command line: train.lr is given twice ('0.1' and '0.2'); keep one"], ok_study("cli-twice")),
+    case("run-trials-flag-and-override",
+         ["run", "{repo}/studies/attention_search.yaml", "study.trials=5", "--trials", "3"],
+         ["command line: study.trials is given twice ('5' and '3')"]),
+
     # ------------------------------------------------------------ trial configs (ablate train)
     bad_trial("trial-yaml-syntax", None, "YAML syntax error at line 2, column 6",
               text="model: {backbone: resnet18\ntrain: {epochs: 1}\n"),
@@ -263,6 +420,15 @@ CASES = [
               "tracking.log_weights: Input should be a valid boolean"),
     bad_trial("trial-section-not-a-mapping", lambda d: d.update(train=5), "train: Input should be a valid dictionary"),
     bad_trial("trial-drop-rate-out-of-range", lambda d: d["model"].update(drop_rate=1.5), "model.drop_rate:"),
+    bad_trial("trial-seed-negative", lambda d: d["train"].update(seed=-1),
+              "train.seed: Input should be greater than or equal to 0"),
+    bad_trial("trial-limit-train-batches-negative", lambda d: d["train"].update(limit_train_batches=-1),
+              "train.limit_train_batches", "-1 is neither a number of batches"),
+    bad_trial("trial-override-deep-nesting", None, "command line: train.lr: line 1: nested deeper than 64 levels",
+              args=["train.lr=" + "[" * 200 + "]" * 200], named=False),
+    bad_trial("trial-latin1", None, "not UTF-8 text", text="# d\u00e9j\u00e0\ntrain: {epochs: 1}\n".encode("latin-1")),
+    bad_trial("trial-duplicate-section", None, "duplicate key 'train' (first at line 1)",
+              text="train: {epochs: 1}\ntrain: {epochs: 2}\n"),
     bad_trial("trial-unknown-dataset", lambda d: d["data"].update(name="mnist"), "data.name: 'mnist' is not allowed"),
     bad_trial("trial-unknown-position", lambda d: d["model"].update(attention={"name": "se", "position": "middle"}),
               "model.attention.position: 'middle' is not allowed"),
@@ -279,6 +445,12 @@ CASES = [
     bad_trial("trial-override-wrong-type", None, "train.epochs: Input should be a valid integer",
               args=["train.epochs=ten"]),
     case("trial-missing-file", ["train", "nosuch-trial.yaml"], ["nosuch-trial.yaml", "no such file"], where="empty"),
+    bad_trial("trial-accelerator-gpu", lambda d: d["train"].update(accelerator="gpu"), "train:", "accelerator"),
+    bad_trial("trial-checkpoint-not-weights",
+              lambda d: d["model"].update(checkpoint="trial-checkpoint-not-weights.yaml"),
+              "model.checkpoint: trial-checkpoint-not-weights.yaml is not a weights file"),
+    bad_trial("trial-tracking-server-refused", None, "tracking.uri: no tracking server answers at http://127.0.0.1:1",
+              args=["tracking.uri=http://127.0.0.1:1"]),
 
     # ------------------------------------------------------------ command-line arguments
     case("cli-unknown-command", ["trian", "x.yaml"], ["No such command 'trian'"]),
@@ -331,6 +503,73 @@ CASES = [
          ["attention.every: Input should be greater than or equal to 1"]),
     case("inspect-image-size-not-int", ["inspect", "resnet10_narrow", "--image-size", "big"],
          ["'--image-size'"]),
+    # stores that are not what they are called
+    case("run-storage-is-the-mlflow-db", ["run", "cli-sdb.yaml", "--storage", "mlruns/mlflow.db"],
+         ["--storage: mlruns/mlflow.db is not an Optuna journal"], ok_study("cli-sdb")),
+    case("run-storage-yaml-as-journal", ["run", "cli-syaml.yaml", "--storage", "cli-syaml.yaml"],
+         ["--storage: cli-syaml.yaml is not an Optuna journal"], ok_study("cli-syaml")),
+    case("run-storage-sqlite-mlflow-db", ["run", "cli-ssql.yaml", "--storage", "sqlite:///mlruns/mlflow.db"],
+         ["--storage: mlruns/mlflow.db is the MLflow tracking database, not an Optuna storage"], ok_study("cli-ssql")),
+    case("run-storage-sqlite-not-a-db", ["run", "cli-snot.yaml", "--storage", "sqlite:///cli-snot.yaml"],
+         ["--storage: cli-snot.yaml is not an SQLite database"], ok_study("cli-snot")),
+    case("report-storage-is-the-mlflow-db", ["report", "tiny", "--storage", "mlruns/mlflow.db"],
+         ["--storage: mlruns/mlflow.db is not an Optuna journal"]),
+    case("run-tracking-server-refused", ["run", "cli-http.yaml", "--tracking-uri", "http://127.0.0.1:1"],
+         ["tracking.uri: no tracking server answers at http://127.0.0.1:1", "ConnectionRefusedError"],
+         ok_study("cli-http")),
+    case("run-tracking-uri-not-a-db", ["run", "cli-tnot.yaml", "--tracking-uri", "sqlite:///mlruns/optuna.journal"],
+         ["tracking.uri:", "mlruns/optuna.journal is not an SQLite database"], ok_study("cli-tnot")),
+    case("report-tracking-server-refused", ["report", "tiny", "--tracking-uri", "http://127.0.0.1:1"],
+         ["tracking.uri: no tracking server answers at http://127.0.0.1:1"]),
+    # report outputs
+    case("report-out-is-a-folder", ["report", "tiny", "--out", "mlruns"], ["--out: mlruns is a folder; give a file"]),
+    case("report-plots-is-a-file", ["report", "tiny", "--plots", "a-file.txt"],
+         ["--plots: a-file.txt is a file; give a folder"], {"a-file.txt": "x"}),
+    case("report-out-full-disk", ["report", "tiny", "--out", "/dev/full"],
+         ["--out: cannot write /dev/full (OSError: No space left on device)"]),
+    case("report-out-name-too-long", ["report", "tiny", "--out", "r" * 300 + ".md"],
+         ["--out: cannot write", "File name too long"]),
+    case("report-dry-run-out-full-disk",
+         ["report", "{repo}/studies/se_reduction.yaml", "--dry-run", "--out", "/dev/full"],
+         ["--out: cannot write /dev/full"]),
+    case("gradcam-out-full-disk", ["gradcam", "tiny", "--images", "2", "--out", "/dev/full"],
+         ["--out: cannot write /dev/full (OSError: No space left on device)"]),
+    case("gradcam-out-is-a-folder", ["gradcam", "tiny", "--out", "mlruns"], ["--out: mlruns is a folder"]),
+    # other commands
+    case("inspect-image-size-zero", ["inspect", "resnet10_narrow", "--image-size", "0"],
+         ["'--image-size'", "greater than or equal to 8"]),
+    case("inspect-image-size-negative", ["inspect", "resnet10_narrow", "--image-size", "-5"], ["'--image-size'"]),
+    case("inspect-in-chans-zero", [*INSPECT, "--in-chans", "0"], ["'--in-chans'", "greater than or equal to 1"]),
+    case("inspect-num-classes-negative", [*INSPECT, "--num-classes", "-3"],
+         ["'--num-classes'", "greater than or equal to 0"]),
+    case("inspect-knob-twice", [*INSPECT, "--attention", "se", "--knob", "reduction=4", "--knob", "reduction=8"],
+         ["--knob: reduction is given twice ('4' and '8')"]),
+    case("inspect-knob-inf", [*INSPECT, "--attention", "se", "--knob", "reduction=.inf"],
+         ["model.attention.knobs.reduction: se.reduction=inf is not allowed"]),
+    case("inspect-vit-image-too-small", ["inspect", "vit_tiny_patch16_224", "--image-size", "32"],
+         ["--image-size, --in-chans: vit_tiny_patch16_224 cannot run on 3 x 32 x 32 inputs", "224"]),
+    case("ui-port-out-of-range", ["ui", "--port", "70000"], ["'--port'", "less than or equal to 65535"]),
+    case("ui-host-not-here", ["ui", "--host", "10.255.255.1", "--port", "5999"],
+         ["--host 10.255.255.1 --port 5999: cannot serve there"]),
+    case("server-host-not-here", ["server", "--backend-store-uri", "sqlite:///x.db", "--artifacts", "arts",
+                                  "--host", "10.255.255.1"], ["--host 10.255.255.1 --port 5000: cannot serve there"]),
+    case("run-plugin-system-exit", ["run", "cli-exit.yaml", "--plugin", "exits_plugin"],
+         ["--plugin: cannot import 'exits_plugin': SystemExit: 3"],
+         {**ok_study("cli-exit"), "exits_plugin.py": "import sys\nsys.exit(3)\n"}),
+    case("modules-plugin-raises", ["modules", "--plugin", "raises_plugin"],
+         ["--plugin: cannot import 'raises_plugin': ValueError: no"], {"raises_plugin.py": "raise ValueError('no')\n"}),
+    case("run-local-workers-too-many", ["run", "cli-w1000.yaml", "--launcher", "local", "--workers", "1000"],
+         ["--workers (launcher.workers): 1000 local tasks on"], ok_study("cli-w1000"), where="empty"),
+    case("inspect-vit-at-block", ["inspect", "vit_tiny_patch16_224", "--attention", "se", "--image-size", "224"],
+         ["model.attention.position: VisionTransformer blocks have no attention slot for position 'block'"]),
+    case("run-jobs-too-many", ["run", "cli-jobs1000.yaml", "--jobs", "1000"], ["--jobs: 1000 workers on", "CPU cores"],
+         ok_study("cli-jobs1000"), where="empty"),
+    # environment variables
+    case("env-plugins-missing", ["modules"], ["$ABLATE_PLUGINS: cannot import 'no_such_env_plugin'"],
+         env={"ABLATE_PLUGINS": "no_such_env_plugin"}),
+    case("env-tracking-uri-refused", ["report", "tiny"],
+         ["tracking.uri: no tracking server answers at http://127.0.0.1:1"],
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
     case("report-unknown-study", ["report", "nosuch"], ["unknown study 'nosuch' in mlruns/optuna.journal"]),
     case("report-unknown-study-no-stores", ["report", "nosuch"], ["unknown study 'nosuch'", "mlruns/optuna.journal"],
          where="empty"),
@@ -346,14 +585,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, expect, files, where, forbid", CASES)
-def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, run_cli,
-                                                           args, expect, files, where, forbid):
+@pytest.mark.parametrize("args, expect, files, where, forbid, env", CASES)
+def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, run_cli, monkeypatch,
+                                                           args, expect, files, where, forbid, env):
     folder = request.getfixturevalue("stores") if where == "stores" else tmp_path
     for name, content in files.items():
         path = folder / name
         if content is DIR:
             path.mkdir(exist_ok=True)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
         else:
             path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
     before, others = snapshot(folder), outside_stores(folder)
@@ -362,8 +603,10 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ru
 
     args = [a.replace("{repo}", str(REPO)) for a in args]
     if request.node.callspec.id in REAL_PROCESS:
-        proc = ablate_cli(*args, cwd=folder)
+        proc = ablate_cli(*args, cwd=folder, env=env)
     else:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
         proc = run_cli(*args, cwd=folder)
 
     # every broken promise at once, so one run shows all that is wrong with a case
@@ -396,3 +639,34 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ru
 
 def test_every_kind_of_input_has_a_real_process_case():
     assert REAL_PROCESS <= {p.id for p in CASES}, REAL_PROCESS - {p.id for p in CASES}
+
+
+def test_report_outputs_create_their_missing_folders(stores, run_cli):
+    """--out and --plots into folders that do not exist yet: created, not a traceback."""
+    proc = run_cli("report", "tiny", "--out", "new/deeper/tiny.md", "--plots", "new/plots", cwd=stores)
+    try:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "attention=se" in (stores / "new" / "deeper" / "tiny.md").read_text()
+        plots = list((stores / "new" / "plots").glob("*.png"))
+        assert plots and all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
+    finally:
+        shutil.rmtree(stores / "new", ignore_errors=True)
+
+
+def test_a_read_only_tracking_store_is_one_line_not_minutes_of_retries(stores, tmp_path, run_cli):
+    """MLflow retries a write to a read-only SQLite file for minutes; the store is probed first."""
+    ro = tmp_path / "ro" / "mlflow.db"
+    ro.parent.mkdir()
+    shutil.copy(stores / "mlruns" / "mlflow.db", ro)
+    ro.chmod(0o444)
+    if os.access(ro, os.W_OK):  # root ignores the mode, not an immutable file
+        subprocess.run(["chattr", "+i", str(ro)], capture_output=True)
+    if os.access(ro, os.W_OK):
+        pytest.skip("root without chattr here: no file can be made read-only")
+    try:
+        proc = run_cli("report", "tiny", "--tracking-uri", f"sqlite:///{ro}", cwd=stores)
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"ablate: error: tracking.uri: {ro} is read-only (runs, their metrics and reports " \
+                                  "are written there); make it writable or copy it"

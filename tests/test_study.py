@@ -3,6 +3,7 @@ import signal
 import subprocess
 import time
 
+import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -10,6 +11,8 @@ from optuna.trial import TrialState
 from ablate.errors import AblateError
 from ablate.report import ablation_table
 from ablate.spec import grid_cells, load_study
+from ablate.storage import Attr
+from ablate.study import FailureStreak
 from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, study_run_of, write_study
 
 # ---------------------------------------------------------------- validation (nothing runs, nothing is written)
@@ -205,3 +208,20 @@ def test_multi_objective_study_keeps_the_pareto_front(tmp_path):
     assert front and all(t.state == TrialState.COMPLETE for t in front)
     cheapest = min(study.trials, key=lambda t: t.values[1])
     assert cheapest in front  # nothing beats the plain model on GMACs
+
+
+def test_a_worker_stops_once_its_last_trials_all_failed_for_one_reason():
+    """Three failures in a row with one reason stop the worker with it; a success or another reason resets."""
+    study = optuna.create_study()
+    streak = FailureStreak(3)
+
+    def finish(reason=None):
+        state = TrialState.FAIL if reason else TrialState.COMPLETE
+        streak(study, optuna.trial.create_trial(state=state, value=None if reason else 1.0,
+                                                user_attrs={Attr.FAIL_REASON: reason} if reason else {}))
+
+    for reason in ["AblateError: a", "AblateError: a", None, "AblateError: a", "AblateError: b", "AblateError: b"]:
+        finish(reason)  # never three alike in a row
+    with pytest.raises(AblateError, match="the last 3 trials all failed with the same error, so the study stops: "
+                                          "AblateError: b"):
+        finish("AblateError: b")

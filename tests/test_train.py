@@ -243,9 +243,18 @@ class PoisonWeights(pl.Callback):
                 p.data.fill_(float("nan"))
 
 
+class PoisonBeforeValidation(pl.Callback):
+    """NaN in every weight once epoch 0's training is done: its train loss is finite, its validation loss is not."""
+
+    def on_validation_epoch_start(self, trainer, module):
+        for p in module.model.parameters():
+            p.data.fill_(float("nan"))
+
+
 @pytest.mark.parametrize("case, overrides, callbacks, reason", [
     ("injected", {}, [PoisonWeights()], r"train/loss is nan at epoch 1, step 5"),
     ("lr", {"lr": 1e30, "schedule": "constant"}, [], r"train/loss is (nan|inf) at epoch 0, step \d+"),
+    ("val", {}, [PoisonBeforeValidation()], r"val/loss is nan at epoch 0"),
 ])
 def test_nan_loss_fails_the_run_with_the_reason(uri, case, overrides, callbacks, reason):
     experiment = f"diverged-{case}"
@@ -255,7 +264,7 @@ def test_nan_loss_fails_the_run_with_the_reason(uri, case, overrides, callbacks,
     exp = client.get_experiment_by_name(experiment).experiment_id
     (run,) = client.search_runs([exp])
     assert run.info.status == "FAILED"
-    assert run.data.tags["reason"].startswith("DivergedError: train/loss is")
+    assert run.data.tags["reason"].startswith(f"DivergedError: {'val' if case == 'val' else 'train'}/loss is")
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
     if case == "injected":  # the epoch before the NaN is on record
         assert [s for s, _ in history(client, run.info.run_id, "val/acc1")] == [0]

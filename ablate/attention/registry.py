@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -86,8 +87,8 @@ class Knob:
                 raise AblateError(bad)
             return value
         if self.type in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise AblateError(bad)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise AblateError(bad)  # inf and nan too: no knob is unbounded
             if self.type is int and value != int(value):
                 raise AblateError(bad)
             value = self.type(value)
@@ -190,9 +191,16 @@ def _load_plugins() -> None:
     _plugins_loaded = True
     # the built-in modules are registered already: importing this module imports the package ablate.attention first
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()  # importing the plugin runs its @register_attention decorators
+        try:
+            ep.load()  # importing the plugin runs its @register_attention decorators
+        except (Exception, SystemExit) as e:  # noqa: BLE001 (an installed package's bug: one line naming it)
+            raise AblateError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): cannot load: "
+                              f"{describe(e)}") from None
     for name in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except (Exception, SystemExit) as e:  # noqa: BLE001
+            raise AblateError(f"${PLUGINS_ENV}: cannot import {name!r}: {describe(e)}") from None
 
 
 def load_plugins(names: list[str]) -> None:
@@ -205,7 +213,7 @@ def load_plugins(names: list[str]) -> None:
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 (whatever the plugin raises, the user needs one line)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 (whatever the plugin raises, even sys.exit: one line)
             raise AblateError(f"--plugin: cannot import {name!r}: {describe(e)}") from None
     known = [n for n in os.environ.get(PLUGINS_ENV, "").split(",") if n]
     os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(known + list(names)))
