@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -309,15 +310,22 @@ def validation_error(source: str, err: ValidationError, schema: type[BaseModel],
 def _fields_at(schema: type[BaseModel], loc: list) -> list[str]:
     """The keys allowed at `loc` (for did-you-mean), following union branch tags like 'Range' or 'list[Objective]'."""
     current: type[BaseModel] | None = schema
+    mapped = None  # a dict field's value schema: the next part is one of its keys
     for part in loc:
         if isinstance(part, int):
             continue  # a list index: same schema
+        if mapped is not None:
+            current, mapped = mapped, None
+            continue
         tagged = globals().get(re.sub(r"^list\[(\w+)\]$", r"\1", part)) if _is_tag(part) else None
         if isinstance(tagged, type) and issubclass(tagged, BaseModel):
             current = tagged
             continue
         field = current.model_fields.get(part) if current else None
         ann = getattr(field, "annotation", None)
+        if typing.get_origin(ann) is dict:  # constraints: {params_m: Bound}
+            value = typing.get_args(ann)[1]
+            mapped = value if isinstance(value, type) and issubclass(value, BaseModel) else None
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return list(current.model_fields) if current else []
 

@@ -347,6 +347,18 @@ def check_comparable(study: optuna.Study, spec: StudySpec) -> None:
                           f"aside and start over)")
 
 
+def check_warm_start(spec: StudySpec, storage) -> None:
+    """study.warm_start names a study of this storage, and this study searches (a grid has nothing to warm)."""
+    earlier = spec.cfg.study.warm_start
+    if earlier is None:
+        return
+    if spec.is_grid:
+        raise AblateError(f"{spec.path}: study.warm_start: a grid runs every cell; warm_start is for sampler tpe, "
+                          "random or gp")
+    if earlier not in optuna.get_all_study_names(storage):
+        raise AblateError(f"{spec.path}: study.warm_start: no study {earlier!r} in the storage")
+
+
 def distribution(values) -> optuna.distributions.BaseDistribution:
     """The Optuna distribution sample_params draws a space key from."""
     if isinstance(values, list):
@@ -588,10 +600,7 @@ def warm_start(study: optuna.Study, spec: StudySpec, storage) -> int:
     earlier = spec.cfg.study.warm_start
     if not earlier or spec.is_grid or study.get_trials(deepcopy=False):
         return 0
-    try:
-        other = optuna.load_study(study_name=earlier, storage=storage)
-    except KeyError:
-        raise AblateError(f"{spec.path}: study.warm_start: no study {earlier!r} in the storage") from None
+    other = optuna.load_study(study_name=earlier, storage=storage)  # check_warm_start found it
     distributions = {key: distribution(values) for key, values in spec.space.items()}
     added = 0
     for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -753,6 +762,7 @@ def prepare_study(spec: StudySpec, *, jobs: int = 1, storage_url: str | None = N
             aside = set_aside(spec, storage)
             if aside:
                 print(f"[{spec.name}] --force-new: the earlier trials are now study {aside!r}", flush=True)
+        check_warm_start(spec, storage)  # before open_study: a new study is written when it is opened
         study = open_study(spec, storage)
         check_comparable(study, spec)  # before anything is written to either store
         check_search_space(study, spec)
