@@ -213,7 +213,7 @@ def dry_run_table(spec: StudySpec) -> pd.DataFrame:
     rows = []
     for params in cells:
         built, _ = build_cell(spec, params, cell_location(params), data=False)  # a dry run needs no data here
-        rows.append({"config": cell_label(params), "trials": len(spec.cfg.study.seeds),
+        rows.append({"config": cell_label(params), "trials": len(spec.cfg.study.first_seeds),
                      "params (M)": built.params / 1e6, "GMACs": built.gmacs,
                      **{k: v for k, v in params.items() if k != "name"}})
     table = pd.DataFrame(rows).set_index("config")

@@ -737,7 +737,7 @@ def check_trainers(spec: StudySpec) -> None:
     cells = grid_cells(spec) if spec.is_grid else [{}]
     seen = set()
     for params in cells:
-        cfg = trial_config(spec, params, spec.cfg.study.seeds[0])
+        cfg = trial_config(spec, params, spec.cfg.study.seed_list[0])
         setting = (cfg.train.accelerator, str(cfg.train.devices), cfg.train.precision)
         if setting not in seen:
             seen.add(setting)
