@@ -112,10 +112,11 @@ class TrainConfig(Strict):
     checkpoint_dir: str | None = Field(None, description="where resume checkpoints live; null = beside the "
                                                          "tracking store (mlruns/checkpoints)")
 
-
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod
-    def _batches(cls, v):
+    def _batches(cls, v, info):
+        if info.field_name == "limit_val_batches" and v == 0 and not isinstance(v, bool):
+            return v  # Lightning's way to turn validation off (throughput benchmarks); a study then has no metric
         if v is not None and not (isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v <= 1):
             raise ValueError(f"{v!r} is neither a number of batches (an integer >= 1) nor a fraction in (0, 1]")
         return v

@@ -92,6 +92,9 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
             raise AblateError(f"{path}: study.metric: no trial logs {objective.metric!r} (metrics: {', '.join(METRICS)})")
     if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
         raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
+    if base_cfg.train.limit_val_batches == 0 and any(o.metric.startswith("val/") for o in cfg.study.objectives()):
+        raise AblateError(f"{path}: base.train.limit_val_batches: 0 turns validation off, and the study's metric is "
+                          "a validation metric (give a number of batches, or null for all)")
     if spec.is_grid:
         cells = grid_cells(spec)
         for cell in cells:

@@ -368,6 +368,8 @@ CASES = [
               "cell attention=none: train:", "gpu"),
     bad_study("base-precision-unknown-device", lambda d: d["base"]["train"].update(accelerator="tpu"),
               "cell attention=none: train:", "torch_xla"),
+    bad_study("base-limit-val-batches-zero", lambda d: d["base"]["train"].update(limit_val_batches=0),
+              "base.train.limit_val_batches: 0 turns validation off"),
     bad_study("base-limit-train-batches-negative", lambda d: d["base"]["train"].update(limit_train_batches=-1),
               "base: train.limit_train_batches", "-1 is neither a number of batches"),
     bad_study("base-train-size-too-big", lambda d: d["base"]["data"].update(name="digits", train_size=5000),
