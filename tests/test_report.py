@@ -294,19 +294,25 @@ def test_ui_serves_the_parent_and_every_child(tiny, tmp_path):
         link = next(line.split(": ", 1)[1] for line in log.read_text().splitlines() if line.startswith("tiny: "))
         assert link.startswith(f"{url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
         browse(link, tiny)
+        # the MLflow server runs in a session of its own (its workers are one process group): ui's child leads it
+        server = int(Path(f"/proc/{ui.pid}/task/{ui.pid}/children").read_text().split()[0])
         ui.send_signal(signal.SIGTERM)  # what a service manager, `timeout` or `kill` sends to the command alone
         assert ui.wait(timeout=60) == 0
         with pytest.raises(ProcessLookupError):  # not one of the server's worker processes is left
             deadline = time.time() + 20
             while time.time() < deadline:
-                os.killpg(ui.pid, 0)
+                os.killpg(server, 0)
                 time.sleep(0.5)
         with pytest.raises(OSError):
             urllib.request.urlopen(f"{url}/health", timeout=5)
     finally:
-        if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
+        if ui.poll() is None:  # a failed check: SIGTERM, so that ablate ends the server's tree too
+            ui.send_signal(signal.SIGTERM)
+            try:
+                ui.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(ui.pid, signal.SIGKILL)
+                ui.wait()
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
