@@ -34,6 +34,7 @@ from ablate.config import TrialConfig, flatten
 from ablate.errors import one_line
 from ablate.distributed import broadcast_decision
 from ablate.interrupt import INTERRUPT, interruption
+from ablate.spec import cell_digest
 
 __all__ = ["CHECKPOINT", "CheckpointWriteError", "Resume", "AtomicCheckpointIO", "TrialCheckpoint",
            "config_digest", "checkpoint_root", "cell_checkpoint", "single_checkpoint", "resume_point", "remove"]
@@ -72,8 +73,7 @@ def checkpoint_root(cfg: TrialConfig) -> Path:
 
 def cell_checkpoint(cfg: TrialConfig, study: str, key: str, seed: int) -> Path:
     """A study trial's file: its cell key (digested: keys are JSON) and seed say which, across trials."""
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return checkpoint_root(cfg) / study / digest / str(seed) / CHECKPOINT
+    return checkpoint_root(cfg) / study / cell_digest(key) / str(seed) / CHECKPOINT
 
 
 def single_checkpoint(cfg: TrialConfig) -> Path:
