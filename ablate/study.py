@@ -543,13 +543,8 @@ class ConfigurationRuns:
 
     def _summarise_study(self, study, samples, params, objective, scale, maximize) -> None:
         trials = [t for t in own_trials(study) if Attr.LABEL in t.user_attrs]
-        continued = resumed_trials(trials)
-        refused = sum(Attr.REFUSED in t.user_attrs for t in trials) + len(study.user_attrs.get(Attr.REFUSED, {}))
-        counts = {"trials/complete": sum(t.state == TrialState.COMPLETE for t in trials),
-                  "trials/pruned": sum(t.state == TrialState.PRUNED and Attr.REFUSED not in t.user_attrs
-                                       for t in trials),
-                  "trials/failed": sum(t.state == TrialState.FAIL and t.number not in continued for t in trials),
-                  "trials/refused": refused}
+        counts = {f"trials/{k}": v for k, v in trial_counts(trials).items()}
+        counts["trials/refused"] += len(study.user_attrs.get(Attr.REFUSED, {}))  # a grid's cells never queued
         metrics = dict(counts)
         if samples:
             means = {k: v.mean() for k, v in samples.items()}
@@ -699,6 +694,17 @@ def _worker_process(*args) -> None:
         sys.exit(130)
 
 
+def trial_counts(trials) -> dict[str, int]:
+    """complete / pruned / failed / refused among trials with a configuration: a trial refused by study.constraints
+    is not 'pruned', a stopped trial a later one resumed is not 'failed'."""
+    continued = resumed_trials(trials)
+    refused = {t.number for t in trials if Attr.REFUSED in t.user_attrs}
+    count = {name: sum(t.state == state and t.number not in continued | refused for t in trials)
+             for name, state in (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
+                                 ("failed", TrialState.FAIL))}
+    return count | {"refused": len(refused)}
+
+
 def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
     """The line printed after each trial; counts only trials with a configuration (of the file, for a grid).
     `total` None: seeds on demand, the trials queued so far."""
@@ -707,11 +713,10 @@ def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
             return  # a worker that found no grid cell left: nothing ran
         trials = [t for t in own_trials(study) if Attr.LABEL in t.user_attrs
                   and (pairs is None or (t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)) in pairs)]
-        continued = resumed_trials(trials)  # stopped, then resumed by a later trial: not failed
-        count = {s: sum(t.state == s and t.number not in continued and Attr.REFUSED not in t.user_attrs
-                        for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        refused = sum(Attr.REFUSED in t.user_attrs for t in trials)
-        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + refused
+        continued = resumed_trials(trials)
+        count = trial_counts(trials)
+        done = count["complete"] + count["pruned"] + count["refused"]
+        refused = f", {count['refused']} refused" if count["refused"] else ""
         shown = total if total is not None else len({(t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED))
                                                      for t in trials if t.number not in continued})
         best = ""
@@ -723,8 +728,7 @@ def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
         if trial.user_attrs.get(Attr.RESUMED):
             reason += f" (resumed at epoch {trial.user_attrs[Attr.RESUMED]['epoch']})"
         print(f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{reason} | {done}/{shown} done, "
-              f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed"
-              f"{f', {refused} refused' if refused else ''}{best}", flush=True)
+              f"{count['pruned']} pruned, {count['failed']} failed{refused}{best}", flush=True)
 
     return report
 
