@@ -10,19 +10,12 @@ Keras' 'uniform'. Softmax stands for its exp / (sum + 1e-7), equal to within 1e-
 import torch
 from torch import nn
 
-from ablate.attention.registry import Placement, register_attention
-
 
 def attention_weighted_average(x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) features and (B, H, W) weights summing to 1 -> (B, C)."""
     return torch.einsum("bchw,bhw->bc", x, attn)
 
 
-@register_attention(
-    "attn_pool", kind="head", placement=Placement("head"),
-    paper="Felbo et al., Using millions of emoji occurrences to learn any-domain representations (DeepMoji), "
-          "EMNLP 2017 (arXiv:1708.00524)",
-)
 class AttentionWeightedAverage(nn.Module):
     def __init__(self, channels: int):
         super().__init__()

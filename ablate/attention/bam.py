@@ -12,20 +12,7 @@ paper's two output BNs in both modes so that `combine` changes one thing. Not in
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "bam", kind="gate", placement=Placement("stage", "all_but_last"),
-    paper="Park et al., BAM: Bottleneck Attention Module, BMVC 2018 (arXiv:1807.06514)",
-    knobs={
-        "reduction": Knob(int, 16, "reduction ratio r of both branches", low=1, high="channels"),
-        "dilation": Knob(int, 4, "dilation d of the spatial branch's 3x3 convs", low=1, high=16),
-        "num_dilated": Knob(int, 2, "number of dilated 3x3 convs in the spatial branch", low=0, high=4),
-        "combine": Knob(str, "add", "how the branches meet: add (paper) or multiply (official code)",
-                        choices=("add", "multiply")),
-    },
-)
 class BAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, dilation: int = 4, num_dilated: int = 2,
                  combine: str = "add"):

@@ -10,15 +10,7 @@ built for one input size (feat_size), like the paper.
 """
 from timm.layers.bottleneck_attn import BottleneckAttn
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "bot_mhsa", kind="conv", placement=Placement("conv", "last"),
-    source="timm.layers.bottleneck_attn.BottleneckAttn",
-    paper="Srinivas et al., Bottleneck Transformers for Visual Recognition, CVPR 2021 (arXiv:2101.11605)",
-    knobs={"heads": Knob(int, 4, "attention heads; must divide the output channels", low=1, high="channels")},
-)
 class BotMHSA(BottleneckAttn):
     def __init__(self, channels: int, out_channels: int, stride: int = 1, feat_size=None, heads: int = 4):
         if feat_size is None:

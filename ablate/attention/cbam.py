@@ -12,11 +12,6 @@ after the spatial conv, the paper does not: `spatial_norm: true` gives the offic
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
-
-PAPER = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018 (arXiv:1807.06521)"
-POOL_TYPES = ("avg", "max", "lp", "lse")
-
 
 def _global_pool(x: torch.Tensor, kind: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, C), one of the official code's channel descriptors."""
@@ -29,13 +24,6 @@ def _global_pool(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.logsumexp(x.flatten(2), dim=2)  # lse
 
 
-@register_attention(
-    "cbam_channel", kind="gate", placement=Placement("block"), paper=PAPER,
-    knobs={
-        "reduction": Knob(int, 16, "MLP reduction ratio r", low=1, high="channels"),
-        "pool_types": Knob(list, ("avg", "max"), "channel descriptors summed after the MLP", choices=POOL_TYPES),
-    },
-)
 class ChannelGate(nn.Module):
     """CBAM's channel attention alone (the paper's channel-only ablation row)."""
 
@@ -53,13 +41,6 @@ class ChannelGate(nn.Module):
         return x * self.gate(x)
 
 
-@register_attention(
-    "cbam_spatial", kind="gate", placement=Placement("block"), paper=PAPER,
-    knobs={
-        "kernel_size": Knob(int, 7, "spatial conv size", low=1, high=15, odd=True),
-        "spatial_norm": Knob(bool, False, "BatchNorm after the conv, as the official code"),
-    },
-)
 class SpatialGate(nn.Module):
     """CBAM's spatial attention alone (the paper's spatial-only ablation row)."""
 
@@ -76,17 +57,6 @@ class SpatialGate(nn.Module):
         return x * self.gate(x)
 
 
-@register_attention(
-    "cbam", kind="gate", placement=Placement("block"), paper=PAPER,
-    knobs={
-        "reduction": Knob(int, 16, "channel MLP reduction ratio r", low=1, high="channels"),
-        "pool_types": Knob(list, ("avg", "max"), "channel descriptors", choices=POOL_TYPES),
-        "kernel_size": Knob(int, 7, "spatial conv size", low=1, high=15, odd=True),
-        "arrangement": Knob(str, "channel_first", "order of the two gates",
-                            choices=("channel_first", "spatial_first", "parallel")),
-        "spatial_norm": Knob(bool, False, "BatchNorm after the spatial conv, as the official code"),
-    },
-)
 class CBAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, pool_types=("avg", "max"), kernel_size: int = 7,
                  arrangement: str = "channel_first", spatial_norm: bool = False):

@@ -9,14 +9,7 @@ C / 16 * 2/3 rounded to a multiple of 8, and its convs have no bias).
 """
 from timm.layers.coord_attn import CoordAttn  # not re-exported by timm.layers (1.0.31)
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "coord", kind="gate", placement=Placement("block"), source="timm.layers.coord_attn.CoordAttn",
-    paper="Hou et al., Coordinate Attention for Efficient Mobile Network Design, CVPR 2021 (arXiv:2103.02907)",
-    knobs={"reduction": Knob(int, 32, "reduction ratio r; mip = max(8, C // r)", low=1, high="channels")},
-)
 class CoordinateAttention(CoordAttn):
     def __init__(self, channels: int, reduction: int = 32):
         super().__init__(channels, rd_channels=max(8, channels // reduction), bias=True)

@@ -14,22 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
-
 KEY_GROUPS = 4  # official key_embed groups
 SHARE_PLANES = 8  # official: channels sharing one k x k attention map
 RADIX = 2  # the fusion picks between static and dynamic context
 
 
-@register_attention(
-    "cot", kind="conv", placement=Placement("conv"), includes_norm_act=True,
-    paper="Li et al., Contextual Transformer Networks for Visual Recognition, TPAMI 2022 (arXiv:2107.12292)",
-    knobs={
-        "kernel_size": Knob(int, 3, "neighbourhood k of the keys and the local attention", low=1, high=9, odd=True),
-        "reduction": Knob(int, 2, "attention embedding width C / reduction (official `factor`)",
-                          low=1, high="channels"),
-    },
-)
 class CoTConv(nn.Module):
     def __init__(self, channels: int, out_channels: int, stride: int = 1, feat_size=None, kernel_size: int = 3,
                  reduction: int = 2):

@@ -6,19 +6,7 @@ differs from the paper below 8 channels.
 """
 from timm.layers import EcaModule
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "eca", kind="gate", placement=Placement("block"), source="timm.layers.EcaModule",
-    paper="Wang et al., ECA-Net: Efficient Channel Attention, CVPR 2020 (arXiv:1910.03151)",
-    knobs={
-        "kernel_size": Knob(int, None, "1D conv size; null = adaptive from gamma and b",
-                            low=1, high=31, odd=True, nullable=True),
-        "gamma": Knob(float, 2.0, "adaptive kernel: gamma", low=0.5, high=8),
-        "b": Knob(float, 1.0, "adaptive kernel: b", low=0, high=8),
-    },
-)
 class EfficientChannelAttention(EcaModule):
     def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2.0, b: float = 1.0):
         # timm derives k from `channels` when given, so pass channels only for the adaptive rule

@@ -13,15 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
 
-
-@register_attention(
-    "external", kind="gate",
-    paper="Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks, "
-          "TPAMI 2022 (arXiv:2105.02358)",
-    knobs={"memory_units": Knob(int, 64, "memory size S of M_k and M_v", low=1, high=1024)},
-)
 class ExternalAttention(nn.Module):
     def __init__(self, channels: int, memory_units: int = 64):
         super().__init__()

@@ -15,21 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
-
 EXTENTS = (0, 2, 4, 8)
 
 
-@register_attention(
-    "gather_excite", kind="gate", placement=Placement("block"),
-    paper="Hu et al., Gather-Excite: Exploiting Feature Context in Convolutional Neural Networks, "
-          "NeurIPS 2018 (arXiv:1810.12348)",
-    knobs={
-        "extent": Knob(int, 0, "gather extent e; 0 = global", choices=EXTENTS, low=0, high=8),
-        "extra_params": Knob(bool, False, "parametric gather (GE-θ) instead of pooling (GE-θ-)"),
-        "excite_mlp": Knob(bool, False, "SE-style MLP in the excite (GE-θ+)"),
-    },
-)
 class GatherExcite(nn.Module):
     def __init__(self, channels: int, extent: int = 0, extra_params: bool = False, excite_mlp: bool = False):
         super().__init__()

@@ -12,18 +12,7 @@ LayerNorm eps 1e-6 instead of 1e-5.
 from timm.layers import GlobalContext
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
 
-
-@register_attention(
-    "gc", kind="gate", source="timm.layers.GlobalContext",
-    paper="Cao et al., GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond, "
-          "ICCVW 2019 (arXiv:1904.11492)",
-    knobs={
-        "reduction": Knob(int, 16, "transform bottleneck ratio r", low=1, high="channels"),
-        "fusion": Knob(str, "add", "how the context joins the features", choices=("add", "scale")),
-    },
-)
 class GlobalContextBlock(GlobalContext):
     def __init__(self, channels: int, reduction: int = 16, fusion: str = "add"):
         super().__init__(channels, use_attn=True, fuse_add=fusion == "add", fuse_scale=fusion == "scale",

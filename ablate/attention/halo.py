@@ -9,19 +9,7 @@ and check at construction that the feature size is a multiple of the block size,
 """
 from timm.layers.halo_attn import HaloAttn
 
-from ablate.attention.registry import Knob, register_attention
 
-
-@register_attention(
-    "halo", kind="conv", source="timm.layers.halo_attn.HaloAttn",
-    paper="Vaswani et al., Scaling Local Self-Attention for Parameter Efficient Visual Backbones, "
-          "CVPR 2021 (arXiv:2103.12731)",
-    knobs={
-        "block_size": Knob(int, 8, "query block size b; must divide H and W", low=1, high=64),
-        "halo_size": Knob(int, 3, "halo h around each block", low=0, high=32),
-        "heads": Knob(int, 8, "attention heads; must divide the output channels", low=1, high="channels"),
-    },
-)
 class HaloAttention(HaloAttn):
     def __init__(self, channels: int, out_channels: int, stride: int = 1, feat_size=None, block_size: int = 8,
                  halo_size: int = 3, heads: int = 8):

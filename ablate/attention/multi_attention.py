@@ -21,22 +21,8 @@ from torch import nn
 
 from ablate.attention.attn_pool import AttentionWeightedAverage
 from ablate.attention.cbam import ChannelGate, SpatialGate
-from ablate.attention.registry import Knob, Placement, register_attention
 
 
-@register_attention(
-    "multi_attention", kind="head", placement=Placement("head"),
-    paper="innat/Multi-Attention (Keras): CBAM (Woo et al., ECCV 2018) + DeepMoji attention-weighted average "
-          "(Felbo et al., EMNLP 2017) before a BatchNorm-Dense(512)-Dropout tail",
-    knobs={
-        "reduction": Knob(int, 16, "channel gate MLP reduction ratio r", low=1, high="channels"),
-        "kernel_size": Knob(int, 7, "spatial gates' conv size", low=1, high=15, odd=True),
-        "hidden": Knob(int, 512, "width of the Dense layer before the classifier", low=1),
-        "dropout": Knob(float, 0.5, "dropout before the classifier", low=0.0, high=1.0),
-        "second_spatial": Knob(str, "map", "what GAP2 pools: the second spatial map (Keras code) or the "
-                               "features it re-weights", choices=("map", "features")),
-    },
-)
 class MultiAttentionHead(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, hidden: int = 512,
                  dropout: float = 0.5, second_spatial: str = "map"):

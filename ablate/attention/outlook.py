@@ -11,18 +11,7 @@ import torch
 from timm.models.volo import OutlookAttention
 from torch import nn
 
-from ablate.attention.registry import Knob, register_attention
 
-
-@register_attention(
-    "outlook", kind="gate", source="timm.models.volo.OutlookAttention",
-    paper="Yuan et al., VOLO: Vision Outlooker for Visual Recognition, TPAMI 2022 (arXiv:2106.13112)",
-    knobs={
-        "heads": Knob(int, 8, "attention heads; must divide the channels (VOLO-D2/D3: 8)", low=1, high="channels"),
-        "kernel_size": Knob(int, 3, "neighbourhood size k", low=1, high=7, odd=True),
-        "stride": Knob(int, 2, "pooling of the centres that make the weights; at most kernel_size", low=1, high=4),
-    },
-)
 class OutlookGate(nn.Module):
     def __init__(self, channels: int, heads: int = 8, kernel_size: int = 3, stride: int = 2):
         super().__init__()

@@ -1,7 +1,10 @@
 """The attention registry: one contract for every module, from us or from a plugin.
 
-A module registers with `@register_attention(name, kind=..., paper=..., knobs={...}, placement=...)`;
-`placement` says where its paper puts it, which `position` (and `stages`) default to.
+Torch-free on purpose: a module's metadata (its kind, paper, knobs with the paper's defaults, placement) is all
+that study files, search spaces and reports need, so the class behind it is imported only when a model is built.
+ablate's own modules are the rows of the table in `ablate/attention/__init__.py`, each naming its class as
+"module:Class"; a plugin registers its class with `@register_attention(name, kind=..., paper=..., knobs={...},
+placement=...)`. `placement` says where its paper puts it, which `position` (and `stages`) default to.
 `create_attention(name, channels, **knobs)` validates the knobs against the metadata and builds it;
 `as_timm_layer(name, **knobs)` hands a gate to timm as `attn_layer`.
 
@@ -28,11 +31,12 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: importing torch is what building a module costs, not naming one
+    from torch import nn
 
 from ablate.config import POSITIONS
 from ablate.errors import AblateError, at, describe
@@ -140,7 +144,7 @@ class AttentionInfo:
     """What `ablate modules` prints and what the injector and search space read."""
 
     name: str
-    cls: Callable[..., Any]
+    target: str | Callable[..., Any]  # the class, or "package.module:Class", imported when first built
     kind: str
     paper: str
     knobs: dict[str, Knob] = field(default_factory=dict)
@@ -149,12 +153,37 @@ class AttentionInfo:
     includes_norm_act: bool = False
     placement: Placement | None = None  # where the paper puts it; None: the paper names no single place
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "conv" and set(self.knobs) & set(CONV_STRUCTURAL):  # these come from the backbone
+            raise ValueError(f"{self.name}: a conv module's knobs cannot be named {', '.join(CONV_STRUCTURAL)}")
+
+    @cached_property
+    def cls(self) -> Callable[..., Any]:
+        """The module's class (its file, and torch with it, imported on first use)."""
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    @property
+    def qualname(self) -> str:
+        return self.target if isinstance(self.target, str) else f"{self.target.__module__}:{self.target.__qualname__}"
+
     def defaults(self) -> dict[str, Any]:
         return {k: knob.default for k, knob in self.knobs.items()}
 
 
 _REGISTRY: dict[str, AttentionInfo] = {}
 _plugins_loaded = False
+
+
+def add_attention(info: AttentionInfo) -> None:
+    """Make a module available under `info.name` to the injector, the CLI and the studies."""
+    if info.name in _REGISTRY and _REGISTRY[info.name].qualname != info.qualname:
+        raise ValueError(f"attention module {info.name!r} is already registered by {_REGISTRY[info.name].qualname}")
+    _REGISTRY[info.name] = info
 
 
 def register_attention(
@@ -167,17 +196,11 @@ def register_attention(
     includes_norm_act: bool = False,
     placement: Placement | None = None,
 ):
-    """Class decorator: make `cls` available as `name` to the injector, the CLI and the studies."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "conv" and set(knobs or {}) & set(CONV_STRUCTURAL):  # these come from the backbone, not knobs
-        raise ValueError(f"{name}: a conv module's knobs cannot be named {', '.join(CONV_STRUCTURAL)}")
+    """Class decorator (a plugin's way in): make `cls` available as `name`, with its metadata checked now."""
+    info = AttentionInfo(name, None, kind, paper, dict(knobs or {}), source, includes_norm_act, placement)
 
     def decorate(cls):
-        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
-            raise ValueError(f"attention module {name!r} is already registered by {_REGISTRY[name].cls}")
-        _REGISTRY[name] = AttentionInfo(name, cls, kind, paper, dict(knobs or {}), source, includes_norm_act,
-                                       placement)
+        add_attention(AttentionInfo(name, cls, kind, paper, info.knobs, source, includes_norm_act, placement))
         return cls
 
     return decorate
@@ -189,7 +212,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    # the built-in modules are registered already: importing this module imports the package ablate.attention first
+    # the built-in rows are registered already: importing this module imports the package ablate.attention first
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()  # importing the plugin runs its @register_attention decorators

@@ -8,14 +8,7 @@ Not in timm.
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "simam", kind="gate", placement=Placement("block"),
-    paper="Yang et al., SimAM: A Simple, Parameter-Free Attention Module for CNNs, ICML 2021",
-    knobs={"e_lambda": Knob(float, 1e-4, "energy regulariser lambda", low=1e-9, high=1.0)},
-)
 class SimAM(nn.Module):
     def __init__(self, channels: int | None = None, e_lambda: float = 1e-4):
         super().__init__()

@@ -10,20 +10,7 @@ true feeds each path half the input channels, its own parameter-saving change.
 """
 from timm.layers import SelectiveKernel
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "sk", kind="conv", placement=Placement("conv"),
-    source="timm.layers.SelectiveKernel", includes_norm_act=True,
-    paper="Li et al., Selective Kernel Networks, CVPR 2019 (arXiv:1903.06586)",
-    knobs={
-        "reduction": Knob(int, 16, "attention reduction ratio r: d = max(C / r, L)", low=1, high="channels"),
-        "groups": Knob(int, 32, "groups G of each path's conv", low=1, high="channels"),
-        "min_attn_channels": Knob(int, 32, "L, the least attention width d", low=1, high=1024),
-        "split_input": Knob(bool, False, "each path sees half the input channels (timm's variant)"),
-    },
-)
 class SelectiveKernelConv(SelectiveKernel):
     def __init__(self, channels: int, out_channels: int, stride: int = 1, feat_size=None, reduction: int = 16,
                  groups: int = 32, min_attn_channels: int = 32, split_input: bool = False):

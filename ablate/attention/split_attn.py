@@ -13,21 +13,7 @@ whenever C * R / reduction is. A strided block downsamples with ResNeSt's 3x3 av
 from timm.layers import SplitAttn, make_divisible
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
 
-
-@register_attention(
-    "split_attn", kind="conv", placement=Placement("conv"),
-    source="timm.layers.SplitAttn", includes_norm_act=True,
-    paper="Zhang et al., ResNeSt: Split-Attention Networks, CVPRW 2022 (arXiv:2004.08955)",
-    knobs={
-        "radix": Knob(int, 2, "splits R per cardinal group", low=1, high=8),
-        "reduction": Knob(int, 4, "attention reduction: width C * R / reduction, at least 32", low=1, high="channels"),
-        "groups": Knob(int, 1, "cardinality G", low=1, high="channels"),
-        "avd": Knob(bool, True, "stride as a 3x3 average pool after the conv (ResNeSt's avd, as the paper and "
-                    "the released resnest50); false: a strided conv"),
-    },
-)
 class SplitAttnConv(SplitAttn):
     def __init__(self, channels: int, out_channels: int, stride: int = 1, feat_size=None, radix: int = 2,
                  reduction: int = 4, groups: int = 1, avd: bool = True):

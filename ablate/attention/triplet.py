@@ -8,8 +8,6 @@ Not in timm.
 import torch
 from torch import nn
 
-from ablate.attention.registry import Knob, Placement, register_attention
-
 
 class ZPoolGate(nn.Module):
     """x * sigmoid(BN(conv_kxk([max_1(x); mean_1(x)]))): one branch, gating x's last two axes."""
@@ -24,11 +22,6 @@ class ZPoolGate(nn.Module):
         return x * self.norm(self.conv(pooled)).sigmoid()
 
 
-@register_attention(
-    "triplet", kind="gate", placement=Placement("block"),
-    paper="Misra et al., Rotate to Attend: Convolutional Triplet Attention Module, WACV 2021 (arXiv:2010.03045)",
-    knobs={"kernel_size": Knob(int, 7, "conv size of each branch", low=1, high=15, odd=True)},
-)
 class TripletAttention(nn.Module):
     def __init__(self, channels: int | None = None, kernel_size: int = 7):
         super().__init__()
