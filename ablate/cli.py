@@ -176,9 +176,10 @@ def run(
         raise AblateError(f"--workers (launcher.workers): {workers or loaded.cfg.launcher.workers} local tasks on "
                           f"{cores} CPU cores; at most {cores} on this machine")
     if dry_run:
+        from ablate.cells import cell_cost
         from ablate.report import dry_run_table
 
-        typer.echo(dry_run_table(loaded).to_string(float_format="{:.3f}".format))
+        typer.echo(dry_run_table(loaded, cell_cost).to_string(float_format="{:.3f}".format))
         return
     from ablate.errors import Preempted
     from ablate.interrupt import REQUEUE_EXIT_CODE
@@ -204,7 +205,7 @@ def run(
     except WorkerDied as e:  # a worker process died (OOM killer, kill -9): not bad input
         typer.echo(f"ablate: {e}: {again}", err=True)
         raise typer.Exit(1)
-    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots))
+    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots, log=True))
 
 
 def _launch(loaded, launcher: str, workers: int | None, storage: str | None, force_new: bool) -> None:
@@ -223,7 +224,7 @@ def _launch(loaded, launcher: str, workers: int | None, storage: str | None, for
         typer.echo(f"\nstopped waiting; the tasks keep running ({stop}); follow them with: {status}", err=True)
         raise typer.Exit(130)
     tracking_uri = loaded.base.get("tracking", {}).get("uri")
-    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots))
+    typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots, log=True))
 
 
 @app.command()
@@ -257,8 +258,11 @@ def report(
                                   "(marked as such)"),
     columns: str = typer.Option("compact", help="compact (what a paper prints; the paper's numbers in a second "
                                 "table) or all (every number: sd of each metric, top-5, throughput, counts)"),
+    log: bool = typer.Option(False, "--log", help="also log the table (and the plots) on the study's parent run, "
+                             "as `ablate run` does when the study ends"),
 ):
-    """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs), logged on its parent run."""
+    """The study's ablation table (mean ± sd over seeds, deltas with 95% CIs); reads the stores, writes nothing
+    to them unless --log."""
     from ablate.errors import check_output, write_output
     from ablate.report import dry_run_report, write_report
 
@@ -267,7 +271,9 @@ def report(
     if plots:
         check_output(plots, "--plots", folder=True)
     if dry_run:
-        text = dry_run_report(study, fmt)
+        from ablate.cells import cell_cost
+
+        text = dry_run_report(study, cell_cost, fmt)
         if out:
             write_output(out, text, "--out")
         else:
@@ -278,7 +284,7 @@ def report(
     if plots:  # matplotlib and Optuna's plots: only when asked (the study's run logs them when it ends)
         from ablate.plots import make_plots as plotter
     text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, plotter=plotter, storage=storage,
-                        tracking_uri=tracking_uri, show_all=show_all, columns=columns)
+                        tracking_uri=tracking_uri, show_all=show_all, columns=columns, log=log)
     if not out:
         typer.echo(text)
 

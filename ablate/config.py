@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ablate.errors import AblateError
 
 POSITIONS = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")
-DATASETS = ("digits", "cluttered-digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+# data.name -> its classes, known without loading it (None: data.num_classes says); the datamodules are in data.py
+DATASETS = {"digits": 10, "cluttered-digits": 10, "synthetic": None, "cifar10": 10, "cifar100": 100,
+            "imagefolder": None}
 MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
 KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
@@ -62,7 +64,7 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal[DATASETS] = "cluttered-digits"
+    name: Literal[tuple(DATASETS)] = "cluttered-digits"
     root: str | None = Field(None, description="dataset folder for cifar10/cifar100/imagefolder")
     download: bool = False
     image_size: int = Field(64, ge=8, le=2048, description="beyond 2048 px a batch no longer fits any accelerator")
@@ -73,10 +75,15 @@ class DataConfig(Strict):
     train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
     val_size: int | None = Field(None, ge=1)
     clutter: int = Field(4, ge=0, description="cluttered-digits: fragments per canvas")
-    num_classes: int = Field(10, ge=2, description="synthetic only")
+    num_classes: int = Field(10, ge=2, description="synthetic and imagefolder (the folders' classes) only")
     auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
     hflip: float = Field(0.0, ge=0, le=1)
     seed: int = SEED
+
+    @property
+    def class_count(self) -> int:
+        """How many classes the model predicts: the dataset's own count, else data.num_classes."""
+        return DATASETS.get(self.name) or self.num_classes
 
 
 class TrainConfig(Strict):

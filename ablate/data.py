@@ -2,7 +2,8 @@
 
 Every datamodule keeps the contract of `DataModule` (below): train and study build it from the DataConfig,
 a dry run asks only its `shape`, a study runs its `check` before any trial, Grad-CAM undoes its normalisation
-with its `mean`/`std`. Adding a dataset is one class and one table entry (and its name in config.DATASETS).
+with its `mean`/`std`. Adding a dataset is one class and one table entry (and its name and class count in
+config.DATASETS).
 
 Small datasets (digits, cluttered-digits, synthetic, cifar10/100) live in memory as uint8 (N, C, H, W)
 tensors, so a batch is one indexing op (no per-sample Python) and augmentation (random crop, hflip) and
@@ -366,7 +367,7 @@ class DigitsDataModule(TensorDataModule):
 
     @classmethod
     def shape(cls, cfg: DataConfig) -> tuple[int, int]:
-        return 10, 1
+        return cfg.class_count, 1
 
     @classmethod
     def split_sizes(cls, cfg: DataConfig) -> tuple[int, int]:
@@ -380,7 +381,7 @@ class DigitsDataModule(TensorDataModule):
         val = val[_pick(len(val), cfg.val_size, "val_size", gen)]
         size = (cfg.image_size, cfg.image_size)
         x = _to_uint8(F.interpolate(images[:, None], size=size, mode="bilinear", align_corners=False))
-        super().__init__(cfg, x[train], labels[train], x[val], labels[val], num_classes=10)
+        super().__init__(cfg, x[train], labels[train], x[val], labels[val], num_classes=cfg.class_count)
         self.train_source, self.val_source = train, val
 
 
@@ -400,7 +401,7 @@ class ClutteredDigitsDataModule(TensorDataModule):
 
     @classmethod
     def shape(cls, cfg: DataConfig) -> tuple[int, int]:
-        return 10, 1
+        return cfg.class_count, 1
 
     def __init__(self, cfg: DataConfig):
         _, labels = _load_digits()
@@ -412,7 +413,7 @@ class ClutteredDigitsDataModule(TensorDataModule):
         x_val, self.val_digit, self.val_clutter, self.val_boxes = synthesize_cluttered(
             self.val_source, n_val, cfg.image_size, cfg.clutter, gen)
         super().__init__(cfg, x_train, labels[self.train_digit], x_val, labels[self.val_digit],
-                         num_classes=10)
+                         num_classes=cfg.class_count)
 
 
 def synthesize_cluttered(source: torch.Tensor, n: int, size: int, clutter: int, gen: torch.Generator):
@@ -468,7 +469,7 @@ class SyntheticDataModule(TensorDataModule):
 
     @classmethod
     def shape(cls, cfg: DataConfig) -> tuple[int, int]:
-        return cfg.num_classes, 3
+        return cfg.class_count, 3
 
     def __init__(self, cfg: DataConfig):
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -494,11 +495,10 @@ class CifarDataModule(TensorDataModule):
     source: type  # torchvision's class: the folder name, the batch file names and the download
     title: str
     label_key: str  # the labels' key in each pickled batch
-    class_count: int
 
     @classmethod
     def shape(cls, cfg: DataConfig) -> tuple[int, int]:
-        return cls.class_count, 3
+        return cfg.class_count, 3
 
     @classmethod
     def split_sizes(cls, cfg: DataConfig) -> tuple[int, int]:
@@ -536,7 +536,7 @@ class CifarDataModule(TensorDataModule):
         train = _pick(len(y_train), cfg.train_size, "train_size", gen)
         val = _pick(len(y_val), cfg.val_size, "val_size", gen)
         super().__init__(cfg, x_train[train], y_train[train], x_val[val], y_val[val],
-                         num_classes=self.class_count)
+                         num_classes=cfg.class_count)
 
     @classmethod
     def _read(cls, folder: Path, files: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -559,11 +559,11 @@ class CifarDataModule(TensorDataModule):
 
 
 class Cifar10DataModule(CifarDataModule):
-    source, title, label_key, class_count = CIFAR10, "CIFAR-10", "labels", 10
+    source, title, label_key = CIFAR10, "CIFAR-10", "labels"
 
 
 class Cifar100DataModule(CifarDataModule):
-    source, title, label_key, class_count = CIFAR100, "CIFAR-100", "fine_labels", 100
+    source, title, label_key = CIFAR100, "CIFAR-100", "fine_labels"
 
 
 # ---------------------------------------------------------------- image folders

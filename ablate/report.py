@@ -18,10 +18,9 @@ from mlflow import MlflowClient
 from ablate import stats
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
-from ablate.results import (METRIC_COLUMNS, param_columns, resolve_study, stored_runs_client, study_file,
-                            trials_frame)
-from ablate.data import dataset_shape
-from ablate.spec import REFERENCE_COLUMNS, StudySpec, build_cell, cell_label, cell_location, grid_cells, keyed_cells, trial_config
+from ablate.results import (METRIC_COLUMNS, needs_runs, param_columns, resolve_study, stored_runs_client,
+                            study_file, trials_frame)
+from ablate.spec import REFERENCE_COLUMNS, StudySpec, cell_label, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
@@ -85,10 +84,11 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
                    study: optuna.Study | None = None, client: MlflowClient | None = None) -> pd.DataFrame:
     """One row per configuration (its cell, or the `by` keys), aggregated over seeds.
 
-    `spec` (the study file: references, ladder, which cells it holds) defaults to the file the parent run
-    recorded; `study` and `client` are the open Optuna study and MLflow client when the caller has them."""
+    `spec` (the study file: references, ladder, which cells it holds) defaults to the file the study was last run
+    from; `study` and `client` are the open Optuna study and MLflow client when the caller has them (the runs are
+    read only where the Optuna study lacks something: results.needs_runs)."""
     study = study or load(study_name, storage)
-    client = client or stored_runs_client(study, tracking_uri)
+    client = client or (stored_runs_client(study, tracking_uri) if needs_runs(study) else None)
     spec = spec or study_file(study, client)
     df = trials_frame(study, client, spec)
     hidden = int((~df["in_file"] & (df["state"] == "COMPLETE")).sum()) if len(df) else 0
@@ -144,7 +144,7 @@ def num_classes(spec: StudySpec | None) -> int | None:
     """The study's number of classes (top-5 means something above 10), from its base config."""
     if spec is None:
         return None
-    return dataset_shape(trial_config(spec, {}, spec.cfg.study.seed_list[0]).data)[0]
+    return trial_config(spec, {}, spec.cfg.study.seed_list[0]).data.class_count
 
 
 def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
@@ -207,14 +207,16 @@ def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict
     return table
 
 
-def dry_run_table(spec: StudySpec) -> pd.DataFrame:
-    """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained."""
+def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
+    """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained.
+    `price(spec, params)` is what a configuration costs (cells.cell_cost, which the caller imports: it builds the
+    model, and the report itself never imports torch)."""
     cells = grid_cells(spec) if spec.is_grid else [{}]
     rows = []
     for params in cells:
-        built, _ = build_cell(spec, params, cell_location(params), data=False)  # a dry run needs no data here
+        cost = price(spec, params)
         rows.append({"config": cell_label(params), "trials": len(spec.cfg.study.first_seeds),
-                     "params (M)": built.params / 1e6, "GMACs": built.gmacs,
+                     "params (M)": cost["params_m"], "GMACs": cost["gmacs"],
                      **{k: v for k, v in params.items() if k != "name"}})
     table = pd.DataFrame(rows).set_index("config")
     if not spec.is_grid:
@@ -372,14 +374,15 @@ def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note
     raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
-def dry_run_report(study: str | StudySpec, fmt: str = "md") -> str:
-    """A study file's configurations, our params and GMACs beside the paper's, before anything is trained."""
+def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
+    """A study file's configurations, our params and GMACs beside the paper's, before anything is trained
+    (`price`: as for dry_run_table)."""
     if fmt not in FORMATS:
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     _, spec, _ = resolve_study(study)
     if spec is None:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
-    table = dry_run_table(spec)
+    table = dry_run_table(spec, price)
     table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
     digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
     view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
@@ -402,11 +405,12 @@ def png(fig) -> bytes:
 def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
                  tracking_uri: str | None = None, show_all: bool = False, columns: str = "compact",
-                 plotter=None) -> str:
-    """STUDY is a study name, a study file or a loaded StudySpec; returns the rendered table, also logged on the
-    study's parent run (and written to `out` when given). With `plotter` (plots.make_plots, which the caller
-    imports: matplotlib and Optuna's plots cost seconds a plain report need not pay) the figures are logged too,
-    and written to the folder `plots` when given."""
+                 plotter=None, log: bool = False) -> str:
+    """STUDY is a study name, a study file or a loaded StudySpec; returns the rendered table (also written to `out`
+    when given, and logged on the study's parent run with `log`). With `plotter` (plots.make_plots, which the
+    caller imports: matplotlib and Optuna's plots cost seconds a plain report need not pay) the figures are made,
+    written to the folder `plots` when given and logged with `log`. Without `log` a report only reads, and reads
+    MLflow only where the Optuna study lacks something (results.needs_runs)."""
     if fmt not in FORMATS:
         raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if columns not in COLUMNS:
@@ -414,7 +418,7 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     name, spec, tracking_uri = resolve_study(study, tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
     optuna_study = load(name, storage)
-    client = stored_runs_client(optuna_study, tracking_uri)
+    client = stored_runs_client(optuna_study, tracking_uri) if log or needs_runs(optuna_study) else None
     spec = spec or study_file(optuna_study, client)
     table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
                            client=client)
@@ -426,7 +430,7 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
         for file, fig in figures.items():
             write_output(Path(plots) / file, png(fig), "--plots")
     parent = optuna_study.user_attrs.get(Attr.PARENT_RUN)
-    if client is not None:
+    if log and client is not None:
         client.log_text(parent, text, f"report/report.{fmt}")
         for file, fig in figures.items():
             client.log_figure(parent, fig, f"report/plots/{file}")

@@ -40,11 +40,23 @@ def stored_runs_client(study: optuna.Study, tracking_uri: str | None) -> MlflowC
     return tracking.make_client(tracking_uri) if study.user_attrs.get(Attr.PARENT_RUN) else None
 
 
+def needs_runs(study: optuna.Study) -> bool:
+    """Whether reading the study needs its MLflow runs: stores from before the Optuna study recorded its file's path
+    and every finished trial its metrics; newer ones hold all a report reads, and opening MLflow's store (a second
+    and more of imports and schema checks) is then only for writing to it."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return Attr.STUDY_FILE not in study.user_attrs or any(Attr.LABEL in t.user_attrs and Attr.METRICS not in
+                                                          t.user_attrs for t in done)
+
+
 def study_file(study: optuna.Study, client: MlflowClient | None) -> StudySpec | None:
-    """The study file the parent run recorded, as it reads now (reference numbers, ladder, cells), or None."""
+    """The study file the study was last run from, as it reads now (reference numbers, ladder, cells), or None.
+    The path is the Optuna study's; an older store's is the parent run's `study.file` param (with `client`)."""
     run_id = study.user_attrs.get(Attr.PARENT_RUN)
     try:
-        path = client.get_run(run_id).data.params.get("study.file") if run_id and client else None
+        path = study.user_attrs.get(Attr.STUDY_FILE)
+        if path is None and run_id and client:
+            path = client.get_run(run_id).data.params.get("study.file")
         return load_study(path) if path and Path(path).is_file() else None
     except Exception:  # noqa: BLE001 (a moved or broken study file only costs the reference columns)
         return None

@@ -1,9 +1,10 @@
 """What a study file means: its validated schema, included search spaces, grid cells and their identity.
 
-No Optuna here. A grid cell is identified by what it is, never by where it stands in the file: its key is
-the canonical JSON of the dotted params that make it differ from the base config (a knob at its module's
-default, or a key set to the base's own value, changes nothing), and a trial is that key plus its seed.
-Editing the file (re-ordering, adding seeds, modules, knob values or cells) keeps every finished trial
+No Optuna and no torch here: the registry's metadata is all it reads (ablate.cells builds the models), so a report
+reads a study file without importing torch. A grid cell is identified by what it is, never by where it stands in
+the file: its key is the canonical JSON of the dotted params that make it differ from the base config (a knob at
+its module's default, or a key set to the base's own value, changes nothing), and a trial is that key plus its
+seed. Editing the file (re-ordering, adding seeds, modules, knob values or cells) keeps every finished trial
 attached to its configuration; what would make old trials incomparable (the base config, the metric) is
 fingerprinted here and checked by the runner.
 """
@@ -25,9 +26,7 @@ from pydantic import ValidationError
 from ablate.attention import get_attention, resolve_knobs
 from ablate.config import (KNOB_PREFIX, METRICS, MODULE_KEY, Range, StudyConfig, TrialConfig, apply_overrides,
                            flatten, load_yaml, parse_trial, validation_error)
-from ablate.data import check_data, dataset_shape
 from ablate.errors import AblateError, at, within
-from ablate.models import BuiltModel, build_model, check_weights
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
 OPERATIONAL_KEYS = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
@@ -387,57 +386,7 @@ def cell_location(params: dict) -> str:
     return f"cell {cell_label(params)}" if params else "base"
 
 
-# ---------------------------------------------------------------- building the models (before any store)
-
-def build_cell(spec: StudySpec, params: dict, location: str, data: bool = True) -> tuple[BuiltModel, TrialConfig]:
-    """The model of one configuration (pretrained weights not fetched), after the cheap data checks (`data`);
-    errors name the file and the cell."""
-    cfg = trial_config(spec, params, spec.cfg.study.seed_list[0])
-    with within(f"{spec.path}: {location}"):
-        if data:
-            check_data(cfg.data)
-        if cfg.model.checkpoint:
-            with at("model"):
-                check_weights(cfg.model.checkpoint)
-        model_cfg = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})  # shapes only
-        return build_model(model_cfg, *dataset_shape(cfg.data), cfg.data.image_size), cfg
-
-
-def check_cells(spec: StudySpec) -> None:
-    """Build every distinct model the study can train (grid: each cell; search: the base with each value of each
-    space key) and check its data folder, so bad input fails before any store is touched."""
-    if spec.is_grid:
-        todo = [(cell_location(p), p) for p in grid_cells(spec)]
-    else:
-        todo = [("base", {})]
-        for key, values in spec.space.items():
-            for value in values_to_check(values):
-                if not key.startswith(KNOB_PREFIX):
-                    todo.append((f"space.{key}={value}", {key: value}))
-                    continue
-                for module in spec.space.get(MODULE_KEY, [module_of({}, spec)]):  # each module taking the knob
-                    params = {MODULE_KEY: module, key: value}
-                    if knob_applies(key, params, spec):
-                        todo.append((f"space.{key}={value} with {module}", params))
-    seen = set()
-    for location, params in todo:
-        cfg = trial_config(spec, params, spec.cfg.study.seed_list[0])
-        key = (cfg.model.model_dump_json(), cfg.data.model_dump_json())
-        if key not in seen:  # training keys (lr, epochs ...) build the same model
-            seen.add(key)
-            build_cell(spec, params, location)
-
-
 # ---------------------------------------------------------------- cost limits (study.constraints)
-
-def cell_cost(spec: StudySpec, params: dict) -> dict[str, float]:
-    """A configuration's cost from its dry forward: params (M), GMACs and both as % above the plain backbone."""
-    built, _ = build_cell(spec, params, cell_location(params), data=False)
-    report = built.report
-    return {"params_m": report.params / 1e6, "gmacs": report.gmacs,
-            "params_delta_pct": 100 * (report.params - report.base_params) / report.base_params,
-            "gmacs_delta_pct": 100 * (report.gmacs - report.base_gmacs) / max(report.base_gmacs, 1e-12)}
-
 
 def constraint_excess(spec: StudySpec, cost: dict[str, float]) -> dict[str, float]:
     """Each limit of study.constraints as Optuna takes it: by how much the cost exceeds it (<= 0: within)."""

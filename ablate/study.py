@@ -35,14 +35,15 @@ from optuna.trial import TrialState
 from mlflow import MlflowClient
 
 from ablate import stats, tracking, train
+from ablate.cells import cell_cost, check_cells
 from ablate.checkpoint import cell_checkpoint, checkpoint_root, resume_point
 from ablate.distributed import broadcast_decision
 from ablate.errors import AblateError, Preempted, describe, within
 from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.config import KNOB_PREFIX
-from ablate.spec import (StudySpec, cell_cost, cell_digest, cell_key, cell_label, cell_location, check_cells,
-                         constraint_excess, fingerprint, fingerprint_change, grid_cells, keyed_cells, knob_applies,
-                         module_of, paper_delta, refusal, run_label, trial_config)
+from ablate.spec import (StudySpec, cell_digest, cell_key, cell_label, cell_location, constraint_excess, fingerprint,
+                         fingerprint_change, grid_cells, keyed_cells, knob_applies, module_of, paper_delta, refusal,
+                         run_label, trial_config)
 from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
@@ -410,6 +411,7 @@ def set_aside(spec: StudySpec, storage) -> str | None:
 
 def parent_run(study: optuna.Study, spec: StudySpec, client, experiment_id: str) -> str:
     """One MLflow parent run per study, kept across resumes (its id lives in the Optuna study)."""
+    study.set_user_attr(Attr.STUDY_FILE, str(spec.path.resolve()))  # a moved file: the last run's path
     run_id = study.user_attrs.get(Attr.PARENT_RUN)
     if run_id:
         try:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
-import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -266,15 +265,7 @@ def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, 
         client.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
-WEIGHTS = "model.pt"
-
-
-def log_weights(client: MlflowClient, run_id: str, model) -> None:
-    """The trained state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / WEIGHTS
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-        client.log_artifact(run_id, str(path))
+WEIGHTS = "model.pt"  # a trial run's trained state_dict (train.log_weights writes it, Grad-CAM reads it)
 
 
 def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> list[str]:

@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -391,8 +392,16 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
                 remove(checkpoint)
                 raise
             if cfg.tracking.log_weights:
-                tracking.log_weights(client, run_id, built.model)
+                log_weights(client, run_id, built.model)
         remove(checkpoint)  # finished: the weights are the run's model.pt
         # the last value of each metric the run holds (a resumed run's include its predecessor's epochs)
         metrics = {k: float(v) for k, v in client.get_run(run_id).data.metrics.items()}
     return TrialResult(run_id, metrics, metrics.get("val/acc1_best"))
+
+
+def log_weights(client: MlflowClient, run_id: str, model: nn.Module) -> None:
+    """The trained state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / tracking.WEIGHTS
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        client.log_artifact(run_id, str(path))

@@ -540,7 +540,7 @@ CASES = [
          ok_study("cli-http")),
     case("run-tracking-uri-not-a-db", ["run", "cli-tnot.yaml", "--tracking-uri", "sqlite:///mlruns/optuna.journal"],
          ["tracking.uri:", "mlruns/optuna.journal is not an SQLite database"], ok_study("cli-tnot")),
-    case("report-tracking-server-refused", ["report", "tiny", "--tracking-uri", "http://127.0.0.1:1"],
+    case("report-log-tracking-server-refused", ["report", "tiny", "--log", "--tracking-uri", "http://127.0.0.1:1"],
          ["tracking.uri: no tracking server answers at http://127.0.0.1:1"]),
     # report outputs
     case("report-out-is-a-folder", ["report", "tiny", "--out", "mlruns"], ["--out: mlruns is a folder; give a file"]),
@@ -588,7 +588,7 @@ CASES = [
     # environment variables
     case("env-plugins-missing", ["modules"], ["$ABLATE_PLUGINS: cannot import 'no_such_env_plugin'"],
          env={"ABLATE_PLUGINS": "no_such_env_plugin"}),
-    case("env-tracking-uri-refused", ["report", "tiny"],
+    case("env-tracking-uri-refused", ["report", "tiny", "--log"],
          ["tracking.uri: no tracking server answers at http://127.0.0.1:1"],
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
     case("report-unknown-study", ["report", "nosuch"], ["unknown study 'nosuch' in mlruns/optuna.journal"]),
@@ -678,7 +678,8 @@ def test_report_outputs_create_their_missing_folders(stores, run_cli):
 
 
 def test_a_read_only_tracking_store_is_one_line_not_minutes_of_retries(stores, tmp_path, run_cli):
-    """MLflow retries a write to a read-only SQLite file for minutes; the store is probed first."""
+    """MLflow retries a write to a read-only SQLite file for minutes; the store is probed first (a plain report
+    only reads, and reads a read-only store)."""
     ro = tmp_path / "ro" / "mlflow.db"
     ro.parent.mkdir()
     shutil.copy(stores / "mlruns" / "mlflow.db", ro)
@@ -688,9 +689,11 @@ def test_a_read_only_tracking_store_is_one_line_not_minutes_of_retries(stores, t
     if os.access(ro, os.W_OK):
         pytest.skip("root without chattr here: no file can be made read-only")
     try:
-        proc = run_cli("report", "tiny", "--tracking-uri", f"sqlite:///{ro}", cwd=stores)
+        read = run_cli("report", "tiny", "--tracking-uri", f"sqlite:///{ro}", cwd=stores)
+        proc = run_cli("report", "tiny", "--log", "--tracking-uri", f"sqlite:///{ro}", cwd=stores)
     finally:
         subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
+    assert read.returncode == 0 and "attention=se" in read.stdout, read.stderr[-2000:]  # a report only reads
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"ablate: error: tracking.uri: {ro} is read-only (runs, their metrics and reports " \
                                   "are written there); make it writable or copy it"

@@ -8,6 +8,7 @@ import timm
 import torch
 
 from ablate.backbones.cifar_resnet import CifarResNet, PreActBottleneck, ZeroPadShortcut
+from ablate.cells import cell_cost
 from ablate.config import AttentionSpec, ModelConfig
 from ablate.inject import find_blocks, inject
 from ablate.models import build_model
@@ -142,7 +143,7 @@ def test_a_replaced_conv_takes_the_blocks_following_norm_and_activation():
 def test_the_cifar_studies_dry_run_without_data_beside_the_papers_numbers(study, rows, errors, tmp_path,
                                                                           monkeypatch):
     monkeypatch.chdir(tmp_path)  # data.root is relative: no CIFAR under this folder
-    table = dry_run_table(load_study(STUDIES / f"{study}.yaml"))
+    table = dry_run_table(load_study(STUDIES / f"{study}.yaml"), cell_cost)
     assert len(table) == rows and table["paper top-1 err"].tolist() == errors
     paper, ours = table["paper params (M)"], table["ours params (M)"]
     for published, counted in zip(paper[paper.notna()], ours[paper.notna()]):

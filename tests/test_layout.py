@@ -1,5 +1,7 @@
 """The house's shape: every import in ablate/ points down the chain, and only the CLI imports lazily."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import ablate
@@ -76,3 +78,14 @@ def test_only_the_cli_imports_inside_functions():
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     lazy.setdefault(module_name(path), []).append(f"line {node.lineno}")
     assert not lazy, f"function-level imports outside cli.py: {lazy}"
+
+
+def test_reading_a_study_and_its_report_import_no_torch():
+    """What keeps `ablate report` fast: the study file, the registry's metadata and the report need no torch, timm,
+    Lightning, scikit-learn or scipy.stats (a model is built, and its module's class imported, only to train)."""
+    code = ("import sys; import ablate.report; from ablate.spec import load_study, grid_cells; "
+            "grid_cells(load_study('studies/cbam_vs_se.yaml')); "
+            "print(sorted({'torch', 'timm', 'pytorch_lightning', 'sklearn', 'scipy.stats'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

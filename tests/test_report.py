@@ -12,12 +12,13 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from ablate.report import ablation_table
-from ablate.stats import delta_ci
+from ablate.stats import delta_ci, mean_ci
 from ablate.storage import make_storage
 from helpers import TINY_BASE, ablate, load, start
 
@@ -98,6 +99,24 @@ def test_delta_interval_is_paired_by_seed_else_welch():
     assert lo > 0  # paired: the seed-to-seed spread of 2 points cancels out
     d, lo, hi = delta_ci(base, pd.Series([72.0, 74.0, 76.0], index=[3, 4, 5]))  # no shared seeds: Welch
     assert d == pytest.approx(2.0) and lo < 0 < hi
+
+
+@pytest.mark.parametrize("n, m", [(2, 2), (3, 3), (5, 3), (10, 4)])
+def test_intervals_are_scipy_stats_own(n, m):
+    """stats writes SciPy's intervals as formulas (scipy.stats costs a second of import): they must stay SciPy's."""
+    from scipy import stats
+
+    rng = np.random.default_rng(n * m)
+    base = pd.Series(rng.normal(70, 2, n))
+    paired = base + rng.normal(1, 0.5, n)
+    _, lo, hi = delta_ci(base, paired)
+    ci = stats.ttest_rel(paired, base).confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    other = pd.Series(rng.normal(72, 4, m), index=range(100, 100 + m))  # other seeds: Welch
+    _, lo, hi = delta_ci(base, other)
+    ci = stats.ttest_ind(other, base, equal_var=False).confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    assert mean_ci(other) == pytest.approx(stats.t.interval(0.95, m - 1, loc=other.mean(), scale=stats.sem(other)))
 
 
 def test_by_key_groups_rows_and_unknown_by_key_exits_2(tiny):
@@ -215,9 +234,9 @@ def test_unknown_study_and_no_finished_trials_exit_2(tiny, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_report_and_plots_are_logged_on_the_parent_run(tiny, tmp_path):
+def test_report_and_plots_are_logged_on_the_parent_run_with_log(tiny, tmp_path):
     plots = tmp_path / "plots"
-    proc = ablate("report", "tiny", "--plots", str(plots), cwd=tiny["folder"])
+    proc = ablate("report", "tiny", "--plots", str(plots), "--log", cwd=tiny["folder"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (plots / "top1_by_config.png").stat().st_size > 0
     client = mlflow.MlflowClient(tiny["uri"])
