@@ -30,7 +30,7 @@ import importlib
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable
@@ -200,7 +200,7 @@ def register_attention(
     info = AttentionInfo(name, None, kind, paper, dict(knobs or {}), source, includes_norm_act, placement)
 
     def decorate(cls):
-        add_attention(AttentionInfo(name, cls, kind, paper, info.knobs, source, includes_norm_act, placement))
+        add_attention(replace(info, target=cls))
         return cls
 
     return decorate
