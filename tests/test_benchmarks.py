@@ -8,11 +8,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_throughput_quick_prints_a_row_per_attention_module(tmp_path):
-    # --device cpu: the CPU-sized run on any machine (on a GPU --quick would compile its models too)
+    # --device cpu: the CPU-sized run on any machine (on a GPU --quick would compile its models too); one workload
+    # of 2 batches (the cifar one is the same code over resnet18: two minutes of CI on 2 cores)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--quick", "--device", "cpu"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--quick", "--device", "cpu",
+               "--workloads", "imagenet", "--imagenet-batches", "2"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next((i for i, line in enumerate(lines) if "ablate img/s" in line), None)
