@@ -46,14 +46,15 @@ def report(root: Path, args: list[str], cwd: Path, *flags: str) -> subprocess.Co
 
 
 def imported(stderr: str) -> dict[str, float]:
-    """Cumulative import seconds of each heavy top-level package, from python -X importtime's lines."""
-    found = {}
+    """Seconds each heavy package took to import, from python -X importtime: the largest cumulative time of its
+    own line or of its submodules' (where a package is first imported inside another, only those may be listed)."""
+    found = dict.fromkeys(HEAVY, 0.0)
     for line in stderr.splitlines():
-        if line.startswith("import time:") and line.count("|") == 2:
+        if line.startswith("import time:") and line.count("|") == 2 and line.split("|")[1].strip().isdigit():
             _, cumulative, name = line.split("|")
-            name = name.rstrip()
-            if name.strip() in HEAVY and name.strip() not in found:  # the first (outermost) import of it
-                found[name.strip()] = int(cumulative) / 1e6
+            for package in HEAVY:
+                if name.strip() == package or name.strip().startswith(package + "."):
+                    found[package] = max(found[package], int(cumulative) / 1e6)
     return found
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     print(f"\nspeed-up (median): {before / now:.1f}x; same table printed: "
           f"{'yes' if len(set(outputs.values())) == 1 else 'no'}\n")
     print("where the time goes: seconds spent importing each package (cumulative, 0 = not imported)\n")
-    print(pd.DataFrame(imports).reindex(list(HEAVY)).fillna(0).to_string(float_format="{:.2f}".format))
+    print(pd.DataFrame(imports).to_string(float_format="{:.2f}".format))
 
 
 if __name__ == "__main__":
