@@ -24,10 +24,11 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "timm", "torchvision", "pytorch_lightning", "sklearn", "mlflow", "scipy.stats", "scipy.special", "pandas",
-         "optuna", "matplotlib")
+HEAVY = ("torch", "timm", "torchvision", "pytorch_lightning", "sklearn", "mlflow", "scipy.stats", "scipy.special",
+         "pandas", "optuna", "matplotlib")
 # the package's root first on the path: before the working directory's ablate/ and the editable install
-MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from ablate.cli import main; sys.argv = ['ablate', *sys.argv[2:]]; main()"
+MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from ablate.cli import main; "
+        "sys.argv = ['ablate', *sys.argv[2:]]; main()")
 
 
 def checkout(rev: str, into: Path) -> Path:
