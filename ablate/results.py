@@ -7,6 +7,7 @@ dropped it: its finished trials stay in the store, and the report leaves them ou
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,19 @@ import pandas as pd
 from optuna.trial import TrialState
 from mlflow import MlflowClient
 
-from ablate import tracking
-from ablate.spec import StudySpec, cell_key, cell_label, keyed_cells, load_study
+from ablate import stats, tracking
+from ablate.config import MODULE_KEY
+from ablate.plan import StudyPlan
+from ablate.spec import StudySpec, cell_key, load_study, reference_row
 from ablate.storage import Attr, resumed_trials
+from ablate.summary import Outcome, choose_baseline, compare, seed_samples
 
 # MLflow metric -> (report column, scale): accuracies are logged as fractions, papers print percent
 METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc (%)", 100.0),
                   "model/params": ("params (M)", 1e-6), "model/gmacs": ("GMACs", 1.0),
                   "train/throughput": ("throughput (img/s)", 1.0)}
 # trials_frame's own columns; every other column without a '/' is a configuration's dotted param
-FRAME_COLUMNS = ("number", "state", "cell", "label", "seed", "run_id", "order", "in_file")
+FRAME_COLUMNS = ("number", "state", "cell", "label", "seed", "run_id", "order", "in_file", "refused", "params")
 
 
 def resolve_study(study: str | StudySpec, tracking_uri: str | None = None):
@@ -62,14 +66,16 @@ def study_file(study: optuna.Study, client: MlflowClient | None) -> StudySpec | 
         return None
 
 
-def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySpec | None = None) -> pd.DataFrame:
+def trials_frame(study: optuna.Study, client: MlflowClient | None,
+                 spec: StudySpec | StudyPlan | None = None) -> pd.DataFrame:
     """One row per trial that got a configuration: FRAME_COLUMNS, its dotted params and final metrics.
 
-    With `spec` (the study file), rows are in the file's order and `in_file` is False for a cell x seed the
-    file no longer holds; metrics come from the trial's attrs, completed from its MLflow run where missing."""
-    cells = keyed_cells(spec) if spec is not None and spec.is_grid else None
+    With `spec` (the study file, or its plan), rows are in the file's order and `in_file` is False for a cell x seed
+    the file no longer holds; metrics come from the trial's attrs, completed from its MLflow run where missing."""
+    plan = StudyPlan(spec) if isinstance(spec, StudySpec) else spec
+    cells = plan.cells if plan is not None and plan.spec.is_grid else None
     order = {key: i for i, key in enumerate(cells or {})}
-    labels = {key: cell_label(p) for key, p in (cells or {}).items()}
+    labels = {key: cell.label for key, cell in (cells or {}).items()}
     rows = []
     trials = study.get_trials(deepcopy=False)
     continued = resumed_trials(trials)
@@ -78,24 +84,24 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None, spec: StudySp
         if Attr.LABEL not in attrs:  # a worker that found no grid cell left: no configuration, no row
             continue
         params = attrs.get(Attr.PARAMS, {})
-        key = attrs.get(Attr.CELL) or (cell_key(spec, params) if spec is not None else attrs[Attr.LABEL])
+        key = attrs.get(Attr.CELL) or (plan.cell(params).key if plan is not None else attrs[Attr.LABEL])
         seed = attrs.get(Attr.SEED)
-        in_file = cells is None or (key in order and seed in spec.cfg.study.seed_list)
+        in_file = cells is None or (key in order and seed in plan.spec.cfg.study.seed_list)
         state = "RESUMED" if t.state == TrialState.FAIL and t.number in continued else t.state.name
         rows.append({"number": t.number, "state": state, "cell": key,
                      "label": labels.get(key, attrs[Attr.LABEL]), "seed": seed, "run_id": attrs.get(Attr.RUN_ID),
                      "order": order.get(key, len(order) + t.number), "in_file": in_file,
-                     **params, **attrs.get(Attr.METRICS, {})})
+                     "refused": Attr.REFUSED in attrs, "params": params, **params, **attrs.get(Attr.METRICS, {})})
     df = pd.DataFrame(rows, columns=list(FRAME_COLUMNS)) if not rows else pd.DataFrame(rows)
     parent = study.user_attrs.get(Attr.PARENT_RUN)
     if parent and client is not None and len(df):
         experiment = client.get_experiment_by_name(study.study_name)
         if experiment is not None:
             # the trials' runs (children of their configuration's run, or of the parent in stores from before those)
-            found = client.search_runs([experiment.experiment_id], f"tags.`optuna.study` = '{study.study_name}'",
+            found = client.search_runs([experiment.experiment_id], f"tags.`{tracking.Tag.STUDY}` = '{study.study_name}'",
                                        max_results=50000)
             logged = pd.DataFrame([{"run_id": r.info.run_id, **r.data.metrics} for r in found
-                                   if "optuna.trial" in r.data.tags])
+                                   if tracking.Tag.TRIAL in r.data.tags])
             for metric in METRIC_COLUMNS:  # a trial's attrs win; its run fills what they lack
                 if len(logged) and metric in logged:
                     known = df[metric] if metric in df else pd.Series(np.nan, index=df.index)
@@ -109,3 +115,55 @@ def param_columns(df: pd.DataFrame) -> list[str]:
     """The configuration keys a frame varies (its dotted params)."""
     return [c for c in df.columns if c not in FRAME_COLUMNS and "/" not in c]
 
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a study's finished trials say, row by row (summary.py's rules): the rows in order, the baseline, and
+    each row's Outcome. The report's rows and the configuration runs in MLflow are both made from one of these."""
+
+    rows: list[str]
+    baseline: str | None
+    outcomes: dict[str, Outcome]
+    metric: str
+    scale: float  # 100 for accuracies (shown in percent), else 1
+    maximize: bool
+
+
+def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cell", rows: list[str] | None = None,
+                 named: str | None = None, paper: dict[str, float] | None = None, refused=()) -> Comparison:
+    """The study metric of `frame`'s finished trials in file (or trial) order, compared row by row: `row` names the
+    column rows are keyed by (`cell` in the runner, the report's row label), `rows` every row to show (default: the
+    frame's), `named` the baseline the reader chose (default: study.baseline's rule), `paper` each row's published
+    top-1 accuracy (default: from the study file's references), `refused` the rows study.constraints refused."""
+    objective = plan.spec.cfg.study.objectives()[0] if plan is not None else None
+    metric, maximize = (objective.metric, objective.direction == "maximize") if objective else ("val/acc1", True)
+    scale = stats.percent(metric)
+    ordered = frame.sort_values(["order", "number"]) if len(frame) else frame
+    rows = rows if rows is not None else list(dict.fromkeys(ordered[row])) if len(frame) else []
+    done = ordered[ordered["state"] == "COMPLETE"].copy()
+    done["value"] = pd.to_numeric(done[metric], errors="coerce") * scale if metric in done else np.nan
+    samples = seed_samples(done, "value", row)
+    first = ordered.drop_duplicates(row).set_index(row) if len(frame) else pd.DataFrame()
+    modules = {r: str(first.at[r, MODULE_KEY]) if MODULE_KEY in first and pd.notna(first.at[r, MODULE_KEY])
+               else plan.module({}) if plan is not None else "none" for r in rows if r in first.index}
+    searched = plan is not None and not plan.spec.is_grid
+    base = choose_baseline(rows, samples, modules, named=named, searched=searched, maximize=maximize)
+    if paper is None and plan is not None and plan.spec.cfg.reference:
+        paper = {r: paper_top1(plan, first.at[r, "cell"], first.at[r, "label"], frame) for r in rows
+                 if r in first.index}
+    ladder = plan is not None and plan.spec.cfg.study.ladder
+    outcomes = compare(rows, samples, base, ladder=ladder, maximize=maximize, paper=paper, refused=refused)
+    return Comparison(rows, base, outcomes, metric, scale, maximize)
+
+
+def paper_top1(plan: StudyPlan, key: str, label: str, frame: pd.DataFrame) -> float:
+    """A configuration's published top-1 accuracy in points (its `reference:` row's top1_acc, or 100 - top1_err)."""
+    cell = plan.cells.get(key)
+    params = cell.params if cell is not None else frame.loc[frame["cell"] == key, "params"].iloc[0]
+    ref = reference_row(plan.spec, params, label) or {}
+    for name, to_acc in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
+        value = ref.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(to_acc(value))
+    return np.nan

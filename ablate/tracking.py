@@ -30,6 +30,24 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ablate.errors import AblateError, describe, one_line
 
+class Tag:
+    """MLflow tag names ablate writes and searches (Optuna's attrs are storage.Attr)."""
+
+    STUDY = "optuna.study"  # every run of a study: its name
+    TRIAL = "optuna.trial"  # a trial's run: its Optuna trial number
+    ROLE = "ablate.role"  # 'study' (the parent), 'configuration' (one per cell), 'trial' (one seed)
+    CELL = "ablate.cell"  # a configuration's or trial's row label
+    SEED = "ablate.seed"
+    RESULT = "ablate.result"  # configuration run: 'mean ± sd% over n seed(s)'
+    DELTA = "ablate.delta"  # ... its delta and interval against the row it is compared with
+    VERDICT = "ablate.verdict"  # ... baseline / better / worse / undecided / refused
+    EFFECT = "ablate.effect"  # ... the paper's effect against our interval: reproduced / contradicted / inconclusive
+    REFUSED = "ablate.refused"  # ... why study.constraints refused it
+    BEST = "ablate.best_configuration"  # parent run: the best configuration by mean
+    SUMMARY = "ablate.summary"  # ... the best configuration and the trial counts in words
+    NOTE = "mlflow.note.content"  # the description MLflow's UI shows first on a run's page
+
+
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 REASON_TAG = "reason"
 RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch training continued in

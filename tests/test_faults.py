@@ -52,7 +52,7 @@ elif MOMENT == "log":  # just after epoch 1's validation metrics were written to
     wrap(ablate.tracking, "log_metrics", after=lambda mlflow, run_id, metrics, step:
          current[0] == TRIAL and step == 1 and "val/acc1" in metrics and pause())
 elif MOMENT == "between":  # the trial is told COMPLETE, the next one has not started
-    real_progress = ablate.study._progress
+    real_progress = ablate.study.workers._progress
 
     def progress(*args):
         report = real_progress(*args)
@@ -64,7 +64,7 @@ elif MOMENT == "between":  # the trial is told COMPLETE, the next one has not st
 
         return then_pause
 
-    ablate.study._progress = progress
+    ablate.study.workers._progress = progress
 '''
 
 ALL_CELLS = cells()

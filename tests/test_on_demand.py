@@ -8,6 +8,7 @@ module's true accuracy), so that the decisions can be checked against the truth 
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -15,7 +16,9 @@ from optuna.trial import TrialState
 
 from ablate import stats, study as study_runner, tracking, train
 from ablate.report import ablation_table
+from ablate.plan import StudyPlan
 from ablate.spec import load_study
+from ablate.study.optuna_setup import make_pruner
 from helpers import TINY_BASE, load, runs, study_run_of
 
 TRUE_ACC1 = {"none": 0.60, "se": 0.60, "cbam": 0.90, "eca": 0.62}  # se: no effect at all; cbam: a large one
@@ -41,10 +44,8 @@ class Toy:
 
 
 @pytest.fixture
-def toy(monkeypatch):
-    objective = Toy()
-    monkeypatch.setattr(train, "run_trial", objective)
-    return objective
+def toy():
+    return Toy()  # the trainer the runner is handed: run_study(spec, trainer=toy)
 
 
 def study_file(tmp_path: Path, name: str, **study) -> Path:
@@ -82,7 +83,7 @@ def test_next_seeds_adds_a_seed_only_while_the_interval_holds_zero():
 
 def test_seeds_on_demand_stop_a_clear_cell_at_min_and_give_a_null_effect_up_to_max(tmp_path, toy):
     spec = load_study(study_file(tmp_path, "demand", seeds={"min": 2, "max": 6, "until": "decided"}))
-    study = study_runner.run_study(spec)
+    study = study_runner.run_study(spec, trainer=toy)
     seeds = seeds_run(study)
     assert seeds["attention=cbam"] == [0, 1]  # +30 points: decided with the first two seeds
     assert len(seeds["attention=se"]) > 2  # no effect: its interval holds 0 for a while, so it got more
@@ -112,13 +113,13 @@ def test_seeds_on_demand_stop_a_clear_cell_at_min_and_give_a_null_effect_up_to_m
     assert parent.data.metrics["trials/complete"] == len(trial_runs)
 
     # running it again changes nothing: every decision stands
-    again = study_runner.run_study(load_study(spec.path))
+    again = study_runner.run_study(load_study(spec.path), trainer=toy)
     assert seeds_run(again) == seeds and len(toy.trained) == sum(map(len, seeds.values()))
 
 
 def test_a_search_with_seeds_on_demand_repeats_each_configuration_and_ranks_by_mean(tmp_path, toy):
     path = study_file(tmp_path, "search", sampler="random", trials=8, seeds={"min": 2, "max": 3})
-    study = study_runner.run_study(load_study(path))
+    study = study_runner.run_study(load_study(path), trainer=toy)
     trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(study.trials) == 8
     by_cell = {}
@@ -135,7 +136,7 @@ def test_a_search_with_seeds_on_demand_repeats_each_configuration_and_ranks_by_m
 
 def test_constraints_refuse_a_grid_cell_before_it_trains_and_the_report_says_why(tmp_path, toy):
     path = study_file(tmp_path, "costly", seeds=[0, 1], constraints={"params_delta_pct": {"max": 0.5}})
-    study_runner.run_study(load_study(path))  # SE and CBAM add ~0.9% to resnet10_narrow: both refused
+    study_runner.run_study(load_study(path), trainer=toy)  # SE and CBAM add ~0.9% to resnet10_narrow: both refused
     assert {m for m, _ in toy.trained} == {"none"}
     table = ablation_table("costly")
     assert list(table.index) == ["attention=none"]
@@ -150,7 +151,7 @@ def test_constraints_refuse_a_grid_cell_before_it_trains_and_the_report_says_why
 def test_constraints_reach_a_searched_studys_sampler_and_prune_before_training(tmp_path, toy):
     path = study_file(tmp_path, "costly_search", sampler="tpe", trials=6,
                       constraints={"params_m": {"max": 1.25}})  # none: 1.243M fits; se and cbam: 1.254M do not
-    study = study_runner.run_study(load_study(path))
+    study = study_runner.run_study(load_study(path), trainer=toy)
     refused = [t for t in study.trials if "refused" in t.user_attrs]
     assert refused and all(t.state == TrialState.PRUNED and t.params["model.attention.name"] != "none"
                            for t in refused)
@@ -164,15 +165,15 @@ def test_constraints_reach_a_searched_studys_sampler_and_prune_before_training(t
 # ---------------------------------------------------------------- warm start
 
 def test_warm_start_informs_the_sampler_without_counting_as_the_new_studys_trials(tmp_path, toy):
-    study_runner.run_study(load_study(study_file(tmp_path, "first", sampler="random", trials=4)))
+    study_runner.run_study(load_study(study_file(tmp_path, "first", sampler="random", trials=4)), trainer=toy)
     second = study_file(tmp_path, "second", sampler="tpe", trials=3, warm_start="first")
-    study = study_runner.run_study(load_study(second))
+    study = study_runner.run_study(load_study(second), trainer=toy)
     warm = [t for t in study.trials if t.user_attrs.get("warm_start_of") == "first"]
     own = [t for t in study.trials if "warm_start_of" not in t.user_attrs]
     assert len(warm) == 4 and all(t.state == TrialState.COMPLETE for t in warm)
     assert len(own) == 3 and len(toy.trained) == 4 + 3
     assert ablation_table("second")["n"].sum() == 3  # the report is the new study's own trials
-    study_runner.run_study(load_study(second))  # resumed: the earlier trials are not copied twice
+    study_runner.run_study(load_study(second), trainer=toy)  # resumed: the earlier trials are not copied twice
     assert len([t for t in load("second").trials if "warm_start_of" in t.user_attrs]) == 4
 
 
@@ -187,4 +188,4 @@ def test_asha_sees_every_validation_of_a_trial_that_validates_twice_an_epoch(tmp
     for t in study.trials:
         if t.state == TrialState.PRUNED:  # ASHA's first rung: the first validation, halfway through epoch 0
             assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
-    assert isinstance(study_runner.make_pruner(load_study(path)), study_runner.optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner(StudyPlan(load_study(path))), optuna.pruners.SuccessiveHalvingPruner)

@@ -157,14 +157,16 @@ def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
 
 def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path):
     """The race two workers run for the last queued cell, forced: the loser's trial gets no configuration."""
-    from ablate.study import make_objective, open_study
+    from ablate.plan import StudyPlan
     from ablate.storage import make_storage
+    from ablate.study import make_objective, open_study
 
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]})
     assert ablate("run", str(path)).returncode == 0
-    spec = load_study(path)
-    study = open_study(spec, make_storage(None, 1))
-    study.optimize(make_objective(spec, study.user_attrs["mlflow_parent_run_id"]), n_trials=1)  # the queue is empty
+    plan = StudyPlan(load_study(path))
+    study = open_study(plan, make_storage(None, 1))
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    study.optimize(make_objective(plan, lambda cell: parent), n_trials=1)  # the queue is empty
     loser = study.trials[-1]
     assert loser.state == TrialState.PRUNED and "label" not in loser.user_attrs
     assert len(runs()) == 1 + 2  # it trained nothing and opened no MLflow run

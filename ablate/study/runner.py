@@ -1,0 +1,107 @@
+"""A study from start to end: check every cell before any store exists, set the study up under its lock (open or
+set aside, recover, queue, parent and configuration runs), then run the workers and end the runs."""
+from __future__ import annotations
+
+import optuna
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from ablate import tracking, train
+from ablate.cells import check_cells
+from ablate.errors import AblateError, Preempted, describe, within
+from ablate.plan import StudyPlan
+from ablate.spec import StudySpec, cell_location
+from ablate.storage import Attr, journal_file, make_storage, setup_lock
+from ablate.study.configurations import ConfigurationRuns, parent_run
+from ablate.study.optuna_setup import (check_comparable, check_search_space, check_warm_start, open_study, set_aside,
+                                       warm_start)
+from ablate.study.queue import enqueue_missing, recover, refused_cells, requeue_stopped
+from ablate.study.workers import WorkerDied, _worker, spawn_workers
+
+
+def check_trainers(plan: StudyPlan) -> None:
+    """Lightning's checks of accelerator, devices and precision, once per distinct setting before any trial:
+    `accelerator: gpu` on a machine without one is bad input, not a study whose every trial fails."""
+    cells = [cell.params for cell in plan.cells.values()] if plan.spec.is_grid else [{}]
+    seen = set()
+    for params in cells:
+        cfg = plan.config(params, plan.first_seed)
+        setting = (cfg.train.accelerator, str(cfg.train.devices), cfg.train.precision)
+        if setting not in seen:
+            seen.add(setting)
+            with within(f"{plan.spec.path}: {cell_location(params)}"), train.quiet_lightning():
+                train.make_trainer(cfg.train)
+
+
+def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: str | None = None,
+                  force_new: bool = False) -> tuple[optuna.Study, MlflowClient, str]:
+    """Everything before the workers start: check the cells, open (or set aside and create) the study, fail what a
+    dead process left running, queue what is missing, and get the parent run. Returns (study, client, parent)."""
+    plan = spec if isinstance(spec, StudyPlan) else StudyPlan(spec)
+    spec = plan.spec
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_cells(spec)  # bad models and missing data folders fail here, before any store exists
+    check_trainers(plan)
+    s = spec.cfg.study
+    storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
+    uri = tracking.resolve_uri(plan.base.tracking.uri)
+    tracking.probe_store(uri)  # a server that does not answer: one line now, before the study is created
+    journal = journal_file(storage_url)
+    with setup_lock(storage, spec.name, journal):  # another `ablate run` of the same study waits here
+        if force_new:
+            aside = set_aside(plan, storage)
+            if aside:
+                print(f"[{spec.name}] --force-new: the earlier trials are now study {aside!r}", flush=True)
+        check_warm_start(plan, storage)  # before open_study: a new study is written when it is opened
+        study = open_study(plan, storage)
+        check_comparable(study, plan)  # before anything is written to either store
+        check_search_space(study, plan)
+        # the MLflow store (a client creates it) and experiment are created once, before any worker starts
+        client = tracking.make_client(uri)
+        experiment_id = tracking.get_or_create_experiment(spec.name, uri)
+        objective = spec.cfg.study.objectives()[0]
+        client.set_experiment_tag(experiment_id, tracking.OBJECTIVE_TAG, f"{objective.metric} {objective.direction}")
+        recover(study, storage, client, experiment_id, journal=journal is not None)
+        if spec.is_grid:
+            refused = refused_cells(plan)
+            study.set_user_attr(Attr.REFUSED, refused)  # the report lists them, with why
+            enqueue_missing(study, plan, {k: c for k, c in plan.cells.items() if k not in refused})
+        else:
+            added = warm_start(study, plan, storage)
+            if added:
+                print(f"[{spec.name}] warm start: {added} finished trials of study {spec.cfg.study.warm_start!r} "
+                      "inform the sampler", flush=True)
+            requeue_stopped(study, plan)
+        parent = parent_run(study, plan, client, experiment_id)
+        runs = ConfigurationRuns(plan, client, experiment_id, parent)
+        for cell in plan.cells.values():  # the UI shows every cell from the start (a search has none yet)
+            runs(cell, running=False)
+        runs.summarise(study)
+    return study, client, parent
+
+
+def run_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: str | None = None, force_new: bool = False,
+              trainer=None) -> optuna.Study:
+    """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `spec`.
+    `trainer` trains one trial config (default train.run_trial; tests pass a stand-in)."""
+    plan = spec if isinstance(spec, StudyPlan) else StudyPlan(spec)
+    study, client, parent = prepare_study(plan, jobs=jobs, storage_url=storage_url, force_new=force_new)
+    status, reason = "FINISHED", None
+    try:
+        if jobs == 1:
+            _worker(plan, storage_url, 1, 0, parent, trainer)
+        else:
+            spawn_workers(plan, storage_url, jobs, parent, trainer)
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            status = None  # other workers (launched tasks, other machines) are still at it: the last one ends it
+    except KeyboardInterrupt as e:  # Ctrl-C, or Preempted: 'preempted (SIGTERM)'
+        status, reason = "KILLED", describe(e) if isinstance(e, Preempted) else None
+        raise
+    except (WorkerDied, AblateError):  # AblateError: FailureStreak stopped it
+        status = "FAILED"
+        raise
+    finally:
+        if status:
+            tracking.end_configuration_runs(client, parent, status)  # those whose seeds will not run now
+            tracking.end_run(client, parent, status, reason)
+    return study
