@@ -30,7 +30,7 @@ def check_cells(spec: StudySpec) -> None:
     """Build every distinct model the study can train (grid: each cell; search: the base with each value of each
     space key) and check its data folder, so bad input fails before any store is touched."""
     if spec.is_grid:
-        todo = [(cell_location(p), p) for p in grid_cells(spec)]
+        todo = [(c.location, c.params) for c in grid_cells(spec)]
     else:
         todo = [("base", {})]
         for key, values in spec.space.items():

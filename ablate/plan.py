@@ -11,23 +11,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ablate.config import TrialConfig, flatten
-from ablate.spec import StudySpec, cell_key, cell_label, keyed_cells, module_of, run_label, trial_config
+from ablate.spec import Cell, StudySpec, cell_key, keyed_cells, module_of, trial_config
 
-
-@dataclass(frozen=True)
-class Cell:
-    """One configuration: its identity (spec.cell_key), its dotted params and the names it goes by."""
-
-    key: str
-    params: dict
-
-    @property
-    def label(self) -> str:  # the report's row and the trials' `label` attr
-        return cell_label(self.params)
-
-    @property
-    def run_label(self) -> str:  # the configuration run's name in MLflow
-        return run_label(self.params)
+__all__ = ["Cell", "StudyPlan"]
 
 
 @dataclass
@@ -49,7 +35,7 @@ class StudyPlan:
         """A grid's cells by key, in file order ({} for a search)."""
         if not self.spec.is_grid:
             return {}
-        return {key: Cell(key, params) for key, params in keyed_cells(self.spec).items()}
+        return keyed_cells(self.spec)
 
     @property
     def first_seed(self) -> int:

@@ -20,7 +20,7 @@ from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
 from ablate.results import (METRIC_COLUMNS, needs_runs, param_columns, resolve_study, stored_runs_client,
                             study_file, trials_frame)
-from ablate.spec import REFERENCE_COLUMNS, StudySpec, cell_label, grid_cells, keyed_cells, trial_config
+from ablate.spec import REFERENCE_COLUMNS, Cell, StudySpec, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
 FORMATS = ("md", "csv", "latex", "html", "json")
@@ -150,7 +150,7 @@ def num_classes(spec: StudySpec | None) -> int | None:
 def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
     """Configurations study.constraints refused before they trained: label -> why."""
     cells = keyed_cells(spec) if spec is not None and spec.is_grid else {}
-    refused = {cell_label(cells[key]): why for key, why in study.user_attrs.get(Attr.REFUSED, {}).items()
+    refused = {cells[key].label: why for key, why in study.user_attrs.get(Attr.REFUSED, {}).items()
                if key in cells}
     for t in study.get_trials(deepcopy=False):
         if Attr.REFUSED in t.user_attrs and Attr.LABEL in t.user_attrs:
@@ -211,17 +211,16 @@ def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
     """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained.
     `price(spec, params)` is what a configuration costs (cells.cell_cost, which the caller imports: it builds the
     model, and the report itself never imports torch)."""
-    cells = grid_cells(spec) if spec.is_grid else [{}]
+    cells = grid_cells(spec) if spec.is_grid else [Cell("{}", {})]
     rows = []
-    for params in cells:
-        cost = price(spec, params)
-        rows.append({"config": cell_label(params), "trials": len(spec.cfg.study.first_seeds),
-                     "params (M)": cost["params_m"], "GMACs": cost["gmacs"],
-                     **{k: v for k, v in params.items() if k != "name"}})
+    for cell in cells:
+        cost = price(spec, cell.params)
+        rows.append({"config": cell.label, "trials": len(spec.cfg.study.first_seeds),
+                     "params (M)": cost["params_m"], "GMACs": cost["gmacs"], **cell.params})
     table = pd.DataFrame(rows).set_index("config")
     if not spec.is_grid:
         table["trials"] = spec.cfg.study.trials
-    cells_frame = pd.DataFrame([{"label": cell_label(p), "row": cell_label(p), **p} for p in cells])
+    cells_frame = pd.DataFrame([{"label": c.label, "row": c.label, **c.params} for c in cells])
     table = with_reference(table, cells_frame, spec.cfg.reference)
     return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X
 

@@ -56,6 +56,34 @@ class StudySpec:
         return self.cfg.study.sampler == "grid"
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One configuration: its identity (cell_key), its dotted params, and a ladder row's own name (a study file's
+    `cells: [{name: ...}]`), which is a label, never a param."""
+
+    key: str
+    params: dict
+    name: str | None = None
+
+    @property
+    def label(self) -> str:  # the report's row and the trials' `label` attr
+        return self.name if self.name is not None else cell_label(self.params)
+
+    @property
+    def run_label(self) -> str:  # the configuration run's name in MLflow
+        return self.name if self.name is not None else run_label(self.params)
+
+    @property
+    def location(self) -> str:  # how an error names it
+        return f"cell {self.label}" if self.params or self.name is not None else "base"
+
+    @classmethod
+    def from_attrs(cls, key: str, params: dict, label: str) -> Cell:
+        """A cell as a trial recorded it (stores from before this record kept a ladder row's name in its params)."""
+        plain = {k: v for k, v in params.items() if k != "name"}
+        return cls(key, plain, label if "name" in params or label != cell_label(plain) else None)
+
+
 # ---------------------------------------------------------------- loading and validation
 
 def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
@@ -97,7 +125,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     if spec.is_grid:
         cells = grid_cells(spec)
         for cell in cells:
-            trial_config(spec, cell, cfg.study.seed_list[0])  # every cell must be a valid trial
+            trial_config(spec, cell.params, cfg.study.seed_list[0])  # every cell must be a valid trial
         _check_labels(spec, cells)
         if cfg.study.trials is not None:
             raise AblateError(f"{path}: study.trials (or --trials): a grid runs every cell x seed "
@@ -113,15 +141,15 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     return spec
 
 
-def _check_labels(spec: StudySpec, cells: list[dict]) -> None:
+def _check_labels(spec: StudySpec, cells: list[Cell]) -> None:
     """The report's rows are the cells' labels: two cells under one label would be merged into one row."""
     seen: dict[str, dict] = {}
-    for params in cells:
-        label = cell_label(params)
-        if label in seen:
-            raise AblateError(f"{spec.path}: cells: two configurations are both named {label!r} ({seen[label]} and "
-                              f"{params}); their rows would be merged: give each its own name:")
-        seen[label] = params
+    for cell in cells:
+        shown = cell.params | ({"name": cell.name} if cell.name is not None else {})  # as the file writes it
+        if cell.label in seen:
+            raise AblateError(f"{spec.path}: cells: two configurations are both named {cell.label!r} "
+                              f"({seen[cell.label]} and {shown}); their rows would be merged: give each its own name:")
+        seen[cell.label] = shown
 
 
 def _check_reference(spec: StudySpec) -> None:
@@ -148,10 +176,9 @@ def _check_reference(spec: StudySpec) -> None:
                 elif not isinstance(value, str):
                     raise AblateError(f"{value!r}: a description is a string (numbers go under "
                                       f"{', '.join(REFERENCE_COLUMNS)})", key=str(key))
-            if cells is not None and not any(all(str(cell_label(p) if k == "name" else p.get(k)) == str(v)
-                                                 for k, v in match.items()) for p in cells):
+            if cells is not None and not any(matches(match, c.params, c.label) for c in cells):
                 raise AblateError(f"match: {match} names no configuration of the grid (its rows: "
-                                  f"{', '.join(cell_label(p) for p in cells[:6])}{' ...' if len(cells) > 6 else ''})")
+                                  f"{', '.join(c.label for c in cells[:6])}{' ...' if len(cells) > 6 else ''})")
 
 
 def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
@@ -283,8 +310,8 @@ def knob_applies(key: str, params: dict, spec: StudySpec) -> bool:
 
 # ---------------------------------------------------------------- grid cells and their identity
 
-def keyed_cells(spec: StudySpec) -> dict[str, dict]:
-    """Every configuration of a grid study by its cell key, as dotted-key dicts, in file order."""
+def keyed_cells(spec: StudySpec) -> dict[str, Cell]:
+    """Every configuration of a grid study by its cell key, in file order."""
     explicit = spec.cfg.cells or [{}]
     if spec.cfg.study.ladder:  # each row adds its keys to the previous row
         rows, acc = [], {}
@@ -294,31 +321,33 @@ def keyed_cells(spec: StudySpec) -> dict[str, dict]:
         explicit = rows
     keys = list(spec.space)
     base = flatten(trial_config(spec, {}, 0))  # resolved once: every cell is compared with it
-    cells: dict[str, dict] = {}
+    cells: dict[str, Cell] = {}
     for prefix in explicit:
+        name = str(prefix["name"]) if "name" in prefix else None  # a ladder row's label, not a param
         for combo in itertools.product(*(grid_values(spec.space[k]) for k in keys)):
-            params = dict(prefix) | dict(zip(keys, combo))
+            params = {k: v for k, v in prefix.items() if k != "name"} | dict(zip(keys, combo))
             params = {k: v for k, v in params.items() if knob_applies(k, params, spec)}
-            cells.setdefault(cell_key(spec, params, base), params)  # one per distinct key: the first wins
+            key = cell_key(spec, params, base, name)
+            cells.setdefault(key, Cell(key, params, name))  # one per distinct key: the first wins
     return cells
 
 
-def grid_cells(spec: StudySpec) -> list[dict]:
+def grid_cells(spec: StudySpec) -> list[Cell]:
     """Every configuration of a grid study, in file order; one per distinct cell key."""
     return list(keyed_cells(spec).values())
 
 
-def cell_key(spec: StudySpec, params: dict, base: dict | None = None) -> str:
+def cell_key(spec: StudySpec, params: dict, base: dict | None = None, name: str | None = None) -> str:
     """A configuration's identity: canonical JSON of the dotted params whose resolved value differs from the
     base config's (for a knob: from its module's default), and a ladder row's name (two rows may hold the
     same params: the ladder still shows both). '{}' is the base config itself. `base`: the flattened base
-    config, when the caller has it."""
+    config, when the caller has it; `name`: a ladder row's."""
     cfg = flatten(trial_config(spec, params, 0))
     base = base if base is not None else flatten(trial_config(spec, {}, 0))
     module = module_of(params, spec)
     knobs = resolve_knobs(module, _knobs(params)) if module != "none" else {}
-    differs = {"name": str(params["name"])} if "name" in params else {}
-    for key in sorted(k for k in params if k != "name"):
+    differs = {"name": name} if name is not None else {}
+    for key in sorted(params):
         if key.startswith(KNOB_PREFIX):
             knob = key.removeprefix(KNOB_PREFIX)
             default = get_attention(module).knobs[knob].default
@@ -364,16 +393,13 @@ def fingerprint_change(spec: StudySpec, stored: dict) -> str | None:
 def trial_config(spec: StudySpec, params: dict, seed: int) -> TrialConfig:
     tree = copy.deepcopy(spec.base)
     for key, value in params.items():
-        if key != "name":  # a ladder row's label
-            set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     set_dotted(tree, "train.seed", seed)
     return parse_trial(tree, f"{spec.path}: cell {params}")
 
 
 def cell_label(params: dict) -> str:
-    """A row's name: a ladder row's own name, else its varied keys ('attention=se, reduction=8')."""
-    if "name" in params:
-        return str(params["name"])
+    """A row's name from its varied keys ('attention=se, reduction=8'; a ladder row goes by its own: Cell.label)."""
 
     def short(key: str) -> str:
         return "attention" if key == MODULE_KEY else key.split(".")[-1]
@@ -415,10 +441,8 @@ KNOB_ABBREVIATIONS = {"reduction": "r", "kernel_size": "k"}  # as papers write t
 
 
 def run_label(params: dict) -> str:
-    """A configuration as a run is named: a ladder row's name, else the module bare and the rest as key=value
-    ('cbam r=8 k=5', 'se lr=0.1'); 'base' when nothing varies."""
-    if "name" in params:
-        return str(params["name"])
+    """A configuration as a run is named: the module bare and the rest as key=value ('cbam r=8 k=5', 'se lr=0.1');
+    'base' when nothing varies (a ladder row goes by its own name: Cell.run_label)."""
     parts = []
     for key, value in params.items():
         if key == MODULE_KEY:

@@ -12,10 +12,12 @@ import traceback
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
 
+from ablate import tracking, train
 from ablate.cli import main
 from ablate.storage import JOURNAL, make_storage
 
@@ -120,3 +122,27 @@ def cells_done(study):
 def cells(modules=("none", "se"), seeds=(0, 1)) -> list[tuple[str, int]]:
     """What cells_done says of a finished grid over `modules` x `seeds`."""
     return sorted((f"attention={m}", s) for m in modules for s in seeds)
+
+
+# ---------------------------------------------------------------- a trainer whose effects are known
+
+TRUE_ACC1 = {"none": 0.60, "se": 0.60, "cbam": 0.90, "eca": 0.62}  # se: no effect at all; cbam: a large one
+
+
+class Toy:
+    """train.run_trial's stand-in: val/acc1 = the module's true accuracy + N(0, 0.01) noise fixed by (module, seed)."""
+
+    def __init__(self):
+        self.trained = []  # (module, seed) of every trial that got as far as training
+
+    def __call__(self, cfg, *, parent_run_id=None, tags=None, run_name=None, **_):
+        module, seed = cfg.model.attention.name, cfg.train.seed
+        self.trained.append((module, seed))
+        noise = np.random.default_rng([sorted(TRUE_ACC1).index(module), seed]).normal(0, 0.01)
+        value = TRUE_ACC1[module] + noise
+        client = tracking.make_client(cfg.tracking.uri)
+        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
+        with tracking.tracked_run(client, experiment_id, run_name=run_name, parent_run_id=parent_run_id,
+                                  tags=tags) as run_id:
+            tracking.log_metrics(client, run_id, {"val/acc1": value, "model/params": 1e6, "model/gmacs": 0.01}, 0)
+        return train.TrialResult(run_id, {"val/acc1": value, "model/params": 1e6, "model/gmacs": 0.01}, value)

@@ -7,41 +7,18 @@ module's true accuracy), so that the decisions can be checked against the truth 
 """
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from ablate import stats, study as study_runner, tracking, train
+from ablate import stats, study as study_runner
 from ablate.report import ablation_table
 from ablate.plan import StudyPlan
 from ablate.spec import load_study
 from ablate.study.optuna_setup import make_pruner
-from helpers import TINY_BASE, load, runs, study_run_of
-
-TRUE_ACC1 = {"none": 0.60, "se": 0.60, "cbam": 0.90, "eca": 0.62}  # se: no effect at all; cbam: a large one
-
-
-class Toy:
-    """train.run_trial's stand-in: val/acc1 = the module's true accuracy + N(0, 0.01) noise fixed by (module, seed)."""
-
-    def __init__(self):
-        self.trained = []  # (module, seed) of every trial that got as far as training
-
-    def __call__(self, cfg, *, parent_run_id=None, tags=None, run_name=None, **_):
-        module, seed = cfg.model.attention.name, cfg.train.seed
-        self.trained.append((module, seed))
-        noise = np.random.default_rng([sorted(TRUE_ACC1).index(module), seed]).normal(0, 0.01)
-        value = TRUE_ACC1[module] + noise
-        client = tracking.make_client(cfg.tracking.uri)
-        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
-        with tracking.tracked_run(client, experiment_id, run_name=run_name, parent_run_id=parent_run_id,
-                                  tags=tags) as run_id:
-            tracking.log_metrics(client, run_id, {"val/acc1": value, "model/params": 1e6, "model/gmacs": 0.01}, 0)
-        return train.TrialResult(run_id, {"val/acc1": value, "model/params": 1e6, "model/gmacs": 0.01}, value)
-
+from helpers import TINY_BASE, Toy, load, runs, study_run_of
 
 @pytest.fixture
 def toy():

@@ -58,9 +58,10 @@ def test_grid_drops_knobs_a_module_does_not_take(tmp_path):
         "model.attention.knobs.kernel_size": [3, 7],
     })
     cells = grid_cells(load_study(path))
-    per_module = {m: sum(c["model.attention.name"] == m for c in cells) for m in ("none", "se", "eca", "cbam")}
+    per_module = {m: sum(c.params["model.attention.name"] == m for c in cells) for m in ("none", "se", "eca", "cbam")}
     assert per_module == {"none": 1, "se": 2, "eca": 2, "cbam": 4}
-    assert all("model.attention.knobs.kernel_size" not in c for c in cells if c["model.attention.name"] == "se")
+    assert all("model.attention.knobs.kernel_size" not in c.params for c in cells
+               if c.params["model.attention.name"] == "se")
 
 
 def test_ladder_cells_accumulate(tmp_path):
@@ -68,8 +69,8 @@ def test_ladder_cells_accumulate(tmp_path):
                        cells=[{"name": "baseline"}, {"name": "+ cosine", "train.schedule": "cosine"},
                               {"name": "+ label smoothing", "train.label_smoothing": 0.1}])
     cells = grid_cells(load_study(path))
-    assert [c["name"] for c in cells] == ["baseline", "+ cosine", "+ label smoothing"]
-    assert cells[2]["train.schedule"] == "cosine" and cells[2]["train.label_smoothing"] == 0.1
+    assert [c.name for c in cells] == ["baseline", "+ cosine", "+ label smoothing"]  # labels, not params
+    assert cells[2].params == {"train.schedule": "cosine", "train.label_smoothing": 0.1}
 
 
 # ---------------------------------------------------------------- running

@@ -45,7 +45,7 @@ def study_results(study: optuna.Study, plan: StudyPlan) -> tuple[Comparison, dic
     frame = trials_frame(study, None, plan)
     frame = frame[frame["in_file"] & ~frame["refused"].astype(bool)] if len(frame) else frame
     cells = dict(plan.cells) if plan.spec.is_grid else {
-        key: Cell(key, params) for key, params in zip(frame["cell"], frame["params"])}
+        key: Cell.from_attrs(key, params, label) for key, params, label in zip(frame["cell"], frame["params"], frame["label"])}
     refused = study.user_attrs.get(Attr.REFUSED, {})
     return compare_rows(frame, plan, row="cell", rows=list(cells), refused=refused), cells, frame
 

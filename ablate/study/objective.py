@@ -134,8 +134,8 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
         if Attr.CELL not in trial.user_attrs:  # not from the queue: another worker took the last cell
             trial.set_user_attr(Attr.FAIL_REASON, "no grid cell left")
             raise optuna.TrialPruned("no grid cell left")  # no configuration: never a row of the table
-        params, seed = trial.user_attrs[Attr.PARAMS], trial.user_attrs[Attr.SEED]
-        cell = Cell(trial.user_attrs[Attr.CELL], params)
+        attrs = trial.user_attrs
+        cell, seed = Cell.from_attrs(attrs[Attr.CELL], attrs[Attr.PARAMS], attrs[Attr.LABEL]), attrs[Attr.SEED]
     else:
         params, seed = sample_params(trial, plan)
         cell = plan.cell(params)
@@ -143,7 +143,7 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
             trial.set_user_attr(key, value)
         if plan.spec.cfg.study.constraints:  # a grid's refused cells are never queued
             refuse_if_costly(trial, plan, cell)
-    cfg = plan.config(params, seed)
+    cfg = plan.config(cell.params, seed)
     checkpoint = cell_checkpoint(cfg, plan.name, cell.key, seed)
     resume = resume_point(checkpoint, cfg)
     # a stopped trial's checkpoint: carry on from there (None overwrites what a heartbeat retry copied)

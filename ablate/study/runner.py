@@ -9,8 +9,8 @@ from optuna.trial import TrialState
 from ablate import tracking, train
 from ablate.cells import check_cells
 from ablate.errors import AblateError, Preempted, describe, within
-from ablate.plan import StudyPlan
-from ablate.spec import StudySpec, cell_location
+from ablate.plan import Cell, StudyPlan
+from ablate.spec import StudySpec
 from ablate.storage import Attr, journal_file, make_storage, setup_lock
 from ablate.study.configurations import ConfigurationRuns, parent_run
 from ablate.study.optuna_setup import (check_comparable, check_search_space, check_warm_start, open_study, set_aside,
@@ -22,14 +22,14 @@ from ablate.study.workers import WorkerDied, _worker, spawn_workers
 def check_trainers(plan: StudyPlan) -> None:
     """Lightning's checks of accelerator, devices and precision, once per distinct setting before any trial:
     `accelerator: gpu` on a machine without one is bad input, not a study whose every trial fails."""
-    cells = [cell.params for cell in plan.cells.values()] if plan.spec.is_grid else [{}]
+    cells = list(plan.cells.values()) if plan.spec.is_grid else [Cell("{}", {})]
     seen = set()
-    for params in cells:
-        cfg = plan.config(params, plan.first_seed)
+    for cell in cells:
+        cfg = plan.config(cell.params, plan.first_seed)
         setting = (cfg.train.accelerator, str(cfg.train.devices), cfg.train.precision)
         if setting not in seen:
             seen.add(setting)
-            with within(f"{plan.spec.path}: {cell_location(params)}"), train.quiet_lightning():
+            with within(f"{plan.spec.path}: {cell.location}"), train.quiet_lightning():
                 train.make_trainer(cfg.train)
 
 

@@ -1,0 +1,94 @@
+"""One meaning of a result: the report's rows and the configuration runs in MLflow (what a researcher browses in the
+UI) give the same n, mean, sd, delta, interval, verdict and paper effect for every configuration, in a grid, a
+ladder and a search, because both are made by results.compare_rows from the same trials.
+
+The runner is real (Optuna, both stores, the configuration runs); the trainer is helpers.Toy, whose effects are
+known, handed to run_study in place of train.run_trial.
+"""
+import math
+
+import pytest
+import yaml
+
+from ablate.report import ablation_table
+from ablate.spec import load_study
+from ablate.study import run_study
+from helpers import TINY_BASE, Toy, runs
+
+DELTA = "Δ top-1"
+
+
+def study_file(tmp_path, name, space=None, **sections):
+    doc = {"study": {"name": name, "seeds": [0, 1, 2]}, "base": TINY_BASE,
+           "space": {"model.attention.name": ["none", "se", "cbam"]} if space is None else space}
+    doc.update(sections)
+    doc["study"] = {"name": name, **doc["study"]}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return path
+
+
+def same(a, b):
+    return (a is None or (isinstance(a, float) and math.isnan(a))) and (
+        b is None or (isinstance(b, float) and math.isnan(b))) or a == pytest.approx(b, abs=1e-9)
+
+
+def assert_one_meaning(name: str, delta: str = DELTA) -> dict:
+    """Every row of the report equals its configuration run's metrics and tags; returns the runs by row label."""
+    table = ablation_table(name).frame
+    configuration = {r.data.tags["ablate.cell"]: r for r in runs(name, configurations=True)
+                     if r.data.tags.get("ablate.role") == "configuration"}
+    shown = [row for row in table.index if table.at[row, "n"] > 0]
+    assert shown and set(shown) <= set(configuration)
+    for row in shown:
+        metrics, tags = configuration[row].data.metrics, configuration[row].data.tags
+        assert table.at[row, "n"] == metrics["seeds"], row
+        assert same(table.at[row, "top-1 acc (%)"], metrics["val/acc1/mean"] * 100), row
+        assert same(table.at[row, "top-1 acc (%) sd"], metrics.get("val/acc1/sd", math.nan) * 100), row
+        assert table.at[row, "verdict"] == tags["ablate.verdict"], row
+        if tags["ablate.verdict"] == "baseline":
+            assert "val/acc1/delta" not in metrics
+            continue
+        assert same(table.at[row, delta], metrics["val/acc1/delta"] * 100), row
+        assert same(table.at[row, f"{delta} lo"], metrics.get("val/acc1/delta_low", math.nan) * 100), row
+        assert same(table.at[row, f"{delta} hi"], metrics.get("val/acc1/delta_high", math.nan) * 100), row
+        if "effect" in table and isinstance(table.at[row, "effect"], str) and table.at[row, "effect"] != "-":
+            assert table.at[row, "effect"] == tags["ablate.effect"], row
+            assert f"paper {table.at[row, 'paper Δ top-1']:+.2f}" in tags["ablate.delta"], row
+    return configuration
+
+
+def test_a_grid_reads_the_same_in_the_report_and_in_mlflow(tmp_path):
+    path = study_file(tmp_path, "grid", reference=[
+        {"match": {"model.attention.name": "none"}, "top1_acc": 60.0},
+        {"match": {"model.attention.name": "cbam"}, "top1_acc": 62.5},
+        {"match": {"model.attention.name": "se"}, "top1_err": 38.0}])
+    run_study(load_study(path), trainer=Toy())
+    configuration = assert_one_meaning("grid")
+    assert configuration["attention=none"].data.tags["ablate.verdict"] == "baseline"  # the plain cell
+    assert configuration["attention=cbam"].data.tags["ablate.verdict"] == "better"  # +30 points, true effect
+    assert configuration["attention=cbam"].data.tags["ablate.effect"] == "reproduced"
+
+
+def test_a_ladder_reads_each_step_against_the_row_before_in_both(tmp_path):
+    path = study_file(tmp_path, "ladder", space={}, study={"seeds": [0, 1, 2], "ladder": True}, cells=[
+        {"name": "plain"}, {"name": "+ cbam", "model.attention.name": "cbam"},
+        {"name": "+ r8", "model.attention.knobs.reduction": 8}])
+    run_study(load_study(path), trainer=Toy())
+    configuration = assert_one_meaning("ladder", delta="Δ prev top-1")
+    assert configuration["+ cbam"].data.tags["ablate.delta"].endswith("vs plain")
+    assert configuration["+ r8"].data.tags["ablate.delta"].endswith("vs + cbam")  # the step, as the report shows
+
+
+@pytest.mark.parametrize("modules, baseline", [(["none", "se", "cbam", "eca"], "attention=none"),
+                                               (["se", "cbam", "eca"], None)])
+def test_a_search_reads_the_same_and_names_one_baseline(tmp_path, modules, baseline):
+    """A search compares with its plain configuration when it has one, else with the best by mean: the report
+    and the configuration runs pick the same one."""
+    path = study_file(tmp_path, "search", space={"model.attention.name": modules},
+                      study={"sampler": "random", "trials": 10, "seeds": {"min": 2, "max": 3}})
+    run_study(load_study(path), trainer=Toy())
+    configuration = assert_one_meaning("search")
+    table = ablation_table("search")
+    assert table.baseline == (baseline or table.frame["top-1 acc (%)"].idxmax())
+    assert configuration[table.baseline].data.tags["ablate.verdict"] == "baseline"
