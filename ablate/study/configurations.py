@@ -3,6 +3,8 @@ configuration runs (one per cell, children of the parent, parents of the cell's 
 configuration's result over seeds as results.compare_rows computes it, the same numbers the report prints."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -38,16 +40,36 @@ def parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id: str)
     return run_id
 
 
-def study_results(study: optuna.Study, plan: StudyPlan) -> tuple[Comparison, dict[str, Cell], pd.DataFrame]:
+@dataclass(frozen=True)
+class StudyResults:
     """The study's configurations as the runner sees them: the comparison (rows are cell keys: a grid's cells as
     the file reads now, a search's in the order they were first tried), each row's Cell, and the frame of the
     trials it was computed from (in the file, not refused by study.constraints)."""
+
+    comparison: Comparison
+    cells: dict[str, Cell]
+    frame: pd.DataFrame
+
+    @property
+    def pending(self) -> set[str]:
+        """Configurations with a trial queued or running."""
+        live = self.frame["state"].isin(["WAITING", "RUNNING"]) if len(self.frame) else []
+        return set(self.frame.loc[live, "cell"]) if len(self.frame) else set()
+
+    @property
+    def tried(self) -> dict[str, set[int]]:
+        """The seeds each configuration has had a trial of (finished, failed, queued or running)."""
+        return {key: set(seeds) for key, seeds in self.frame.groupby("cell")["seed"]} if len(self.frame) else {}
+
+
+def study_results(study: optuna.Study, plan: StudyPlan) -> StudyResults:
     frame = trials_frame(study, None, plan)
     frame = frame[frame["in_file"] & ~frame["refused"].astype(bool)] if len(frame) else frame
     cells = dict(plan.cells) if plan.spec.is_grid else {
-        key: Cell.from_attrs(key, params, label) for key, params, label in zip(frame["cell"], frame["params"], frame["label"])}
+        key: Cell.from_attrs(key, params, label)
+        for key, params, label in zip(frame["cell"], frame["params"], frame["label"])}
     refused = study.user_attrs.get(Attr.REFUSED, {})
-    return compare_rows(frame, plan, row="cell", rows=list(cells), refused=refused), cells, frame
+    return StudyResults(compare_rows(frame, plan, row="cell", rows=list(cells), refused=refused), cells, frame)
 
 
 class ConfigurationRuns:
@@ -72,8 +94,8 @@ class ConfigurationRuns:
         """Each configuration's mean, sd, n, delta with its 95% interval, verdict and the paper's effect (metrics and
         tags of its run; FINISHED while none of its trials is queued or running), and the study's summary on the
         parent run: the best configuration by mean and the trial counts."""
-        results, cells, frame = study_results(study, self.plan)
-        pending = set(frame.loc[frame["state"].isin(["WAITING", "RUNNING"]), "cell"]) if len(frame) else set()
+        now = study_results(study, self.plan)
+        results, cells, pending = now.comparison, now.cells, now.pending
         refused = study.user_attrs.get(Attr.REFUSED, {})
         for key, cell in cells.items():
             outcome = results.outcomes[key]

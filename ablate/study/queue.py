@@ -67,12 +67,6 @@ def end_orphaned_runs(study: optuna.Study, client, experiment_id: str) -> None:
             tracking.end_run(client, run.info.run_id, "FAILED", "the worker died during this trial (killed?)")
 
 
-def tried_seeds(study: optuna.Study, plan: StudyPlan) -> dict[str, set[int]]:
-    """The seeds each configuration has had a trial of (finished, failed, queued or running)."""
-    _, _, frame = study_results(study, plan)
-    return {key: set(seeds) for key, seeds in frame.groupby("cell")["seed"]} if len(frame) else {}
-
-
 def enqueue_missing(study: optuna.Study, plan: StudyPlan, cells: dict[str, Cell]) -> None:
     """Queue every cell x seed of the file (`cells`: key -> Cell) that has no live trial yet; cells are matched by
     key, never by index."""
@@ -81,7 +75,7 @@ def enqueue_missing(study: optuna.Study, plan: StudyPlan, cells: dict[str, Cell]
             for t in study.get_trials(deepcopy=False, states=LIVE)
             if Attr.PARAMS in t.user_attrs and Attr.SEED in t.user_attrs}  # studies from before keys: from params
     # seeds on demand: a seed a cell was given before (then killed) is queued again too, so that it resumes
-    tried = tried_seeds(study, plan) if plan.spec.cfg.study.on_demand else {}
+    tried = study_results(study, plan).tried if plan.spec.cfg.study.on_demand else {}
     for seed in sorted(set(first).union(*tried.values())):
         for key, cell in cells.items():
             if (key, seed) not in have and (seed in first or seed in tried.get(key, ())):
@@ -118,10 +112,9 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
     a search, also a finished configuration's repeats up to min. The caller holds the setup lock. Returns the
     number of trials queued."""
     spec, policy = plan.spec, plan.spec.cfg.study.on_demand
-    results, cells, frame = study_results(study, plan)
+    now = study_results(study, plan)
+    results, cells, tried, pending = now.comparison, now.cells, now.tried, now.pending
     samples = {key: o.samples for key, o in results.outcomes.items() if o.n}
-    tried = {key: set(seeds) for key, seeds in frame.groupby("cell")["seed"]} if len(frame) else {}
-    pending = set(frame.loc[frame["state"].isin(["WAITING", "RUNNING"]), "cell"]) if len(frame) else set()
     add: dict[str, set[int]] = {}
     if not spec.is_grid:
         for key in samples:  # a searched configuration's first repeats: up to min seeds
