@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 
 from ablate import stats, tracking
 from ablate.config import MODULE_KEY
 from ablate.plan import StudyPlan
-from ablate.spec import StudySpec, cell_key, load_study, reference_row
+from ablate.spec import StudySpec, load_study, reference_row
 from ablate.storage import Attr, resumed_trials
 from ablate.summary import Outcome, choose_baseline, compare, seed_samples
 
@@ -98,8 +98,8 @@ def trials_frame(study: optuna.Study, client: MlflowClient | None,
         experiment = client.get_experiment_by_name(study.study_name)
         if experiment is not None:
             # the trials' runs (children of their configuration's run, or of the parent in stores from before those)
-            found = client.search_runs([experiment.experiment_id], f"tags.`{tracking.Tag.STUDY}` = '{study.study_name}'",
-                                       max_results=50000)
+            query = f"tags.`{tracking.Tag.STUDY}` = '{study.study_name}'"
+            found = client.search_runs([experiment.experiment_id], query, max_results=50000)
             logged = pd.DataFrame([{"run_id": r.info.run_id, **r.data.metrics} for r in found
                                    if tracking.Tag.TRIAL in r.data.tags])
             for metric in METRIC_COLUMNS:  # a trial's attrs win; its run fills what they lack

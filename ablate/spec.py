@@ -24,8 +24,19 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from ablate.attention import get_attention, resolve_knobs
-from ablate.config import (KNOB_PREFIX, METRICS, MODULE_KEY, Range, StudyConfig, TrialConfig, apply_overrides,
-                           flatten, load_yaml, parse_trial, validation_error)
+from ablate.config import (
+    KNOB_PREFIX,
+    METRICS,
+    MODULE_KEY,
+    Range,
+    StudyConfig,
+    TrialConfig,
+    apply_overrides,
+    flatten,
+    load_yaml,
+    parse_trial,
+    validation_error,
+)
 from ablate.errors import AblateError, at, within
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
@@ -116,7 +127,8 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     _check_space(spec, base_cfg)
     for objective in cfg.study.objectives():
         if objective.metric not in METRICS:
-            raise AblateError(f"{path}: study.metric: no trial logs {objective.metric!r} (metrics: {', '.join(METRICS)})")
+            raise AblateError(f"{path}: study.metric: no trial logs {objective.metric!r} "
+                              f"(metrics: {', '.join(METRICS)})")
     if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
         raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
     if base_cfg.train.limit_val_batches == 0 and any(o.metric.startswith("val/") for o in cfg.study.objectives()):

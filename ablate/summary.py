@@ -136,8 +136,9 @@ class TrialCounts:
         continued = resumed_trials(trials)
         refused = {t.number for t in trials if Attr.REFUSED in t.user_attrs}
         counted = [t for t in trials if t.number not in continued | refused]
-        return cls(sum(t.state == TrialState.COMPLETE for t in counted), sum(t.state == TrialState.PRUNED for t in counted),
-                   sum(t.state == TrialState.FAIL for t in counted), len(refused))
+        states = [t.state for t in counted]
+        return cls(states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED), states.count(TrialState.FAIL),
+                   len(refused))
 
     @property
     def done(self) -> int:

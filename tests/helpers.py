@@ -116,7 +116,8 @@ def study_run_of(run, every) -> str:
 
 def cells_done(study):
     """(label, seed) of every COMPLETE trial, sorted: each grid cell x seed exactly once means no dup, no gap."""
-    return sorted((t.user_attrs["label"], t.user_attrs["seed"]) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    return sorted((t.user_attrs["label"], t.user_attrs["seed"]) for t in done)
 
 
 def cells(modules=("none", "se"), seeds=(0, 1)) -> list[tuple[str, int]]:

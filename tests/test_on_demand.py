@@ -11,14 +11,16 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from helpers import TINY_BASE, Toy, load, runs, study_run_of
 from optuna.trial import TrialState
 
-from ablate import stats, study as study_runner
-from ablate.report import ablation_table
+from ablate import stats
+from ablate import study as study_runner
 from ablate.plan import StudyPlan
+from ablate.report import ablation_table
 from ablate.spec import load_study
 from ablate.study.optuna_setup import make_pruner
-from helpers import TINY_BASE, Toy, load, runs, study_run_of
+
 
 @pytest.fixture
 def toy():

@@ -9,11 +9,11 @@ import math
 
 import pytest
 import yaml
+from helpers import TINY_BASE, Toy, runs
 
 from ablate.report import ablation_table
 from ablate.spec import load_study
 from ablate.study import run_study
-from helpers import TINY_BASE, Toy, runs
 
 DELTA = "Δ top-1"
 

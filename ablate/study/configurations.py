@@ -30,7 +30,8 @@ def parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id: str)
             return run_id
         except Exception:  # noqa: BLE001 (the tracking store was reset: start a new parent)
             pass
-    run_id = tracking.start_run(client, experiment_id, run_name=spec.name, tags={Tag.STUDY: spec.name, Tag.ROLE: "study"})
+    run_id = tracking.start_run(client, experiment_id, run_name=spec.name,
+                                tags={Tag.STUDY: spec.name, Tag.ROLE: "study"})
     study.set_user_attr(Attr.PARENT_RUN, run_id)
     s = spec.cfg.study
     tracking.log_params(client, run_id, {"study.sampler": s.sampler, "study.pruner": s.pruner,

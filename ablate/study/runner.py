@@ -13,8 +13,14 @@ from ablate.plan import Cell, StudyPlan
 from ablate.spec import StudySpec
 from ablate.storage import Attr, journal_file, make_storage, setup_lock
 from ablate.study.configurations import ConfigurationRuns, parent_run
-from ablate.study.optuna_setup import (check_comparable, check_search_space, check_warm_start, open_study, set_aside,
-                                       warm_start)
+from ablate.study.optuna_setup import (
+    check_comparable,
+    check_search_space,
+    check_warm_start,
+    open_study,
+    set_aside,
+    warm_start,
+)
 from ablate.study.queue import enqueue_missing, recover, refused_cells, requeue_stopped
 from ablate.study.workers import WorkerDied, _worker, spawn_workers
 

@@ -86,7 +86,8 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
                     time.sleep(1)  # another worker's trial may still ask for more seeds
                     continue
                 return
-            if not plan.spec.is_grid and not waiting and len(own_trials(study, DONE + (TrialState.RUNNING,))) >= s.trials:
+            started = own_trials(study, DONE + (TrialState.RUNNING,))
+            if not plan.spec.is_grid and not waiting and len(started) >= s.trials:
                 return
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs), streak])
             runs.summarise(study)
@@ -138,7 +139,8 @@ def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
         best = ""
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if len(study.directions) == 1 and complete:
-            b = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(complete, key=lambda t: t.value)
+            pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+            b = pick(complete, key=lambda t: t.value)
             best = f" | best {b.value:.4f} (trial {b.number}: {b.user_attrs.get(Attr.LABEL, '')})"
         reason = f" ({trial.user_attrs[Attr.FAIL_REASON]})" if Attr.FAIL_REASON in trial.user_attrs else ""
         if trial.user_attrs.get(Attr.RESUMED):
