@@ -38,7 +38,7 @@ from torch import nn
 from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
 from ablate.config import AttentionSpec
 from ablate.errors import AblateError, at
-from ablate.profile import count_gmacs, count_params
+from ablate.cost import count_gmacs, count_params
 
 SLOT = "se"  # timm's name for the attention slot inside a block
 

@@ -12,7 +12,7 @@ from ablate.cells import cell_cost
 from ablate.config import AttentionSpec, ModelConfig
 from ablate.inject import find_blocks, inject
 from ablate.models import build_model
-from ablate.profile import count_params
+from ablate.cost import count_params
 from ablate.report import dry_run_table
 from ablate.spec import load_study
 

@@ -10,7 +10,7 @@ from ablate.attention import (
     Knob, create_attention, get_attention, list_attention, register_attention, resolve_knobs,
 )
 from ablate.errors import AblateError, at, within
-from ablate.profile import count_params
+from ablate.cost import count_params
 from helpers import TINY_BASE, ablate, cells, cells_done, load
 
 

@@ -8,7 +8,7 @@ from ablate.attention import as_timm_layer
 from ablate.config import ModelConfig
 from ablate.errors import AblateError
 from ablate.models import build_model
-from ablate.profile import count_params
+from ablate.cost import count_params
 
 
 @pytest.fixture(autouse=True, scope="module")
