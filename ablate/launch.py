@@ -256,10 +256,10 @@ def _epochs(study: optuna.Study, tracking_uri: str | None) -> dict[int, tuple[in
     found = client.get_experiment_by_name(study.study_name)
     if found is None:
         return {}
-    query = f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study.study_name}'"
+    query = f"attributes.status = 'RUNNING' and tags.`{tracking.Tag.STUDY}` = '{study.study_name}'"
     out = {}
     for run in client.search_runs([found.experiment_id], query):
-        number = run.data.tags.get("optuna.trial")
+        number = run.data.tags.get(tracking.Tag.TRIAL)
         if number is None or not number.isdigit():
             continue
         finished = len(client.get_metric_history(run.info.run_id, "train/loss"))

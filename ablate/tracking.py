@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import urllib.parse
@@ -26,20 +25,48 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from ablate.errors import AblateError, describe, one_line
 
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
-REASON_TAG = "reason"
-RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch training continued in
-RESUMED_FROM_RUN = "ablate.resumed_from_run"  # ... and the run of the trial whose checkpoint it continued
-RESUMED_BY = "ablate.resumed_by"  # a stopped trial's run: the run that continued it
 MAX_REASON = 4000  # well under MLflow's tag-value limit
-ROLE_TAG = "ablate.role"  # a study's runs: 'study' (the parent), 'configuration' (one per cell), 'trial' (one seed)
-CELL_DIGEST_TAG = "ablate.cell_digest"  # a configuration run's cell (cell keys are JSON: a digest searches simply)
+
+
+class Tag:
+    """Every MLflow tag name ablate writes or searches, defined once (as storage.Attr does for Optuna's user attrs,
+    and MLflow's own mlflow.utils.mlflow_tags for its tags)."""
+
+    # a study's runs
+    STUDY = "optuna.study"  # every run of a study: the study's name
+    TRIAL = "optuna.trial"  # a trial's run: its Optuna trial number
+    ROLE = "ablate.role"  # 'study' (the parent), 'configuration' (one per cell), 'trial' (one seed)
+    CELL = "ablate.cell"  # a trial's and a configuration's run: the cell's label
+    SEED = "ablate.seed"  # a trial's run: its seed
+    CELL_DIGEST = "ablate.cell_digest"  # a configuration run's cell (cell keys are JSON: a digest searches simply)
+    # a configuration run: its result over seeds (study.ConfigurationRuns), and the study's parent run the best one
+    RESULT = "ablate.result"
+    VERDICT = "ablate.verdict"
+    DELTA = "ablate.delta"
+    REFUSED = "ablate.refused"
+    SUMMARY = "ablate.summary"
+    BEST_CONFIGURATION = "ablate.best_configuration"
+    REASON = "reason"  # a FAILED or KILLED run: why, in one line
+    RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch training continued in
+    RESUMED_FROM_RUN = "ablate.resumed_from_run"  # ... and the run of the trial whose checkpoint it continued
+    RESUMED_BY = "ablate.resumed_by"  # a stopped trial's run: the run that continued it
+    # MLflow's own
+    PARENT_RUN = MLFLOW_PARENT_RUN_ID  # how MLflow (and its UI) nests a child run
+    NOTE = MLFLOW_RUN_NOTE  # the run's description in the UI
+    # a study's experiment
+    OBJECTIVE = "ablate.objective"  # 'val/acc1 maximize', what its links rank by
+    EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
+ROLE_TAG = Tag.ROLE  # aliases until study.py uses Tag
+OBJECTIVE_TAG = Tag.OBJECTIVE
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, judges); ours are model training
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {Tag.EXPERIMENT_KIND: "custom_model_development"}
 # stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
 KILLED_BY = (KeyboardInterrupt, SystemExit)
 
@@ -128,7 +155,7 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         raise AblateError(f"tracking.uri: cannot open {mask_password(client.tracking_uri)}: "
                           f"{one_line(e, 200)}") from None
     if found is not None:
-        if "mlflow.experimentKind" not in found.tags:  # created by an earlier ablate: the UI's training view too
+        if Tag.EXPERIMENT_KIND not in found.tags:  # created by an earlier ablate: the UI's training view too
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
@@ -150,7 +177,7 @@ def start_run(client: MlflowClient, experiment_id: str, *, run_name: str | None 
               parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
     tags = {k: mask_password(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
-        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # how MLflow (and its UI) nests a child run
+        tags[Tag.PARENT_RUN] = parent_run_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
@@ -158,25 +185,22 @@ def configuration_run(client: MlflowClient, experiment_id: str, parent_run_id: s
                       tags: Mapping[str, Any] | None = None) -> str:
     """The run of one configuration (a grid cell, a searched configuration) between the study's parent and its seed
     runs, found by its cell's digest or started; it carries the result over seeds (study.summarise)."""
-    query = (f"tags.`{ROLE_TAG}` = 'configuration' and tags.`{CELL_DIGEST_TAG}` = '{digest}' and "
-             f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+    query = (f"tags.`{Tag.ROLE}` = 'configuration' and tags.`{Tag.CELL_DIGEST}` = '{digest}' and "
+             f"tags.`{Tag.PARENT_RUN}` = '{parent_run_id}'")
     found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
     if found:
         return found[0].info.run_id
     return start_run(client, experiment_id, run_name=name, parent_run_id=parent_run_id,
-                     tags={ROLE_TAG: "configuration", CELL_DIGEST_TAG: digest, **(tags or {})})
+                     tags={Tag.ROLE: "configuration", Tag.CELL_DIGEST: digest, **(tags or {})})
 
 
 def end_configuration_runs(client: MlflowClient, parent_run_id: str, status: str) -> None:
     """A study's configuration runs still RUNNING end with the study's parent run (stopped, failed or done)."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = (f"tags.`{ROLE_TAG}` = 'configuration' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+    query = (f"tags.`{Tag.ROLE}` = 'configuration' and tags.`{Tag.PARENT_RUN}` = '{parent_run_id}' and "
              "attributes.status = 'RUNNING'")
     for run in client.search_runs([experiment_id], query, max_results=10000):
         client.set_terminated(run.info.run_id, status)
-
-
-OBJECTIVE_TAG = "ablate.objective"  # a study's experiment: 'val/acc1 maximize', what its links rank by
 
 
 def runs_url(server: str, experiment_id: str, objective: str | None = None) -> str:
@@ -184,7 +208,7 @@ def runs_url(server: str, experiment_id: str, objective: str | None = None) -> s
     view; each opens on its result over seeds and its seed runs."""
     metric, _, direction = (objective or "val/acc1 maximize").partition(" ")
     query = urllib.parse.urlencode({
-        "workflowType": "machine_learning", "searchFilter": f"tags.`{ROLE_TAG}` = 'configuration'",
+        "workflowType": "machine_learning", "searchFilter": f"tags.`{Tag.ROLE}` = 'configuration'",
         # ordered by a metric (not by date), the filtered runs are listed flat rather than under their parent
         "orderByKey": f"metrics.`{metric}/mean`", "orderByAsc": str(direction == "minimize").lower()},
         quote_via=urllib.parse.quote)
@@ -197,7 +221,7 @@ def study_links(server: str, uri: str | None = None) -> dict[str, str]:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return {}
     client = make_client(uri)
-    return {e.name: runs_url(server, e.experiment_id, e.tags.get(OBJECTIVE_TAG)) for e in client.search_experiments()
+    return {e.name: runs_url(server, e.experiment_id, e.tags.get(Tag.OBJECTIVE)) for e in client.search_experiments()
             if e.name != "Default"}
 
 
@@ -205,7 +229,7 @@ def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", reason:
     """FINISHED, FAILED or KILLED; the reason (one line) goes to the `reason` tag."""
     try:
         if reason:
-            client.set_tag(run_id, REASON_TAG, mask_password(reason)[:MAX_REASON])
+            client.set_tag(run_id, Tag.REASON, mask_password(reason)[:MAX_REASON])
     finally:
         client.set_terminated(run_id, status)  # even if the tag could not be written
 
@@ -253,8 +277,8 @@ def continue_history(client: MlflowClient, run_id: str, earlier_run: str, before
     history = [m for key in client.get_run(earlier_run).data.metrics if key not in own
                for m in client.get_metric_history(earlier_run, key) if m.step < before]
     client.log_batch(run_id, metrics=history)  # MlflowClient chunks it
-    client.set_tag(run_id, RESUMED_FROM_RUN, earlier_run)
-    client.set_tag(earlier_run, RESUMED_BY, run_id)
+    client.set_tag(run_id, Tag.RESUMED_FROM_RUN, earlier_run)
+    client.set_tag(earlier_run, Tag.RESUMED_BY, run_id)
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:

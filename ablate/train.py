@@ -369,7 +369,7 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         client = tracking.make_client(cfg.tracking.uri)
         experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
         if resume is not None:
-            tags = (tags or {}) | {tracking.RESUMED_AT_EPOCH: str(resume.epoch)}
+            tags = (tags or {}) | {tracking.Tag.RESUMED_AT_EPOCH: str(resume.epoch)}
         with tracking.tracked_run(client, experiment_id, killed_by=killed_by,
                                   run_name=run_name or cfg.tracking.run_name,
                                   parent_run_id=parent_run_id, tags=tags) as run_id:
