@@ -318,19 +318,20 @@ def ui(
     """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise); prints the
     direct link to each study's runs (its configuration runs, each with its seed runs inside)."""
     from ablate import tracking
+    from ablate.server import check_address, serve_ui
 
-    tracking.check_address(host, port)
+    check_address(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: anyone who can reach it can read and change your runs", err=True)
-    server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    links = tracking.study_links(server, tracking_uri)
+    address = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    links = tracking.study_links(address, tracking_uri)
     if study is not None and study not in links:
         raise AblateError(f"study: no study {study!r} in {tracking.store_uri(tracking_uri)} "
                           f"(studies: {', '.join(links) or 'none yet'})")
     for name, url in links.items():
         if study in (None, name):
             typer.echo(f"{name}: {url}")
-    raise typer.Exit(tracking.serve_ui(port, host, tracking_uri))
+    raise typer.Exit(serve_ui(port, host, tracking_uri))
 
 
 @app.command()
@@ -343,17 +344,17 @@ def server(
     allowed_hosts: Optional[str] = typer.Option(None, help="beyond the local network: the Host names clients use"),
 ):
     """An MLflow tracking server for workers on several machines (ablate run --tracking-uri http://HOST:PORT)."""
-    from ablate import tracking
+    from ablate.server import check_address, serve, server_command
+    from ablate.tracking import mask_secrets
 
     if not backend_store_uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):
         raise AblateError(f"--backend-store-uri: {backend_store_uri!r} is not a database URL (postgresql://...)")
-    tracking.check_address(host, port)
+    check_address(host, port)
     if "://" not in artifacts:
         artifacts = Path(artifacts).expanduser().resolve().as_uri()
-    typer.echo(f"MLflow server for {tracking.mask_password(backend_store_uri)} on {host}:{port}, artifacts in "
+    typer.echo(f"MLflow server for {mask_secrets(backend_store_uri)} on {host}:{port}, artifacts in "
                f"{artifacts}; workers log to it with --tracking-uri http://<this host>:{port}", err=True)
-    raise typer.Exit(tracking.serve(tracking.server_command(backend_store_uri, artifacts, port, host, workers,
-                                                            allowed_hosts)))
+    raise typer.Exit(serve(server_command(backend_store_uri, artifacts, port, host, workers, allowed_hosts)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ from ablate import tracking  # noqa: E402
 from ablate.config import LauncherConfig, slurm_minutes  # noqa: E402
 from ablate.errors import AblateError, Preempted, one_line  # noqa: E402
 from ablate.spec import StudySpec, cell_label  # noqa: E402
-from ablate.storage import Attr, journal_file, make_storage, mask_url, resumed_trials  # noqa: E402
+from ablate.storage import JOURNAL, Attr, journal_file, make_storage, resumed_trials  # noqa: E402
 from ablate.study import TASK_ENV, prepare_study, run_study  # noqa: E402
 
 __all__ = ["LAUNCHERS", "StudyTask", "launch", "wait", "task_states", "status_text"]
@@ -228,7 +228,8 @@ def _stopped(trial: optuna.trial.FrozenTrial) -> bool:
 
 def status_text(study: optuna.Study, tracking_uri: str | None, storage_url: str | None) -> str:
     """`ablate status`: the study's counts, each launched array's tasks, and the running trials with their epoch."""
-    lines = [f"study {study.study_name} ({mask_url(storage_url or 'mlruns/optuna.journal')}): {counts_text(study)}"]
+    where = tracking.mask_secrets(storage_url or JOURNAL)
+    lines = [f"study {study.study_name} ({where}): {counts_text(study)}"]
     for record in study.user_attrs.get(Attr.LAUNCHES, []):
         lines.append(f"{record['launcher']} job {record['job']}: {len(record['tasks'])} tasks, submitted "
                      f"{record['submitted']}, logs in {record['folder']}")

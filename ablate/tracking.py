@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 import traceback
 import urllib.parse
@@ -26,6 +23,8 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ablate.errors import AblateError, describe, one_line
 
@@ -70,7 +69,7 @@ EXPERIMENT_KIND = {Tag.EXPERIMENT_KIND: "custom_model_development"}
 # stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
 KILLED_BY = (KeyboardInterrupt, SystemExit)
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s/]+@")
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^@\s/]+@")  # user:password@ inside any text
 
 
 def store_uri(uri: str | None = None) -> str:
@@ -122,7 +121,7 @@ def probe_store(uri: str) -> None:
             socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
                                      timeout=5).close()
         except (OSError, ValueError) as e:
-            raise AblateError(f"tracking.uri: no tracking server answers at {mask_password(uri)} "
+            raise AblateError(f"tracking.uri: no tracking server answers at {mask_secrets(uri)} "
                               f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
@@ -143,16 +142,18 @@ def make_client(uri: str | None = None) -> MlflowClient:
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)
-        raise AblateError(f"tracking.uri: cannot open {mask_password(uri)}: {one_line(e, 200)}") from None
+        raise AblateError(f"tracking.uri: cannot open {mask_secrets(uri)}: {one_line(e, 200)}") from None
 
 
-def get_or_create_experiment(name: str, uri: str | None = None) -> str:
-    """The experiment's id, creating it once; another process creating it first is not an error."""
-    client = make_client(uri)
+def get_or_create_experiment(client: MlflowClient | str, name: str | None = None) -> str:
+    """The experiment's id in the client's store, creating it once; another process creating it first is not an
+    error. The older form (name, uri) still works until every caller passes its client."""
+    if not isinstance(client, MlflowClient):  # (name, uri): a client of its own
+        client, name = make_client(name), client
     try:  # the first touch of the store: an unusable URI is bad input, one line
         found = client.get_experiment_by_name(name)
     except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy and driver errors come in many types)
-        raise AblateError(f"tracking.uri: cannot open {mask_password(client.tracking_uri)}: "
+        raise AblateError(f"tracking.uri: cannot open {mask_secrets(client.tracking_uri)}: "
                           f"{one_line(e, 200)}") from None
     if found is not None:
         if Tag.EXPERIMENT_KIND not in found.tags:  # created by an earlier ablate: the UI's training view too
@@ -168,14 +169,20 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def mask_password(text: str) -> str:
-    """postgresql://user:secret@host -> postgresql://user:***@host (params and tags are visible to all)."""
+def mask_secrets(text: str) -> str:
+    """The password of every URL in `text` hidden: postgresql://user:secret@host -> postgresql://user:***@host
+    (params, tags, logs and messages are visible to all). A whole URL goes through SQLAlchemy's parser, which
+    also reads a password with a '/' in it; URLs inside longer text (a traceback, a config) by pattern."""
+    with suppress(ArgumentError, ValueError):  # not a URL as a whole (a path, a traceback)
+        url = make_url(text)
+        if url.password is not None:
+            text = url.render_as_string(hide_password=True)
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def start_run(client: MlflowClient, experiment_id: str, *, run_name: str | None = None,
               parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
-    tags = {k: mask_password(str(v)) for k, v in (tags or {}).items()}
+    tags = {k: mask_secrets(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
         tags[Tag.PARENT_RUN] = parent_run_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -229,7 +236,7 @@ def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", reason:
     """FINISHED, FAILED or KILLED; the reason (one line) goes to the `reason` tag."""
     try:
         if reason:
-            client.set_tag(run_id, Tag.REASON, mask_password(reason)[:MAX_REASON])
+            client.set_tag(run_id, Tag.REASON, mask_secrets(reason)[:MAX_REASON])
     finally:
         client.set_terminated(run_id, status)  # even if the tag could not be written
 
@@ -251,7 +258,7 @@ def tracked_run(client: MlflowClient, experiment_id: str, *, killed_by: tuple[ty
     except BaseException as e:
         reason = describe(e)
         with suppress(Exception):  # the whole traceback goes with the run; the console gets the one-line reason
-            client.log_text(run_id, mask_password(traceback.format_exc()), "error.txt")
+            client.log_text(run_id, mask_secrets(traceback.format_exc()), "error.txt")
         raise
     finally:
         end_run(client, run_id, status, reason)
@@ -259,7 +266,7 @@ def tracked_run(client: MlflowClient, experiment_id: str, *, killed_by: tuple[ty
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Params as MLflow writes them (str), URL passwords masked; MlflowClient.log_batch chunks by 100."""
-    client.log_batch(run_id, params=[Param(k, mask_password(str(v))) for k, v in params.items()])
+    client.log_batch(run_id, params=[Param(k, mask_secrets(str(v))) for k, v in params.items()])
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -283,82 +290,10 @@ def continue_history(client: MlflowClient, run_id: str, earlier_run: str, before
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:
     """config.yaml (the resolved trial config) and, when there is one, the insertion report as JSON and text."""
-    client.log_text(run_id, mask_password(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
+    client.log_text(run_id, mask_secrets(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
     if report is not None:
         client.log_dict(run_id, report.to_dict(), "insertion_report.json")
         client.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
 WEIGHTS = "model.pt"  # a trial run's trained state_dict (train.log_weights writes it, Grad-CAM reads it)
-
-
-def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> list[str]:
-    uri = resolve_uri(uri)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", "1"]  # one local user: one worker is plenty
-    root = artifact_root(uri)
-    if root:
-        cmd += ["--default-artifact-root", root]
-    return cmd
-
-
-def server_command(backend: str, artifacts: str | None, port: int, host: str, workers: int,
-                   allowed_hosts: str | None = None) -> list[str]:
-    """The tracking server several machines' workers log to: its store in a database, artifacts proxied (the
-    workers upload them over HTTP into `artifacts`, a folder or bucket the server can write)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
-           "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
-    if artifacts:
-        cmd += ["--artifacts-destination", artifacts]
-    if allowed_hosts:  # beyond the local network MLflow checks the Host header against this list
-        cmd += ["--allowed-hosts", allowed_hosts]
-    return cmd
-
-
-def check_address(host: str, port: int) -> None:
-    """--host and --port as a server would bind them, tried before MLflow starts (and fails inside itself)."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except (OSError, OverflowError) as e:  # socket.gaierror is an OSError; a port beyond 65535 an OverflowError
-        raise AblateError(f"--host {host} --port {port}: cannot serve there ({getattr(e, 'strerror', None) or e})"
-                          ) from None
-
-
-def serve(cmd: list[str]) -> int:
-    """Run an MLflow server until it exits or we are stopped; Ctrl-C or SIGTERM end its whole process tree.
-
-    The server runs in a session of its own so that its worker processes (gunicorn's or uvicorn's) can be ended
-    as one group: stopping only the `mlflow` process would leave them holding the port."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not leave the group half-stopped
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with suppress(ProcessLookupError):  # workers that outlived their master
-            os.killpg(proc.pid, signal.SIGKILL)
-        return 0
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def serve_ui(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> int:
-    """MLflow's UI over the project's store, loopback-only unless `host` says otherwise; blocks until stopped."""
-    return serve(ui_command(port, host, uri))

@@ -367,7 +367,7 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         following = [c.follower() for c in callbacks if hasattr(c, "follower")]
 
         client = tracking.make_client(cfg.tracking.uri)
-        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
+        experiment_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment)
         if resume is not None:
             tags = (tags or {}) | {tracking.Tag.RESUMED_AT_EPOCH: str(resume.epoch)}
         with tracking.tracked_run(client, experiment_id, killed_by=killed_by,
