@@ -40,8 +40,8 @@ from torch import nn  # noqa: E402
 
 from ablate.attention import get_attention, register_attention  # noqa: E402
 from ablate.config import AttentionSpec  # noqa: E402
-from ablate.inject import inject  # noqa: E402
 from ablate.cost import train_step_seconds  # noqa: E402
+from ablate.inject import inject  # noqa: E402
 
 # ----------------------------------------------------------------------------- timm adapters
 # Each builds timm's class with the widths and settings ablate's module uses for the same knobs, so the
