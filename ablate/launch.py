@@ -36,7 +36,7 @@ from ablate.spec import StudySpec, cell_label  # noqa: E402
 from ablate.storage import JOURNAL, Attr, journal_file, make_storage, resumed_trials  # noqa: E402
 from ablate.study import TASK_ENV, prepare_study, run_study  # noqa: E402
 
-__all__ = ["LAUNCHERS", "StudyTask", "launch", "wait", "task_states", "status_text"]
+__all__ = ["LAUNCHERS", "StudyTask", "check_arguments", "launch", "wait", "task_states", "status_text"]
 
 POLL_S = 5  # seconds between looks at the tasks while `ablate run --launcher` waits for them
 
@@ -153,6 +153,26 @@ def launch(spec: StudySpec, kind: str, *, workers: int | None = None, storage_ur
 
 
 LAUNCHERS = {"local": local_executor, "slurm": slurm_executor}  # --launcher -> its submitit executor
+
+
+def check_arguments(launcher: str | None, jobs: int, workers: int | None, cfg: LauncherConfig,
+                    cores: int) -> str | None:
+    """`ablate run`'s --launcher, --jobs and --workers against each other, the study's launcher section `cfg` and
+    this machine's `cores`; the launcher to use (--launcher, else the section's), or None to run here."""
+    if jobs > cores:  # each worker is a torch process with its own threads: more than the cores only thrash
+        raise AblateError(f"--jobs: {jobs} workers on {cores} CPU cores; at most {cores} on this machine "
+                          "(more machines: --launcher slurm)")
+    launcher = launcher or cfg.name
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise AblateError(f"--launcher: {launcher!r} is not a launcher (allowed: {', '.join(LAUNCHERS)})")
+    if workers is not None and launcher is None:
+        raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
+    if launcher is not None and jobs != 1:
+        raise AblateError("--jobs: not with --launcher (each task is one worker: use --workers N)")
+    if launcher == "local" and (workers or cfg.workers) > cores:  # the same cores as --jobs
+        raise AblateError(f"--workers (launcher.workers): {workers or cfg.workers} local tasks on "
+                          f"{cores} CPU cores; at most {cores} on this machine")
+    return launcher
 
 
 # ---------------------------------------------------------------- watching
