@@ -10,7 +10,7 @@ from typing import List, Optional
 import click
 import typer
 
-from ablate.config import LAUNCHERS, POSITIONS
+from ablate.config import POSITIONS
 from ablate.errors import AblateError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -19,6 +19,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 
 # custom attention modules come from installed entry points or from this flag, never from a study file
 PLUGIN = typer.Option([], "--plugin", help="import this module first (it registers attention modules); repeatable")
+# the two stores, the same option in every command that reads or writes them
+STORAGE = typer.Option(None, "--storage", help="Optuna storage: a journal file (default mlruns/optuna.journal) or "
+                       "postgresql://...")
+TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default sqlite:///mlruns/mlflow.db)")
 
 
 def _plugins(names: list[str]) -> None:
@@ -26,6 +30,14 @@ def _plugins(names: list[str]) -> None:
         from ablate.attention import load_plugins
 
         load_plugins(names)
+
+
+def resume_command(command: str, target: str, overrides: list[str], storage: str | None = None,
+                   tracking_uri: str | None = None) -> str:
+    """The command line that continues where this one stopped: the same file, overrides and stores (without the
+    overrides a resumed study would differ, and be refused as incomparable)."""
+    return " ".join([f"ablate {command}", target, *overrides, *(["--storage", storage] if storage else []),
+                     *(["--tracking-uri", tracking_uri] if tracking_uri else [])])
 
 
 @app.callback(invoke_without_command=True)
@@ -102,7 +114,7 @@ def inspect(
 def train(
     ctx: typer.Context,
     config: str = typer.Argument(..., help="trial config YAML"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    tracking_uri: Optional[str] = TRACKING_URI,
     plugin: List[str] = PLUGIN,
 ):
     """Train one trial config (extra args are dotted overrides, e.g. train.lr=0.05) and track it in MLflow."""
@@ -118,7 +130,7 @@ def train(
     from ablate.train import DivergedError, run_trial
 
     checkpoint = single_checkpoint(cfg)  # the same config trained again resumes from it
-    again = " ".join(["ablate train", config, *ctx.args, *(["--tracking-uri", tracking_uri] if tracking_uri else [])])
+    again = resume_command("train", config, ctx.args, tracking_uri=tracking_uri)
     try:
         resume = resume_point(checkpoint, cfg)
         if resume is not None:
@@ -143,8 +155,8 @@ def run(
     study: str = typer.Argument(..., help="study YAML, e.g. studies/cbam_vs_se.yaml"),
     trials: Optional[int] = typer.Option(None, help="number of trials (default: every grid cell x seed)"),
     jobs: int = typer.Option(1, min=1, help="worker processes on this machine (one accelerator each)"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage: journal file (default) or postgresql://..."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    storage: Optional[str] = STORAGE,
+    tracking_uri: Optional[str] = TRACKING_URI,
     dry_run: bool = typer.Option(False, "--dry-run", help="list the trials with params and GMACs; train nothing"),
     force_new: bool = typer.Option(False, "--force-new", help="set an existing study of this name aside (renamed "
                                    "<name>.before-<time>) and start it over"),
@@ -155,27 +167,17 @@ def run(
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
     _plugins(plugin)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if jobs > cores:  # each worker is a torch process with its own threads: more than the cores only thrash
-        raise AblateError(f"--jobs: {jobs} workers on {cores} CPU cores; at most {cores} on this machine "
-                          "(more machines: --launcher slurm)")
     from ablate.spec import load_study
 
     overrides = list(ctx.args) + ([f"study.trials={trials}"] if trials is not None else [])
     if tracking_uri:
         overrides.append(f"tracking.uri={tracking_uri}")
     loaded = load_study(study, overrides)
-    launcher = launcher or loaded.cfg.launcher.name
-    if launcher is not None and launcher not in LAUNCHERS:
-        raise AblateError(f"--launcher: {launcher!r} is not a launcher (allowed: {', '.join(LAUNCHERS)})")
-    if workers is not None and launcher is None:
-        raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
-    if launcher is not None and jobs != 1:
-        raise AblateError("--jobs: not with --launcher (each task is one worker: use --workers N)")
-    if launcher == "local" and (workers or loaded.cfg.launcher.workers) > cores:  # the same cores as --jobs
-        raise AblateError(f"--workers (launcher.workers): {workers or loaded.cfg.launcher.workers} local tasks on "
-                          f"{cores} CPU cores; at most {cores} on this machine")
-    if dry_run:
+    from ablate.launch import check_arguments
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    launcher = check_arguments(launcher, jobs, workers, loaded.cfg.launcher, cores)
+    if dry_run:  # plain text with each cell's dotted params; `ablate report --dry-run` renders the formats
         from ablate.cells import cell_cost
         from ablate.report import dry_run_table
 
@@ -187,10 +189,7 @@ def run(
     from ablate.report import write_report
     from ablate.study import WorkerDied, run_study
 
-    # the same overrides: without them the resumed study would differ (and be refused as incomparable)
-    again = " ".join(["ablate run", study, *ctx.args, *(["--storage", storage] if storage else []),
-                      *(["--tracking-uri", tracking_uri] if tracking_uri else [])])
-
+    again = resume_command("run", study, ctx.args, storage, tracking_uri)
     if launcher is not None:
         _launch(loaded, launcher, workers, storage, force_new)
         return
@@ -230,8 +229,8 @@ def _launch(loaded, launcher: str, workers: int | None, storage: str | None, for
 @app.command()
 def status(
     study: str = typer.Argument(..., help="study name (study.name) or study YAML"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    storage: Optional[str] = STORAGE,
+    tracking_uri: Optional[str] = TRACKING_URI,
 ):
     """The study's trial counts, its launched job arrays' tasks, and its running trials with their epoch."""
     from ablate import storage as stores
@@ -250,8 +249,8 @@ def report(
     by: Optional[str] = typer.Option(None, help="group rows by these keys, comma separated (default: the cells)"),
     baseline: Optional[str] = typer.Option(None, help="the delta's reference row: a label or key=value"),
     plots: Optional[str] = typer.Option(None, help="write the plots (PNG) to this folder"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    storage: Optional[str] = STORAGE,
+    tracking_uri: Optional[str] = TRACKING_URI,
     dry_run: bool = typer.Option(False, "--dry-run", help="a study file's params and GMACs beside the paper's; "
                                  "nothing trained or read from the stores"),
     show_all: bool = typer.Option(False, "--all", help="also the configurations the study file no longer holds "
@@ -283,8 +282,8 @@ def report(
     plotter = None
     if plots:  # matplotlib and Optuna's plots: only when asked (the study's run logs them when it ends)
         from ablate.plots import make_plots as plotter
-    text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, plotter=plotter, storage=storage,
-                        tracking_uri=tracking_uri, show_all=show_all, columns=columns, log=log)
+    text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, plotter=plotter,
+                        storage=storage, tracking_uri=tracking_uri, show_all=show_all, columns=columns, log=log)
     if not out:
         typer.echo(text)
 
@@ -294,8 +293,8 @@ def gradcam(
     study: str = typer.Argument(..., help="study name (study.name) or study YAML"),
     images: int = typer.Option(6, min=1, help="validation images (columns of the figure)"),
     out: Optional[str] = typer.Option(None, help="PNG path (default <study>_gradcam.png)"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage (default mlruns/optuna.journal)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    storage: Optional[str] = STORAGE,
+    tracking_uri: Optional[str] = TRACKING_URI,
     plugin: List[str] = PLUGIN,
 ):
     """Grad-CAM of each configuration's best run on the same validation images, in one figure."""
@@ -313,24 +312,25 @@ def ui(
     study: Optional[str] = typer.Argument(None, help="print the link to this study's runs (default: every study's)"),
     port: int = typer.Option(5000, min=1, max=65535, help="port on the host"),
     host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes your runs"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default sqlite:///mlruns/mlflow.db)"),
+    tracking_uri: Optional[str] = TRACKING_URI,
 ):
     """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise); prints the
     direct link to each study's runs (its configuration runs, each with its seed runs inside)."""
     from ablate import tracking
+    from ablate.server import check_address, serve_ui
 
-    tracking.check_address(host, port)
+    check_address(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host}: anyone who can reach it can read and change your runs", err=True)
-    server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    links = tracking.study_links(server, tracking_uri)
+    address = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    links = tracking.study_links(address, tracking_uri)
     if study is not None and study not in links:
         raise AblateError(f"study: no study {study!r} in {tracking.store_uri(tracking_uri)} "
                           f"(studies: {', '.join(links) or 'none yet'})")
     for name, url in links.items():
         if study in (None, name):
             typer.echo(f"{name}: {url}")
-    raise typer.Exit(tracking.serve_ui(port, host, tracking_uri))
+    raise typer.Exit(serve_ui(port, host, tracking_uri))
 
 
 @app.command()
@@ -343,17 +343,17 @@ def server(
     allowed_hosts: Optional[str] = typer.Option(None, help="beyond the local network: the Host names clients use"),
 ):
     """An MLflow tracking server for workers on several machines (ablate run --tracking-uri http://HOST:PORT)."""
-    from ablate import tracking
+    from ablate.server import check_address, serve, server_command
+    from ablate.tracking import mask_secrets
 
     if not backend_store_uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):
         raise AblateError(f"--backend-store-uri: {backend_store_uri!r} is not a database URL (postgresql://...)")
-    tracking.check_address(host, port)
+    check_address(host, port)
     if "://" not in artifacts:
         artifacts = Path(artifacts).expanduser().resolve().as_uri()
-    typer.echo(f"MLflow server for {tracking.mask_password(backend_store_uri)} on {host}:{port}, artifacts in "
+    typer.echo(f"MLflow server for {mask_secrets(backend_store_uri)} on {host}:{port}, artifacts in "
                f"{artifacts}; workers log to it with --tracking-uri http://<this host>:{port}", err=True)
-    raise typer.Exit(tracking.serve(tracking.server_command(backend_store_uri, artifacts, port, host, workers,
-                                                            allowed_hosts)))
+    raise typer.Exit(serve(server_command(backend_store_uri, artifacts, port, host, workers, allowed_hosts)))
 
 
 def main(argv: list[str] | None = None) -> None:

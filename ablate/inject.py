@@ -14,7 +14,8 @@ paper placement (its registry entry), `block` where the paper names none:
 
 A position's site finder names its sites and how each takes the module (the INSTALLERS table): into the
 block's `slot`, `replace` a conv, replace the global `pool`, or hooked on after (`out`) or before (`in`) a
-module. A new position is one finder and one POSITIONS entry (and its name in config.POSITIONS).
+module. A new position is one finder and one POSITIONS entry (and its name in config.POSITIONS); a new way
+to take a module is one INSTALLERS row. Replacing the global pool is classifier surgery: ablate/head.py.
 
 Blocks and stages come from timm's own `group_matcher`, so any timm family that timm can group works.
 Channels and feature sizes come from one dry forward with hooks. Modules added after a module's
@@ -27,18 +28,18 @@ Errors are AblateErrors keyed relative to the attention spec ("position: ...", "
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
 from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
 from ablate.config import AttentionSpec
+from ablate.cost import count_gmacs, count_params
 from ablate.errors import AblateError, at
-from ablate.profile import count_gmacs, count_params
+from ablate.head import replace_pool
 
 SLOT = "se"  # timm's name for the attention slot inside a block
 
@@ -328,18 +329,9 @@ def _replace_conv(site: Site) -> Installed:
 
 
 def _replace_pool(site: Site) -> Installed:
-    """A head module in timm's global pool's place. One that ends in its own features (`out_features`) owns
-    the classifier, which is rebuilt to take them. Its GMACs are the head's own: the counter sees none in a
-    pool, and the classifier is not the head's."""
-    attn = site.make()
-    before = count_params(site.model)
-    out_features = getattr(attn, "out_features", None)
-    if out_features is not None:
-        _reset_classifier(site.model, out_features, site.spec.name)
-    old_pool = site.module
-    setattr(site.parent, site.attr, _HeadPool(attn, flatten=getattr(old_pool, "flatten", None)))
-    # new head (+ classifier) - replaced pool (+ classifier)
-    return Installed(f"{site.path}.attn", count_params(site.model) - before)
+    """A head module in timm's global pool's place; it may rebuild the classifier (head.py). Its GMACs are the
+    head's own: the counter sees none in a pool, and the classifier is not the head's."""
+    return Installed(f"{site.path}.attn", replace_pool(site.model, site.path, site.make(), site.spec.name))
 
 
 def _hook_after(site: Site) -> Installed:
@@ -358,17 +350,28 @@ def _hook_before(site: Site) -> Installed:
     return Installed(f"{site.path}.attn_in", count_params(attn))
 
 
-INSTALLERS: dict[str, Callable[[Site], Installed]] = {
-    "slot": _fill_slot,
-    "replace": _replace_conv,
-    "pool": _replace_pool,
-    "out": _hook_after,
-    "in": _hook_before,
+@dataclass(frozen=True)
+class Installer:
+    """How a site takes its module: `install` puts it there; the dry forward reads the site's shape from its
+    input (`hook="pre"`) or its output ("post"); `fills_slot`: the site may be an empty (None) slot, which the
+    dry forward fills with an Identity to see its input."""
+
+    install: Callable[[Site], Installed]
+    hook: Literal["pre", "post"] = "pre"
+    fills_slot: bool = False
+
+
+INSTALLERS: dict[str, Installer] = {
+    "slot": Installer(_fill_slot, fills_slot=True),
+    "replace": Installer(_replace_conv),
+    "pool": Installer(_replace_pool),
+    "out": Installer(_hook_after, hook="post"),
+    "in": Installer(_hook_before),
 }
 
 
 def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> dict[str, tuple]:
-    """One dry forward: the feature shape (C, H, W) at every site (a slot's or a replaced conv's input)."""
+    """One dry forward: the feature shape (C, H, W) at every site, seen as its installer's hook says."""
     shapes, handles, probes = {}, [], []
 
     def recorder(path):  # hooks must return None, or they would replace the module's input/output
@@ -377,15 +380,14 @@ def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> di
         return record
 
     for path, how in sites:
+        installer = INSTALLERS[how]
         parent, _, attr = path.rpartition(".")
-        if how == "slot" and getattr(model.get_submodule(parent), attr) is None:
+        if installer.fills_slot and getattr(model.get_submodule(parent), attr) is None:
             setattr(model.get_submodule(parent), attr, nn.Identity())  # a probe in the empty slot
             probes.append((parent, attr))
         mod = model.get_submodule(path)
-        if how == "out":
-            handles.append(mod.register_forward_hook(recorder(path)))
-        else:
-            handles.append(mod.register_forward_pre_hook(recorder(path)))
+        register = mod.register_forward_hook if installer.hook == "post" else mod.register_forward_pre_hook
+        handles.append(register(recorder(path)))
     was_training = model.training
     try:
         model.eval()
@@ -455,7 +457,7 @@ def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_si
                               f"not a (B, C, H, W) feature map")
         channels, height, width = shapes[path]
         site = Site(model, path, int(channels), (int(height), int(width)), spec, info)
-        placed.append((site, INSTALLERS[how](site)))
+        placed.append((site, INSTALLERS[how].install(site)))
 
     report.params = count_params(model)
     report.gmacs, per_module = count_gmacs(model, input_size)
@@ -465,47 +467,3 @@ def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_si
         report.rows.append(Insertion(done.path, spec.position, spec.name, site.channels, site.feat_size,
                                      done.params, gmacs))
     return report
-
-
-def _reset_classifier(model: nn.Module, in_features: int, owner: str) -> None:
-    """Rebuild the model's classifier (same classes) to take `in_features`, through timm's reset_classifier;
-    `owner` is the head module asking.
-
-    timm sizes the new classifier from `model.num_features`, so it is set for the call and restored after.
-    reset_classifier may rebuild global_pool too (ResNet), so it runs before the head is installed; a head
-    norm between pool and classifier (ConvNeXt's NormMlpClassifierHead) is dropped (`reset_other`): such a
-    head normalises its own output.
-    """
-    reset = getattr(model, "reset_classifier", None)
-    num_features = getattr(model, "num_features", None)
-    name = type(model).__name__
-    if reset is None or num_features is None:
-        raise AblateError(f"{owner} owns the classifier, but {name} has no timm reset_classifier", key="name")
-    kwargs = {"reset_other": True} if "reset_other" in inspect.signature(reset).parameters else {}
-    model.num_features = in_features
-    try:
-        reset(model.num_classes, **kwargs)
-    except AssertionError as e:
-        raise AblateError(f"{owner} owns the classifier, but {name}'s head cannot take {in_features} "
-                          f"features ({e})", key="name") from None
-    finally:
-        model.num_features = num_features
-    classifier = model.get_classifier()
-    width = getattr(classifier, "in_features", in_features)
-    if not isinstance(classifier, nn.Identity) and width != in_features:
-        raise AblateError(f"{owner} owns the classifier, but {name}'s classifier still takes {width} "
-                          f"features, not {in_features}", key="name")
-
-
-class _HeadPool(nn.Module):
-    """A head-kind module in place of timm's global pool, keeping the pool's output layout."""
-
-    def __init__(self, attn: nn.Module, flatten):
-        super().__init__()
-        self.attn = attn
-        is_module = isinstance(flatten, nn.Module)
-        self.flatten = bool(flatten) if not is_module else not isinstance(flatten, nn.Identity)
-
-    def forward(self, x):
-        pooled = self.attn(x)
-        return pooled if self.flatten else pooled[:, :, None, None]

@@ -33,10 +33,10 @@ from ablate import tracking  # noqa: E402
 from ablate.config import LauncherConfig, slurm_minutes  # noqa: E402
 from ablate.errors import AblateError, Preempted, one_line  # noqa: E402
 from ablate.spec import StudySpec, cell_label  # noqa: E402
-from ablate.storage import Attr, journal_file, make_storage, mask_url, resumed_trials  # noqa: E402
+from ablate.storage import JOURNAL, Attr, journal_file, make_storage, resumed_trials  # noqa: E402
 from ablate.study import TASK_ENV, prepare_study, run_study  # noqa: E402
 
-__all__ = ["LAUNCHERS", "StudyTask", "launch", "wait", "task_states", "status_text"]
+__all__ = ["LAUNCHERS", "StudyTask", "check_arguments", "launch", "wait", "task_states", "status_text"]
 
 POLL_S = 5  # seconds between looks at the tasks while `ablate run --launcher` waits for them
 
@@ -155,6 +155,26 @@ def launch(spec: StudySpec, kind: str, *, workers: int | None = None, storage_ur
 LAUNCHERS = {"local": local_executor, "slurm": slurm_executor}  # --launcher -> its submitit executor
 
 
+def check_arguments(launcher: str | None, jobs: int, workers: int | None, cfg: LauncherConfig,
+                    cores: int) -> str | None:
+    """`ablate run`'s --launcher, --jobs and --workers against each other, the study's launcher section `cfg` and
+    this machine's `cores`; the launcher to use (--launcher, else the section's), or None to run here."""
+    if jobs > cores:  # each worker is a torch process with its own threads: more than the cores only thrash
+        raise AblateError(f"--jobs: {jobs} workers on {cores} CPU cores; at most {cores} on this machine "
+                          "(more machines: --launcher slurm)")
+    launcher = launcher or cfg.name
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise AblateError(f"--launcher: {launcher!r} is not a launcher (allowed: {', '.join(LAUNCHERS)})")
+    if workers is not None and launcher is None:
+        raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
+    if launcher is not None and jobs != 1:
+        raise AblateError("--jobs: not with --launcher (each task is one worker: use --workers N)")
+    if launcher == "local" and (workers or cfg.workers) > cores:  # the same cores as --jobs
+        raise AblateError(f"--workers (launcher.workers): {workers or cfg.workers} local tasks on "
+                          f"{cores} CPU cores; at most {cores} on this machine")
+    return launcher
+
+
 # ---------------------------------------------------------------- watching
 
 def task_states(record: dict) -> list[tuple[str, str, str]]:
@@ -228,7 +248,8 @@ def _stopped(trial: optuna.trial.FrozenTrial) -> bool:
 
 def status_text(study: optuna.Study, tracking_uri: str | None, storage_url: str | None) -> str:
     """`ablate status`: the study's counts, each launched array's tasks, and the running trials with their epoch."""
-    lines = [f"study {study.study_name} ({mask_url(storage_url or 'mlruns/optuna.journal')}): {counts_text(study)}"]
+    where = tracking.mask_secrets(storage_url or JOURNAL)
+    lines = [f"study {study.study_name} ({where}): {counts_text(study)}"]
     for record in study.user_attrs.get(Attr.LAUNCHES, []):
         lines.append(f"{record['launcher']} job {record['job']}: {len(record['tasks'])} tasks, submitted "
                      f"{record['submitted']}, logs in {record['folder']}")
@@ -256,10 +277,10 @@ def _epochs(study: optuna.Study, tracking_uri: str | None) -> dict[int, tuple[in
     found = client.get_experiment_by_name(study.study_name)
     if found is None:
         return {}
-    query = f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study.study_name}'"
+    query = f"attributes.status = 'RUNNING' and tags.`{tracking.Tag.STUDY}` = '{study.study_name}'"
     out = {}
     for run in client.search_runs([found.experiment_id], query):
-        number = run.data.tags.get("optuna.trial")
+        number = run.data.tags.get(tracking.Tag.TRIAL)
         if number is None or not number.isdigit():
             continue
         finished = len(client.get_metric_history(run.info.run_id, "train/loss"))

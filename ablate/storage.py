@@ -22,9 +22,10 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from ablate.errors import AblateError, one_line
+from ablate.tracking import mask_secrets
 
 JOURNAL = "mlruns/optuna.journal"
 
@@ -55,14 +56,6 @@ def resumed_trials(trials) -> set[int]:
     """The numbers of trials that stopped and were then resumed by a later trial (its `resumed` attr): the
     work is the later trial's, so they count as neither failed nor done."""
     return {t.user_attrs[Attr.RESUMED]["trial"] for t in trials if t.user_attrs.get(Attr.RESUMED)}
-
-
-def mask_url(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db (SQLAlchemy's own rendering)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # not a URL (a journal path): nothing to hide
-        return url
 
 
 def journal_file(url: str | None) -> str | None:
@@ -132,7 +125,7 @@ def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace
                         raise
                     time.sleep(0.5 * (attempt + 1))
     except Exception as e:  # noqa: BLE001 (driver and connection errors come in many types)
-        raise AblateError(f"--storage: cannot open {mask_url(url)}: {one_line(e, 200)}") from None
+        raise AblateError(f"--storage: cannot open {mask_secrets(url)}: {one_line(e, 200)}") from None
 
 
 def load(study_name: str, url: str | None = None) -> optuna.Study:
@@ -143,7 +136,7 @@ def load(study_name: str, url: str | None = None) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study_name, storage=make_storage(url, 1))
     except KeyError:
-        raise AblateError(f"unknown study {study_name!r} in {mask_url(url or JOURNAL)}") from None
+        raise AblateError(f"unknown study {study_name!r} in {mask_secrets(url or JOURNAL)}") from None
 
 
 @contextmanager

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 import urllib.parse
@@ -26,42 +22,53 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ablate.errors import AblateError, describe, one_line
 
-class Tag:
-    """MLflow tag names ablate writes and searches (Optuna's attrs are storage.Attr)."""
+HOME = "mlruns"  # the project's tracking home, relative to the working directory
+MAX_REASON = 4000  # well under MLflow's tag-value limit
 
-    STUDY = "optuna.study"  # every run of a study: its name
+
+class Tag:
+    """Every MLflow tag name ablate writes or searches, defined once (as storage.Attr does for Optuna's user attrs,
+    and MLflow's own mlflow.utils.mlflow_tags for its tags)."""
+
+    # a study's runs
+    STUDY = "optuna.study"  # every run of a study: the study's name
     TRIAL = "optuna.trial"  # a trial's run: its Optuna trial number
     ROLE = "ablate.role"  # 'study' (the parent), 'configuration' (one per cell), 'trial' (one seed)
-    CELL = "ablate.cell"  # a configuration's or trial's row label
-    SEED = "ablate.seed"
-    RESULT = "ablate.result"  # configuration run: 'mean ± sd% over n seed(s)'
-    DELTA = "ablate.delta"  # ... its delta and interval against the row it is compared with
-    VERDICT = "ablate.verdict"  # ... baseline / better / worse / undecided / refused
-    EFFECT = "ablate.effect"  # ... the paper's effect against our interval: reproduced / contradicted / inconclusive
-    REFUSED = "ablate.refused"  # ... why study.constraints refused it
-    BEST = "ablate.best_configuration"  # parent run: the best configuration by mean
-    SUMMARY = "ablate.summary"  # ... the best configuration and the trial counts in words
-    NOTE = "mlflow.note.content"  # the description MLflow's UI shows first on a run's page
+    CELL = "ablate.cell"  # a trial's and a configuration's run: the cell's label
+    SEED = "ablate.seed"  # a trial's run: its seed
+    CELL_DIGEST = "ablate.cell_digest"  # a configuration run's cell (cell keys are JSON: a digest searches simply)
+    # a configuration run: its result over seeds (study.ConfigurationRuns), and the study's parent run the best one
+    RESULT = "ablate.result"
+    VERDICT = "ablate.verdict"
+    DELTA = "ablate.delta"
+    REFUSED = "ablate.refused"
+    EFFECT = "ablate.effect"  # the paper's effect against our interval: reproduced / contradicted / inconclusive
+    SUMMARY = "ablate.summary"
+    BEST_CONFIGURATION = "ablate.best_configuration"
+    REASON = "reason"  # a FAILED or KILLED run: why, in one line
+    RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch training continued in
+    RESUMED_FROM_RUN = "ablate.resumed_from_run"  # ... and the run of the trial whose checkpoint it continued
+    RESUMED_BY = "ablate.resumed_by"  # a stopped trial's run: the run that continued it
+    # MLflow's own
+    PARENT_RUN = MLFLOW_PARENT_RUN_ID  # how MLflow (and its UI) nests a child run
+    NOTE = MLFLOW_RUN_NOTE  # the run's description in the UI
+    # a study's experiment
+    OBJECTIVE = "ablate.objective"  # 'val/acc1 maximize', what its links rank by
+    EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
-HOME = "mlruns"  # the project's tracking home, relative to the working directory
-REASON_TAG = "reason"
-RESUMED_AT_EPOCH = "ablate.resumed_at_epoch"  # a resumed trial's run: the epoch training continued in
-RESUMED_FROM_RUN = "ablate.resumed_from_run"  # ... and the run of the trial whose checkpoint it continued
-RESUMED_BY = "ablate.resumed_by"  # a stopped trial's run: the run that continued it
-MAX_REASON = 4000  # well under MLflow's tag-value limit
-ROLE_TAG = "ablate.role"  # a study's runs: 'study' (the parent), 'configuration' (one per cell), 'trial' (one seed)
-CELL_DIGEST_TAG = "ablate.cell_digest"  # a configuration run's cell (cell keys are JSON: a digest searches simply)
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, judges); ours are model training
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {Tag.EXPERIMENT_KIND: "custom_model_development"}
 # stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
 KILLED_BY = (KeyboardInterrupt, SystemExit)
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s/]+@")
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^@\s/]+@")  # user:password@ inside any text
 
 
 def store_uri(uri: str | None = None) -> str:
@@ -113,7 +120,7 @@ def probe_store(uri: str) -> None:
             socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
                                      timeout=5).close()
         except (OSError, ValueError) as e:
-            raise AblateError(f"tracking.uri: no tracking server answers at {mask_password(uri)} "
+            raise AblateError(f"tracking.uri: no tracking server answers at {mask_secrets(uri)} "
                               f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
@@ -134,19 +141,19 @@ def make_client(uri: str | None = None) -> MlflowClient:
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)
-        raise AblateError(f"tracking.uri: cannot open {mask_password(uri)}: {one_line(e, 200)}") from None
+        raise AblateError(f"tracking.uri: cannot open {mask_secrets(uri)}: {one_line(e, 200)}") from None
 
 
-def get_or_create_experiment(name: str, uri: str | None = None) -> str:
-    """The experiment's id, creating it once; another process creating it first is not an error."""
-    client = make_client(uri)
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id in the client's store, creating it once; another process creating it first is not an
+    error."""
     try:  # the first touch of the store: an unusable URI is bad input, one line
         found = client.get_experiment_by_name(name)
     except Exception as e:  # noqa: BLE001 (MLflow, SQLAlchemy and driver errors come in many types)
-        raise AblateError(f"tracking.uri: cannot open {mask_password(client.tracking_uri)}: "
+        raise AblateError(f"tracking.uri: cannot open {mask_secrets(client.tracking_uri)}: "
                           f"{one_line(e, 200)}") from None
     if found is not None:
-        if "mlflow.experimentKind" not in found.tags:  # created by an earlier ablate: the UI's training view too
+        if Tag.EXPERIMENT_KIND not in found.tags:  # created by an earlier ablate: the UI's training view too
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
@@ -159,16 +166,22 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def mask_password(text: str) -> str:
-    """postgresql://user:secret@host -> postgresql://user:***@host (params and tags are visible to all)."""
+def mask_secrets(text: str) -> str:
+    """The password of every URL in `text` hidden: postgresql://user:secret@host -> postgresql://user:***@host
+    (params, tags, logs and messages are visible to all). A whole URL goes through SQLAlchemy's parser, which
+    also reads a password with a '/' in it; URLs inside longer text (a traceback, a config) by pattern."""
+    with suppress(ArgumentError, ValueError):  # not a URL as a whole (a path, a traceback)
+        url = make_url(text)
+        if url.password is not None:
+            text = url.render_as_string(hide_password=True)
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def start_run(client: MlflowClient, experiment_id: str, *, run_name: str | None = None,
               parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
-    tags = {k: mask_password(str(v)) for k, v in (tags or {}).items()}
+    tags = {k: mask_secrets(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
-        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # how MLflow (and its UI) nests a child run
+        tags[Tag.PARENT_RUN] = parent_run_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
@@ -176,25 +189,22 @@ def configuration_run(client: MlflowClient, experiment_id: str, parent_run_id: s
                       tags: Mapping[str, Any] | None = None) -> str:
     """The run of one configuration (a grid cell, a searched configuration) between the study's parent and its seed
     runs, found by its cell's digest or started; it carries the result over seeds (study.summarise)."""
-    query = (f"tags.`{ROLE_TAG}` = 'configuration' and tags.`{CELL_DIGEST_TAG}` = '{digest}' and "
-             f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+    query = (f"tags.`{Tag.ROLE}` = 'configuration' and tags.`{Tag.CELL_DIGEST}` = '{digest}' and "
+             f"tags.`{Tag.PARENT_RUN}` = '{parent_run_id}'")
     found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
     if found:
         return found[0].info.run_id
     return start_run(client, experiment_id, run_name=name, parent_run_id=parent_run_id,
-                     tags={ROLE_TAG: "configuration", CELL_DIGEST_TAG: digest, **(tags or {})})
+                     tags={Tag.ROLE: "configuration", Tag.CELL_DIGEST: digest, **(tags or {})})
 
 
 def end_configuration_runs(client: MlflowClient, parent_run_id: str, status: str) -> None:
     """A study's configuration runs still RUNNING end with the study's parent run (stopped, failed or done)."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = (f"tags.`{ROLE_TAG}` = 'configuration' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+    query = (f"tags.`{Tag.ROLE}` = 'configuration' and tags.`{Tag.PARENT_RUN}` = '{parent_run_id}' and "
              "attributes.status = 'RUNNING'")
     for run in client.search_runs([experiment_id], query, max_results=10000):
         client.set_terminated(run.info.run_id, status)
-
-
-OBJECTIVE_TAG = "ablate.objective"  # a study's experiment: 'val/acc1 maximize', what its links rank by
 
 
 def runs_url(server: str, experiment_id: str, objective: str | None = None) -> str:
@@ -202,7 +212,7 @@ def runs_url(server: str, experiment_id: str, objective: str | None = None) -> s
     view; each opens on its result over seeds and its seed runs."""
     metric, _, direction = (objective or "val/acc1 maximize").partition(" ")
     query = urllib.parse.urlencode({
-        "workflowType": "machine_learning", "searchFilter": f"tags.`{ROLE_TAG}` = 'configuration'",
+        "workflowType": "machine_learning", "searchFilter": f"tags.`{Tag.ROLE}` = 'configuration'",
         # ordered by a metric (not by date), the filtered runs are listed flat rather than under their parent
         "orderByKey": f"metrics.`{metric}/mean`", "orderByAsc": str(direction == "minimize").lower()},
         quote_via=urllib.parse.quote)
@@ -215,7 +225,7 @@ def study_links(server: str, uri: str | None = None) -> dict[str, str]:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return {}
     client = make_client(uri)
-    return {e.name: runs_url(server, e.experiment_id, e.tags.get(OBJECTIVE_TAG)) for e in client.search_experiments()
+    return {e.name: runs_url(server, e.experiment_id, e.tags.get(Tag.OBJECTIVE)) for e in client.search_experiments()
             if e.name != "Default"}
 
 
@@ -223,7 +233,7 @@ def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", reason:
     """FINISHED, FAILED or KILLED; the reason (one line) goes to the `reason` tag."""
     try:
         if reason:
-            client.set_tag(run_id, REASON_TAG, mask_password(reason)[:MAX_REASON])
+            client.set_tag(run_id, Tag.REASON, mask_secrets(reason)[:MAX_REASON])
     finally:
         client.set_terminated(run_id, status)  # even if the tag could not be written
 
@@ -245,7 +255,7 @@ def tracked_run(client: MlflowClient, experiment_id: str, *, killed_by: tuple[ty
     except BaseException as e:
         reason = describe(e)
         with suppress(Exception):  # the whole traceback goes with the run; the console gets the one-line reason
-            client.log_text(run_id, mask_password(traceback.format_exc()), "error.txt")
+            client.log_text(run_id, mask_secrets(traceback.format_exc()), "error.txt")
         raise
     finally:
         end_run(client, run_id, status, reason)
@@ -253,7 +263,7 @@ def tracked_run(client: MlflowClient, experiment_id: str, *, killed_by: tuple[ty
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Params as MLflow writes them (str), URL passwords masked; MlflowClient.log_batch chunks by 100."""
-    client.log_batch(run_id, params=[Param(k, mask_password(str(v))) for k, v in params.items()])
+    client.log_batch(run_id, params=[Param(k, mask_secrets(str(v))) for k, v in params.items()])
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -271,88 +281,16 @@ def continue_history(client: MlflowClient, run_id: str, earlier_run: str, before
     history = [m for key in client.get_run(earlier_run).data.metrics if key not in own
                for m in client.get_metric_history(earlier_run, key) if m.step < before]
     client.log_batch(run_id, metrics=history)  # MlflowClient chunks it
-    client.set_tag(run_id, RESUMED_FROM_RUN, earlier_run)
-    client.set_tag(earlier_run, RESUMED_BY, run_id)
+    client.set_tag(run_id, Tag.RESUMED_FROM_RUN, earlier_run)
+    client.set_tag(earlier_run, Tag.RESUMED_BY, run_id)
 
 
 def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, Any], report=None) -> None:
     """config.yaml (the resolved trial config) and, when there is one, the insertion report as JSON and text."""
-    client.log_text(run_id, mask_password(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
+    client.log_text(run_id, mask_secrets(yaml.safe_dump(dict(config), sort_keys=False)), "config.yaml")
     if report is not None:
         client.log_dict(run_id, report.to_dict(), "insertion_report.json")
         client.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
 WEIGHTS = "model.pt"  # a trial run's trained state_dict (train.log_weights writes it, Grad-CAM reads it)
-
-
-def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> list[str]:
-    uri = resolve_uri(uri)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", "1"]  # one local user: one worker is plenty
-    root = artifact_root(uri)
-    if root:
-        cmd += ["--default-artifact-root", root]
-    return cmd
-
-
-def server_command(backend: str, artifacts: str | None, port: int, host: str, workers: int,
-                   allowed_hosts: str | None = None) -> list[str]:
-    """The tracking server several machines' workers log to: its store in a database, artifacts proxied (the
-    workers upload them over HTTP into `artifacts`, a folder or bucket the server can write)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
-           "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
-    if artifacts:
-        cmd += ["--artifacts-destination", artifacts]
-    if allowed_hosts:  # beyond the local network MLflow checks the Host header against this list
-        cmd += ["--allowed-hosts", allowed_hosts]
-    return cmd
-
-
-def check_address(host: str, port: int) -> None:
-    """--host and --port as a server would bind them, tried before MLflow starts (and fails inside itself)."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except (OSError, OverflowError) as e:  # socket.gaierror is an OSError; a port beyond 65535 an OverflowError
-        raise AblateError(f"--host {host} --port {port}: cannot serve there ({getattr(e, 'strerror', None) or e})"
-                          ) from None
-
-
-def serve(cmd: list[str]) -> int:
-    """Run an MLflow server until it exits or we are stopped; Ctrl-C or SIGTERM end its whole process tree.
-
-    The server runs in a session of its own so that its worker processes (gunicorn's or uvicorn's) can be ended
-    as one group: stopping only the `mlflow` process would leave them holding the port."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not leave the group half-stopped
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with suppress(ProcessLookupError):  # workers that outlived their master
-            os.killpg(proc.pid, signal.SIGKILL)
-        return 0
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def serve_ui(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> int:
-    """MLflow's UI over the project's store, loopback-only unless `host` says otherwise; blocks until stopped."""
-    return serve(ui_command(port, host, uri))

@@ -4,10 +4,10 @@ Lightning's split, kept: the LightningModule holds what is learned and measured 
 torchmetrics objects that Lightning computes and resets), callbacks measure the epoch and make the trial
 durable (checkpoint.py: a checkpoint at epoch ends and after the batch a stop signal came in, so a killed or
 preempted trial resumes where it was), and a small Lightning logger writes each phase's metrics to the
-trial's MLflow run in one batch (SQLite is slow per call), with step = epoch. The run itself belongs to `tracking.tracked_run`, so it
-always ends FINISHED, FAILED (with the reason) or KILLED, and bad input is refused before the store is
-touched. Lightning's log level and warning filters are set for the trial only: importing ablate changes
-nothing in a notebook.
+trial's MLflow run in one batch (SQLite is slow per call), with step = epoch. The run itself belongs to
+`tracking.tracked_run`, so it always ends FINISHED, FAILED (with the reason) or KILLED, and bad input is refused
+before the store is touched. Lightning's log level and warning filters are set for the trial only: importing
+ablate changes nothing in a notebook.
 
 Every trick is a TrainConfig key and timm's implementation: create_optimizer_v2 (no weight decay on
 biases and norms), create_scheduler_v2 stepped per update, LabelSmoothingCrossEntropy, Mixup/CutMix with
@@ -24,8 +24,8 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -53,7 +53,7 @@ from ablate.data import build_datamodule
 from ablate.distributed import followers, world
 from ablate.errors import AblateError, one_line
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
-from ablate.models import build_model
+from ablate.models import BuiltModel, build_model
 
 __all__ = ["DivergedError", "TrialResult", "TrialModule", "EpochStats", "MLflowEpochLogger", "make_trainer",
            "run_trial"]
@@ -245,6 +245,11 @@ class MLflowEpochLogger(Logger):
         tracking.log_metrics(self.client, self.run_id, metrics, int(metrics.pop("epoch", step)))
 
 
+def ranks(cfg: TrainConfig) -> int:
+    """The processes a trial runs as: one per device (train.devices: N)."""
+    return cfg.devices if isinstance(cfg.devices, int) else 1
+
+
 def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
     """Lightning checks accelerator, devices and precision here, before anything is tracked.
 
@@ -252,8 +257,8 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
     processes exist (LightningEnvironment); on one device it keeps Lightning away from a Slurm task's SIGUSR1."""
     durable = any(isinstance(c, Checkpoint) for c in callbacks)
     environment = LightningEnvironment()
-    ranks = cfg.devices if isinstance(cfg.devices, int) else 1
-    strategy = "auto" if ranks == 1 else DDPStrategy(
+    n = ranks(cfg)
+    strategy = "auto" if n == 1 else DDPStrategy(
         cluster_environment=environment, timeout=timedelta(seconds=cfg.ddp_timeout_s),
         broadcast_buffers=False)  # BatchNorm statistics are averaged at each epoch's end instead (timm's way)
     try:
@@ -266,11 +271,11 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
             enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
             logger=False,  # run_trial adds the MLflow logger once the run exists
             enable_checkpointing=durable,  # never Lightning's default ModelCheckpoint: ours or none
-            plugins=[AtomicCheckpointIO()] + ([environment] if ranks == 1 else []), num_sanity_val_steps=0,
+            plugins=[AtomicCheckpointIO()] + ([environment] if n == 1 else []), num_sanity_val_steps=0,
             callbacks=list(callbacks))
     except Exception as e:  # Lightning's MisconfigurationException and ValueErrors: bad input, one line
         raise AblateError(f"train: {one_line(e)}") from None
-    if trainer.num_devices != ranks:
+    if trainer.num_devices != n:
         raise AblateError(f"train.devices: {cfg.devices!r} is {trainer.num_devices} devices; give a trial on several "
                           "devices their number (train.devices: 2)")
     return trainer
@@ -304,12 +309,27 @@ def quiet_lightning():
         log.setLevel(level)
 
 
-def ranks(cfg: TrainConfig) -> int:
-    """The processes a trial runs as: one per device (train.devices: N)."""
-    return cfg.devices if isinstance(cfg.devices, int) else 1
+@dataclass
+class TrialParts:
+    """What every rank of a trial builds alike."""
+
+    data: pl.LightningDataModule
+    built: BuiltModel  # the model, its size and its insertion report
+    module: TrialModule
+    durable: list[TrialCheckpoint]  # the checkpoint callback, when the trial saves one
+    trainer: pl.Trainer
+
+    def fit(self, resume: Resume | None) -> None:
+        try:
+            self.trainer.fit(self.module, datamodule=self.data, ckpt_path=resume and resume.path,
+                             weights_only=False)  # our own file: it holds RNG states, not only tensors
+        except SystemExit:  # Lightning turns a KeyboardInterrupt into sys.exit(1); callers need to see it
+            if self.trainer.interrupted:
+                raise interruption() from None
+            raise
 
 
-def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, rank: int = 0):
+def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, rank: int = 0) -> TrialParts:
     """What every rank builds alike: the data, the model, its LightningModule and the trainer."""
     pl.seed_everything(cfg.train.seed + rank, workers=True, verbose=False)  # ranks draw dropout and mixup apart
     data = build_datamodule(cfg.data)
@@ -322,17 +342,7 @@ def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, ra
                if checkpoint is not None and cfg.train.checkpoint_every else [])
     # a durable trial's checkpoint callback stops it once the checkpoint is written
     trainer = make_trainer(cfg.train, [EpochStats(), *callbacks, *(durable or [StopOnInterrupt()])])
-    return data, built, module, durable, trainer
-
-
-def _fit(trainer: pl.Trainer, module, data, resume: Resume | None) -> None:
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume and resume.path,
-                    weights_only=False)  # our own file: it holds RNG states, not only tensors
-    except SystemExit:  # Lightning turns a KeyboardInterrupt into sys.exit(1); callers need to see it
-        if trainer.interrupted:
-            raise interruption() from None
-        raise
+    return TrialParts(data, built, module, durable, trainer)
 
 
 def follow_trial(cfg: TrialConfig, callbacks, checkpoint: Path | None, resume: Resume | None,
@@ -340,9 +350,9 @@ def follow_trial(cfg: TrialConfig, callbacks, checkpoint: Path | None, resume: R
     """Ranks 1..N-1 of a multi-device trial (distributed.followers runs this): the same training, untracked;
     the stops rank 0 broadcasts (a prune, a signal) end it quietly."""
     with quiet_lightning():
-        data, _, module, _, trainer = _setup(cfg, callbacks, checkpoint, {}, rank=int(os.environ["LOCAL_RANK"]))
+        parts = _setup(cfg, callbacks, checkpoint, {}, rank=int(os.environ["LOCAL_RANK"]))
         try:
-            _fit(trainer, module, data, resume)
+            parts.fit(resume)
         except stopped_by + (KeyboardInterrupt,):
             pass
 
@@ -362,14 +372,15 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
     n = ranks(cfg.train)
     with deferred_interrupt(), quiet_lightning(), (world(n) if n > 1 else nullcontext()) as rendezvous:
         whose = {"digest": config_digest(cfg), **(owner or {})}  # the run id joins once the run exists
-        data, built, module, durable, trainer = _setup(cfg, callbacks, checkpoint, whose)
+        parts = _setup(cfg, callbacks, checkpoint, whose)
+        built = parts.built
         # the other ranks' callbacks: what rank 0's decide, they follow (PruningCallback.follower)
         following = [c.follower() for c in callbacks if hasattr(c, "follower")]
 
         client = tracking.make_client(cfg.tracking.uri)
-        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
+        experiment_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment)
         if resume is not None:
-            tags = (tags or {}) | {tracking.RESUMED_AT_EPOCH: str(resume.epoch)}
+            tags = (tags or {}) | {tracking.Tag.RESUMED_AT_EPOCH: str(resume.epoch)}
         with tracking.tracked_run(client, experiment_id, killed_by=killed_by,
                                   run_name=run_name or cfg.tracking.run_name,
                                   parent_run_id=parent_run_id, tags=tags) as run_id:
@@ -380,14 +391,14 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
             tracking.log_trial_artifacts(client, run_id, cfg.model_dump(mode="json"), built.report)
             if resume is not None and resume.run_id:
                 tracking.continue_history(client, run_id, resume.run_id, before=resume.epoch)
-            for callback in durable:
+            for callback in parts.durable:
                 callback.owner["run_id"] = run_id
-            trainer.logger = MLflowEpochLogger(client, run_id)
+            parts.trainer.logger = MLflowEpochLogger(client, run_id)
             ranks_running = (followers(rendezvous, follow_trial, cfg, following, checkpoint, resume, killed_by)
                              if rendezvous else nullcontext())
             try:
                 with ranks_running:
-                    _fit(trainer, module, data, resume)
+                    parts.fit(resume)
             except killed_by:  # pruned: the trial is over, nothing to resume
                 remove(checkpoint)
                 raise

@@ -33,6 +33,7 @@ import yaml
 from ablate.checkpoint import CHECKPOINT
 from ablate.config import TrialConfig
 from ablate.spec import load_study, trial_config
+from ablate.tracking import Tag
 from ablate.train import run_trial
 
 HEADLINE = Path(__file__).resolve().parents[1] / "studies" / "cbam_vs_se.yaml"
@@ -143,7 +144,7 @@ def _trial_run(client):
     experiment = client.get_experiment_by_name("lost")
     if experiment is None:
         return None
-    found = [r for r in client.search_runs([experiment.experiment_id]) if "optuna.trial" in r.data.tags]
+    found = [r for r in client.search_runs([experiment.experiment_id]) if Tag.TRIAL in r.data.tags]
     return found[0] if found else None
 
 

@@ -6,7 +6,7 @@ Run by hand (never a test):
     python benchmarks/modules.py                  # full table (several minutes on 2 cores)
 
 For every ablate module that timm also implements, on each backbone configuration this times one
-training step (forward + backward, `ablate.profile.train_step_seconds`) of
+training step (forward + backward, `ablate.cost.train_step_seconds`) of
 
   plain  the backbone alone,
   ours   the backbone + ablate's module, put in by `ablate.inject.inject`,
@@ -40,8 +40,8 @@ from torch import nn  # noqa: E402
 
 from ablate.attention import get_attention, register_attention  # noqa: E402
 from ablate.config import AttentionSpec  # noqa: E402
+from ablate.cost import train_step_seconds  # noqa: E402
 from ablate.inject import inject  # noqa: E402
-from ablate.profile import train_step_seconds  # noqa: E402
 
 # ----------------------------------------------------------------------------- timm adapters
 # Each builds timm's class with the widths and settings ablate's module uses for the same knobs, so the

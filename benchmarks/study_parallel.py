@@ -29,9 +29,11 @@ def epochs_trained(folder: Path, experiment: str) -> tuple[int, int, int]:
     """(trials finished, trials pruned, epochs actually trained) read back from the MLflow store."""
     import mlflow
 
+    from ablate.tracking import Tag
+
     client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
-    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ablate.role") != "study"]
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(Tag.ROLE) != "study"]
     epochs = sum(len(client.get_metric_history(r.info.run_id, "val/acc1")) for r in children)
     return len(children), sum(r.info.status == "KILLED" for r in children), epochs
 
@@ -57,7 +59,8 @@ def main() -> None:
         finished, pruned, epochs = epochs_trained(Path(tmp), "attention_search")
     import yaml
 
-    base_epochs = 2 if args.quick else yaml.safe_load((ROOT / "studies/attention_search.yaml").read_text())["base"]["train"]["epochs"]
+    search = yaml.safe_load((ROOT / "studies/attention_search.yaml").read_text())
+    base_epochs = 2 if args.quick else search["base"]["train"]["epochs"]
     print("\n| attention_search (TPE + median pruning) | value |\n| --- | ---: |")
     print(f"| trials run | {finished} |\n| trials pruned | {pruned} |\n| epochs trained | {epochs} |")
     print(f"| epochs without pruning ({finished} trials x {base_epochs}) | {finished * base_epochs} |")

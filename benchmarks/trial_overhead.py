@@ -85,7 +85,8 @@ def main() -> None:
                   "accelerator": "cpu", "progress_bar": args.progress_bar},
         "tracking": {"uri": uri, "experiment": "overhead"},
     })
-    tracking.get_or_create_experiment("overhead", uri)  # an existing store, as in any study after its first trial
+    # an existing store, as in any study after its first trial
+    tracking.get_or_create_experiment(tracking.make_client(uri), "overhead")
 
     names = ("plain PyTorch loop", "ablate run_trial")
     wall: dict[str, list[float]] = {name: [] for name in names}

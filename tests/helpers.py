@@ -142,7 +142,7 @@ class Toy:
         noise = np.random.default_rng([sorted(TRUE_ACC1).index(module), seed]).normal(0, 0.01)
         value = TRUE_ACC1[module] + noise
         client = tracking.make_client(cfg.tracking.uri)
-        experiment_id = tracking.get_or_create_experiment(cfg.tracking.experiment, client.tracking_uri)
+        experiment_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment)
         with tracking.tracked_run(client, experiment_id, run_name=run_name, parent_run_id=parent_run_id,
                                   tags=tags) as run_id:
             tracking.log_metrics(client, run_id, {"val/acc1": value, "model/params": 1e6, "model/gmacs": 0.01}, 0)

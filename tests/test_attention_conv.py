@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from ablate.attention import create_attention, get_attention, list_attention
+from ablate.cost import count_params
 from ablate.errors import AblateError
-from ablate.profile import count_params
 
 CONV_MODULES = ("sk", "split_attn", "bot_mhsa", "halo", "cot")
 B, C_IN, C_OUT, HW = 2, 32, 64, 16

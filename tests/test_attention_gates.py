@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from ablate.attention import create_attention, list_attention
 from ablate.attention.gather_excite import GatherExcite
+from ablate.cost import count_params
 from ablate.errors import AblateError
-from ablate.profile import count_params
 
 
 @pytest.fixture(autouse=True)

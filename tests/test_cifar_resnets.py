@@ -10,9 +10,9 @@ import torch
 from ablate.backbones.cifar_resnet import CifarResNet, PreActBottleneck, ZeroPadShortcut
 from ablate.cells import cell_cost
 from ablate.config import AttentionSpec, ModelConfig
+from ablate.cost import count_params
 from ablate.inject import find_blocks, inject
 from ablate.models import build_model
-from ablate.profile import count_params
 from ablate.report import dry_run_table
 from ablate.spec import load_study
 

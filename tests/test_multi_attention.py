@@ -8,8 +8,8 @@ import torch
 import ablate.backbones  # noqa: F401  (resnet10_narrow)
 from ablate.attention import create_attention, get_attention
 from ablate.config import AttentionSpec
+from ablate.cost import count_params
 from ablate.inject import inject
-from ablate.profile import count_params
 from helpers import ablate
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "multi_attention.yaml"

@@ -9,8 +9,8 @@ import yaml
 from ablate.attention import (
     Knob, create_attention, get_attention, list_attention, register_attention, resolve_knobs,
 )
+from ablate.cost import count_params
 from ablate.errors import AblateError, at, within
-from ablate.profile import count_params
 from helpers import TINY_BASE, ablate, cells, cells_done, load
 
 

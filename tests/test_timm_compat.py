@@ -6,9 +6,9 @@ import torch
 import ablate.backbones  # noqa: F401  (registers resnet10_narrow with timm)
 from ablate.attention import as_timm_layer
 from ablate.config import ModelConfig
+from ablate.cost import count_params
 from ablate.errors import AblateError
 from ablate.models import build_model
-from ablate.profile import count_params
 
 
 @pytest.fixture(autouse=True, scope="module")

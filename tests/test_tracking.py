@@ -1,4 +1,5 @@
-"""ablate.tracking: store location, experiments (and their creation race), run statuses, batching, the UI command."""
+"""ablate.tracking: store location, experiments (and their creation race), run statuses, batching, masking;
+ablate.server: the UI command."""
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -6,14 +7,14 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from ablate import tracking
+from ablate import server, storage, tracking
 
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     """One SQLite store for the module: creating its tables is the slow part."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    tracking.get_or_create_experiment("warm", uri)
+    tracking.get_or_create_experiment(tracking.make_client(uri), "warm")
     return uri
 
 
@@ -33,8 +34,9 @@ def test_resolve_uri_explicit_beats_env_beats_default(monkeypatch, tmp_path):
 
 
 def test_experiment_created_once_with_artifacts_beside_the_store(uri):
-    first = tracking.get_or_create_experiment("study-a", uri)
-    assert tracking.get_or_create_experiment("study-a", uri) == first
+    client = tracking.make_client(uri)
+    first = tracking.get_or_create_experiment(client, "study-a")
+    assert tracking.get_or_create_experiment(client, "study-a") == first
     location = MlflowClient(uri).get_experiment(first).artifact_location
     assert location == (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
 
@@ -50,7 +52,7 @@ def test_experiment_created_by_another_process_first(uri, monkeypatch):
         return None if len(calls) == 1 else lookup(self, name)
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_first_lookup)
-    assert tracking.get_or_create_experiment("raced", uri) == theirs
+    assert tracking.get_or_create_experiment(tracking.make_client(uri), "raced") == theirs
 
 
 @pytest.mark.parametrize("exc, status", [
@@ -61,7 +63,7 @@ def test_experiment_created_by_another_process_first(uri, monkeypatch):
 ])
 def test_tracked_run_always_ends(uri, exc, status):
     client = tracking.make_client(uri)
-    exp = tracking.get_or_create_experiment("statuses", uri)
+    exp = tracking.get_or_create_experiment(client, "statuses")
     parent = tracking.start_run(client, exp, run_name="study")
     with pytest.raises(type(exc)) if exc else nullcontext():
         with tracking.tracked_run(client, exp, killed_by=(optuna.TrialPruned,), parent_run_id=parent,
@@ -80,7 +82,7 @@ def test_tracked_run_always_ends(uri, exc, status):
 
 def test_params_masked_and_metrics_in_one_batch(uri, monkeypatch):
     client = tracking.make_client(uri)
-    exp = tracking.get_or_create_experiment("logging", uri)
+    exp = tracking.get_or_create_experiment(client, "logging")
     with tracking.tracked_run(client, exp) as run_id:
         tracking.log_params(client, run_id, {"tracking.uri": "postgresql://ann:s3cr3t@db:5432/optuna",
                                              "model.attention.stages": [3, 4], "n": 1})
@@ -97,16 +99,32 @@ def test_params_masked_and_metrics_in_one_batch(uri, monkeypatch):
     assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.0), (2, 0.0)]
 
 
-def test_mask_password_leaves_plain_urls_alone():
-    assert tracking.mask_password("http://127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
-    assert tracking.mask_password("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
-    assert tracking.mask_password("a=postgresql://u:p@h/db") == "a=postgresql://u:***@h/db"
+def test_mask_secrets_leaves_plain_urls_alone():
+    assert tracking.mask_secrets("http://127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
+    assert tracking.mask_secrets("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert tracking.mask_secrets("mlruns/optuna.journal") == "mlruns/optuna.journal"
+
+
+@pytest.mark.parametrize("text, masked", [
+    # a whole URL, as SQLAlchemy reads it (a storage or tracking URL): a '/' in the password, no user, a driver
+    ("postgresql://ann:s3cr3t@db:5432/optuna", "postgresql://ann:***@db:5432/optuna"),
+    ("postgresql+psycopg2://u:p/w@h:5432/db?sslmode=require", "postgresql+psycopg2://u:***@h:5432/db?sslmode=require"),
+    ("postgresql://:secret@host/db", "postgresql://:***@host/db"),
+    ("https://u:tok@server:5000", "https://u:***@server:5000"),
+    # URLs inside longer text (a param, a traceback, a config)
+    ("a=postgresql://u:p@h/db", "a=postgresql://u:***@h/db"),
+    ("cannot reach mysql://root:hunter2@db/x\nand https://u:tok@server:5000/api", "cannot reach mysql://root:***@db/x\n"
+     "and https://u:***@server:5000/api"),
+])
+def test_mask_secrets_hides_passwords_in_whole_urls_and_in_text(text, masked):
+    assert tracking.mask_secrets(text) == masked
+    assert storage.mask_secrets is tracking.mask_secrets  # one function for both stores
 
 
 def test_serve_ui_runs_mlflow_server_on_loopback_over_the_project_store(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr(tracking, "serve", lambda cmd: ran.append(cmd) or 0)
-    assert tracking.serve_ui(5055) == 0
+    monkeypatch.setattr(server, "serve", lambda cmd: ran.append(cmd) or 0)
+    assert server.serve_ui(5055) == 0
     cmd = ran[0]
     assert cmd[1:4] == ["-m", "mlflow", "server"]
     opts = dict(zip(cmd[4::2], cmd[5::2]))

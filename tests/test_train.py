@@ -60,7 +60,7 @@ def build(cfg: TrialConfig):
 
 def test_run_records_params_metrics_and_artifacts(uri, monkeypatch):
     client = tracking.make_client(uri)
-    parent = tracking.start_run(client, tracking.get_or_create_experiment("record", uri), run_name="study")
+    parent = tracking.start_run(client, tracking.get_or_create_experiment(client, "record"), run_name="study")
     seen, levels, writes = [], [], []
 
     class Spy(pl.Callback):  # what a study's pruning callback reads

@@ -124,7 +124,7 @@ class ConfigurationRuns:
         if best is not None:
             mean, unit = results.outcomes[best].mean, "%" if results.scale == 100 else ""
             metrics[f"best/{results.metric}/mean"] = mean / results.scale
-            self.client.set_tag(self.parent, Tag.BEST, cells[best].run_label)
+            self.client.set_tag(self.parent, Tag.BEST_CONFIGURATION, cells[best].run_label)
             self.client.set_tag(self.parent, Tag.SUMMARY, (
                 f"best {cells[best].run_label}: {mean:.2f}{unit} mean over {results.outcomes[best].n} seed(s); "
                 + ", ".join(f"{v} {k}" for k, v in counts.items())))

@@ -23,6 +23,7 @@ from ablate.study.optuna_setup import (
 )
 from ablate.study.queue import enqueue_missing, recover, refused_cells, requeue_stopped
 from ablate.study.workers import WorkerDied, _worker, spawn_workers
+from ablate.tracking import Tag
 
 
 def check_trainers(plan: StudyPlan) -> None:
@@ -64,9 +65,9 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
         check_search_space(study, plan)
         # the MLflow store (a client creates it) and experiment are created once, before any worker starts
         client = tracking.make_client(uri)
-        experiment_id = tracking.get_or_create_experiment(spec.name, uri)
+        experiment_id = tracking.get_or_create_experiment(client, spec.name)
         objective = spec.cfg.study.objectives()[0]
-        client.set_experiment_tag(experiment_id, tracking.OBJECTIVE_TAG, f"{objective.metric} {objective.direction}")
+        client.set_experiment_tag(experiment_id, Tag.OBJECTIVE, f"{objective.metric} {objective.direction}")
         recover(study, storage, client, experiment_id, journal=journal is not None)
         if spec.is_grid:
             refused = refused_cells(plan)

@@ -66,7 +66,7 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
     study = open_study(plan, storage, worker)
     client = tracking.make_client(plan.base.tracking.uri)
-    experiment_id = tracking.get_or_create_experiment(plan.name, client.tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, plan.name)
     runs = ConfigurationRuns(plan, client, experiment_id, parent_run_id)
     objective = make_objective(plan, runs, trainer)
     journal = journal_file(storage_url)
