@@ -33,8 +33,9 @@ from ablate import tracking  # noqa: E402
 from ablate.config import LauncherConfig, slurm_minutes  # noqa: E402
 from ablate.errors import AblateError, Preempted, one_line  # noqa: E402
 from ablate.spec import StudySpec, cell_label  # noqa: E402
-from ablate.storage import JOURNAL, Attr, journal_file, make_storage, resumed_trials  # noqa: E402
+from ablate.storage import JOURNAL, Attr, journal_file, make_storage  # noqa: E402
 from ablate.study import TASK_ENV, prepare_study, run_study  # noqa: E402
+from ablate.summary import TrialCounts  # noqa: E402
 
 __all__ = ["LAUNCHERS", "StudyTask", "check_arguments", "launch", "wait", "task_states", "status_text"]
 
@@ -231,19 +232,11 @@ def _tally(states) -> dict[str, int]:
 
 
 def counts_text(study: optuna.Study) -> str:
-    trials = [t for t in study.get_trials(deepcopy=False) if Attr.LABEL in t.user_attrs]
-    continued = resumed_trials(trials)
-    n = {s: sum(t.state == s and t.number not in continued for t in trials) for s in TrialState}
-    # stopped by a signal with their checkpoint saved: the next worker (a requeued task) resumes them
-    stopped = sum(t.state == TrialState.FAIL and t.number not in continued and _stopped(t) for t in trials)
-    return (f"{n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} pruned, "
-            f"{n[TrialState.FAIL] - stopped} failed, {stopped} stopped, {n[TrialState.RUNNING]} running, "
-            f"{len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))} waiting")
-
-
-def _stopped(trial: optuna.trial.FrozenTrial) -> bool:
-    reason = trial.user_attrs.get(Attr.FAIL_REASON, "")
-    return reason.startswith("preempted") or reason == "KeyboardInterrupt"
+    """The trials with a configuration as summary.TrialCounts counts them, and the trials queued."""
+    n = TrialCounts.of([t for t in study.get_trials(deepcopy=False) if Attr.LABEL in t.user_attrs])
+    refused = f", {n.refused} refused" if n.refused else ""
+    return (f"{n.complete} complete, {n.pruned} pruned, {n.failed} failed, {n.stopped} stopped, {n.running} running, "
+            f"{len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))} waiting{refused}")
 
 
 def status_text(study: optuna.Study, tracking_uri: str | None, storage_url: str | None) -> str:

@@ -124,25 +124,38 @@ def delta_text(outcome: Outcome, unit: str = "") -> str:
 @dataclass(frozen=True)
 class TrialCounts:
     """A study's trials with a configuration, each counted once: a trial refused by study.constraints is not
-    'pruned', and a stopped trial that a later one resumed is neither 'failed' nor done (the later one's work)."""
+    'pruned'; a trial stopped by a signal with its checkpoint saved (Ctrl-C, preemption) is 'stopped', not
+    'failed', until a later trial resumes it; and a stopped trial that a later one resumed is in no count (the later
+    one's work is)."""
 
     complete: int = 0
     pruned: int = 0
     failed: int = 0
     refused: int = 0
+    stopped: int = 0
+    running: int = 0
 
     @classmethod
     def of(cls, trials) -> TrialCounts:
         continued = resumed_trials(trials)
         refused = {t.number for t in trials if Attr.REFUSED in t.user_attrs}
         counted = [t for t in trials if t.number not in continued | refused]
+        stopped = sum(t.state == TrialState.FAIL and stopped_by_signal(t) for t in counted)
         states = [t.state for t in counted]
-        return cls(states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED), states.count(TrialState.FAIL),
-                   len(refused))
+        return cls(states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
+                   states.count(TrialState.FAIL) - stopped, len(refused), stopped, states.count(TrialState.RUNNING))
 
     @property
     def done(self) -> int:
         return self.complete + self.pruned + self.refused
 
     def as_dict(self) -> dict[str, int]:
-        return {"complete": self.complete, "pruned": self.pruned, "failed": self.failed, "refused": self.refused}
+        """The finished counts, as the parent run's summary logs them (trials/complete ...)."""
+        return {"complete": self.complete, "pruned": self.pruned, "failed": self.failed, "stopped": self.stopped,
+                "refused": self.refused}
+
+
+def stopped_by_signal(trial) -> bool:
+    """A trial Ctrl-C or a preemption stopped (its checkpoint saved): the next run resumes it."""
+    reason = trial.user_attrs.get(Attr.FAIL_REASON, "")
+    return reason.startswith("preempted") or reason == "KeyboardInterrupt"

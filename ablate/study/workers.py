@@ -133,7 +133,7 @@ def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
                   and (pairs is None or (t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)) in pairs)]
         continued = resumed_trials(trials)
         count = TrialCounts.of(trials)
-        refused = f", {count.refused} refused" if count.refused else ""
+        refused = "".join(f", {n} {what}" for n, what in ((count.stopped, "stopped"), (count.refused, "refused")) if n)
         shown = total if total is not None else len({(t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED))
                                                      for t in trials if t.number not in continued})
         best = ""
