@@ -131,7 +131,7 @@ def launch(spec: StudySpec, kind: str, *, workers: int | None = None, storage_ur
             raise AblateError("--launcher slurm: the tasks run on several machines and share the study through a "
                               "database: pass --storage postgresql://... (a journal file is for one machine)")
         _check_slurm(cfg, spec.name)
-    study, client, parent = prepare_study(spec, storage_url=storage_url, force_new=force_new)
+    study = prepare_study(spec, storage_url=storage_url, force_new=force_new).study
     folder = Path(cfg.folder).expanduser().resolve() if cfg.folder else (
         tracking.home(spec.base.get("tracking", {}).get("uri")) / "launches" / spec.name)
     devices = None

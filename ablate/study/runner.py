@@ -2,6 +2,8 @@
 set aside, recover, queue, parent and configuration runs), then run the workers and end the runs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -40,10 +42,19 @@ def check_trainers(plan: StudyPlan) -> None:
                 train.make_trainer(cfg.train)
 
 
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A study set up for its workers: the Optuna study, the MLflow client and the study's parent run."""
+
+    study: optuna.Study
+    client: MlflowClient
+    parent: str
+
+
 def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: str | None = None,
-                  force_new: bool = False) -> tuple[optuna.Study, MlflowClient, str]:
+                  force_new: bool = False) -> PreparedStudy:
     """Everything before the workers start: check the cells, open (or set aside and create) the study, fail what a
-    dead process left running, queue what is missing, and get the parent run. Returns (study, client, parent)."""
+    dead process left running, queue what is missing, and get the parent run."""
     plan = spec if isinstance(spec, StudyPlan) else StudyPlan(spec)
     spec = plan.spec
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -84,7 +95,7 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
         for cell in plan.cells.values():  # the UI shows every cell from the start (a search has none yet)
             runs(cell, running=False)
         runs.summarise(study)
-    return study, client, parent
+    return PreparedStudy(study, client, parent)
 
 
 def run_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: str | None = None, force_new: bool = False,
@@ -92,7 +103,8 @@ def run_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: str | 
     """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `spec`.
     `trainer` trains one trial config (default train.run_trial; tests pass a stand-in)."""
     plan = spec if isinstance(spec, StudyPlan) else StudyPlan(spec)
-    study, client, parent = prepare_study(plan, jobs=jobs, storage_url=storage_url, force_new=force_new)
+    prepared = prepare_study(plan, jobs=jobs, storage_url=storage_url, force_new=force_new)
+    study, client, parent = prepared.study, prepared.client, prepared.parent
     status, reason = "FINISHED", None
     try:
         if jobs == 1:
