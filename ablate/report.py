@@ -8,6 +8,7 @@ the file no longer holds stay in the store and are left out unless `show_all` (t
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,20 @@ GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three de
 DELTA = "Δ top-1"
 DELTA_PREV = "Δ prev top-1"
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
+
+
+@dataclass
+class AblationTable:
+    """The report's numbers and what they were measured against (notebooks read `.frame`)."""
+
+    frame: pd.DataFrame  # one row per configuration: counts, mean and sd, deltas, verdicts, the paper's numbers
+    study: str
+    baseline: str  # the row every DELTA is against
+    ladder: bool  # a ladder: each row is also judged against the row before (DELTA_PREV)
+    per_seed: pd.DataFrame  # top-1 of each seed (rows) and configuration (columns): the samples of the intervals
+    refused: dict[str, str]  # configurations study.constraints refused before training: label -> why
+    hidden: int  # finished trials of configurations the study file no longer holds, left out of `frame`
+    classes: int | None  # the study's number of classes (top-5 means something above 10)
 
 
 # ---------------------------------------------------------------- deltas with confidence intervals
@@ -81,7 +96,7 @@ def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
 
 def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri: str | None = None, by=None,
                    baseline: str | None = None, spec: StudySpec | None = None, show_all: bool = False,
-                   study: optuna.Study | None = None, client: MlflowClient | None = None) -> pd.DataFrame:
+                   study: optuna.Study | None = None, client: MlflowClient | None = None) -> AblationTable:
     """One row per configuration (its cell, or the `by` keys), aggregated over seeds.
 
     `spec` (the study file: references, ladder, which cells it holds) defaults to the file the study was last run
@@ -131,13 +146,13 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     if ladder:
         table = table.join(_delta_columns(per_seed, list(zip(rows, [None] + rows[:-1])), DELTA_PREV))
     table.index.name = "config"
-    table.attrs.update(baseline=base, study=study_name, ladder=ladder, hidden=0 if show_all else hidden,
-                       per_seed=per_seed, refused=refused_rows(study, spec), classes=num_classes(spec))
     if not spec or spec.cfg.study.sampler != "grid":  # a search: its configurations ranked by mean over seeds
         table = table.sort_values("top-1 acc (%)", ascending=False, na_position="last")
     table["verdict"] = [("baseline" if row == base else stats.direction(lo, hi))
                         for row, lo, hi in zip(table.index, table[f"{DELTA} lo"], table[f"{DELTA} hi"])]
-    return verdicts(with_reference(table, done, spec.cfg.reference if spec else []))
+    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), base, ladder)
+    return AblationTable(frame=table, study=study_name, baseline=base, ladder=ladder, per_seed=per_seed,
+                         refused=refused_rows(study, spec), hidden=0 if show_all else hidden, classes=num_classes(spec))
 
 
 def num_classes(spec: StudySpec | None) -> int | None:
@@ -158,15 +173,15 @@ def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
     return refused
 
 
-def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
     """With `reference:` rows: do our params match the paper's (within 0.01M), does our GMAC delta over the
     baseline match the paper's, and is the paper's effect on top-1 reproduced by our interval (stats.reproduction)?
     A ladder is judged per step (each row against the one before)."""
     rows = list(table.index)
     previous = dict(zip(rows, [None] + rows[:-1]))
-    ref = {r: (previous[r] if table.attrs["ladder"] else table.attrs["baseline"]) for r in rows}
+    ref = {r: (previous[r] if ladder else baseline) for r in rows}
     ref = {r: b for r, b in ref.items() if b is not None and b != r}
-    delta = DELTA_PREV if table.attrs["ladder"] else DELTA
+    delta = DELTA_PREV if ladder else DELTA
     if "paper params (M)" in table:
         gap = (table["params (M)"] - table["paper params (M)"]).abs()
         table["params match"] = gap.le(PARAMS_TOLERANCE_M).where(gap.notna())
@@ -258,71 +273,74 @@ def _check(series: pd.Series) -> pd.Series:
     return series.map(lambda v: "-" if pd.isna(v) else "yes" if v else "no")
 
 
-def compact(table: pd.DataFrame) -> pd.DataFrame:
+def compact(table: AblationTable) -> pd.DataFrame:
     """The columns a paper prints: params, GMACs, top-1 mean ± sd over n seeds, the delta with its interval and
     what it says; top-5 only above 10 classes (below, it is ~100% for every row)."""
-    out = pd.DataFrame(index=table.index)
-    out["params (M)"] = _num(table["params (M)"], 3)
-    out["GMACs"] = _num(table["GMACs"], 4)
-    top1 = _pm(table["top-1 acc (%)"], table["top-1 acc (%) sd"])
-    out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, table["n"])]
-    if (table.attrs.get("classes") or 0) > 10:
-        out["top-5 acc (%)"] = _pm(table["top-5 acc (%)"], table["top-5 acc (%) sd"])
-    name = DELTA_PREV if table.attrs.get("ladder") else DELTA
-    out[f"{name} (95% CI)"] = _delta_text(table, name, None if table.attrs.get("ladder") else table.attrs.get("baseline"))
-    out["verdict"] = table["verdict"] if not table.attrs.get("ladder") else [
+    frame = table.frame
+    out = pd.DataFrame(index=frame.index)
+    out["params (M)"] = _num(frame["params (M)"], 3)
+    out["GMACs"] = _num(frame["GMACs"], 4)
+    top1 = _pm(frame["top-1 acc (%)"], frame["top-1 acc (%) sd"])
+    out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, frame["n"])]
+    if (table.classes or 0) > 10:
+        out["top-5 acc (%)"] = _pm(frame["top-5 acc (%)"], frame["top-5 acc (%) sd"])
+    name = DELTA_PREV if table.ladder else DELTA
+    out[f"{name} (95% CI)"] = _delta_text(frame, name, None if table.ladder else table.baseline)
+    out["verdict"] = frame["verdict"] if not table.ladder else [
         "-" if pd.isna(lo) and i == 0 else stats.direction(lo, hi)
-        for i, (lo, hi) in enumerate(zip(table[f"{DELTA_PREV} lo"], table[f"{DELTA_PREV} hi"]))]
+        for i, (lo, hi) in enumerate(zip(frame[f"{DELTA_PREV} lo"], frame[f"{DELTA_PREV} hi"]))]
     return out
 
 
-def against_paper(table: pd.DataFrame) -> pd.DataFrame | None:
+def against_paper(table: AblationTable) -> pd.DataFrame | None:
     """The reproduction table: the paper's numbers beside ours and the verdicts (None without references)."""
-    if not any(c.startswith("paper ") for c in table):
+    frame = table.frame
+    if not any(c.startswith("paper ") for c in frame):
         return None
-    out = pd.DataFrame(index=table.index)
-    if "paper params (M)" in table:
-        out["params (M) ours / paper"] = _num(table["params (M)"], 2) + " / " + _num(table["paper params (M)"], 2)
-        out["params match"] = _check(table["params match"])
-    if "paper Δ GMACs" in table:
-        out["Δ GMACs ours / paper"] = (_num(table["ours Δ GMACs"], 4, "+") + " / " +
-                                       _num(table["paper Δ GMACs"], 3, "+"))
-        out["GMACs match"] = _check(table["GMACs Δ match"])
-    if "paper Δ top-1" in table:
-        name = DELTA_PREV if table.attrs.get("ladder") else DELTA
-        out[f"{name} ours / paper"] = _num(table[name], 2, "+") + " / " + _num(table["paper Δ top-1"], 2, "+")
-        if not table.attrs.get("ladder"):
-            out.loc[table.attrs["baseline"], f"{name} ours / paper"] = "(baseline)"
-        out["effect"] = table["effect"].fillna("-")
+    out = pd.DataFrame(index=frame.index)
+    if "paper params (M)" in frame:
+        out["params (M) ours / paper"] = _num(frame["params (M)"], 2) + " / " + _num(frame["paper params (M)"], 2)
+        out["params match"] = _check(frame["params match"])
+    if "paper Δ GMACs" in frame:
+        out["Δ GMACs ours / paper"] = (_num(frame["ours Δ GMACs"], 4, "+") + " / " +
+                                       _num(frame["paper Δ GMACs"], 3, "+"))
+        out["GMACs match"] = _check(frame["GMACs Δ match"])
+    if "paper Δ top-1" in frame:
+        name = DELTA_PREV if table.ladder else DELTA
+        out[f"{name} ours / paper"] = _num(frame[name], 2, "+") + " / " + _num(frame["paper Δ top-1"], 2, "+")
+        if not table.ladder:
+            out.loc[table.baseline, f"{name} ours / paper"] = "(baseline)"
+        out["effect"] = frame["effect"].fillna("-")
     return out
 
 
-def presentable(table: pd.DataFrame, columns: str = "compact") -> pd.DataFrame:
+def presentable(table: AblationTable, columns: str = "compact") -> pd.DataFrame:
     """What a reader sees: the compact table, or (`all`) every column: mean ± sd strings, deltas with their 95%
     intervals (* when it excludes 0), the paper's numbers and the verdicts."""
     if columns == "compact":
         return compact(table)
+    frame = table.frame
     if columns != "all":
         raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
-    out = pd.DataFrame(index=table.index)
-    out["n"] = table["n"]
+    out = pd.DataFrame(index=frame.index)
+    out["n"] = frame["n"]
     for col in ("top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)"):
-        out[col] = _pm(table[col], table[col + " sd"])
-    out["params (M)"] = table["params (M)"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
-    out["GMACs"] = table["GMACs"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
-    out["img/s"] = _pm(table["throughput (img/s)"], table["throughput (img/s) sd"], 0)
-    out[f"{DELTA} (95% CI)"] = _delta_text(table, DELTA, table.attrs.get("baseline"))
-    if DELTA_PREV in table:
-        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(table, DELTA_PREV)
-    out["verdict"] = table["verdict"]
-    for col in [c for c in table.columns if c.startswith(("paper ", "ours "))]:
-        out[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+        out[col] = _pm(frame[col], frame[col + " sd"])
+    out["params (M)"] = frame["params (M)"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    out["GMACs"] = frame["GMACs"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
+    out["img/s"] = _pm(frame["throughput (img/s)"], frame["throughput (img/s) sd"], 0)
+    out[f"{DELTA} (95% CI)"] = _delta_text(frame, DELTA, table.baseline)
+    if DELTA_PREV in frame:
+        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(frame, DELTA_PREV)
+    out["verdict"] = frame["verdict"]
+    for col in [c for c in frame.columns if c.startswith(("paper ", "ours "))]:
+        out[col] = frame[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     for col in ("params match", "GMACs Δ match"):
-        if col in table:
-            out[col] = _check(table[col])
-    if "effect" in table:
-        out["effect"] = table["effect"].fillna("-")
-    out["pruned"], out["failed"] = table["pruned"], table["failed"]
+        if col in frame:
+            out[col] = _check(frame[col])
+    if "effect" in frame:
+        out["effect"] = frame["effect"].fillna("-")
+    out["pruned"], out["failed"] = frame["pruned"], frame["failed"]
     return out
 
 
@@ -335,27 +353,28 @@ def markdown(view: pd.DataFrame, note: str = "") -> str:
     return "\n".join([line(view.columns), rule, *(line(r) for r in view.itertuples(index=False))]) + note
 
 
-def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "",
+def render(table: AblationTable | pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "",
            columns: str = "compact") -> str:
     """`table` holds the numbers (CSV, JSON); `view` the strings a reader sees (Markdown, LaTeX, HTML): the compact
     table, then (Markdown) the reproduction table when the study has references."""
-    second = None
+    second, numbers = None, table
     if view is None:
+        numbers = table.frame
         view = presentable(table, columns)
         second = against_paper(table) if columns == "compact" else None
-        against = ("the row before" if table.attrs.get("ladder") else f"`{table.attrs.get('baseline')}`")
+        against = ("the row before" if table.ladder else f"`{table.baseline}`")
         note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over seeds (paired by seed, else Welch); "
                 "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0.")
         if second is not None:
             note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
                      "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "
                      "inconclusive while it holds 0.")
-        if table.attrs.get("hidden"):
-            note += (f" {table.attrs['hidden']} finished trials of configurations the study file no longer holds "
+        if table.hidden:
+            note += (f" {table.hidden} finished trials of configurations the study file no longer holds "
                      "are left out (--all shows them).")
-        if table.attrs.get("refused"):
+        if table.refused:
             note += " Refused by study.constraints before training: " + "; ".join(
-                f"{label} ({why})" for label, why in table.attrs["refused"].items()) + "."
+                f"{label} ({why})" for label, why in table.refused.items()) + "."
         if columns == "compact":
             note += " More columns: --columns all."
     if fmt == "md":
@@ -363,9 +382,9 @@ def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note
             return markdown(view) + "\n\nAgainst the paper:\n\n" + markdown(second, note)
         return markdown(view, note)
     if fmt == "csv":
-        return table.to_csv()
+        return numbers.to_csv()
     if fmt == "json":
-        return table.reset_index().to_json(orient="records", indent=2, force_ascii=False)
+        return numbers.reset_index().to_json(orient="records", indent=2, force_ascii=False)
     if fmt == "latex":
         latex = view.rename_axis(None).style.to_latex(hrules=True)  # booktabs rules
         return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
