@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ablate import stats
-from ablate.report import AblationTable
+from ablate.formats import AblationTable
 from ablate.results import param_columns
 
 

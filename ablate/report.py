@@ -8,7 +8,6 @@ the file no longer holds stay in the store and are left out unless `show_all` (t
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +18,16 @@ from mlflow import MlflowClient
 from ablate import stats
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
+from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, writer
 from ablate.results import (METRIC_COLUMNS, needs_runs, param_columns, resolve_study, stored_runs_client,
                             study_file, trials_frame)
 from ablate.spec import REFERENCE_COLUMNS, StudySpec, cell_label, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
-FORMATS = ("md", "csv", "latex", "html", "json")
-COLUMNS = ("compact", "all")  # --columns: what a paper prints, or every number the report has
 PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
 GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three decimals, and count differently)
-DELTA = "Δ top-1"
-DELTA_PREV = "Δ prev top-1"
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
 
-
-@dataclass
-class AblationTable:
-    """The report's numbers and what they were measured against (notebooks read `.frame`)."""
-
-    frame: pd.DataFrame  # one row per configuration: counts, mean and sd, deltas, verdicts, the paper's numbers
-    study: str
-    baseline: str  # the row every DELTA is against
-    ladder: bool  # a ladder: each row is also judged against the row before (DELTA_PREV)
-    per_seed: pd.DataFrame  # top-1 of each seed (rows) and configuration (columns): the samples of the intervals
-    refused: dict[str, str]  # configurations study.constraints refused before training: label -> why
-    hidden: int  # finished trials of configurations the study file no longer holds, left out of `frame`
-    classes: int | None  # the study's number of classes (top-5 means something above 10)
 
 
 # ---------------------------------------------------------------- deltas with confidence intervals
@@ -241,175 +224,16 @@ def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
     return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X
 
 
-# ---------------------------------------------------------------- formats
-
-def _pm(mean: pd.Series, sd: pd.Series, digits: int = 2) -> pd.Series:
-    def one(m, s):
-        if pd.isna(m):
-            return "-"
-        return f"{m:.{digits}f} ± {s:.{digits}f}" if pd.notna(s) else f"{m:.{digits}f}"  # one seed: no spread
-
-    return pd.Series([one(m, s) for m, s in zip(mean, sd)], index=mean.index)
-
-
-def _delta_text(table: pd.DataFrame, name: str, base=None) -> pd.Series:
-    def one(row, label):
-        if label == base:
-            return "(baseline)"
-        d, lo, hi = row[name], row[f"{name} lo"], row[f"{name} hi"]
-        if pd.isna(d):
-            return "-"
-        ci = f" [{lo:+.2f}, {hi:+.2f}]" if pd.notna(lo) else ""
-        return f"{d:+.2f}{ci}{'*' if row[f'{name} sig'] else ''}"
-
-    return pd.Series([one(row, label) for label, row in table.iterrows()], index=table.index)
-
-
-def _num(series: pd.Series, digits: int, sign: str = "") -> pd.Series:
-    return series.map(lambda v: "-" if pd.isna(v) else f"{v:{sign}.{digits}f}")
-
-
-def _check(series: pd.Series) -> pd.Series:
-    return series.map(lambda v: "-" if pd.isna(v) else "yes" if v else "no")
-
-
-def compact(table: AblationTable) -> pd.DataFrame:
-    """The columns a paper prints: params, GMACs, top-1 mean ± sd over n seeds, the delta with its interval and
-    what it says; top-5 only above 10 classes (below, it is ~100% for every row)."""
-    frame = table.frame
-    out = pd.DataFrame(index=frame.index)
-    out["params (M)"] = _num(frame["params (M)"], 3)
-    out["GMACs"] = _num(frame["GMACs"], 4)
-    top1 = _pm(frame["top-1 acc (%)"], frame["top-1 acc (%) sd"])
-    out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, frame["n"])]
-    if (table.classes or 0) > 10:
-        out["top-5 acc (%)"] = _pm(frame["top-5 acc (%)"], frame["top-5 acc (%) sd"])
-    name = DELTA_PREV if table.ladder else DELTA
-    out[f"{name} (95% CI)"] = _delta_text(frame, name, None if table.ladder else table.baseline)
-    out["verdict"] = frame["verdict"] if not table.ladder else [
-        "-" if pd.isna(lo) and i == 0 else stats.direction(lo, hi)
-        for i, (lo, hi) in enumerate(zip(frame[f"{DELTA_PREV} lo"], frame[f"{DELTA_PREV} hi"]))]
-    return out
-
-
-def against_paper(table: AblationTable) -> pd.DataFrame | None:
-    """The reproduction table: the paper's numbers beside ours and the verdicts (None without references)."""
-    frame = table.frame
-    if not any(c.startswith("paper ") for c in frame):
-        return None
-    out = pd.DataFrame(index=frame.index)
-    if "paper params (M)" in frame:
-        out["params (M) ours / paper"] = _num(frame["params (M)"], 2) + " / " + _num(frame["paper params (M)"], 2)
-        out["params match"] = _check(frame["params match"])
-    if "paper Δ GMACs" in frame:
-        out["Δ GMACs ours / paper"] = (_num(frame["ours Δ GMACs"], 4, "+") + " / " +
-                                       _num(frame["paper Δ GMACs"], 3, "+"))
-        out["GMACs match"] = _check(frame["GMACs Δ match"])
-    if "paper Δ top-1" in frame:
-        name = DELTA_PREV if table.ladder else DELTA
-        out[f"{name} ours / paper"] = _num(frame[name], 2, "+") + " / " + _num(frame["paper Δ top-1"], 2, "+")
-        if not table.ladder:
-            out.loc[table.baseline, f"{name} ours / paper"] = "(baseline)"
-        out["effect"] = frame["effect"].fillna("-")
-    return out
-
-
-def presentable(table: AblationTable, columns: str = "compact") -> pd.DataFrame:
-    """What a reader sees: the compact table, or (`all`) every column: mean ± sd strings, deltas with their 95%
-    intervals (* when it excludes 0), the paper's numbers and the verdicts."""
-    if columns == "compact":
-        return compact(table)
-    frame = table.frame
-    if columns != "all":
-        raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
-    out = pd.DataFrame(index=frame.index)
-    out["n"] = frame["n"]
-    for col in ("top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)"):
-        out[col] = _pm(frame[col], frame[col + " sd"])
-    out["params (M)"] = frame["params (M)"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
-    out["GMACs"] = frame["GMACs"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
-    out["img/s"] = _pm(frame["throughput (img/s)"], frame["throughput (img/s) sd"], 0)
-    out[f"{DELTA} (95% CI)"] = _delta_text(frame, DELTA, table.baseline)
-    if DELTA_PREV in frame:
-        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(frame, DELTA_PREV)
-    out["verdict"] = frame["verdict"]
-    for col in [c for c in frame.columns if c.startswith(("paper ", "ours "))]:
-        out[col] = frame[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
-    for col in ("params match", "GMACs Δ match"):
-        if col in frame:
-            out[col] = _check(frame[col])
-    if "effect" in frame:
-        out["effect"] = frame["effect"].fillna("-")
-    out["pruned"], out["failed"] = frame["pruned"], frame["failed"]
-    return out
-
-
-def markdown(view: pd.DataFrame, note: str = "") -> str:
-    """An aligned Markdown table of strings (pandas' to_markdown needs tabulate, which we do without)."""
-    view = view.reset_index().astype(str)
-    widths = [max(len(c), *view[c].str.len()) for c in view.columns]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    rule = "| " + " | ".join("-" * w for w in widths) + " |"
-    return "\n".join([line(view.columns), rule, *(line(r) for r in view.itertuples(index=False))]) + note
-
-
-def render(table: AblationTable | pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "",
-           columns: str = "compact") -> str:
-    """`table` holds the numbers (CSV, JSON); `view` the strings a reader sees (Markdown, LaTeX, HTML): the compact
-    table, then (Markdown) the reproduction table when the study has references."""
-    second, numbers = None, table
-    if view is None:
-        numbers = table.frame
-        view = presentable(table, columns)
-        second = against_paper(table) if columns == "compact" else None
-        against = ("the row before" if table.ladder else f"`{table.baseline}`")
-        note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over seeds (paired by seed, else Welch); "
-                "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0.")
-        if second is not None:
-            note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
-                     "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "
-                     "inconclusive while it holds 0.")
-        if table.hidden:
-            note += (f" {table.hidden} finished trials of configurations the study file no longer holds "
-                     "are left out (--all shows them).")
-        if table.refused:
-            note += " Refused by study.constraints before training: " + "; ".join(
-                f"{label} ({why})" for label, why in table.refused.items()) + "."
-        if columns == "compact":
-            note += " More columns: --columns all."
-    if fmt == "md":
-        if second is not None:
-            return markdown(view) + "\n\nAgainst the paper:\n\n" + markdown(second, note)
-        return markdown(view, note)
-    if fmt == "csv":
-        return numbers.to_csv()
-    if fmt == "json":
-        return numbers.reset_index().to_json(orient="records", indent=2, force_ascii=False)
-    if fmt == "latex":
-        latex = view.rename_axis(None).style.to_latex(hrules=True)  # booktabs rules
-        return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-    if fmt == "html":
-        return view.to_html()
-    raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-
-
 def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
     """A study file's configurations, our params and GMACs beside the paper's, before anything is trained
     (`price`: as for dry_run_table)."""
-    if fmt not in FORMATS:
-        raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    write = writer(fmt)
     _, spec, _ = resolve_study(study)
     if spec is None:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
     table = dry_run_table(spec, price)
     table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
-    digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
-    view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
-                       if col.dtype.kind == "f" else col)
-    note = ("\n\nDry run: nothing trained. GMACs (multiply-accumulates) by torch.utils.flop_counter; the papers' "
-            "\"GFLOPs\" columns count MACs too, with other counters (ResNet-50: 4.089 here, 3.858 in CBAM), so "
-            "compare the differences between rows.")
-    return render(table, fmt, view, note)
+    return write(dry_run_page(table))
 
 
 # ---------------------------------------------------------------- the command
@@ -430,10 +254,7 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     caller imports: matplotlib and Optuna's plots cost seconds a plain report need not pay) the figures are made,
     written to the folder `plots` when given and logged with `log`. Without `log` a report only reads, and reads
     MLflow only where the Optuna study lacks something (results.needs_runs)."""
-    if fmt not in FORMATS:
-        raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    if columns not in COLUMNS:
-        raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
+    check_options(fmt, columns)
     name, spec, tracking_uri = resolve_study(study, tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
     optuna_study = load(name, storage)
@@ -441,7 +262,7 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     spec = spec or study_file(optuna_study, client)
     table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
                            client=client)
-    text = render(table, fmt, columns=columns)
+    text = table.render(fmt, columns)
     if out:
         write_output(out, text, "--out")
     figures = plotter(table, optuna_study, trials_frame(optuna_study, client, spec)) if plotter else {}

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -17,7 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablate.report import AblationTable, ablation_table, dry_run_report
+from ablate.errors import AblateError
+from ablate.formats import COLUMNS, FORMATS, AblationTable, footnote
+from ablate.report import ablation_table, dry_run_report
 from ablate.spec import cell_label
 from ablate.stats import delta_ci, mean_ci
 from ablate.storage import make_storage
@@ -209,6 +212,26 @@ def test_verdicts_judge_our_numbers_against_the_papers(tiny):
     against = ablate("report", "tiny", cwd=tiny["folder"]).stdout.split("Against the paper:")[1]
     row = next(line for line in against.splitlines() if line.startswith("| attention=se"))
     assert "1.26 / 28.09" in row and "| no " in row and f"{se['Δ top-1']:+.2f} / +1.42" in row and expected in row
+
+
+def test_every_format_writes_every_view_and_an_unknown_one_says_what_is_allowed(tiny):
+    report = record(tiny)
+    for fmt in FORMATS:
+        for columns in COLUMNS:
+            assert "attention=se" in report.render(fmt, columns)
+    with pytest.raises(AblateError, match=r"^--format: 'pdf' is not one of md, csv, latex, html, json$"):
+        report.render("pdf")
+    with pytest.raises(AblateError, match=r"^--columns: 'wide' is not one of compact, all$"):
+        report.render("md", "wide")
+
+
+def test_the_footnote_says_what_the_table_leaves_out(tiny):
+    report = replace(record(tiny), hidden=3, refused={"attention=cbam": "params_m 1.26 > max 1.25"})
+    note = footnote(report, "compact", reproduction=False)
+    assert "vs `attention=none`" in note and "Reproduction" not in note and note.endswith("--columns all.")
+    assert " 3 finished trials of configurations the study file no longer holds are left out" in note
+    assert "Refused by study.constraints before training: attention=cbam (params_m 1.26 > max 1.25)." in note
+    assert "the row before" in footnote(replace(report, ladder=True), "all", reproduction=True)
 
 
 def test_ladder_report_has_a_delta_to_the_previous_row(tiny):
