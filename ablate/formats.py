@@ -1,8 +1,10 @@
 """How the report reads: the record it renders, the views a reader sees (VIEWS: compact, all; the table against the
-paper), the footnote that says what the numbers mean, and the file formats (WRITERS). report.py computes the
-numbers; this file only turns them into text, and imports nothing of the study or the stores."""
+paper), the footnote that says what the numbers mean, the file formats (WRITERS) and a figure's PNG bytes.
+report.py computes the numbers; this file only writes them, and imports nothing of the study, the stores or
+matplotlib (a report that draws no figure does not pay for it)."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Callable
 
@@ -216,6 +218,13 @@ WRITERS: dict[str, Callable[[Page], str]] = {
     "json": lambda page: page.numbers.reset_index().to_json(orient="records", indent=2, force_ascii=False),
 }
 FORMATS = tuple(WRITERS)
+
+
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes, written in one go: a full disk is one error, not a silent half-file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
 
 
 def one_of(choices: dict, name: str, option: str):

@@ -4,10 +4,10 @@ Deltas are top-1 accuracy in percentage points with a 95% t-interval over seeds 
 when both rows ran the same seeds (the seed fixes data order and init, so pairing removes that noise),
 Welch otherwise. Rows are configurations (cell keys) as the study file reads now; trials of configurations
 the file no longer holds stay in the store and are left out unless `show_all` (then marked as such).
+The numbers come back as a record, formats.AblationTable; formats.py writes them as a reader sees them.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from ablate import stats
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
-from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, writer
+from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
 from ablate.results import (METRIC_COLUMNS, needs_runs, param_columns, resolve_study, stored_runs_client,
                             study_file, trials_frame)
 from ablate.spec import REFERENCE_COLUMNS, StudySpec, cell_label, grid_cells, keyed_cells, trial_config
@@ -237,13 +237,6 @@ def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
 
 
 # ---------------------------------------------------------------- the command
-
-def png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes, written in one go: a full disk is one error, not a silent half-file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
-
 
 def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
