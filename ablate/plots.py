@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ablate import stats
+from ablate.formats import AblationTable
 from ablate.results import param_columns
 
 
@@ -36,15 +37,14 @@ def plot_study(study: optuna.Study, frame: pd.DataFrame) -> optuna.Study:
     return copy
 
 
-def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | None = None) -> dict[str, Figure]:
+def make_plots(table: AblationTable, study: optuna.Study, frame: pd.DataFrame | None = None) -> dict[str, Figure]:
     """name -> figure: bar chart with error bars; Pareto front (several objectives); Optuna's importances,
     parallel coordinates and history (of a grid too, given its trials `frame`). The caller's matplotlib
     backend is left alone: the figures are drawn on their own canvases."""
-    figures = {}
-    fig = Figure(figsize=(max(4, 0.8 * len(table) + 2), 3.5), layout="tight")
+    figures, numbers, per_seed = {}, table.frame, table.per_seed
+    fig = Figure(figsize=(max(4, 0.8 * len(numbers) + 2), 3.5), layout="tight")
     ax = fig.subplots()
-    per_seed = table.attrs.get("per_seed", pd.DataFrame())
-    for x, row in enumerate(table.index):  # every seed a point, its mean a bar with the 95% interval
+    for x, row in enumerate(numbers.index):  # every seed a point, its mean a bar with the 95% interval
         values = per_seed[row].dropna() if row in per_seed else pd.Series(dtype=float)
         ax.scatter(x + np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [x] * len(values), values,
                    s=14, color="tab:gray", alpha=0.7, zorder=2, label="seed" if x == 0 else None)
@@ -53,7 +53,7 @@ def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | N
             err = [[values.mean() - low], [high - values.mean()]] if pd.notna(low) else None
             ax.errorbar(x, values.mean(), yerr=err, fmt="o", color="tab:blue", capsize=5, zorder=3,
                         label="mean, 95% CI" if x == 0 else None)
-    ax.set_xticks(range(len(table)), table.index, rotation=30, ha="right")
+    ax.set_xticks(range(len(numbers)), numbers.index, rotation=30, ha="right")
     ax.set_ylabel("top-1 acc (%)")  # the axis follows the data: it starts at 0 only if the data does
     ax.legend(fontsize=8)
     figures["top1_by_config.png"] = fig
@@ -61,10 +61,10 @@ def make_plots(table: pd.DataFrame, study: optuna.Study, frame: pd.DataFrame | N
     if len(study.directions) > 1:
         fig = Figure(figsize=(5, 4), layout="tight")
         ax = fig.subplots()
-        ax.scatter(table["GMACs"], table["top-1 acc (%)"])
-        for label, row in table.iterrows():
+        ax.scatter(numbers["GMACs"], numbers["top-1 acc (%)"])
+        for label, row in numbers.iterrows():
             ax.annotate(str(label), (row["GMACs"], row["top-1 acc (%)"]), fontsize=8)
-        front = table.sort_values("GMACs")
+        front = numbers.sort_values("GMACs")
         front = front[front["top-1 acc (%)"] >= front["top-1 acc (%)"].cummax()]  # nothing cheaper is better
         ax.plot(front["GMACs"], front["top-1 acc (%)"], "r--", label="Pareto front")
         ax.set_xlabel("GMACs")

@@ -4,10 +4,10 @@ Deltas are top-1 accuracy in percentage points with a 95% t-interval over seeds 
 when both rows ran the same seeds (the seed fixes data order and init, so pairing removes that noise),
 Welch otherwise. Rows are configurations (cell keys) as the study file reads now; trials of configurations
 the file no longer holds stay in the store and are left out unless `show_all` (then marked as such).
+The numbers come back as a record, formats.AblationTable; formats.py writes them as a reader sees them.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +18,16 @@ from mlflow import MlflowClient
 from ablate import stats
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
+from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
 from ablate.results import (METRIC_COLUMNS, needs_runs, param_columns, resolve_study, stored_runs_client,
                             study_file, trials_frame)
 from ablate.spec import REFERENCE_COLUMNS, Cell, StudySpec, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
-FORMATS = ("md", "csv", "latex", "html", "json")
-COLUMNS = ("compact", "all")  # --columns: what a paper prints, or every number the report has
 PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
 GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three decimals, and count differently)
-DELTA = "Δ top-1"
-DELTA_PREV = "Δ prev top-1"
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
+
 
 
 # ---------------------------------------------------------------- deltas with confidence intervals
@@ -81,7 +79,7 @@ def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
 
 def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri: str | None = None, by=None,
                    baseline: str | None = None, spec: StudySpec | None = None, show_all: bool = False,
-                   study: optuna.Study | None = None, client: MlflowClient | None = None) -> pd.DataFrame:
+                   study: optuna.Study | None = None, client: MlflowClient | None = None) -> AblationTable:
     """One row per configuration (its cell, or the `by` keys), aggregated over seeds.
 
     `spec` (the study file: references, ladder, which cells it holds) defaults to the file the study was last run
@@ -131,13 +129,13 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     if ladder:
         table = table.join(_delta_columns(per_seed, list(zip(rows, [None] + rows[:-1])), DELTA_PREV))
     table.index.name = "config"
-    table.attrs.update(baseline=base, study=study_name, ladder=ladder, hidden=0 if show_all else hidden,
-                       per_seed=per_seed, refused=refused_rows(study, spec), classes=num_classes(spec))
     if not spec or spec.cfg.study.sampler != "grid":  # a search: its configurations ranked by mean over seeds
         table = table.sort_values("top-1 acc (%)", ascending=False, na_position="last")
     table["verdict"] = [("baseline" if row == base else stats.direction(lo, hi))
                         for row, lo, hi in zip(table.index, table[f"{DELTA} lo"], table[f"{DELTA} hi"])]
-    return verdicts(with_reference(table, done, spec.cfg.reference if spec else []))
+    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), base, ladder)
+    return AblationTable(frame=table, study=study_name, baseline=base, ladder=ladder, per_seed=per_seed,
+                         refused=refused_rows(study, spec), hidden=0 if show_all else hidden, classes=num_classes(spec))
 
 
 def num_classes(spec: StudySpec | None) -> int | None:
@@ -158,15 +156,15 @@ def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
     return refused
 
 
-def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
     """With `reference:` rows: do our params match the paper's (within 0.01M), does our GMAC delta over the
     baseline match the paper's, and is the paper's effect on top-1 reproduced by our interval (stats.reproduction)?
     A ladder is judged per step (each row against the one before)."""
     rows = list(table.index)
     previous = dict(zip(rows, [None] + rows[:-1]))
-    ref = {r: (previous[r] if table.attrs["ladder"] else table.attrs["baseline"]) for r in rows}
+    ref = {r: (previous[r] if ladder else baseline) for r in rows}
     ref = {r: b for r, b in ref.items() if b is not None and b != r}
-    delta = DELTA_PREV if table.attrs["ladder"] else DELTA
+    delta = DELTA_PREV if ladder else DELTA
     if "paper params (M)" in table:
         gap = (table["params (M)"] - table["paper params (M)"]).abs()
         table["params match"] = gap.le(PARAMS_TOLERANCE_M).where(gap.notna())
@@ -225,181 +223,19 @@ def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
     return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X
 
 
-# ---------------------------------------------------------------- formats
-
-def _pm(mean: pd.Series, sd: pd.Series, digits: int = 2) -> pd.Series:
-    def one(m, s):
-        if pd.isna(m):
-            return "-"
-        return f"{m:.{digits}f} ± {s:.{digits}f}" if pd.notna(s) else f"{m:.{digits}f}"  # one seed: no spread
-
-    return pd.Series([one(m, s) for m, s in zip(mean, sd)], index=mean.index)
-
-
-def _delta_text(table: pd.DataFrame, name: str, base=None) -> pd.Series:
-    def one(row, label):
-        if label == base:
-            return "(baseline)"
-        d, lo, hi = row[name], row[f"{name} lo"], row[f"{name} hi"]
-        if pd.isna(d):
-            return "-"
-        ci = f" [{lo:+.2f}, {hi:+.2f}]" if pd.notna(lo) else ""
-        return f"{d:+.2f}{ci}{'*' if row[f'{name} sig'] else ''}"
-
-    return pd.Series([one(row, label) for label, row in table.iterrows()], index=table.index)
-
-
-def _num(series: pd.Series, digits: int, sign: str = "") -> pd.Series:
-    return series.map(lambda v: "-" if pd.isna(v) else f"{v:{sign}.{digits}f}")
-
-
-def _check(series: pd.Series) -> pd.Series:
-    return series.map(lambda v: "-" if pd.isna(v) else "yes" if v else "no")
-
-
-def compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The columns a paper prints: params, GMACs, top-1 mean ± sd over n seeds, the delta with its interval and
-    what it says; top-5 only above 10 classes (below, it is ~100% for every row)."""
-    out = pd.DataFrame(index=table.index)
-    out["params (M)"] = _num(table["params (M)"], 3)
-    out["GMACs"] = _num(table["GMACs"], 4)
-    top1 = _pm(table["top-1 acc (%)"], table["top-1 acc (%) sd"])
-    out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, table["n"])]
-    if (table.attrs.get("classes") or 0) > 10:
-        out["top-5 acc (%)"] = _pm(table["top-5 acc (%)"], table["top-5 acc (%) sd"])
-    name = DELTA_PREV if table.attrs.get("ladder") else DELTA
-    out[f"{name} (95% CI)"] = _delta_text(table, name, None if table.attrs.get("ladder") else table.attrs.get("baseline"))
-    out["verdict"] = table["verdict"] if not table.attrs.get("ladder") else [
-        "-" if pd.isna(lo) and i == 0 else stats.direction(lo, hi)
-        for i, (lo, hi) in enumerate(zip(table[f"{DELTA_PREV} lo"], table[f"{DELTA_PREV} hi"]))]
-    return out
-
-
-def against_paper(table: pd.DataFrame) -> pd.DataFrame | None:
-    """The reproduction table: the paper's numbers beside ours and the verdicts (None without references)."""
-    if not any(c.startswith("paper ") for c in table):
-        return None
-    out = pd.DataFrame(index=table.index)
-    if "paper params (M)" in table:
-        out["params (M) ours / paper"] = _num(table["params (M)"], 2) + " / " + _num(table["paper params (M)"], 2)
-        out["params match"] = _check(table["params match"])
-    if "paper Δ GMACs" in table:
-        out["Δ GMACs ours / paper"] = (_num(table["ours Δ GMACs"], 4, "+") + " / " +
-                                       _num(table["paper Δ GMACs"], 3, "+"))
-        out["GMACs match"] = _check(table["GMACs Δ match"])
-    if "paper Δ top-1" in table:
-        name = DELTA_PREV if table.attrs.get("ladder") else DELTA
-        out[f"{name} ours / paper"] = _num(table[name], 2, "+") + " / " + _num(table["paper Δ top-1"], 2, "+")
-        if not table.attrs.get("ladder"):
-            out.loc[table.attrs["baseline"], f"{name} ours / paper"] = "(baseline)"
-        out["effect"] = table["effect"].fillna("-")
-    return out
-
-
-def presentable(table: pd.DataFrame, columns: str = "compact") -> pd.DataFrame:
-    """What a reader sees: the compact table, or (`all`) every column: mean ± sd strings, deltas with their 95%
-    intervals (* when it excludes 0), the paper's numbers and the verdicts."""
-    if columns == "compact":
-        return compact(table)
-    if columns != "all":
-        raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
-    out = pd.DataFrame(index=table.index)
-    out["n"] = table["n"]
-    for col in ("top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)"):
-        out[col] = _pm(table[col], table[col + " sd"])
-    out["params (M)"] = table["params (M)"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
-    out["GMACs"] = table["GMACs"].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
-    out["img/s"] = _pm(table["throughput (img/s)"], table["throughput (img/s) sd"], 0)
-    out[f"{DELTA} (95% CI)"] = _delta_text(table, DELTA, table.attrs.get("baseline"))
-    if DELTA_PREV in table:
-        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(table, DELTA_PREV)
-    out["verdict"] = table["verdict"]
-    for col in [c for c in table.columns if c.startswith(("paper ", "ours "))]:
-        out[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
-    for col in ("params match", "GMACs Δ match"):
-        if col in table:
-            out[col] = _check(table[col])
-    if "effect" in table:
-        out["effect"] = table["effect"].fillna("-")
-    out["pruned"], out["failed"] = table["pruned"], table["failed"]
-    return out
-
-
-def markdown(view: pd.DataFrame, note: str = "") -> str:
-    """An aligned Markdown table of strings (pandas' to_markdown needs tabulate, which we do without)."""
-    view = view.reset_index().astype(str)
-    widths = [max(len(c), *view[c].str.len()) for c in view.columns]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    rule = "| " + " | ".join("-" * w for w in widths) + " |"
-    return "\n".join([line(view.columns), rule, *(line(r) for r in view.itertuples(index=False))]) + note
-
-
-def render(table: pd.DataFrame, fmt: str, view: pd.DataFrame | None = None, note: str = "",
-           columns: str = "compact") -> str:
-    """`table` holds the numbers (CSV, JSON); `view` the strings a reader sees (Markdown, LaTeX, HTML): the compact
-    table, then (Markdown) the reproduction table when the study has references."""
-    second = None
-    if view is None:
-        view = presentable(table, columns)
-        second = against_paper(table) if columns == "compact" else None
-        against = ("the row before" if table.attrs.get("ladder") else f"`{table.attrs.get('baseline')}`")
-        note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over seeds (paired by seed, else Welch); "
-                "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0.")
-        if second is not None:
-            note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
-                     "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "
-                     "inconclusive while it holds 0.")
-        if table.attrs.get("hidden"):
-            note += (f" {table.attrs['hidden']} finished trials of configurations the study file no longer holds "
-                     "are left out (--all shows them).")
-        if table.attrs.get("refused"):
-            note += " Refused by study.constraints before training: " + "; ".join(
-                f"{label} ({why})" for label, why in table.attrs["refused"].items()) + "."
-        if columns == "compact":
-            note += " More columns: --columns all."
-    if fmt == "md":
-        if second is not None:
-            return markdown(view) + "\n\nAgainst the paper:\n\n" + markdown(second, note)
-        return markdown(view, note)
-    if fmt == "csv":
-        return table.to_csv()
-    if fmt == "json":
-        return table.reset_index().to_json(orient="records", indent=2, force_ascii=False)
-    if fmt == "latex":
-        latex = view.rename_axis(None).style.to_latex(hrules=True)  # booktabs rules
-        return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-    if fmt == "html":
-        return view.to_html()
-    raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-
-
 def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
     """A study file's configurations, our params and GMACs beside the paper's, before anything is trained
     (`price`: as for dry_run_table)."""
-    if fmt not in FORMATS:
-        raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    write = writer(fmt)
     _, spec, _ = resolve_study(study)
     if spec is None:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
     table = dry_run_table(spec, price)
     table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
-    digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
-    view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
-                       if col.dtype.kind == "f" else col)
-    note = ("\n\nDry run: nothing trained. GMACs (multiply-accumulates) by torch.utils.flop_counter; the papers' "
-            "\"GFLOPs\" columns count MACs too, with other counters (ResNet-50: 4.089 here, 3.858 in CBAM), so "
-            "compare the differences between rows.")
-    return render(table, fmt, view, note)
+    return write(dry_run_page(table))
 
 
 # ---------------------------------------------------------------- the command
-
-def png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes, written in one go: a full disk is one error, not a silent half-file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
-
 
 def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
@@ -410,10 +246,7 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     caller imports: matplotlib and Optuna's plots cost seconds a plain report need not pay) the figures are made,
     written to the folder `plots` when given and logged with `log`. Without `log` a report only reads, and reads
     MLflow only where the Optuna study lacks something (results.needs_runs)."""
-    if fmt not in FORMATS:
-        raise AblateError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    if columns not in COLUMNS:
-        raise AblateError(f"--columns: {columns!r} is not one of {', '.join(COLUMNS)}")
+    check_options(fmt, columns)
     name, spec, tracking_uri = resolve_study(study, tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
     optuna_study = load(name, storage)
@@ -421,7 +254,7 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     spec = spec or study_file(optuna_study, client)
     table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
                            client=client)
-    text = render(table, fmt, columns=columns)
+    text = table.render(fmt, columns)
     if out:
         write_output(out, text, "--out")
     figures = plotter(table, optuna_study, trials_frame(optuna_study, client, spec)) if plotter else {}

@@ -110,7 +110,7 @@ def assert_resumed_like_uninterrupted(tmp_path, uninterrupted, at_epoch):
         assert [v for _, v in got[key]] == pytest.approx([v for _, v in uninterrupted[key]], abs=1e-6), key
     assert not checkpoints(tmp_path)  # deleted once the trial finished
 
-    table = ablation_table("tiny")
+    table = ablation_table("tiny").frame
     assert table.loc["attention=se", ["n", "failed", "pruned"]].tolist() == [1, 0, 0]  # stopped != failed
 
 

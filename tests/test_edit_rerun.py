@@ -46,9 +46,10 @@ def test_reordering_adding_seeds_and_modules_runs_only_what_is_new(tmp_path):
     for number, module in trained_as(study).items():  # every trial's row is the model it trained
         assert study.trials[number].user_attrs["label"] == f"attention={module}"
 
-    table = ablation_table("tiny")
+    report = ablation_table("tiny")
+    table = report.frame
     assert list(table.index) == ["attention=eca", "attention=se", "attention=none"]  # the file's order now
-    assert table["n"].tolist() == [2, 2, 2] and table.attrs["baseline"] == "attention=none"
+    assert table["n"].tolist() == [2, 2, 2] and report.baseline == "attention=none"
     se = [t.user_attrs["metrics"]["val/acc1"] for t in study.trials if t.user_attrs["label"] == "attention=se"]
     assert table.loc["attention=se", "top-1 acc (%)"] == 100 * sum(se) / 2
 
@@ -65,7 +66,7 @@ def test_a_knob_value_at_its_default_is_the_cell_already_run(tmp_path):
     proc = run(path)
     assert proc.stdout.count(" complete |") == 1
     assert len(load().trials) == 3
-    table = ablation_table("tiny")  # rows are named as the file names them now
+    table = ablation_table("tiny").frame  # rows are named as the file names them now
     assert sorted(table.index) == ["attention=none", "reduction=16, attention=se", "reduction=8, attention=se"]
     assert table["n"].tolist() == [1, 1, 1]
 
@@ -79,8 +80,8 @@ def test_a_removed_cell_keeps_its_trials_and_leaves_the_table(tmp_path):
     assert proc.stdout.count(" complete |") == 0
     assert "attention=eca" not in proc.stdout and "1 finished trials of configurations" in proc.stdout
     assert len(load().get_trials(states=(TrialState.COMPLETE,))) == 3  # still in the store
-    assert list(ablation_table("tiny").index) == ["attention=none", "attention=se"]
-    shown = ablation_table("tiny", show_all=True)
+    assert list(ablation_table("tiny").frame.index) == ["attention=none", "attention=se"]
+    shown = ablation_table("tiny", show_all=True).frame
     assert list(shown.index) == ["attention=none", "attention=se", "attention=eca (not in study file)"]
     assert shown["n"].tolist() == [1, 1, 1]
     report = ablate("report", "tiny", "--all")

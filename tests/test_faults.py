@@ -175,7 +175,7 @@ def test_a_diverging_cell_fails_with_its_reason_and_the_study_goes_on(tmp_path):
     assert fine.state == TrialState.COMPLETE
     run = [r for r in runs("nan") if r.data.tags.get("optuna.trial") == "0"][0]
     assert run.info.status == "FAILED" and run.data.tags["reason"].startswith("DivergedError")
-    table = ablation_table("nan")
+    table = ablation_table("nan").frame
     assert table.loc["lr=10000000000.0", ["n", "failed"]].tolist() == [0, 1]  # shown, not dropped
     assert table.loc["lr=0.05", "n"] == 1
 

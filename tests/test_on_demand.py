@@ -69,7 +69,7 @@ def test_seeds_on_demand_stop_a_clear_cell_at_min_and_give_a_null_effect_up_to_m
     assert len(seeds["attention=se"]) <= 6 and seeds["attention=none"] == list(range(len(seeds["attention=none"])))
     assert set(seeds["attention=se"]) <= set(seeds["attention=none"])  # every seed paired with the baseline's
     assert len(toy.trained) == sum(map(len, seeds.values()))  # each cell x seed trained once
-    table = ablation_table("demand")
+    table = ablation_table("demand").frame
     assert table.loc["attention=cbam", "verdict"] == "better" and table.loc["attention=cbam", "n"] == 2
     assert table.loc["attention=se", "n"] == len(seeds["attention=se"])
 
@@ -105,7 +105,7 @@ def test_a_search_with_seeds_on_demand_repeats_each_configuration_and_ranks_by_m
     for t in trials:
         by_cell.setdefault(t.user_attrs["label"], set()).add(t.user_attrs["seed"])
     assert all(len(s) >= 2 for s in list(by_cell.values())[:-1])  # repeats up to min (the budget may cut the last)
-    table = ablation_table("search")
+    table = ablation_table("search").frame
     assert table["top-1 acc (%)"].is_monotonic_decreasing  # a search's rows: best mean first
     names = {r.info.run_name for r in runs("search")}
     assert any(n.startswith("#") and n.endswith("· seed 1") for n in names)
@@ -118,8 +118,8 @@ def test_constraints_refuse_a_grid_cell_before_it_trains_and_the_report_says_why
     study_runner.run_study(load_study(path), trainer=toy)  # SE and CBAM add ~0.9% to resnet10_narrow: both refused
     assert {m for m, _ in toy.trained} == {"none"}
     table = ablation_table("costly")
-    assert list(table.index) == ["attention=none"]
-    refused = table.attrs["refused"]
+    assert list(table.frame.index) == ["attention=none"]
+    refused = table.refused
     assert set(refused) == {"attention=se", "attention=cbam"}
     assert refused["attention=se"].startswith("params_delta_pct 0.") and "> max 0.5" in refused["attention=se"]
     configuration = {r.info.run_name: r for r in runs("costly", configurations=True)
@@ -151,7 +151,7 @@ def test_warm_start_informs_the_sampler_without_counting_as_the_new_studys_trial
     own = [t for t in study.trials if "warm_start_of" not in t.user_attrs]
     assert len(warm) == 4 and all(t.state == TrialState.COMPLETE for t in warm)
     assert len(own) == 3 and len(toy.trained) == 4 + 3
-    assert ablation_table("second")["n"].sum() == 3  # the report is the new study's own trials
+    assert ablation_table("second").frame["n"].sum() == 3  # the report is the new study's own trials
     study_runner.run_study(load_study(second), trainer=toy)  # resumed: the earlier trials are not copied twice
     assert len([t for t in load("second").trials if "warm_start_of" in t.user_attrs]) == 4
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -17,6 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from ablate.errors import AblateError
+from ablate.formats import COLUMNS, FORMATS, AblationTable, footnote
 from ablate.report import ablation_table, dry_run_report
 from ablate.spec import cell_label
 from ablate.stats import delta_ci, mean_ci
@@ -45,8 +48,18 @@ def tiny(tmp_path_factory):
             "storage": str(folder / "mlruns" / "optuna.journal"), "uri": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
 
 
-def table(tiny, name="tiny", **kwargs):
+def record(tiny, name="tiny", **kwargs) -> AblationTable:
     return ablation_table(name, storage=tiny["storage"], tracking_uri=tiny["uri"], **kwargs)
+
+
+def table(tiny, name="tiny", **kwargs) -> pd.DataFrame:
+    return record(tiny, name, **kwargs).frame
+
+
+def plotted(frame: pd.DataFrame) -> AblationTable:
+    """A report of `frame` as the plots read it: no per-seed samples."""
+    return AblationTable(frame=frame, study="plotted", baseline=frame.index[0], ladder=False,
+                         per_seed=pd.DataFrame(), refused={}, hidden=0, classes=None)
 
 
 def test_run_prints_the_markdown_report(tiny):
@@ -81,8 +94,9 @@ def test_params_and_gmacs_are_what_the_model_builder_gives(tiny):
 
 
 def test_delta_against_the_none_row_with_a_paired_interval(tiny):
-    df = table(tiny)
-    assert df.attrs["baseline"] == "attention=none" and df.loc["attention=none", "Δ top-1"] == 0
+    report = record(tiny)
+    df = report.frame
+    assert report.baseline == "attention=none" and df.loc["attention=none", "Δ top-1"] == 0
     d = df.loc["attention=se"]
     assert d["Δ top-1"] == pytest.approx(d["top-1 acc (%)"] - df.loc["attention=none", "top-1 acc (%)"])
     assert d["Δ top-1 lo"] <= d["Δ top-1"] <= d["Δ top-1 hi"]
@@ -200,6 +214,26 @@ def test_verdicts_judge_our_numbers_against_the_papers(tiny):
     assert "1.26 / 28.09" in row and "| no " in row and f"{se['Δ top-1']:+.2f} / +1.42" in row and expected in row
 
 
+def test_every_format_writes_every_view_and_an_unknown_one_says_what_is_allowed(tiny):
+    report = record(tiny)
+    for fmt in FORMATS:
+        for columns in COLUMNS:
+            assert "attention=se" in report.render(fmt, columns)
+    with pytest.raises(AblateError, match=r"^--format: 'pdf' is not one of md, csv, latex, html, json$"):
+        report.render("pdf")
+    with pytest.raises(AblateError, match=r"^--columns: 'wide' is not one of compact, all$"):
+        report.render("md", "wide")
+
+
+def test_the_footnote_says_what_the_table_leaves_out(tiny):
+    report = replace(record(tiny), hidden=3, refused={"attention=cbam": "params_m 1.26 > max 1.25"})
+    note = footnote(report, "compact", reproduction=False)
+    assert "vs `attention=none`" in note and "Reproduction" not in note and note.endswith("--columns all.")
+    assert " 3 finished trials of configurations the study file no longer holds are left out" in note
+    assert "Refused by study.constraints before training: attention=cbam (params_m 1.26 > max 1.25)." in note
+    assert "the row before" in footnote(replace(report, ladder=True), "all", reproduction=True)
+
+
 def test_ladder_report_has_a_delta_to_the_previous_row(tiny):
     df = table(tiny, name="ladder")
     assert list(df.index) == ["baseline", "+ se"] and df["n"].tolist() == [2, 2]
@@ -261,7 +295,7 @@ def test_searched_study_gets_optunas_plots(tmp_path):
                         distributions={"lr": optuna.distributions.FloatDistribution(0.001, 1.0)}))
     df = pd.DataFrame({"top-1 acc (%)": [50.0, 55.0], "top-1 acc (%) sd": [1.0, 2.0], "GMACs": [0.1, 0.2]},
                       index=["a", "b"])
-    names = set(make_plots(df, study))
+    names = set(make_plots(plotted(df), study))
     assert {"top1_by_config.png", "optimization_history.png", "parallel_coordinate.png",
             "param_importances.png"} <= names
 
@@ -382,6 +416,6 @@ def test_multi_objective_study_gets_a_pareto_plot(tmp_path):
         study.add_trial(optuna.trial.create_trial(values=[0.5 + 0.1 * i, 0.1 + 0.1 * i]))
     df = pd.DataFrame({"top-1 acc (%)": [50.0, 60.0], "top-1 acc (%) sd": [1.0, 2.0], "GMACs": [0.1, 0.2]},
                       index=["attention=none", "attention=se"])
-    assert set(make_plots(df, study)) == {"top1_by_config.png", "pareto.png"}
+    assert set(make_plots(plotted(df), study)) == {"top1_by_config.png", "pareto.png"}
     frame = pd.DataFrame({"number": [0, 1], "state": "COMPLETE", "model.attention.name": ["none", "se"]})
-    assert "parallel_coordinate.png" in make_plots(df, study, frame)  # given the trials: Optuna's plots too
+    assert "parallel_coordinate.png" in make_plots(plotted(df), study, frame)  # given the trials: Optuna's plots too

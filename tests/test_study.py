@@ -151,7 +151,7 @@ def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
     assert not study.get_trials(states=(TrialState.FAIL,))
     # a worker that lost the race for the last cell leaves a trial with no configuration: never a row
     assert all("label" not in t.user_attrs for t in study.get_trials(states=(TrialState.PRUNED,)))
-    table = ablation_table("tiny")
+    table = ablation_table("tiny").frame
     assert list(table.index) == ["attention=none", "attention=se"] and table["n"].tolist() == [3, 3]
     assert table["failed"].tolist() == [0, 0] and table["pruned"].tolist() == [0, 0]
 
@@ -171,7 +171,7 @@ def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path):
     loser = study.trials[-1]
     assert loser.state == TrialState.PRUNED and "label" not in loser.user_attrs
     assert len(runs()) == 1 + 2  # it trained nothing and opened no MLflow run
-    table = ablation_table("tiny")
+    table = ablation_table("tiny").frame
     assert list(table.index) == ["attention=none", "attention=se"] and table["pruned"].tolist() == [0, 0]
 
 

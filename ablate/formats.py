@@ -1,0 +1,245 @@
+"""How the report reads: the record it renders, the views a reader sees (VIEWS: compact, all; the table against the
+paper), the footnote that says what the numbers mean, the file formats (WRITERS) and a figure's PNG bytes.
+report.py computes the numbers; this file only writes them, and imports nothing of the study, the stores or
+matplotlib (a report that draws no figure does not pay for it)."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from ablate import stats
+from ablate.errors import AblateError
+
+DELTA = "Δ top-1"  # the table's delta columns: report.py computes them, the views here print them
+DELTA_PREV = "Δ prev top-1"
+
+
+@dataclass
+class AblationTable:
+    """The report's numbers and what they were measured against (notebooks read `.frame`)."""
+
+    frame: pd.DataFrame  # one row per configuration: counts, mean and sd, deltas, verdicts, the paper's numbers
+    study: str
+    baseline: str  # the row every DELTA is against
+    ladder: bool  # a ladder: each row is also judged against the row before (DELTA_PREV)
+    per_seed: pd.DataFrame  # top-1 of each seed (rows) and configuration (columns): the samples of the intervals
+    refused: dict[str, str]  # configurations study.constraints refused before training: label -> why
+    hidden: int  # finished trials of configurations the study file no longer holds, left out of `frame`
+    classes: int | None  # the study's number of classes (top-5 means something above 10)
+
+    def render(self, fmt: str = "md", columns: str = "compact") -> str:
+        """The table as `fmt` writes it: the numbers (CSV, JSON), or the `columns` view a reader sees (Markdown,
+        LaTeX, HTML); Markdown adds the reproduction table (compact, with references) and the footnote."""
+        write, view = writer(fmt), one_of(VIEWS, columns, "--columns")
+        against = against_paper(self) if columns == "compact" else None
+        return write(Page(self.frame, view(self), against, footnote(self, columns, against is not None)))
+
+
+# ---------------------------------------------------------------- cells
+
+def _pm(mean: pd.Series, sd: pd.Series, digits: int = 2) -> pd.Series:
+    def one(m, s):
+        if pd.isna(m):
+            return "-"
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if pd.notna(s) else f"{m:.{digits}f}"  # one seed: no spread
+
+    return pd.Series([one(m, s) for m, s in zip(mean, sd)], index=mean.index)
+
+
+def _delta_text(table: pd.DataFrame, name: str, base=None) -> pd.Series:
+    def one(row, label):
+        if label == base:
+            return "(baseline)"
+        d, lo, hi = row[name], row[f"{name} lo"], row[f"{name} hi"]
+        if pd.isna(d):
+            return "-"
+        ci = f" [{lo:+.2f}, {hi:+.2f}]" if pd.notna(lo) else ""
+        return f"{d:+.2f}{ci}{'*' if row[f'{name} sig'] else ''}"
+
+    return pd.Series([one(row, label) for label, row in table.iterrows()], index=table.index)
+
+
+def _num(series: pd.Series, digits: int, sign: str = "") -> pd.Series:
+    return series.map(lambda v: "-" if pd.isna(v) else f"{v:{sign}.{digits}f}")
+
+
+def _check(series: pd.Series) -> pd.Series:
+    return series.map(lambda v: "-" if pd.isna(v) else "yes" if v else "no")
+
+
+# ---------------------------------------------------------------- views
+
+def compact(table: AblationTable) -> pd.DataFrame:
+    """The columns a paper prints: params, GMACs, top-1 mean ± sd over n seeds, the delta with its interval and
+    what it says; top-5 only above 10 classes (below, it is ~100% for every row)."""
+    frame = table.frame
+    out = pd.DataFrame(index=frame.index)
+    out["params (M)"] = _num(frame["params (M)"], 3)
+    out["GMACs"] = _num(frame["GMACs"], 4)
+    top1 = _pm(frame["top-1 acc (%)"], frame["top-1 acc (%) sd"])
+    out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, frame["n"])]
+    if (table.classes or 0) > 10:
+        out["top-5 acc (%)"] = _pm(frame["top-5 acc (%)"], frame["top-5 acc (%) sd"])
+    name = DELTA_PREV if table.ladder else DELTA
+    out[f"{name} (95% CI)"] = _delta_text(frame, name, None if table.ladder else table.baseline)
+    out["verdict"] = frame["verdict"] if not table.ladder else [
+        "-" if pd.isna(lo) and i == 0 else stats.direction(lo, hi)
+        for i, (lo, hi) in enumerate(zip(frame[f"{DELTA_PREV} lo"], frame[f"{DELTA_PREV} hi"]))]
+    return out
+
+
+def every_column(table: AblationTable) -> pd.DataFrame:
+    """Every number the report has: mean ± sd strings, deltas with their 95% intervals (* when it excludes 0),
+    the paper's numbers and the verdicts."""
+    frame = table.frame
+    out = pd.DataFrame(index=frame.index)
+    out["n"] = frame["n"]
+    for col in ("top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)"):
+        out[col] = _pm(frame[col], frame[col + " sd"])
+    out["params (M)"] = _num(frame["params (M)"], 3)
+    out["GMACs"] = _num(frame["GMACs"], 4)
+    out["img/s"] = _pm(frame["throughput (img/s)"], frame["throughput (img/s) sd"], 0)
+    out[f"{DELTA} (95% CI)"] = _delta_text(frame, DELTA, table.baseline)
+    if DELTA_PREV in frame:
+        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(frame, DELTA_PREV)
+    out["verdict"] = frame["verdict"]
+    for col in [c for c in frame.columns if c.startswith(("paper ", "ours "))]:
+        out[col] = _num(frame[col], 2)
+    for col in ("params match", "GMACs Δ match"):
+        if col in frame:
+            out[col] = _check(frame[col])
+    if "effect" in frame:
+        out["effect"] = frame["effect"].fillna("-")
+    out["pruned"], out["failed"] = frame["pruned"], frame["failed"]
+    return out
+
+
+# --columns: what a paper prints, or every number the report has
+VIEWS: dict[str, Callable[[AblationTable], pd.DataFrame]] = {"compact": compact, "all": every_column}
+COLUMNS = tuple(VIEWS)
+
+
+def against_paper(table: AblationTable) -> pd.DataFrame | None:
+    """The reproduction table: the paper's numbers beside ours and the verdicts (None without references)."""
+    frame = table.frame
+    if not any(c.startswith("paper ") for c in frame):
+        return None
+    out = pd.DataFrame(index=frame.index)
+    if "paper params (M)" in frame:
+        out["params (M) ours / paper"] = _num(frame["params (M)"], 2) + " / " + _num(frame["paper params (M)"], 2)
+        out["params match"] = _check(frame["params match"])
+    if "paper Δ GMACs" in frame:
+        out["Δ GMACs ours / paper"] = (_num(frame["ours Δ GMACs"], 4, "+") + " / " +
+                                       _num(frame["paper Δ GMACs"], 3, "+"))
+        out["GMACs match"] = _check(frame["GMACs Δ match"])
+    if "paper Δ top-1" in frame:
+        name = DELTA_PREV if table.ladder else DELTA
+        out[f"{name} ours / paper"] = _num(frame[name], 2, "+") + " / " + _num(frame["paper Δ top-1"], 2, "+")
+        if not table.ladder:
+            out.loc[table.baseline, f"{name} ours / paper"] = "(baseline)"
+        out["effect"] = frame["effect"].fillna("-")
+    return out
+
+
+def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
+    """What the numbers mean, and what the table leaves out (Markdown prints it below the tables)."""
+    against = "the row before" if table.ladder else f"`{table.baseline}`"
+    note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over seeds (paired by seed, else Welch); "
+            "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0.")
+    if reproduction:
+        note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
+                 "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "
+                 "inconclusive while it holds 0.")
+    if table.hidden:
+        note += (f" {table.hidden} finished trials of configurations the study file no longer holds "
+                 "are left out (--all shows them).")
+    if table.refused:
+        note += " Refused by study.constraints before training: " + "; ".join(
+            f"{label} ({why})" for label, why in table.refused.items()) + "."
+    if columns == "compact":
+        note += " More columns: --columns all."
+    return note
+
+
+def dry_run_page(table: pd.DataFrame) -> Page:
+    """A dry run's table (report.dry_run_table) as a reader sees it: params and GMACs to the digits the papers
+    print, and a footnote on how GMACs are counted."""
+    digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
+    view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
+                       if col.dtype.kind == "f" else col)
+    note = ("\n\nDry run: nothing trained. GMACs (multiply-accumulates) by torch.utils.flop_counter; the papers' "
+            "\"GFLOPs\" columns count MACs too, with other counters (ResNet-50: 4.089 here, 3.858 in CBAM), so "
+            "compare the differences between rows.")
+    return Page(table, view, note=note)
+
+
+# ---------------------------------------------------------------- formats
+
+@dataclass
+class Page:
+    """What a format writes from: CSV and JSON the numbers, Markdown, LaTeX and HTML the view a reader sees;
+    Markdown also the reproduction table after it and the footnote."""
+
+    numbers: pd.DataFrame
+    view: pd.DataFrame
+    against: pd.DataFrame | None = None
+    note: str = ""
+
+
+def markdown(view: pd.DataFrame, note: str = "") -> str:
+    """An aligned Markdown table of strings (pandas' to_markdown needs tabulate, which we do without)."""
+    view = view.reset_index().astype(str)
+    widths = [max(len(c), *view[c].str.len()) for c in view.columns]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    rule = "| " + " | ".join("-" * w for w in widths) + " |"
+    return "\n".join([line(view.columns), rule, *(line(r) for r in view.itertuples(index=False))]) + note
+
+
+def _markdown(page: Page) -> str:
+    if page.against is not None:
+        return markdown(page.view) + "\n\nAgainst the paper:\n\n" + markdown(page.against, page.note)
+    return markdown(page.view, page.note)
+
+
+def _latex(page: Page) -> str:
+    latex = page.view.rename_axis(None).style.to_latex(hrules=True)  # booktabs rules
+    return latex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+# --format -> its writer
+WRITERS: dict[str, Callable[[Page], str]] = {
+    "md": _markdown,
+    "csv": lambda page: page.numbers.to_csv(),
+    "latex": _latex,
+    "html": lambda page: page.view.to_html(),
+    "json": lambda page: page.numbers.reset_index().to_json(orient="records", indent=2, force_ascii=False),
+}
+FORMATS = tuple(WRITERS)
+
+
+def png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes, written in one go: a full disk is one error, not a silent half-file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def one_of(choices: dict, name: str, option: str):
+    """choices[name], or the one-line error that names the option and what it allows."""
+    if name not in choices:
+        raise AblateError(f"{option}: {name!r} is not one of {', '.join(choices)}")
+    return choices[name]
+
+
+def writer(fmt: str) -> Callable[[Page], str]:
+    """The writer of --format `fmt`."""
+    return one_of(WRITERS, fmt, "--format")
+
+
+def check_options(fmt: str, columns: str = "compact") -> None:
+    """--format and --columns name a writer and a view: checked before a store is read."""
+    writer(fmt)
+    one_of(VIEWS, columns, "--columns")
