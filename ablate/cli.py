@@ -10,7 +10,7 @@ from typing import List, Optional
 import click
 import typer
 
-from ablate.config import LAUNCHERS, POSITIONS
+from ablate.config import LAUNCHER_NAMES, POSITION_NAMES
 from ablate.errors import AblateError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -60,7 +60,7 @@ def _show(value) -> str:
 def inspect(
     backbone: str = typer.Argument(..., help="timm model name, e.g. resnet50"),
     attention: str = typer.Option("none", help="registered module name (see `ablate modules`)"),
-    position: Optional[str] = typer.Option(None, help=", ".join(POSITIONS) + " (default: the paper's placement)"),
+    position: Optional[str] = typer.Option(None, help=", ".join(POSITION_NAMES) + " (default: the paper's placement)"),
     knob: List[str] = typer.Option([], help="module knob as name=value (repeatable)"),
     stages: Optional[str] = typer.Option(None, help="1-based stages, comma separated, e.g. 3,4"),
     every: int = typer.Option(1, help="every n-th block within a stage"),
@@ -166,8 +166,8 @@ def run(
         overrides.append(f"tracking.uri={tracking_uri}")
     loaded = load_study(study, overrides)
     launcher = launcher or loaded.cfg.launcher.name
-    if launcher is not None and launcher not in LAUNCHERS:
-        raise AblateError(f"--launcher: {launcher!r} is not a launcher (allowed: {', '.join(LAUNCHERS)})")
+    if launcher is not None and launcher not in LAUNCHER_NAMES:
+        raise AblateError(f"--launcher: {launcher!r} is not a launcher (allowed: {', '.join(LAUNCHER_NAMES)})")
     if workers is not None and launcher is None:
         raise AblateError("--workers: only with --launcher slurm|local (on this machine: --jobs N)")
     if launcher is not None and jobs != 1:

@@ -1,9 +1,9 @@
-"""Datamodules, one per `data.name`: the DATASETS table at the end of this file.
+"""Datamodules, one per data config class: the DATASETS table at the end of this file.
 
-Every datamodule keeps the contract of `DataModule` (below): train and study build it from the DataConfig,
+Every datamodule keeps the contract of `DataModule` (below): train and study build it from the data config,
 a dry run asks only its `shape`, a study runs its `check` before any trial, Grad-CAM undoes its normalisation
-with its `mean`/`std`. Adding a dataset is one class and one table entry (and its name and class count in
-config.DATASETS).
+with its `mean`/`std`. Adding a dataset is a config class in ablate/config/data.py (its name, keys and defaults)
+and its datamodule in the table.
 
 Small datasets (digits, cluttered-digits, synthetic, cifar10/100) live in memory as uint8 (N, C, H, W)
 tensors, so a batch is one indexing op (no per-sample Python) and augmentation (random crop, hflip) and
@@ -33,7 +33,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
-from ablate.config import DataConfig
+from ablate.config import (Cifar10Data, Cifar100Data, ClutteredDigitsData, DataBase, DataConfig, DigitsData,
+                           ImageFolderData, SyntheticData)
 from ablate.errors import AblateError, one_line
 
 __all__ = ["DATASETS", "DataModule", "build_datamodule", "check_data", "dataset_shape"]
@@ -46,23 +47,24 @@ SYNTHETIC_SIZES = (256, 64)
 
 
 def build_datamodule(cfg: DataConfig) -> DataModule:
-    return datamodule_class(cfg.name)(cfg)
+    return datamodule_class(cfg)(cfg)
 
 
 def check_data(cfg: DataConfig) -> None:
     """What can be checked without loading anything (a dataset folder is there): before a study starts."""
-    datamodule_class(cfg.name).check(cfg)
+    datamodule_class(cfg).check(cfg)
 
 
 def dataset_shape(cfg: DataConfig) -> tuple[int, int]:
     """(num_classes, in_chans) without loading anything: what a dry run needs to build the model."""
-    return datamodule_class(cfg.name).shape(cfg)
+    return datamodule_class(cfg).shape(cfg)
 
 
-def datamodule_class(name: str) -> type[DataModule]:
-    if name not in DATASETS:  # config validation refuses it first; this guards configs built without it
-        raise AblateError(f"data.name: {name!r} is not a dataset (allowed: {', '.join(DATASETS)})")
-    return DATASETS[name]
+def datamodule_class(cfg: DataConfig) -> type[DataModule]:
+    if type(cfg) not in DATASETS:  # every class in config.DATA_CONFIGS has one (tested); this guards others
+        raise AblateError(f"data.name: {cfg.name!r} has no datamodule (the table ablate.data.DATASETS has "
+                          f"{', '.join(c.__name__ for c in DATASETS)})")
+    return DATASETS[type(cfg)]
 
 
 class DataModule(pl.LightningDataModule):
@@ -648,11 +650,11 @@ def _subset(data: Dataset, positions: torch.Tensor) -> Dataset:
 
 # ---------------------------------------------------------------- the table
 
-DATASETS: dict[str, type[DataModule]] = {
-    "digits": DigitsDataModule,
-    "cluttered-digits": ClutteredDigitsDataModule,
-    "synthetic": SyntheticDataModule,
-    "cifar10": Cifar10DataModule,
-    "cifar100": Cifar100DataModule,
-    "imagefolder": ImageFolderDataModule,
+DATASETS: dict[type[DataBase], type[DataModule]] = {
+    DigitsData: DigitsDataModule,
+    ClutteredDigitsData: ClutteredDigitsDataModule,
+    SyntheticData: SyntheticDataModule,
+    Cifar10Data: Cifar10DataModule,
+    Cifar100Data: Cifar100DataModule,
+    ImageFolderData: ImageFolderDataModule,
 }

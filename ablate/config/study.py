@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from ablate.config.base import Strict
 
@@ -47,6 +47,26 @@ class Bound(Strict):
     max: float | None = None
 
 
+def by_shape(kind_of, **members) -> Any:
+    """A union whose branch the input's shape picks (`kind_of(value)` -> a member's name), so that pydantic
+    reports the errors of that branch alone: a wrong list of objectives is not also 'not a string'."""
+    return Annotated[Union[tuple(Annotated[kind, Tag(name)] for name, kind in members.items())],
+                     Discriminator(kind_of)]
+
+
+def _list_or_not(value) -> str:
+    return "list" if isinstance(value, list) else "other"
+
+
+def _mapping_or_not(value) -> str:
+    return "mapping" if isinstance(value, (dict, Strict)) else "other"
+
+
+Metric = by_shape(_list_or_not, list=list[Objective], other=str)  # a metric's name, or objectives
+Seeds = by_shape(_mapping_or_not, mapping=SeedsOnDemand, other=Annotated[list[int], Field(min_length=1)])
+SpaceValues = by_shape(_mapping_or_not, mapping=Range, other=list)  # a range, or choices
+
+
 # study.constraints keys: a configuration's cost from its dry forward; *_delta_pct against the plain backbone
 CONSTRAINTS = ("params_m", "gmacs", "params_delta_pct", "gmacs_delta_pct")
 
@@ -54,12 +74,12 @@ CONSTRAINTS = ("params_m", "gmacs", "params_delta_pct", "gmacs_delta_pct")
 class StudySection(Strict):
     # a folder name for its checkpoints (255 bytes), with '.before-<time>' appended when set aside
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
-    metric: str | list[Objective] = "val/acc1"
+    metric: Metric = "val/acc1"
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["grid", "tpe", "random", "gp"] = "grid"
     pruner: Literal["none", "median", "hyperband", "asha"] = "none"
     trials: int | None = Field(None, ge=1, description="default: every grid cell x seed")
-    seeds: Annotated[list[int], Field(min_length=1)] | SeedsOnDemand = Field(default_factory=lambda: [0])
+    seeds: Seeds = Field(default_factory=lambda: [0])
     constraints: dict[Literal[CONSTRAINTS], Bound] = Field(
         default_factory=dict, description="cost limits checked before a trial trains, e.g. params_m: {max: 1.3}")
     warm_start: str | None = Field(None, description="a searched study's sampler starts from this earlier study's "
@@ -96,7 +116,7 @@ class StudySection(Strict):
         return self.metric
 
 
-LAUNCHERS = ("local", "slurm")
+LAUNCHER_NAMES = ("local", "slurm")  # ablate.launch.LAUNCHERS' keys
 
 
 class LauncherConfig(Strict):
@@ -104,7 +124,7 @@ class LauncherConfig(Strict):
 
     The keys are sbatch's (submitit passes them on); `sbatch` holds any other option as '--key=value' lines."""
 
-    name: Literal[LAUNCHERS] | None = Field(None, description="default launcher; --launcher overrides it")
+    name: Literal[LAUNCHER_NAMES] | None = Field(None, description="default launcher; --launcher overrides it")
     workers: int = Field(1, ge=1, description="array tasks, each one worker process (one GPU each)")
     partition: str | None = None
     account: str | None = None
@@ -159,6 +179,6 @@ class StudyConfig(Strict):
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     base: dict = Field(default_factory=dict, description="the trial config every trial starts from")
     include: list[str] = Field(default_factory=list, description="search_spaces/*.yaml files merged into space")
-    space: dict[str, list | Range] = Field(default_factory=dict, description="dotted key -> choices or range")
+    space: dict[str, SpaceValues] = Field(default_factory=dict, description="dotted key -> choices or range")
     cells: list[dict] = Field(default_factory=list, description="explicit configurations (dotted key -> value)")
     reference: list[dict] = Field(default_factory=list, description="published numbers: {match: {...}, column: value}")

@@ -7,13 +7,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from ablate.config.base import SEED, Strict
+from ablate.config.data import ClutteredDigitsData, DataConfig
 from ablate.config.loading import apply_overrides, load_yaml
 from ablate.config.messages import validation_error
 
-POSITIONS = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")
-# data.name -> its classes, known without loading it (None: data.num_classes says); the datamodules are in ablate/data.py
-DATASETS = {"digits": 10, "cluttered-digits": 10, "synthetic": None, "cifar10": 10, "cifar100": 100,
-            "imagefolder": None}
+POSITION_NAMES = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")  # ablate.inject.POSITIONS' keys
 MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
 KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
@@ -23,7 +21,7 @@ class AttentionSpec(Strict):
     """Which module goes where: `name: none` is the plain backbone."""
 
     name: str = "none"
-    position: Literal[POSITIONS] | None = Field(None, description="null = where the module's paper puts it "
+    position: Literal[POSITION_NAMES] | None = Field(None, description="null = where the module's paper puts it "
                                                 "(ablate modules), block when it names no place")
     stages: list[int] | None = Field(None, description="1-based stages to touch, as papers count; null = all")
     every: int = Field(1, ge=1, description="every n-th block within a stage")
@@ -46,29 +44,6 @@ class ModelConfig(Strict):
     attention: AttentionSpec = Field(default_factory=AttentionSpec)
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth")
-
-
-class DataConfig(Strict):
-    name: Literal[tuple(DATASETS)] = "cluttered-digits"
-    root: str | None = Field(None, description="dataset folder for cifar10/cifar100/imagefolder")
-    download: bool = False
-    image_size: int = Field(64, ge=8, le=2048, description="beyond 2048 px a batch no longer fits any accelerator")
-    batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
-    on_device: bool = Field(True, description="in-memory datasets live on the accelerator (no copy per batch); "
-                            "imagefolder batches travel as uint8 and are normalised on the device")
-    train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
-    val_size: int | None = Field(None, ge=1)
-    clutter: int = Field(4, ge=0, description="cluttered-digits: fragments per canvas")
-    num_classes: int = Field(10, ge=2, description="synthetic and imagefolder (the folders' classes) only")
-    auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
-    hflip: float = Field(0.0, ge=0, le=1)
-    seed: int = SEED
-
-    @property
-    def class_count(self) -> int:
-        """How many classes the model predicts: the dataset's own count, else data.num_classes."""
-        return DATASETS.get(self.name) or self.num_classes
 
 
 class TrainConfig(Strict):
@@ -124,7 +99,7 @@ class TrackingConfig(Strict):
 
 class TrialConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=ClutteredDigitsData)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
