@@ -7,9 +7,9 @@ and touches no store. The modules, one job each:
     study.py     the study and launcher schemas, Slurm's time grammar
     loading.py   YAML under size/depth/alias limits, duplicate keys refused; dotted overrides and flatten
     messages.py  pydantic's errors as one line naming the file and the key
-    base.py      the strict model every schema derives from
+    base.py      the strict model every schema derives from; what editing a key changes (EFFECTS)
 """
-from ablate.config.base import SEED, Strict
+from ablate.config.base import EFFECTS, SEED, Strict, effect, keys_with_effect
 from ablate.config.data import (DATA_CONFIGS, DATASET_NAMES, Cifar10Data, Cifar100Data, CifarData,
                                 ClutteredDigitsData, DataBase, DataConfig, DigitsData, ImageFolderData, SyntheticData,
                                 data_config)
@@ -21,7 +21,7 @@ from ablate.config.study import (CONSTRAINTS, LAUNCHER_NAMES, METRICS, Bound, La
 from ablate.config.trial import (KNOB_PREFIX, MODULE_KEY, OPTIMIZERS, POSITION_NAMES, AttentionSpec, ModelConfig,
                                  TrackingConfig, TrainConfig, TrialConfig, load_trial, parse_trial)
 
-__all__ = ["SEED", "Strict",
+__all__ = ["EFFECTS", "SEED", "Strict", "effect", "keys_with_effect",
            "DATA_CONFIGS", "DATASET_NAMES", "Cifar10Data", "Cifar100Data", "CifarData", "ClutteredDigitsData",
            "DataBase", "DataConfig", "DigitsData", "ImageFolderData", "SyntheticData", "data_config",
            "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "apply_overrides", "decode", "flatten", "load_yaml",

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BeforeValidator, Field, TypeAdapter
 
-from ablate.config.base import SEED, Strict
+from ablate.config.base import SEED, Strict, effect
 
 DEFAULT_DATASET = "cluttered-digits"  # a data section without a name
 
@@ -27,8 +27,9 @@ class DataBase(Strict):
     name: str
     image_size: int = image_size(64, "side of the square input")
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
-    on_device: bool = Field(True, description="in-memory datasets live on the accelerator (no copy per batch); "
+    num_workers: int = Field(0, ge=0, json_schema_extra=effect("run"))
+    on_device: bool = Field(True, json_schema_extra=effect("run"),
+                            description="in-memory datasets live on the accelerator (no copy per batch); "
                             "imagefolder batches travel as uint8 and are normalised on the device")
     train_size: int | None = Field(None, ge=1, description="samples in the train split; null = dataset default")
     val_size: int | None = Field(None, ge=1)
@@ -67,8 +68,10 @@ class SyntheticData(DataBase):
 class CifarData(DataBase):
     """CIFAR's batch files under data.root, or downloaded there."""
 
-    root: str | None = Field(None, description="the folder that holds cifar-10-batches-py or cifar-100-python")
-    download: bool = Field(False, description="fetch the dataset into data.root when it is not there")
+    root: str | None = Field(None, json_schema_extra=effect("run"),
+                             description="the folder that holds cifar-10-batches-py or cifar-100-python")
+    download: bool = Field(False, json_schema_extra=effect("run"),
+                           description="fetch the dataset into data.root when it is not there")
     image_size: int = image_size(32, "CIFAR's own 32 px; other sizes are resized on the device")
 
 
@@ -86,7 +89,7 @@ class ImageFolderData(DataBase):
     """Images in ImageNet's layout: root/train/<class>/* and root/val/<class>/*."""
 
     name: Literal["imagefolder"] = "imagefolder"
-    root: str | None = Field(None, description="the folder that holds train/ and val/")
+    root: str | None = Field(None, json_schema_extra=effect("run"), description="the folder that holds train/ and val/")
     image_size: int = image_size(224, "ImageNet's 224 px crops")
     num_classes: int = Field(10, ge=2, description="the class folders (a dry run builds the model without them)")
 

@@ -9,8 +9,10 @@ from pydantic import Discriminator, Field, Tag, field_validator
 from ablate.config.base import Strict
 
 # What a trial logs and a study may optimise (train.py logs these names).
-METRICS = ("val/acc1", "val/acc5", "val/loss", "val/acc1_best", "val/acc1_ema", "train/loss", "train/throughput",
-           "train/epoch_time", "model/params", "model/gmacs")
+# val/*_ema with train.ema only; val/acc5* only for more than 5 classes (top-5 of 5 is always 1)
+METRICS = ("val/acc1", "val/acc5", "val/loss", "val/acc1_best", "val/acc1_ema", "val/acc5_ema", "val/loss_ema",
+           "train/loss", "train/throughput", "train/epoch_time", "train/peak_mem_mb", "train/lr", "model/params",
+           "model/gmacs")
 
 
 class Objective(Strict):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from ablate.config.base import SEED, Strict
+from ablate.config.base import Strict, effect, seed_field
 from ablate.config.data import ClutteredDigitsData, DataConfig
 from ablate.config.loading import apply_overrides, load_yaml
 from ablate.config.messages import validation_error
@@ -65,20 +65,24 @@ class TrainConfig(Strict):
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
-    accelerator: str = "auto"
-    devices: int | str = Field(1, description="N > 1: one trial on N devices (DDP; N processes on CPU, with gloo)")
-    ddp_timeout_s: int = Field(600, ge=10, description="the longest a rank waits for the others (a dead rank)")
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = SEED
+    accelerator: str = Field("auto", json_schema_extra=effect("run"))
+    devices: int | str = Field(1, json_schema_extra=effect("run"),
+                               description="N > 1: one trial on N devices (DDP; N processes on CPU, with gloo)")
+    ddp_timeout_s: int = Field(600, ge=10, json_schema_extra=effect("run"),
+                               description="the longest a rank waits for the others (a dead rank)")
+    channels_last: bool = Field(False, json_schema_extra=effect("layout"))
+    compile: bool = Field(False, json_schema_extra=effect("run"))
+    seed: int = seed_field(json_schema_extra=effect("repeat"))
     limit_train_batches: int | float | None = Field(None, description="batches per epoch (int >= 1) or a fraction")
     limit_val_batches: int | float | None = None
     val_every: float = Field(1.0, gt=0, le=1, description="validate every this fraction of an epoch (0.25: four "
                              "times), so that a pruner can stop a short trial inside an epoch")
-    progress_bar: bool = True
-    checkpoint_every: int = Field(1, ge=0, description="epochs between the trial's resume checkpoints; 0 = none")
-    checkpoint_dir: str | None = Field(None, description="where resume checkpoints live; null = beside the "
-                                                         "tracking store (mlruns/checkpoints)")
+    progress_bar: bool = Field(True, json_schema_extra=effect("record"))
+    checkpoint_every: int = Field(1, ge=0, json_schema_extra=effect("record"),
+                                  description="epochs between the trial's resume checkpoints; 0 = none")
+    checkpoint_dir: str | None = Field(None, json_schema_extra=effect("record"),
+                                       description="where resume checkpoints live; null = beside the "
+                                                   "tracking store (mlruns/checkpoints)")
 
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod
@@ -101,7 +105,7 @@ class TrialConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=ClutteredDigitsData)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra=effect("record"))
 
 
 
