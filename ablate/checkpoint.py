@@ -30,7 +30,7 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ablate import tracking
-from ablate.config import TrialConfig, flatten
+from ablate.config import TrialConfig, flatten, keys_with_effect
 from ablate.errors import one_line
 from ablate.distributed import broadcast_decision
 from ablate.interrupt import INTERRUPT, interruption
@@ -41,9 +41,7 @@ __all__ = ["CHECKPOINT", "CheckpointWriteError", "Resume", "AtomicCheckpointIO",
 
 CHECKPOINT = "last.ckpt"
 # keys that change how a trial runs or is recorded, not what it computes: a checkpoint resumes across them
-RESUMABLE_ACROSS = ("tracking.", "train.progress_bar", "train.checkpoint_", "train.compile", "train.accelerator",
-                    "train.devices", "train.ddp_timeout_s", "data.num_workers", "data.on_device", "data.root",
-                    "data.download")
+RESUMABLE_ACROSS = keys_with_effect(TrialConfig, "run", "record")  # each field says its effect
 
 
 class CheckpointWriteError(OSError):

@@ -10,7 +10,7 @@ from typing import List, Optional
 import click
 import typer
 
-from ablate.config import POSITIONS
+from ablate.config import POSITION_NAMES
 from ablate.errors import AblateError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -72,7 +72,7 @@ def _show(value) -> str:
 def inspect(
     backbone: str = typer.Argument(..., help="timm model name, e.g. resnet50"),
     attention: str = typer.Option("none", help="registered module name (see `ablate modules`)"),
-    position: Optional[str] = typer.Option(None, help=", ".join(POSITIONS) + " (default: the paper's placement)"),
+    position: Optional[str] = typer.Option(None, help=", ".join(POSITION_NAMES) + " (default: the paper's placement)"),
     knob: List[str] = typer.Option([], help="module knob as name=value (repeatable)"),
     stages: Optional[str] = typer.Option(None, help="1-based stages, comma separated, e.g. 3,4"),
     every: int = typer.Option(1, help="every n-th block within a stage"),

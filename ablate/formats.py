@@ -10,7 +10,6 @@ from typing import Callable
 
 import pandas as pd
 
-from ablate import stats
 from ablate.errors import AblateError
 
 DELTA = "Δ top-1"  # the table's delta columns: report.py computes them, the views here print them
@@ -85,9 +84,7 @@ def compact(table: AblationTable) -> pd.DataFrame:
         out["top-5 acc (%)"] = _pm(frame["top-5 acc (%)"], frame["top-5 acc (%) sd"])
     name = DELTA_PREV if table.ladder else DELTA
     out[f"{name} (95% CI)"] = _delta_text(frame, name, None if table.ladder else table.baseline)
-    out["verdict"] = frame["verdict"] if not table.ladder else [
-        "-" if pd.isna(lo) and i == 0 else stats.direction(lo, hi)
-        for i, (lo, hi) in enumerate(zip(frame[f"{DELTA_PREV} lo"], frame[f"{DELTA_PREV} hi"]))]
+    out["verdict"] = frame["verdict"]  # a ladder's: each step's (summary.compare), as its configuration runs say
     return out
 
 

@@ -1,6 +1,6 @@
 """Put attention modules into an already-built timm model, at named positions.
 
-Positions (the POSITIONS table; config.POSITIONS names the same ones); an unset position is the module's
+Positions (the POSITIONS table; config.POSITION_NAMES names the same ones); an unset position is the module's
 paper placement (its registry entry), `block` where the paper names none:
   block      inside each residual block, before the residual add: the block's `se` slot, where timm's
              ResNet/ResNeXt/ResNet-D/Wide, EfficientNet/MobileNetV3 and RegNet blocks put SE. A slot that
@@ -14,7 +14,7 @@ paper placement (its registry entry), `block` where the paper names none:
 
 A position's site finder names its sites and how each takes the module (the INSTALLERS table): into the
 block's `slot`, `replace` a conv, replace the global `pool`, or hooked on after (`out`) or before (`in`) a
-module. A new position is one finder and one POSITIONS entry (and its name in config.POSITIONS); a new way
+module. A new position is one finder and one POSITIONS entry (and its name in config.POSITION_NAMES); a new way
 to take a module is one INSTALLERS row. Replacing the global pool is classifier surgery: ablate/head.py.
 
 Blocks and stages come from timm's own `group_matcher`, so any timm family that timm can group works.

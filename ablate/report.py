@@ -8,6 +8,7 @@ The numbers come back as a record, formats.AblationTable; formats.py writes them
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,12 @@ import optuna
 import pandas as pd
 from mlflow import MlflowClient
 
-from ablate import stats
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
 from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
-from ablate.results import (METRIC_COLUMNS, needs_runs, param_columns, resolve_study, stored_runs_client,
-                            study_file, trials_frame)
+from ablate.plan import StudyPlan
+from ablate.results import (METRIC_COLUMNS, Comparison, compare_rows, needs_runs, param_columns, resolve_study,
+                            stored_runs_client, study_file, trials_frame)
 from ablate.spec import REFERENCE_COLUMNS, Cell, StudySpec, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
@@ -32,13 +33,10 @@ NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although t
 
 # ---------------------------------------------------------------- deltas with confidence intervals
 
-def _delta_columns(per_seed: pd.DataFrame, pairs: list[tuple], name: str) -> pd.DataFrame:
-    """For (row, reference row) pairs: the delta, its interval and whether the interval excludes zero."""
-    rows = {}
-    for row, ref in pairs:
-        measured = ref in per_seed and row in per_seed  # a row with no finished trial has no delta
-        d, lo, hi = stats.delta_ci(per_seed[ref], per_seed[row]) if measured else (np.nan,) * 3
-        rows[row] = {name: d, f"{name} lo": lo, f"{name} hi": hi, f"{name} sig": bool(lo > 0 or hi < 0)}
+def _delta_columns(comparison: Comparison, name: str) -> pd.DataFrame:
+    """A comparison's deltas as columns: the delta, its interval and whether the interval excludes zero."""
+    rows = {row: {name: o.delta, f"{name} lo": o.low, f"{name} hi": o.high, f"{name} sig": o.significant}
+            for row, o in comparison.outcomes.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -88,7 +86,8 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     study = study or load(study_name, storage)
     client = client or (stored_runs_client(study, tracking_uri) if needs_runs(study) else None)
     spec = spec or study_file(study, client)
-    df = trials_frame(study, client, spec)
+    plan = StudyPlan(spec) if spec is not None else None
+    df = trials_frame(study, client, plan)
     hidden = int((~df["in_file"] & (df["state"] == "COMPLETE")).sum()) if len(df) else 0
     if show_all:
         df.loc[~df["in_file"], "label"] += NOT_IN_FILE
@@ -116,26 +115,40 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     table = table.join(counts)
     table = table[["n", "pruned", "failed", *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
 
-    # per-seed top-1 (mean over repeats of a seed): the samples the intervals are computed from
-    per_seed = done.pivot_table(index="seed", columns="row", values="top-1 acc (%)", aggfunc="mean")
-    rows = list(table.index)
-    if baseline:
-        base = _find_row(table, done, baseline)
-    else:
-        plain = done[done[MODULE_KEY].astype(str) == "none"]["row"] if MODULE_KEY in done else pd.Series([])
-        base = plain.iloc[0] if len(plain) else table.index[table["n"] > 0][0]
-    table = table.join(_delta_columns(per_seed, [(r, base) for r in rows], DELTA))
+    # the study's result per row and its comparisons, by summary.py's rules: what the configuration runs show
+    rows, refused = list(table.index), refused_rows(study, spec)
+    named = _find_row(table, done, baseline) if baseline else None
+    compare = partial(compare_rows, df, plan, row="row", rows=rows, named=named, refused=set(refused) & set(rows))
+    against_base = compare(ladder=False)
     ladder = bool(spec and spec.cfg.study.ladder)
+    shown = compare(ladder=True) if ladder else against_base  # a ladder is judged per step
+    _result_columns(table, against_base)
+    table = table.join(_delta_columns(against_base, DELTA))
     if ladder:
-        table = table.join(_delta_columns(per_seed, list(zip(rows, [None] + rows[:-1])), DELTA_PREV))
+        table = table.join(_delta_columns(shown, DELTA_PREV))
+    table["verdict"] = [shown.outcomes[row].verdict for row in table.index]
+    table["paper Δ top-1"] = [shown.outcomes[row].paper_delta for row in table.index]
+    table["effect"] = [shown.outcomes[row].effect for row in table.index]
     table.index.name = "config"
     if not spec or spec.cfg.study.sampler != "grid":  # a search: its configurations ranked by mean over seeds
-        table = table.sort_values("top-1 acc (%)", ascending=False, na_position="last")
-    table["verdict"] = [("baseline" if row == base else stats.direction(lo, hi))
-                        for row, lo, hi in zip(table.index, table[f"{DELTA} lo"], table[f"{DELTA} hi"])]
-    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), base, ladder)
-    return AblationTable(frame=table, study=study_name, baseline=base, ladder=ladder, per_seed=per_seed,
-                         refused=refused_rows(study, spec), hidden=0 if show_all else hidden, classes=num_classes(spec))
+        table = table.sort_values("top-1 acc (%)", ascending=not against_base.maximize, na_position="last")
+    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), against_base.baseline, ladder)
+    per_seed = pd.DataFrame({row: o.samples for row, o in against_base.outcomes.items() if o.n})
+    per_seed.index.name, per_seed.columns.name = "seed", "row"
+    return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
+                         per_seed=per_seed, refused=refused, hidden=0 if show_all else hidden,
+                         classes=num_classes(spec))
+
+
+def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:
+    """n, and the study metric's mean and sd, over seeds (a seed's repeats averaged): the configuration runs' numbers.
+    Top-1 accuracy and error are those when the study's metric is val/acc1; other metrics keep their trials' mean."""
+    table["n"] = [comparison.outcomes[row].n for row in table.index]
+    if comparison.metric != "val/acc1":
+        return
+    for column, sign, offset in (("top-1 acc (%)", 1, 0), ("top-1 err (%)", -1, 100)):
+        table[column] = [offset + sign * comparison.outcomes[row].mean for row in table.index]
+        table[f"{column} sd"] = [comparison.outcomes[row].sd for row in table.index]
 
 
 def num_classes(spec: StudySpec | None) -> int | None:
@@ -157,14 +170,13 @@ def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
 
 
 def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
-    """With `reference:` rows: do our params match the paper's (within 0.01M), does our GMAC delta over the
-    baseline match the paper's, and is the paper's effect on top-1 reproduced by our interval (stats.reproduction)?
-    A ladder is judged per step (each row against the one before)."""
+    """With `reference:` rows: do our params match the paper's (within 0.01M), and does our GMAC delta over the
+    baseline match the paper's? A ladder is judged per step (each row against the one before). Whether the paper's
+    effect on top-1 is reproduced is the comparison's (summary.compare), as the configuration runs show it."""
     rows = list(table.index)
     previous = dict(zip(rows, [None] + rows[:-1]))
     ref = {r: (previous[r] if ladder else baseline) for r in rows}
     ref = {r: b for r, b in ref.items() if b is not None and b != r}
-    delta = DELTA_PREV if ladder else DELTA
     if "paper params (M)" in table:
         gap = (table["params (M)"] - table["paper params (M)"]).abs()
         table["params match"] = gap.le(PARAMS_TOLERANCE_M).where(gap.notna())
@@ -174,14 +186,8 @@ def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
                            table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
             table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
             table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= GMACS_TOLERANCE if pd.notna(paper) else np.nan
-    accuracy = (table["paper top-1 acc"] if "paper top-1 acc" in table else
-                100 - table["paper top-1 err"] if "paper top-1 err" in table else None)
-    if accuracy is not None:
-        for r, b in ref.items():
-            paper = accuracy[r] - accuracy[b]
-            table.loc[r, "paper Δ top-1"] = paper
-            table.loc[r, "effect"] = (stats.reproduction(paper, table.at[r, f"{delta} lo"], table.at[r, f"{delta} hi"])
-                                      if pd.notna(paper) else "-")
+    if "paper top-1 acc" not in table and "paper top-1 err" not in table:  # no published top-1: no effect to judge
+        table = table.drop(columns=["paper Δ top-1", "effect"])
     return table
 
 

@@ -131,11 +131,13 @@ class Comparison:
 
 
 def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cell", rows: list[str] | None = None,
-                 named: str | None = None, paper: dict[str, float] | None = None, refused=()) -> Comparison:
+                 named: str | None = None, paper: dict[str, float] | None = None, refused=(),
+                 ladder: bool | None = None) -> Comparison:
     """The study metric of `frame`'s finished trials in file (or trial) order, compared row by row: `row` names the
     column rows are keyed by (`cell` in the runner, the report's row label), `rows` every row to show (default: the
     frame's), `named` the baseline the reader chose (default: study.baseline's rule), `paper` each row's published
-    top-1 accuracy (default: from the study file's references), `refused` the rows study.constraints refused."""
+    top-1 accuracy (default: from the study file's references), `refused` the rows study.constraints refused,
+    `ladder` whether each row is compared with the row before (default: study.ladder)."""
     objective = plan.spec.cfg.study.objectives()[0] if plan is not None else None
     metric, maximize = (objective.metric, objective.direction == "maximize") if objective else ("val/acc1", True)
     scale = stats.percent(metric)
@@ -152,7 +154,7 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cel
     if paper is None and plan is not None and plan.spec.cfg.reference:
         paper = {r: paper_top1(plan, first.at[r, "cell"], first.at[r, "label"], frame) for r in rows
                  if r in first.index}
-    ladder = plan is not None and plan.spec.cfg.study.ladder
+    ladder = plan is not None and plan.spec.cfg.study.ladder if ladder is None else ladder
     outcomes = compare(rows, samples, base, ladder=ladder, maximize=maximize, paper=paper, refused=refused)
     return Comparison(rows, base, outcomes, metric, scale, maximize)
 

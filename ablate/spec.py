@@ -24,25 +24,12 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from ablate.attention import get_attention, resolve_knobs
-from ablate.config import (
-    KNOB_PREFIX,
-    METRICS,
-    MODULE_KEY,
-    Range,
-    StudyConfig,
-    TrialConfig,
-    apply_overrides,
-    flatten,
-    load_yaml,
-    parse_trial,
-    validation_error,
-)
+from ablate.config import (KNOB_PREFIX, METRICS, MODULE_KEY, Range, StudyConfig, TrialConfig, apply_overrides,
+                           flatten, keys_with_effect, load_yaml, parse_trial, validation_error)
 from ablate.errors import AblateError, at, within
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
-OPERATIONAL_KEYS = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
-                    "train.accelerator", "train.devices", "train.ddp_timeout_s", "train.checkpoint_",
-                    "data.num_workers", "data.on_device", "data.download", "data.root")
+OPERATIONAL_KEYS = keys_with_effect(TrialConfig, "repeat", "layout", "run", "record")  # each field says its effect
 MAX_GRID_VALUES = 10_000  # a grid range with more steps than this is a typo in its step, not an ablation
 MAX_RANGE_STEPS = 10**9  # past this Optuna's decimal arithmetic on the step fails
 # a study file's reference keys -> the report's column names; other keys describe the row in words
@@ -397,6 +384,8 @@ def fingerprint_change(spec: StudySpec, stored: dict) -> str | None:
     for key in sorted(set(old) | set(now["base"])):
         if key not in old and now["base"].get(key) == defaults.get(key, object()):
             continue  # a key added to ablate since the study was stored, at its default: nothing changed
+        if key not in now["base"]:
+            continue  # a key the schema no longer has for this dataset (data configs per dataset): nothing to compare
         if old.get(key) != now["base"].get(key):
             return f"base.{key}: {old.get(key)!r} -> {now['base'].get(key)!r}"
     return None

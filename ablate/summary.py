@@ -100,8 +100,8 @@ def compare(rows: list[str], samples: dict[str, pd.Series], baseline: str | None
         if row in refused:
             out[row] = Outcome(row, values, ref, verdict=REFUSED)
             continue
-        if ref is None:
-            out[row] = Outcome(row, values, None, verdict=NO_RESULT if ladder else BASELINE)
+        if ref is None:  # the baseline, or a ladder's first row (what its steps start from)
+            out[row] = Outcome(row, values, None, verdict=BASELINE)
             continue
         if ref not in samples or not len(values):  # nothing to compare yet
             out[row] = Outcome(row, values, ref)

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ablate.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from ablate.config import Cifar10Data, ModelConfig, TrainConfig  # noqa: E402
 from ablate.data import build_datamodule  # noqa: E402
 from ablate.models import build_model  # noqa: E402
 from ablate.train import EpochStats, TrialModule, make_trainer, quiet_lightning  # noqa: E402
@@ -47,8 +47,7 @@ def write_cifar10(root: Path, train: int, test: int) -> None:
 
 
 def throughput(root: Path, on_device: bool, args) -> float:
-    data = DataConfig(name="cifar10", root=str(root), image_size=32, batch_size=args.batch_size, hflip=0.5,
-                      on_device=on_device)
+    data = Cifar10Data(root=str(root), image_size=32, batch_size=args.batch_size, hflip=0.5, on_device=on_device)
     train = TrainConfig(epochs=args.epochs, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="constant",
                         accelerator=args.accelerator, precision=args.precision, progress_bar=False,
                         checkpoint_every=0, limit_val_batches=1)

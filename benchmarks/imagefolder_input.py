@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from ablate.config import DataConfig  # noqa: E402
+from ablate.config import ImageFolderData  # noqa: E402
 from ablate.data import build_datamodule  # noqa: E402
 
 
@@ -114,9 +114,8 @@ def main() -> None:
         write_jpegs(root, args.images)
 
     def datamodule(on_device: bool):
-        return build_datamodule(DataConfig(name="imagefolder", root=str(root), image_size=args.size,
-                                           batch_size=args.batch_size, num_workers=args.workers,
-                                           on_device=on_device))
+        return build_datamodule(ImageFolderData(root=str(root), image_size=args.size, batch_size=args.batch_size,
+                                                num_workers=args.workers, on_device=on_device))
 
     rows = []
     for name, make in (("float", lambda: module_batches(datamodule(False), device)),

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ablate.config import DataConfig
-from ablate.data import DATASETS, build_datamodule, check_data, dataset_shape
+from ablate.config import DATASET_NAMES, ClutteredDigitsData, TrialConfig, data_config, parse_trial
+from ablate.data import build_datamodule, check_data, dataset_shape
 from ablate.errors import AblateError
 
 
@@ -16,8 +16,37 @@ def first_batch(dm, train=True):
     return dm.transform_batch(next(iter(loader)), train=train)
 
 
+# ---------------------------------------------------------------- the data configs: one schema per dataset
+
+def test_each_dataset_has_its_own_defaults():
+    sizes = {name: data_config(name=name).image_size for name in DATASET_NAMES}
+    assert sizes == {"digits": 64, "cluttered-digits": 64, "synthetic": 64, "cifar10": 32, "cifar100": 32,
+                     "imagefolder": 224}  # CIFAR at its native size, an image folder at ImageNet's
+    assert [data_config(name=n).class_count for n in ("digits", "cifar10", "cifar100")] == [10, 10, 100]
+    assert data_config(name="synthetic", num_classes=3).class_count == 3
+    assert type(TrialConfig().data) is ClutteredDigitsData  # the default dataset, also without a name:
+    assert type(TrialConfig.model_validate({"data": {"clutter": 2}}).data) is ClutteredDigitsData
+
+
+@pytest.mark.parametrize("name, key, value, hint", [
+    ("cifar10", "clutter", 2, "only cluttered-digits takes it"),
+    ("digits", "num_classes", 5, "only synthetic, imagefolder take it"),
+    ("synthetic", "root", "data", "only cifar10, cifar100, imagefolder take it"),
+    ("imagefolder", "download", True, "only cifar10, cifar100 take it"),
+    ("cluttered-digits", "clutte", 2, "did you mean 'clutter'?"),
+])
+def test_a_key_foreign_to_the_dataset_is_one_line_naming_the_file_the_key_and_the_allowed_keys(name, key, value,
+                                                                                                hint):
+    with pytest.raises(AblateError) as err:
+        parse_trial({"data": {"name": name, key: value}}, "trial.yaml")
+    line = str(err.value)
+    assert line.startswith(f"trial.yaml: data.{key}: unknown key for {name} ({hint}") and "\n" not in line
+    if "only" in hint:
+        assert "allowed: name, image_size, batch_size" in line
+
+
 def test_digits_shapes():
-    dm = build_datamodule(DataConfig(name="digits", image_size=32, batch_size=16))
+    dm = build_datamodule(data_config(name="digits", image_size=32, batch_size=16))
     assert (dm.num_classes, dm.in_chans, dm.image_size) == (10, 1, 32)
     assert dm.x_train.shape[1:] == (1, 32, 32) and dm.x_train.dtype == torch.uint8
     assert len(dm.y_train) + len(dm.y_val) == 1797 and 350 <= len(dm.y_val) <= 370  # stratified 80/20
@@ -29,7 +58,7 @@ def test_digits_shapes():
 
 
 def test_synthetic_shapes():
-    dm = build_datamodule(DataConfig(name="synthetic", num_classes=5, image_size=16, batch_size=8))
+    dm = build_datamodule(data_config(name="synthetic", num_classes=5, image_size=16, batch_size=8))
     assert (dm.num_classes, dm.in_chans, dm.image_size) == (5, 3, 16)
     x, y = first_batch(dm)
     assert x.shape == (8, 3, 16, 16) and int(y.max()) < 5
@@ -38,14 +67,14 @@ def test_synthetic_shapes():
 
 
 def cluttered(**kw):
-    return build_datamodule(DataConfig(name="cluttered-digits", train_size=200, val_size=50, batch_size=32, **kw))
+    return build_datamodule(data_config(name="cluttered-digits", train_size=200, val_size=50, batch_size=32, **kw))
 
 
 def test_cluttered_shapes():
     dm = cluttered()
     assert (dm.num_classes, dm.in_chans, dm.image_size) == (10, 1, 64)
     assert dm.x_train.shape == (200, 1, 64, 64) and dm.x_val.shape == (50, 1, 64, 64)
-    assert dm.x_train.dtype == torch.uint8 and dm.train_clutter.shape == (200, DataConfig().clutter)
+    assert dm.x_train.dtype == torch.uint8 and dm.train_clutter.shape == (200, ClutteredDigitsData().clutter)
     x, y = first_batch(dm)
     assert x.shape == (32, 1, 64, 64) and y.shape == (32,)
 
@@ -81,7 +110,7 @@ def test_cluttered_zero_clutter_is_one_digit():
 
 
 def test_train_batches_deterministic_with_augmentation():
-    cfg = DataConfig(name="digits", image_size=16, batch_size=8, hflip=0.5, seed=1)
+    cfg = data_config(name="digits", image_size=16, batch_size=8, hflip=0.5, seed=1)
     a, b = build_datamodule(cfg), build_datamodule(cfg)
     xa, ya = first_batch(a)
     xb, yb = first_batch(b)
@@ -97,21 +126,21 @@ def test_train_batches_deterministic_with_augmentation():
 
 
 def test_auto_augment_on_tensors_and_bad_spec():
-    dm = build_datamodule(DataConfig(name="synthetic", image_size=16, batch_size=4, auto_augment="rand-m9-mstd0.5"))
+    dm = build_datamodule(data_config(name="synthetic", image_size=16, batch_size=4, auto_augment="rand-m9-mstd0.5"))
     x, _ = first_batch(dm)
     assert x.shape == (4, 3, 16, 16)
     with pytest.raises(AblateError, match="data.auto_augment"):
-        build_datamodule(DataConfig(name="synthetic", auto_augment="bogus"))
+        build_datamodule(data_config(name="synthetic", auto_augment="bogus"))
 
 
 def test_size_beyond_split_raises():
     with pytest.raises(AblateError, match="data.train_size"):
-        build_datamodule(DataConfig(name="digits", train_size=5000))
+        build_datamodule(data_config(name="digits", train_size=5000))
 
 
 def test_cifar_missing_raises(tmp_path):
     with pytest.raises(AblateError, match="data.root") as err:
-        build_datamodule(DataConfig(name="cifar10", root=str(tmp_path)))
+        build_datamodule(data_config(name="cifar10", root=str(tmp_path)))
     assert "\n" not in str(err.value) and "cifar-10-batches-py" in str(err.value)
 
 
@@ -139,13 +168,13 @@ def write_fake_cifar100(root, per_file=3):
 
 def test_fake_cifar10_loads(tmp_path):
     write_fake_cifar10(tmp_path)
-    dm = build_datamodule(DataConfig(name="cifar10", root=str(tmp_path), batch_size=4, image_size=32, hflip=0.5))
+    dm = build_datamodule(data_config(name="cifar10", root=str(tmp_path), batch_size=4, image_size=32, hflip=0.5))
     assert (dm.num_classes, dm.in_chans, dm.image_size) == (10, 3, 32)
     assert dm.x_train.shape == (15, 3, 32, 32) and dm.x_val.shape == (3, 3, 32, 32)
     x, y = first_batch(dm)
     assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
     # image_size other than 32: resized on the fly
-    dm = build_datamodule(DataConfig(name="cifar10", root=str(tmp_path), batch_size=4, image_size=48))
+    dm = build_datamodule(data_config(name="cifar10", root=str(tmp_path), batch_size=4, image_size=48))
     assert first_batch(dm, train=False)[0].shape == (3, 3, 48, 48)
 
 
@@ -161,7 +190,7 @@ def write_image_folder(root, splits=("train", "val"), classes=("cat", "dog"), pe
 
 def test_imagefolder_loads(tmp_path):
     write_image_folder(tmp_path)
-    dm = build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path), image_size=32, batch_size=4))
+    dm = build_datamodule(data_config(name="imagefolder", root=str(tmp_path), image_size=32, batch_size=4))
     assert (dm.num_classes, dm.in_chans, dm.image_size) == (2, 3, 32)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and set(y.tolist()) <= {0, 1}
@@ -173,7 +202,7 @@ def test_imagefolder_batches_travel_as_uint8_and_normalise_on_the_device_like_ti
     write_image_folder(tmp_path)
     batches = {}
     for on_device in (True, False):
-        dm = build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path), image_size=32, batch_size=4,
+        dm = build_datamodule(data_config(name="imagefolder", root=str(tmp_path), image_size=32, batch_size=4,
                                          on_device=on_device))
         raw = next(iter(dm.val_dataloader()))
         assert raw[0].dtype == (torch.uint8 if on_device else torch.float32)  # a quarter of the bytes to copy
@@ -186,7 +215,7 @@ def test_imagefolder_batches_travel_as_uint8_and_normalise_on_the_device_like_ti
 def test_imagefolder_missing_val_raises(tmp_path):
     write_image_folder(tmp_path, splits=("train",))
     with pytest.raises(AblateError, match="data.root") as err:
-        build_datamodule(DataConfig(name="imagefolder", root=str(tmp_path)))
+        build_datamodule(data_config(name="imagefolder", root=str(tmp_path)))
     assert "val" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -198,12 +227,14 @@ def small_config(name, tmp_path):
         write_fake_cifar100(tmp_path)
     elif name == "imagefolder":
         write_image_folder(tmp_path)
-    synthesised = name not in ("cifar10", "cifar100", "imagefolder")  # the fake folders hold a few images
-    return DataConfig(name=name, root=str(tmp_path), image_size=16, batch_size=4, num_classes=2,
-                      train_size=20 if synthesised else None, val_size=10 if synthesised else None)
+    keys = {"root": str(tmp_path)} if name in ("cifar10", "cifar100", "imagefolder") else {
+        "train_size": 20, "val_size": 10}  # the fake folders hold a few images
+    if name in ("synthetic", "imagefolder"):
+        keys["num_classes"] = 2
+    return data_config(name=name, image_size=16, batch_size=4, **keys)
 
 
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", DATASET_NAMES)
 def test_every_dataset_keeps_the_datamodule_contract(name, tmp_path):
     cfg = small_config(name, tmp_path)
     check_data(cfg)
@@ -235,7 +266,7 @@ def test_lightning_trainer_applies_batch_transform():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = build_datamodule(DataConfig(name="synthetic", num_classes=4, image_size=8, batch_size=8, hflip=0.5))
+    dm = build_datamodule(data_config(name="synthetic", num_classes=4, image_size=8, batch_size=8, hflip=0.5))
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
                          accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)

@@ -1,21 +1,26 @@
 """Extension points are tables: config names exactly their keys, and a new entry is all a new one needs."""
+from typing import ClassVar, Literal
+
 import timm
 import torch
 
 import ablate.config
 import ablate.data
 import ablate.inject
-from ablate.config import AttentionSpec, DataConfig
+from ablate.config import DATA_CONFIGS, DATASET_NAMES, AttentionSpec, DataBase, TrialConfig
 from ablate.data import TensorDataModule, build_datamodule, check_data, dataset_shape
 from ablate.inject import INSTALLERS, Position, inject
 
 
 def test_config_names_exactly_the_positions_table():
-    assert set(ablate.config.POSITIONS) == set(ablate.inject.POSITIONS)
+    assert set(ablate.config.POSITION_NAMES) == set(ablate.inject.POSITIONS)
 
 
-def test_config_names_exactly_the_datasets_table():
-    assert set(ablate.config.DATASETS) == set(ablate.data.DATASETS)
+def test_every_data_config_has_its_datamodule_and_its_name():
+    assert set(DATA_CONFIGS) == set(ablate.data.DATASETS)
+    assert sorted(DATASET_NAMES) == sorted(c().name for c in DATA_CONFIGS)  # one name each, no second list
+    for config in DATA_CONFIGS:  # and a trial file's data.name picks that class
+        assert type(TrialConfig.model_validate({"data": {"name": config().name}}).data) is config
 
 
 def test_every_position_finds_sites_that_an_installer_takes():
@@ -37,25 +42,31 @@ def test_a_new_position_is_one_table_entry(monkeypatch):
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
+class StripesData(DataBase):
+    """A new dataset's config: its name, its keys beyond DataBase's (none here) and its class count."""
+
+    name: Literal["stripes"] = "stripes"
+    num_classes: ClassVar[int] = 2
+
+
 class Stripes(TensorDataModule):
     """Two classes: horizontal or vertical stripes."""
 
     @classmethod
     def shape(cls, cfg):
-        return 2, 1
+        return cfg.class_count, 1
 
     def __init__(self, cfg):
         y = torch.arange(8) % 2
         stripes = (torch.arange(cfg.image_size) % 2 * 255).to(torch.uint8)
         x = torch.stack([stripes[:, None].expand(-1, cfg.image_size) if c else
                          stripes[None, :].expand(cfg.image_size, -1) for c in y.tolist()])[:, None]
-        super().__init__(cfg, x, y, x, y, num_classes=2)
+        super().__init__(cfg, x, y, x, y, num_classes=cfg.class_count)
 
 
-def test_a_new_dataset_is_one_table_entry(monkeypatch):
-    monkeypatch.setitem(ablate.data.DATASETS, "stripes", Stripes)
-    cfg = DataConfig.model_construct(**{**DataConfig().model_dump(), "name": "stripes", "image_size": 8,
-                                        "batch_size": 4})
+def test_a_new_dataset_is_a_config_class_and_one_table_entry(monkeypatch):
+    monkeypatch.setitem(ablate.data.DATASETS, StripesData, Stripes)
+    cfg = StripesData(image_size=8, batch_size=4)  # validated by its own schema
     check_data(cfg)
     assert dataset_shape(cfg) == (2, 1)
     dm = build_datamodule(cfg)

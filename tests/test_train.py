@@ -16,7 +16,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from ablate import tracking
-from ablate.config import ModelConfig, TrainConfig, TrialConfig
+from ablate.config import METRICS, ModelConfig, TrainConfig, TrialConfig
 from ablate.data import build_datamodule
 from ablate.errors import AblateError
 from ablate.models import build_model
@@ -114,6 +114,13 @@ def test_run_records_params_metrics_and_artifacts(uri, monkeypatch):
     assert TrialConfig.model_validate(saved) == cfg
     report = load_dict(f"{run.info.artifact_uri}/insertion_report.json")
     assert report["backbone"] == "test_resnet" and report["params"] == result.metrics["model/params"]
+
+
+def test_a_trial_logs_exactly_the_metrics_a_study_may_optimise(uri):
+    """config.METRICS, the names study.metric may take, are what a trial logs: all of them and no other, with EMA on
+    (val/*_ema need train.ema) and more than 5 classes (val/acc5* need them: tiny's synthetic data has 10)."""
+    result = run_trial(tiny(uri, "metrics", ema=True, epochs=1))
+    assert sorted(result.metrics) == sorted(METRICS)
 
 
 def test_importing_ablate_changes_no_global_setting():
@@ -291,7 +298,7 @@ def test_pruned_trial_is_killed_with_its_last_validation_recorded(uri):
     ("train", {"devices": "2", "accelerator": "cpu"}),  # several devices are given by their number
 ])
 def test_bad_config_raises_before_anything_is_tracked(tmp_path, section, bad):
-    data = tiny().model_dump()
+    data = tiny().model_dump(exclude={"data": {"num_classes"}})  # synthetic's own key: cifar10 refuses it
     data[section].update(bad)
     with pytest.raises(AblateError):
         run_trial(TrialConfig.model_validate(data))  # default store: ./mlruns in this test's folder

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # annotations only: importing torch is what building a module costs, not naming one
     from torch import nn
 
-from ablate.config import POSITIONS
+from ablate.config import POSITION_NAMES
 from ablate.errors import AblateError, at, describe
 
 KINDS = ("gate", "conv", "head")
@@ -125,8 +125,8 @@ class Placement:
     stages: str = "all"  # all_but_last: BAM's bottlenecks between stages; last: BoTNet's c5 stage
 
     def __post_init__(self):
-        if self.position not in POSITIONS or self.stages not in STAGE_RULES:
-            raise ValueError(f"placement: position one of {POSITIONS}, stages one of {STAGE_RULES}")
+        if self.position not in POSITION_NAMES or self.stages not in STAGE_RULES:
+            raise ValueError(f"placement: position one of {POSITION_NAMES}, stages one of {STAGE_RULES}")
 
     def select(self, available: list[int]) -> list[int] | None:
         """The 1-based stages to use out of `available`; None: all of them."""

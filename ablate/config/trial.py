@@ -1,0 +1,120 @@
+"""The trial schema: what one training run is (model, data, train, tracking), and reading a trial file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from ablate.config.base import Strict, effect, seed_field
+from ablate.config.data import ClutteredDigitsData, DataConfig
+from ablate.config.loading import apply_overrides, load_yaml
+from ablate.config.messages import validation_error
+
+POSITION_NAMES = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")  # ablate.inject.POSITIONS' keys
+MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
+KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
+
+
+class AttentionSpec(Strict):
+    """Which module goes where: `name: none` is the plain backbone."""
+
+    name: str = "none"
+    position: Literal[POSITION_NAMES] | None = Field(None, description="null = where the module's paper puts it "
+                                                "(ablate modules), block when it names no place")
+    stages: list[int] | None = Field(None, description="1-based stages to touch, as papers count; null = all")
+    every: int = Field(1, ge=1, description="every n-th block within a stage")
+    pattern: str | None = Field(None, description="module-path glob for position: pattern")
+    init: Literal["default", "identity"] = "default"
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stages")
+    @classmethod
+    def _positive_stages(cls, v):
+        if v is not None and (not v or any(s < 1 for s in v)):
+            raise ValueError("stages are 1-based and non-empty, e.g. [3, 4]")
+        return v
+
+
+class ModelConfig(Strict):
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    checkpoint: str | None = Field(None, description="local weights file, for machines without a network")
+    attention: AttentionSpec = Field(default_factory=AttentionSpec)
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "multistep", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    decay_epochs: int = Field(30, ge=1, description="step schedule: epochs between decays")
+    decay_milestones: list[int] = Field([30, 60, 90], min_length=1,
+                                        description="multistep schedule: the epochs where lr decays")
+    decay_rate: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
+    accelerator: str = Field("auto", json_schema_extra=effect("run"))
+    devices: int | str = Field(1, json_schema_extra=effect("run"),
+                               description="N > 1: one trial on N devices (DDP; N processes on CPU, with gloo)")
+    ddp_timeout_s: int = Field(600, ge=10, json_schema_extra=effect("run"),
+                               description="the longest a rank waits for the others (a dead rank)")
+    channels_last: bool = Field(False, json_schema_extra=effect("layout"))
+    compile: bool = Field(False, json_schema_extra=effect("run"))
+    seed: int = seed_field(json_schema_extra=effect("repeat"))
+    limit_train_batches: int | float | None = Field(None, description="batches per epoch (int >= 1) or a fraction")
+    limit_val_batches: int | float | None = None
+    val_every: float = Field(1.0, gt=0, le=1, description="validate every this fraction of an epoch (0.25: four "
+                             "times), so that a pruner can stop a short trial inside an epoch")
+    progress_bar: bool = Field(True, json_schema_extra=effect("record"))
+    checkpoint_every: int = Field(1, ge=0, json_schema_extra=effect("record"),
+                                  description="epochs between the trial's resume checkpoints; 0 = none")
+    checkpoint_dir: str | None = Field(None, json_schema_extra=effect("record"),
+                                       description="where resume checkpoints live; null = beside the "
+                                                   "tracking store (mlruns/checkpoints)")
+
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _batches(cls, v, info):
+        if info.field_name == "limit_val_batches" and v == 0 and not isinstance(v, bool):
+            return v  # Lightning's way to turn validation off (throughput benchmarks); a study then has no metric
+        if v is not None and not (isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v <= 1):
+            raise ValueError(f"{v!r} is neither a number of batches (an integer >= 1) nor a fraction in (0, 1]")
+        return v
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
+    experiment: str = "ablate"
+    run_name: str | None = None
+    log_weights: bool = Field(True, description="save the trained state_dict as the run's model.pt (Grad-CAM)")
+
+
+class TrialConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=ClutteredDigitsData)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra=effect("record"))
+
+
+
+def parse_trial(data: dict, source: str = "config") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(source, e, TrialConfig) from None
+
+
+def load_trial(path: str | Path, overrides: list[str] = ()) -> TrialConfig:
+    return parse_trial(apply_overrides(load_yaml(path), list(overrides)), str(path))

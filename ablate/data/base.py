@@ -1,0 +1,96 @@
+"""The DataModule contract every dataset keeps, and the checks they share (subset sizes, auto-augment specs)."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+from ablate.config import DataBase
+from ablate.data.order import ResumableOrder
+from ablate.errors import AblateError
+
+
+class DataModule(ResumableOrder, pl.LightningDataModule):
+    """What every datamodule provides.
+
+    Instances: `num_classes`, `in_chans`, `image_size`; `mean` and `std`, the per-channel normalisation in
+    [0, 1] units (so an input can be shown as an image again); `classes`, one name per class; the dataloaders,
+    whose training batches come from `shuffled_batches` (order.py: resumable, sharded); `transform_batch(batch,
+    train=...)`, which Lightning applies to each batch once it is on the device (outside a Trainer, in plain loops
+    and tests, call it on each batch yourself).
+    Classes: `shape(cfg)` and `check(cfg)`, which load nothing, so dry runs and study checks stay cheap.
+    """
+
+    cfg: DataBase
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    classes: list[str]
+    _device_stats: tuple = (None,)  # (device, mean, std) once `_stats` has copied them there
+
+    @classmethod
+    def shape(cls, cfg: DataBase) -> tuple[int, int]:
+        """(num_classes, in_chans) for `cfg`: what a dry run needs to build the model."""
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, cfg: DataBase) -> None:
+        """Raise AblateError for what is wrong without loading anything (a missing folder, a subset larger than
+        the dataset, an auto-augment spec timm does not parse); subclasses add their own checks to these."""
+        timm_auto_augment(cfg.auto_augment, cfg.image_size, [0.5])  # built for its error, if any
+        for key, n, available in zip(("train_size", "val_size"), (cfg.train_size, cfg.val_size),
+                                     cls.split_sizes(cfg) or (None, None), strict=True):
+            check_subset(key, n, available)
+
+    @classmethod
+    def split_sizes(cls, cfg: DataBase) -> tuple[int, int] | None:
+        """(train, val) samples of a dataset of fixed size; None where they are synthesised or counted on load."""
+        return None
+
+    def transform_batch(self, batch, train: bool):
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # runs on the already-moved batch; the trainer says whether this is a training step
+        return self.transform_batch(batch, train=self.trainer is not None and self.trainer.training)
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std shaped (C, 1, 1) on `device`, copied there once rather than every step."""
+        if self._device_stats[0] != device:
+            self._device_stats = device, self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
+        return self._device_stats[1:]
+
+
+def check_subset(key: str, n: int | None, available: int | None) -> None:
+    """data.train_size / val_size `n` may not exceed the `available` samples (None: not known, or all)."""
+    if n is not None and available is not None and n > available:
+        raise AblateError(f"data.{key}: {n} is more than the {available} samples available "
+                          f"(use at most {available}, or null for all)")
+
+
+def pick(available: int, n: int | None, key: str, gen: torch.Generator) -> torch.Tensor:
+    """Sorted positions of a random n-subset (all when n is null); n beyond what exists is a config error."""
+    if n is None:
+        return torch.arange(available)
+    check_subset(key, n, available)
+    return torch.randperm(available, generator=gen)[:n].sort().values
+
+
+def timm_auto_augment(spec: str | None, size: int, mean: list[float]):
+    """timm's PIL auto-augment for `spec` (dispatch as in timm.data.create_transform); None when unset."""
+    if not spec:
+        return None
+    fill = tuple(min(255, round(255 * m)) for m in mean)  # PIL wants one fill value per channel
+    hparams = dict(translate_const=int(size * 0.45), img_mean=fill)
+    try:
+        if spec.startswith("rand"):
+            return rand_augment_transform(spec, hparams)
+        if spec.startswith("augmix"):
+            return augment_and_mix_transform(spec, dict(hparams, translate_pct=0.3))
+        return auto_augment_transform(spec, hparams)
+    except (AssertionError, KeyError, ValueError, IndexError) as e:
+        raise AblateError(f"data.auto_augment: {spec!r} is not a timm auto-augment spec ({e}; e.g. "
+                          "'rand-m9-mstd0.5' for RandAugment, 'original' for AutoAugment, "
+                          "'augmix-m5-w4-d2')") from None

@@ -1,0 +1,91 @@
+"""Image folders in ImageNet's layout: torchvision's ImageFolder with timm's transforms, batches as uint8."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from ablate.config import ImageFolderData
+from ablate.data.base import DataModule, pick, timm_auto_augment
+from ablate.errors import AblateError, one_line
+
+
+class ImageFolderDataModule(DataModule):
+    """ImageNet layout root/train/<class>/* and root/val/<class>/*, read by ImageFolder, timm transforms."""
+
+    @classmethod
+    def shape(cls, cfg: ImageFolderData) -> tuple[int, int]:
+        return cfg.num_classes, 3  # data.num_classes: the folders may not be on this machine (a dry run)
+
+    @classmethod
+    def check(cls, cfg: ImageFolderData) -> None:
+        super().check(cfg)
+        _imagefolder_root(cfg)
+
+    def __init__(self, cfg: ImageFolderData):
+        super().__init__()
+        self.cfg = cfg
+        root = _imagefolder_root(cfg)
+        # the same one-line error for a bad spec as the tensor datasets give
+        timm_auto_augment(cfg.auto_augment, cfg.image_size, [0.5])
+        # data.on_device, timm's prefetcher convention: workers decode and augment to uint8 (a quarter of the
+        # bytes of float32 through pinned memory), the float conversion and normalisation run on the device
+        uint8 = cfg.on_device
+        train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment,
+                                    hflip=cfg.hflip, use_prefetcher=uint8)
+        val_tf = create_transform(cfg.image_size, is_training=False, use_prefetcher=uint8)
+        try:
+            train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+        except FileNotFoundError as e:
+            raise AblateError(f"data.root: {one_line(e)} (expected {IMAGEFOLDER_LAYOUT})") from None
+        if train.classes != val.classes:
+            missing = sorted(set(train.classes) ^ set(val.classes))[:5]
+            raise AblateError(f"data.root: {root}/train and {root}/val have different class folders "
+                              f"(e.g. {', '.join(missing)}); both need the same <class> names")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.train_set = _subset(train, pick(len(train), cfg.train_size, "train_size", gen))
+        self.val_set = _subset(val, pick(len(val), cfg.val_size, "val_size", gen))
+        self.classes = train.classes
+        self.num_classes, self.in_chans, self.image_size = len(train.classes), 3, int(cfg.image_size)
+        # what timm's create_transform normalises with
+        self.mean, self.std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+
+    def transform_batch(self, batch, train: bool):
+        x, y = batch
+        if x.dtype != torch.uint8:  # data.on_device: false, timm's float transforms normalised it already
+            return x, y
+        mean, std = self._stats(x.device)
+        return x.float().div_(255).sub_(mean).div_(std), y  # what timm's ToTensor + Normalize compute
+
+    def train_dataloader(self):
+        batches = self.shuffled_batches(self.train_set)
+        return self._loader(self.train_set, batch_sampler=batches, generator=batches.sampler.generator)
+
+    def val_dataloader(self):
+        return self._loader(self.shard(self.val_set), batch_size=self.cfg.batch_size // self._rank()[1])
+
+    def _loader(self, data, **kwargs):
+        workers = self.cfg.num_workers
+        return DataLoader(data, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+IMAGEFOLDER_LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*"
+
+
+def _imagefolder_root(cfg: ImageFolderData) -> Path:
+    if cfg.root is None:
+        raise AblateError(f"data.root: required for imagefolder (a folder laid out as {IMAGEFOLDER_LAYOUT})")
+    root = Path(cfg.root).expanduser()
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            expected = IMAGEFOLDER_LAYOUT.replace("root", str(root))
+            raise AblateError(f"data.root: {root / split} not found (imagefolder expects {expected})")
+    return root
+
+
+def _subset(data: Dataset, positions: torch.Tensor) -> Dataset:
+    return data if len(positions) == len(data) else Subset(data, positions.tolist())
