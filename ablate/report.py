@@ -127,12 +127,14 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     if ladder:
         table = table.join(_delta_columns(shown, DELTA_PREV))
     table["verdict"] = [shown.outcomes[row].verdict for row in table.index]
-    table["paper Δ top-1"] = [shown.outcomes[row].paper_delta for row in table.index]
-    table["effect"] = [shown.outcomes[row].effect for row in table.index]
     table.index.name = "config"
     if not spec or spec.cfg.study.sampler != "grid":  # a search: its configurations ranked by mean over seeds
         table = table.sort_values("top-1 acc (%)", ascending=not against_base.maximize, na_position="last")
     table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), against_base.baseline, ladder)
+    compared = [row for row in table.index if shown.outcomes[row].compared_with is not None]
+    if compared and ("paper top-1 acc" in table or "paper top-1 err" in table):  # the paper's effect, by our interval
+        table.loc[compared, "paper Δ top-1"] = [shown.outcomes[row].paper_delta for row in compared]
+        table.loc[compared, "effect"] = [shown.outcomes[row].effect for row in compared]
     per_seed = pd.DataFrame({row: o.samples for row, o in against_base.outcomes.items() if o.n})
     per_seed.index.name, per_seed.columns.name = "seed", "row"
     return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
@@ -186,8 +188,6 @@ def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
                            table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
             table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
             table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= GMACS_TOLERANCE if pd.notna(paper) else np.nan
-    if "paper top-1 acc" not in table and "paper top-1 err" not in table:  # no published top-1: no effect to judge
-        table = table.drop(columns=["paper Δ top-1", "effect"])
     return table
 
 

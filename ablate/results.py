@@ -146,7 +146,7 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cel
     done = ordered[ordered["state"] == "COMPLETE"].copy()
     done["value"] = pd.to_numeric(done[metric], errors="coerce") * scale if metric in done else np.nan
     samples = seed_samples(done, "value", row)
-    first = ordered.drop_duplicates(row).set_index(row) if len(frame) else pd.DataFrame()
+    first = ordered.drop_duplicates(row).set_index(row, drop=False) if len(frame) else pd.DataFrame()
     modules = {r: str(first.at[r, MODULE_KEY]) if MODULE_KEY in first and pd.notna(first.at[r, MODULE_KEY])
                else plan.module({}) if plan is not None else "none" for r in rows if r in first.index}
     searched = plan is not None and not plan.spec.is_grid

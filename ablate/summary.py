@@ -100,8 +100,9 @@ def compare(rows: list[str], samples: dict[str, pd.Series], baseline: str | None
         if row in refused:
             out[row] = Outcome(row, values, ref, verdict=REFUSED)
             continue
-        if ref is None:  # the baseline, or a ladder's first row (what its steps start from)
-            out[row] = Outcome(row, values, None, verdict=BASELINE)
+        if ref is None:  # the baseline (against itself: 0), or a ladder's first row (what its steps start from)
+            itself = stats.delta_ci(values, values) if len(values) and not ladder else (np.nan,) * 3
+            out[row] = Outcome(row, values, None, *itself, verdict=BASELINE)
             continue
         if ref not in samples or not len(values):  # nothing to compare yet
             out[row] = Outcome(row, values, ref)
