@@ -20,7 +20,7 @@ from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
 from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
 from ablate.plan import StudyPlan
-from ablate.results import (METRIC_COLUMNS, Comparison, compare_rows, needs_runs, param_columns, resolve_study,
+from ablate.results import (METRIC_COLUMNS, Comparison, compare_rows, find_row, needs_runs, param_columns, resolve_study,
                             stored_runs_client, study_file, trials_frame)
 from ablate.spec import REFERENCE_COLUMNS, Cell, StudySpec, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
@@ -60,19 +60,11 @@ def _resolve_by(by, df: pd.DataFrame) -> list[str]:
 
 
 def _find_row(table: pd.DataFrame, frame: pd.DataFrame, expr: str):
-    """--baseline: a row label, or key=value pairs matched against the trials' params."""
-    if expr in table.index:
-        return expr
-    match = frame
-    for part in expr.split(","):
-        key, sep, value = part.strip().partition("=")
-        cols = _columns_for(key, frame)
-        if not sep or not cols:
-            raise AblateError(f"--baseline: no row {expr!r} (rows: {', '.join(map(str, table.index))})")
-        match = match[match[cols[0]].astype(str) == value]
-    if match.empty:
+    """--baseline: a row label, or key=value pairs matched against the trials' params (as study.baseline)."""
+    found = expr if expr in table.index else find_row(expr, frame)
+    if found is None:
         raise AblateError(f"--baseline: no row {expr!r} (rows: {', '.join(map(str, table.index))})")
-    return match["row"].iloc[0]
+    return found
 
 
 def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri: str | None = None, by=None,

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ablate import stats, tracking
 from ablate.config import MODULE_KEY
 from ablate.plan import StudyPlan
-from ablate.spec import StudySpec, load_study, reference_row
+from ablate.spec import StudySpec, load_study, names_row, reference_row
 from ablate.storage import Attr, resumed_trials
 from ablate.summary import Outcome, choose_baseline, compare, seed_samples
 
@@ -150,13 +150,25 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cel
     modules = {r: str(first.at[r, MODULE_KEY]) if MODULE_KEY in first and pd.notna(first.at[r, MODULE_KEY])
                else plan.module({}) if plan is not None else "none" for r in rows if r in first.index}
     searched = plan is not None and not plan.spec.is_grid
-    base = choose_baseline(rows, samples, modules, named=named, searched=searched, maximize=maximize)
+    expr = plan.spec.cfg.study.baseline if plan is not None and named is None else None
+    if expr is not None:  # named in advance: never picked from the data (None while no trial of it exists)
+        base = find_row(expr, ordered, row) if len(frame) else None
+    else:
+        base = choose_baseline(rows, samples, modules, named=named, searched=searched, maximize=maximize)
     if paper is None and plan is not None and plan.spec.cfg.reference:
         paper = {r: paper_top1(plan, first.at[r, "cell"], first.at[r, "label"], frame) for r in rows
                  if r in first.index}
     ladder = plan is not None and plan.spec.cfg.study.ladder if ladder is None else ladder
     outcomes = compare(rows, samples, base, ladder=ladder, maximize=maximize, paper=paper, refused=refused)
     return Comparison(rows, base, outcomes, metric, scale, maximize)
+
+
+def find_row(expr: str, frame: pd.DataFrame, row: str = "row") -> str | None:
+    """The row of the first trial `expr` names (spec.names_row: a label, or key=value pairs), or None."""
+    for params, label, found in zip(frame["params"], frame["label"], frame[row], strict=True):
+        if names_row(expr, params, label) or str(found) == expr:
+            return found
+    return None
 
 
 def paper_top1(plan: StudyPlan, key: str, label: str, frame: pd.DataFrame) -> float:

@@ -137,6 +137,11 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
                           "(add keys to space or include, or use sampler: grid)")
     with within(str(path)):
         _check_reference(spec)
+    if spec.is_grid and cfg.study.baseline is not None and not any(
+            names_row(cfg.study.baseline, c.params, c.label) for c in grid_cells(spec)):
+        rows = ", ".join(c.label for c in grid_cells(spec)[:6])
+        raise AblateError(f"{path}: study.baseline: {cfg.study.baseline!r} names no configuration of the grid (a row "
+                          f"label or key=value pairs; its rows: {rows})")
     return spec
 
 
@@ -452,6 +457,18 @@ def run_label(params: dict) -> str:
             short = key.split(".")[-1]
             parts.append(f"{KNOB_ABBREVIATIONS.get(short, short) if key.startswith(KNOB_PREFIX) else short}={value}")
     return " ".join(parts) or "base"
+
+
+def names_row(expr: str, params: dict, label: str) -> bool:
+    """Does `expr` (study.baseline, report --baseline) name this configuration: its label, or key=value pairs whose
+    keys are `attention`, a dotted key or its last part ('attention=none, lr=0.1')?"""
+    if expr == label:
+        return True
+    pairs = [part.strip().partition("=") for part in expr.split(",")]
+    if any(not sep for _, sep, _ in pairs):
+        return False
+    named = lambda key, dotted: dotted == (MODULE_KEY if key == "attention" else key) or dotted.endswith("." + key)  # noqa: E731
+    return all(any(named(key, k) and str(v) == value for k, v in params.items()) for key, _, value in pairs)
 
 
 def matches(match: dict, params: dict, label: str) -> bool:

@@ -149,6 +149,8 @@ CASES = [
     bad_study("study-seeds-wrong-type", lambda d: d["study"].update(seeds="zero"),
               "study.seeds: Input should be a valid list"),
     bad_study("study-seeds-empty", lambda d: d["study"].update(seeds=[]), "study.seeds:"),
+    bad_study("study-baseline-names-no-cell", lambda d: d["study"].update(baseline="attention=cbam"),
+              "study.baseline: 'attention=cbam' names no configuration of the grid", "attention=none"),
     # results bought cheaply (seeds on demand, cost limits, warm starts) and the report's columns
     bad_study("study-seeds-on-demand-max-below-min", lambda d: d["study"].update(seeds={"min": 4, "max": 3}),
               "study.seeds.max: Value error, max (3) is below min (4)"),

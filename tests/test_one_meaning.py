@@ -92,3 +92,14 @@ def test_a_search_reads_the_same_and_names_one_baseline(tmp_path, modules, basel
     table = ablation_table("search")
     assert table.baseline == (baseline or table.frame["top-1 acc (%)"].idxmax())
     assert configuration[table.baseline].data.tags["ablate.verdict"] == "baseline"
+
+
+def test_a_baseline_named_in_advance_is_the_baseline_everywhere(tmp_path):
+    """study.baseline names the control before any trial: the report, the configuration runs and seeds on demand
+    all compare with it, whatever the data say."""
+    path = study_file(tmp_path, "named", study={"seeds": [0, 1, 2], "baseline": "attention=se"})
+    run_study(load_study(path), trainer=Toy())
+    configuration = assert_one_meaning("named")
+    assert ablation_table("named").baseline == "attention=se"
+    assert configuration["attention=se"].data.tags["ablate.verdict"] == "baseline"
+    assert configuration["attention=none"].data.tags["ablate.delta"].endswith("vs se")

@@ -87,6 +87,9 @@ class StudySection(Strict):
     warm_start: str | None = Field(None, description="a searched study's sampler starts from this earlier study's "
                                                      "finished trials (same storage)")
     ladder: bool = Field(False, description="cells are cumulative: each adds its keys to the previous one")
+    baseline: str | None = Field(None, max_length=1000, description=(
+        "the configuration every other is compared with: its row label ('attention=none', a ladder row's name) or "
+        "key=value pairs ('attention=none, lr=0.1'); default: the plain one, else a grid's first, a search's best"))
     # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")
