@@ -20,9 +20,20 @@ from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
 from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
 from ablate.plan import StudyPlan
-from ablate.results import (METRIC_COLUMNS, Comparison, compare_rows, find_row, needs_runs, param_columns, resolve_study,
-                            stored_runs_client, study_file, trials_frame)
-from ablate.spec import REFERENCE_COLUMNS, Cell, StudySpec, grid_cells, keyed_cells, trial_config
+from ablate.reference import REFERENCE_COLUMNS, matches
+from ablate.results import (
+    METRIC_COLUMNS,
+    Comparison,
+    compare_rows,
+    find_row,
+    needs_runs,
+    param_columns,
+    resolve_study,
+    stored_runs_client,
+    study_file,
+    trials_frame,
+)
+from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells, trial_config
 from ablate.storage import Attr, load
 
 PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
@@ -186,18 +197,17 @@ def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
 def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
     """The paper's numbers beside ours: `paper X` and `ours X` for every numeric reference column we have.
 
-    `done` maps the table's rows (its `row` column) to their params, which the references `match`."""
+    `done` maps the table's rows (its `row` column) to their `params` and `label`, which the references `match`."""
     ours = {"top-1 err": "top-1 err (%)", "top-5 err": "top-5 err (%)", "top-1 acc": "top-1 acc (%)",
             "top-5 acc": "top-5 acc (%)", "params (M)": "params (M)", "GMACs": "GMACs"}
     for ref in reference:
-        match = done
-        for key, value in ref.get("match", {}).items():
-            col = "label" if key == "name" else key
-            match = match[match[col].astype(str) == str(value)] if col in match else match.iloc[0:0]
+        pairs = zip(done["params"], done["label"], strict=True)
+        named = [matches(ref.get("match", {}), params, label) for params, label in pairs]
+        rows = done.loc[named, "row"].unique()
         for key, value in ref.items():
-            if key in REFERENCE_COLUMNS and isinstance(value, (int, float)) and not match.empty:
+            if key in REFERENCE_COLUMNS and isinstance(value, (int, float)) and len(rows):
                 name = REFERENCE_COLUMNS[key]
-                table.loc[match["row"].unique(), f"paper {name}"] = float(value)
+                table.loc[rows, f"paper {name}"] = float(value)
                 if ours[name] in table:  # a dry run has params and GMACs, no accuracy yet
                     table[f"ours {name}"] = table[ours[name]]
     return table
@@ -216,7 +226,7 @@ def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("config")
     if not spec.is_grid:
         table["trials"] = spec.cfg.study.trials
-    cells_frame = pd.DataFrame([{"label": c.label, "row": c.label, **c.params} for c in cells])
+    cells_frame = pd.DataFrame([{"label": c.label, "row": c.label, "params": c.params} for c in cells])
     table = with_reference(table, cells_frame, spec.cfg.reference)
     return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X
 

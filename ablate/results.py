@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 from ablate import stats, tracking
 from ablate.config import MODULE_KEY
 from ablate.plan import StudyPlan
-from ablate.spec import StudySpec, load_study, names_row, reference_row
+from ablate.reference import published_top1
+from ablate.spec import StudySpec, load_study, names_row
 from ablate.storage import Attr, resumed_trials
 from ablate.summary import Outcome, choose_baseline, compare, seed_samples
 
@@ -156,8 +157,8 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cel
     else:
         base = choose_baseline(rows, samples, modules, named=named, searched=searched, maximize=maximize)
     if paper is None and plan is not None and plan.spec.cfg.reference:
-        paper = {r: paper_top1(plan, first.at[r, "cell"], first.at[r, "label"], frame) for r in rows
-                 if r in first.index}
+        paper = {r: published_top1(plan.spec.cfg.reference, first.at[r, "params"], first.at[r, "label"])
+                 for r in rows if r in first.index}
     ladder = plan is not None and plan.spec.cfg.study.ladder if ladder is None else ladder
     outcomes = compare(rows, samples, base, ladder=ladder, maximize=maximize, paper=paper, refused=refused)
     return Comparison(rows, base, outcomes, metric, scale, maximize)
@@ -169,15 +170,3 @@ def find_row(expr: str, frame: pd.DataFrame, row: str = "row") -> str | None:
         if names_row(expr, params, label) or str(found) == expr:
             return found
     return None
-
-
-def paper_top1(plan: StudyPlan, key: str, label: str, frame: pd.DataFrame) -> float:
-    """A configuration's published top-1 accuracy in points (its `reference:` row's top1_acc, or 100 - top1_err)."""
-    cell = plan.cells.get(key)
-    params = cell.params if cell is not None else frame.loc[frame["cell"] == key, "params"].iloc[0]
-    ref = reference_row(plan.spec, params, label) or {}
-    for name, to_acc in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
-        value = ref.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(to_acc(value))
-    return np.nan

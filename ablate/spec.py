@@ -11,7 +11,6 @@ fingerprinted here and checked by the runner.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import itertools
 import json
@@ -24,17 +23,27 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from ablate.attention import get_attention, resolve_knobs
-from ablate.config import (KNOB_PREFIX, METRICS, MODULE_KEY, Range, StudyConfig, TrialConfig, apply_overrides,
-                           flatten, keys_with_effect, load_yaml, parse_trial, validation_error)
+from ablate.config import (
+    KNOB_PREFIX,
+    METRICS,
+    MODULE_KEY,
+    Range,
+    StudyConfig,
+    TrialConfig,
+    apply_overrides,
+    flatten,
+    keys_with_effect,
+    load_yaml,
+    parse_trial,
+    validation_error,
+)
 from ablate.errors import AblateError, at, within
+from ablate.reference import check_reference
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
 OPERATIONAL_KEYS = keys_with_effect(TrialConfig, "repeat", "layout", "run", "record")  # each field says its effect
 MAX_GRID_VALUES = 10_000  # a grid range with more steps than this is a typo in its step, not an ablation
 MAX_RANGE_STEPS = 10**9  # past this Optuna's decimal arithmetic on the step fails
-# a study file's reference keys -> the report's column names; other keys describe the row in words
-REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
-                     "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
 
 
 @dataclass
@@ -136,7 +145,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:
         raise AblateError(f"{path}: space: sampler {cfg.study.sampler!r} has nothing to search "
                           "(add keys to space or include, or use sampler: grid)")
     with within(str(path)):
-        _check_reference(spec)
+        check_reference(spec.cfg.reference, grid_cells(spec) if spec.is_grid else None)
     if spec.is_grid and cfg.study.baseline is not None and not any(
             names_row(cfg.study.baseline, c.params, c.label) for c in grid_cells(spec)):
         rows = ", ".join(c.label for c in grid_cells(spec)[:6])
@@ -154,35 +163,6 @@ def _check_labels(spec: StudySpec, cells: list[Cell]) -> None:
             raise AblateError(f"{spec.path}: cells: two configurations are both named {cell.label!r} "
                               f"({seen[cell.label]} and {shown}); their rows would be merged: give each its own name:")
         seen[cell.label] = shown
-
-
-def _check_reference(spec: StudySpec) -> None:
-    """Published numbers must land in a column and on a row: a typo'd key, a number written as a string or a
-    match that names no configuration would make the row disappear without a word."""
-    cells = grid_cells(spec) if spec.is_grid else None
-    for i, ref in enumerate(spec.cfg.reference):
-        with at(f"reference[{i}]"):
-            match = ref.get("match", {})
-            if not isinstance(match, dict):
-                raise AblateError(f"match: {match!r} is not a mapping of keys to values", key=None)
-            for key, value in ref.items():
-                if key == "match":
-                    continue
-                close = difflib.get_close_matches(str(key), REFERENCE_COLUMNS, n=1, cutoff=0.7)
-                if key in REFERENCE_COLUMNS:
-                    if isinstance(value, bool) or not isinstance(value, (int, float)):
-                        raise AblateError(f"{value!r} is not a number (a published {REFERENCE_COLUMNS[key]})",
-                                          key=str(key))
-                elif isinstance(value, (int, float)) and not isinstance(value, bool) or close:
-                    columns = ", ".join(REFERENCE_COLUMNS)
-                    hint = f"did you mean {close[0]!r}?" if close else f"numbers go under {columns}"
-                    raise AblateError(f"unknown reference column ({hint})", key=str(key))
-                elif not isinstance(value, str):
-                    raise AblateError(f"{value!r}: a description is a string (numbers go under "
-                                      f"{', '.join(REFERENCE_COLUMNS)})", key=str(key))
-            if cells is not None and not any(matches(match, c.params, c.label) for c in cells):
-                raise AblateError(f"match: {match} names no configuration of the grid (its rows: "
-                                  f"{', '.join(c.label for c in cells[:6])}{' ...' if len(cells) > 6 else ''})")
 
 
 def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
@@ -441,7 +421,7 @@ def refusal(spec: StudySpec, cost: dict[str, float]) -> str | None:
     return "; ".join(why) or None
 
 
-# ---------------------------------------------------------------- names and references
+# ---------------------------------------------------------------- names
 
 KNOB_ABBREVIATIONS = {"reduction": "r", "kernel_size": "k"}  # as papers write them: SE r=16, ECA k=3
 
@@ -469,24 +449,3 @@ def names_row(expr: str, params: dict, label: str) -> bool:
         return False
     named = lambda key, dotted: dotted == (MODULE_KEY if key == "attention" else key) or dotted.endswith("." + key)  # noqa: E731
     return all(any(named(key, k) and str(v) == value for k, v in params.items()) for key, _, value in pairs)
-
-
-def matches(match: dict, params: dict, label: str) -> bool:
-    """Does a `reference:` row's `match` name this configuration (its dotted params, or `name`: its label)?"""
-    return all(str(label if key == "name" else params.get(key, object())) == str(value) for key, value in match.items())
-
-
-def reference_row(spec: StudySpec, params: dict, label: str) -> dict | None:
-    """The first `reference:` row that matches the configuration, or None."""
-    return next((r for r in spec.cfg.reference if matches(r.get("match", {}), params, label)), None)
-
-
-def paper_delta(spec: StudySpec, row: tuple[dict, str], base: tuple[dict, str]) -> float:
-    """The paper's top-1 accuracy delta (points) of configuration `row` over `base`, each (params, label), from their
-    `reference:` rows (top1_err or top1_acc); NaN when the paper gives no such pair."""
-    refs = [reference_row(spec, *r) or {} for r in (row, base)]
-    for key, sign in (("top1_acc", 1), ("top1_err", -1)):
-        values = [ref.get(key) for ref in refs]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            return sign * (values[0] - values[1])
-    return float("nan")
