@@ -31,8 +31,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ablate import tracking
 from ablate.config import TrialConfig, flatten, keys_with_effect
-from ablate.errors import one_line
 from ablate.distributed import broadcast_decision
+from ablate.errors import one_line
 from ablate.interrupt import INTERRUPT, interruption
 from ablate.spec import cell_digest
 

@@ -140,10 +140,10 @@ def train(
         raise AblateError(f"{config}: {e}") from None
     except Preempted as e:
         typer.echo(f"\nablate: {e}: the trial's checkpoint is saved; resume with: {again}", err=True)
-        raise typer.Exit(REQUEUE_EXIT_CODE)
+        raise typer.Exit(REQUEUE_EXIT_CODE) from None
     except DivergedError as e:  # not bad input: the run exists and ended FAILED with this reason
         typer.echo(f"ablate: trial diverged: {e} (its MLflow run is marked FAILED)", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     uri = tracking.resolve_uri(cfg.tracking.uri)
     typer.echo(f"run {result.run_id} in experiment {cfg.tracking.experiment!r} at {uri}")
     typer.echo("  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
@@ -197,13 +197,13 @@ def run(
         run_study(loaded, jobs=jobs, storage_url=storage, force_new=force_new)
     except Preempted as e:  # exit 75: a scheduler requeues the job, and the same command resumes it
         typer.echo(f"\nablate: {e}: the running trials' checkpoints are saved; resume with: {again}", err=True)
-        raise typer.Exit(REQUEUE_EXIT_CODE)
+        raise typer.Exit(REQUEUE_EXIT_CODE) from None
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished trials are kept; resume with: {again}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except WorkerDied as e:  # a worker process died (OOM killer, kill -9): not bad input
         typer.echo(f"ablate: {e}: {again}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots, log=True))
 
 
@@ -221,7 +221,7 @@ def _launch(loaded, launcher: str, workers: int | None, storage: str | None, for
     except KeyboardInterrupt:
         stop = f"scancel {launched.job}" if launcher == "slurm" else "Ctrl-C reached them too"
         typer.echo(f"\nstopped waiting; the tasks keep running ({stop}); follow them with: {status}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     tracking_uri = loaded.base.get("tracking", {}).get("uri")
     typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots, log=True))
 

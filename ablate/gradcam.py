@@ -31,8 +31,8 @@ from ablate import tracking
 from ablate.config import parse_trial
 from ablate.data import build_datamodule
 from ablate.errors import AblateError, write_output
-from ablate.models import build_model
 from ablate.formats import png
+from ablate.models import build_model
 from ablate.results import resolve_study, stored_runs_client, study_file, trials_frame
 from ablate.storage import Attr, load
 from ablate.tracking import WEIGHTS

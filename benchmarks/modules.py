@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-from timm.layers import EcaModule, GatherExcite, GlobalContext, SEModule, SelectiveKernel, SplitAttn  # noqa: E402
+from timm.layers import EcaModule, GatherExcite, GlobalContext, SelectiveKernel, SEModule, SplitAttn  # noqa: E402
 from timm.layers.bottleneck_attn import BottleneckAttn  # noqa: E402
 from timm.layers.cbam import CbamModule  # noqa: E402  (not re-exported by timm.layers)
 from timm.layers.coord_attn import CoordAttn  # noqa: E402

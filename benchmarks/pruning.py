@@ -2,7 +2,8 @@
 
 Both studies train the same networks on the same data with the same seeds, in one run, side by side. The grid is
 search_spaces/attention.yaml (none, SE r in 4..32, ECA k in 3..7, CBAM r x k: 20 cells) x 2 seeds; the search
-samples the same space with TPE, pruner asha and train.val_every 0.25, for half the grid's trials (one seed per sampled configuration). Printed:
+samples the same space with TPE, pruner asha and train.val_every 0.25, for half the grid's trials (one seed per
+sampled configuration). Printed:
 epochs each spent (a pruned trial counts the validations it reached) and whether the search's best configuration,
 by mean over its seeds, is the grid's best within the grid's 95% interval.
 

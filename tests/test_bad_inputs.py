@@ -15,15 +15,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import subprocess
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY_BASE, call_main  # `ablate` is the package here
+from helpers import ablate as run_ablate
 
 import ablate
-from helpers import TINY_BASE, ablate as run_ablate, call_main  # `ablate` is the package here
 
 REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/ and search_spaces/
 
@@ -612,7 +613,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, expect, files, where, forbid, env", CASES)
-def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, run_cli, monkeypatch,
+# complexity over 10 on purpose: one catalogue case, every way it may fail
+def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, run_cli, monkeypatch,  # noqa: C901
                                                            args, expect, files, where, forbid, env):
     folder = request.getfixturevalue("stores") if where == "stores" else tmp_path
     for name, content in files.items():

@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from helpers import TINY_BASE, load, runs, write_study
 from optuna.trial import TrialState
 
 import ablate.train
@@ -14,7 +15,6 @@ from ablate import interrupt
 from ablate.checkpoint import CHECKPOINT, AtomicCheckpointIO, CheckpointWriteError, resume_point
 from ablate.config import TrialConfig
 from ablate.train import run_trial
-from helpers import TINY_BASE, load, runs, write_study
 
 EPOCHS = 3
 

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from optuna.trial import TrialState
-
 from helpers import TINY_BASE, ablate, cli_env, load, runs, start, write_study
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend")

@@ -10,12 +10,12 @@ import signal
 import mlflow
 import pytest
 import torch
+from helpers import TINY_BASE, ablate, load, runs, start, write_study
 from optuna.trial import TrialState
+from test_faults import wait_for
 
 from ablate.checkpoint import CHECKPOINT
 from ablate.report import ablation_table
-from helpers import TINY_BASE, ablate, load, runs, start, write_study
-from test_faults import wait_for
 
 PAUSE_PLUGIN = '''
 """Pause training at epoch $PAUSE_EPOCH, batch $PAUSE_BATCH of the first trial: write $PAUSE_MARK, then wait for a

@@ -13,9 +13,8 @@ import time
 import mlflow
 import pytest
 import yaml
-from optuna.trial import TrialState
-
 from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, write_study
+from optuna.trial import TrialState
 
 FAULTS_PLUGIN = '''
 """Pause trial $FAULT_TRIAL at moment $FAULT_AT, write $FAULT_MARK, and wait to be killed."""

@@ -4,7 +4,7 @@ import timm
 import torch
 
 from ablate.attention import get_attention
-from ablate.config import AttentionSpec, ModelConfig
+from ablate.config import ModelConfig
 from ablate.models import build_model
 
 

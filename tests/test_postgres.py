@@ -14,12 +14,11 @@ import time
 import uuid
 from pathlib import Path
 
+import helpers
 import optuna
 import pytest
-from optuna.trial import TrialState
-
-import helpers
 from helpers import TINY_BASE, cells, cells_done, cli_env, load
+from optuna.trial import TrialState
 
 ENV = "ABLATE_TEST_POSTGRES"
 MODULES = ["none", "se", "eca"]

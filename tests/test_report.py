@@ -12,11 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import optuna
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
+from helpers import TINY_BASE, ablate, load, start
 
 from ablate.errors import AblateError
 from ablate.formats import COLUMNS, FORMATS, AblationTable, footnote
@@ -24,7 +25,6 @@ from ablate.report import ablation_table, dry_run_report
 from ablate.spec import cell_label
 from ablate.stats import delta_ci, mean_ci
 from ablate.storage import make_storage
-from helpers import TINY_BASE, ablate, load, start
 
 REFERENCE = [{"match": {"model.attention.name": "none"}, "params_m": 25.56, "top1_err": 24.56},
              {"match": {"model.attention.name": "se"}, "params_m": 28.09, "top1_err": 23.14}]
@@ -385,7 +385,8 @@ def browse(link: str, tiny) -> None:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1000")
+    for arg in flags:
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     try:

@@ -10,13 +10,12 @@ import re
 import subprocess
 import time
 
+import helpers
 import mlflow
 import optuna
 import pytest
-from optuna.trial import TrialState
-
-import helpers
 from helpers import TINY_BASE, ablate, cells, cells_done, load, start
+from optuna.trial import TrialState
 from test_durable import PAUSE_PLUGIN
 from test_faults import wait_for
 from test_postgres import fresh_database

@@ -6,8 +6,17 @@ imported when a model is first built, so reading a study file or a report costs 
 defaults are its constructor's too (tests/test_registry.py keeps the two equal).
 """
 from ablate.attention.registry import (  # noqa: F401
-    AttentionInfo, Knob, Placement, add_attention, as_timm_layer, create_attention, get_attention, list_attention,
-    load_plugins, register_attention, resolve_knobs,
+    AttentionInfo,
+    Knob,
+    Placement,
+    add_attention,
+    as_timm_layer,
+    create_attention,
+    get_attention,
+    list_attention,
+    load_plugins,
+    register_attention,
+    resolve_knobs,
 )
 
 CBAM_PAPER = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018 (arXiv:1807.06521)"

@@ -10,16 +10,57 @@ and touches no store. The modules, one job each:
     base.py      the strict model every schema derives from; what editing a key changes (EFFECTS)
 """
 from ablate.config.base import EFFECTS, SEED, Strict, effect, keys_with_effect
-from ablate.config.data import (DATA_CONFIGS, DATASET_NAMES, Cifar10Data, Cifar100Data, CifarData,
-                                ClutteredDigitsData, DataBase, DataConfig, DigitsData, ImageFolderData, SyntheticData,
-                                data_config)
-from ablate.config.loading import (MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, apply_overrides, decode, flatten,
-                                   load_yaml, read_yaml)
+from ablate.config.data import (
+                                DATA_CONFIGS,
+                                DATASET_NAMES,
+                                Cifar10Data,
+                                Cifar100Data,
+                                CifarData,
+                                ClutteredDigitsData,
+                                DataBase,
+                                DataConfig,
+                                DigitsData,
+                                ImageFolderData,
+                                SyntheticData,
+                                data_config,
+)
+from ablate.config.loading import (
+                                MAX_YAML_BYTES,
+                                MAX_YAML_DEPTH,
+                                MAX_YAML_NODES,
+                                apply_overrides,
+                                decode,
+                                flatten,
+                                load_yaml,
+                                read_yaml,
+)
 from ablate.config.messages import validation_error
-from ablate.config.study import (CONSTRAINTS, LAUNCHER_NAMES, METRICS, Bound, LauncherConfig, Objective, Range,
-                                 SeedsOnDemand, StudyConfig, StudySection, slurm_minutes)
-from ablate.config.trial import (KNOB_PREFIX, MODULE_KEY, OPTIMIZERS, POSITION_NAMES, AttentionSpec, ModelConfig,
-                                 TrackingConfig, TrainConfig, TrialConfig, load_trial, parse_trial)
+from ablate.config.study import (
+                                CONSTRAINTS,
+                                LAUNCHER_NAMES,
+                                METRICS,
+                                Bound,
+                                LauncherConfig,
+                                Objective,
+                                Range,
+                                SeedsOnDemand,
+                                StudyConfig,
+                                StudySection,
+                                slurm_minutes,
+)
+from ablate.config.trial import (
+                                KNOB_PREFIX,
+                                MODULE_KEY,
+                                OPTIMIZERS,
+                                POSITION_NAMES,
+                                AttentionSpec,
+                                ModelConfig,
+                                TrackingConfig,
+                                TrainConfig,
+                                TrialConfig,
+                                load_trial,
+                                parse_trial,
+)
 
 __all__ = ["EFFECTS", "SEED", "Strict", "effect", "keys_with_effect",
            "DATA_CONFIGS", "DATASET_NAMES", "Cifar10Data", "Cifar100Data", "CifarData", "ClutteredDigitsData",

@@ -15,8 +15,15 @@ and its datamodule in the table.
 """
 from __future__ import annotations
 
-from ablate.config import (Cifar10Data, Cifar100Data, ClutteredDigitsData, DataBase, DigitsData, ImageFolderData,
-                           SyntheticData)
+from ablate.config import (
+    Cifar10Data,
+    Cifar100Data,
+    ClutteredDigitsData,
+    DataBase,
+    DigitsData,
+    ImageFolderData,
+    SyntheticData,
+)
 from ablate.data.base import DataModule
 from ablate.data.cifar import Cifar10DataModule, Cifar100DataModule, CifarDataModule
 from ablate.data.digits import ClutteredDigitsDataModule, DigitsDataModule

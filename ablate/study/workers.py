@@ -151,7 +151,8 @@ def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
     return report
 
 
-def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: str, trainer=None) -> None:
+# complexity over 10 on purpose: starting, forwarding a signal to and reaping N processes is one story
+def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: str, trainer=None) -> None:  # noqa: C901
     """`--jobs N`: N worker processes on this machine (one accelerator each when there are enough); a signal to us
     reaches them too, and each checkpoints and stops its trial."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
