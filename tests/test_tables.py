@@ -1,5 +1,5 @@
 """Extension points are tables: config names exactly their keys, and a new entry is all a new one needs."""
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import timm
 import torch
@@ -7,13 +7,37 @@ import torch
 import ablate.config
 import ablate.data
 import ablate.inject
-from ablate.config import DATA_CONFIGS, DATASET_NAMES, AttentionSpec, DataBase, TrialConfig
+from ablate.config import (
+    DATA_CONFIGS,
+    DATASET_NAMES,
+    AttentionSpec,
+    DataBase,
+    LauncherConfig,
+    StudySection,
+    TrialConfig,
+)
 from ablate.data import TensorDataModule, build_datamodule, check_data, dataset_shape
 from ablate.inject import INSTALLERS, Position, inject
+from ablate.launch import LAUNCHERS
+from ablate.study import PRUNERS, SAMPLERS
 
 
 def test_config_names_exactly_the_positions_table():
     assert set(ablate.config.POSITION_NAMES) == set(ablate.inject.POSITIONS)
+
+
+def allowed(model, key: str) -> set:
+    """The names a config key accepts: its Literal's values (an optional key's None left out)."""
+    annotation = model.model_fields[key].annotation
+    return {v for arg in (get_args(annotation) or (annotation,)) for v in (get_args(arg) or (arg,)) if v is not None
+            and v is not type(None)}
+
+
+def test_config_names_exactly_the_samplers_pruners_and_launchers_tables():
+    """A name the config allows but no table holds would be a KeyError traceback in the runner, not bad input."""
+    assert allowed(StudySection, "sampler") == set(SAMPLERS)
+    assert allowed(StudySection, "pruner") == set(PRUNERS)
+    assert allowed(LauncherConfig, "name") == set(LAUNCHERS) == set(ablate.config.LAUNCHER_NAMES)
 
 
 def test_every_data_config_has_its_datamodule_and_its_name():
