@@ -237,8 +237,8 @@ def status(
     from ablate.launch import status_text
     from ablate.results import resolve_study
 
-    name, _, uri = resolve_study(study, tracking_uri)
-    typer.echo(status_text(stores.load(name, storage), uri, storage))
+    resolved = resolve_study(study, tracking_uri)
+    typer.echo(status_text(stores.load(resolved.name, storage), resolved.tracking_uri, storage))
 
 
 @app.command()

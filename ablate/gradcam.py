@@ -163,8 +163,9 @@ def target_layer(model, x):
 def gradcam_grid(study, images: int = 6, storage: str | None = None, tracking_uri: str | None = None,
                  layer: str | None = None) -> GradCamGrid:
     """Grad-CAM (true class) of every configuration's best run on the same validation images."""
-    name, spec, tracking_uri = resolve_study(study, tracking_uri)
-    optuna_study = load(name, storage)
+    resolved = resolve_study(study, tracking_uri)
+    spec, tracking_uri = resolved.spec, resolved.tracking_uri
+    optuna_study = load(resolved.name, storage)
     client = stored_runs_client(optuna_study, tracking_uri)
     best = best_runs(optuna_study, client, spec or study_file(optuna_study, client))
     loaded = [load_run_model(client, r.run_id, r.label) for r in best.itertuples()]  # every run checked first
@@ -185,7 +186,7 @@ def gradcam_grid(study, images: int = 6, storage: str | None = None, tracking_ur
             probs = model(x).softmax(-1)[torch.arange(len(y)), y].numpy()
         if grid is None:
             names = getattr(dm, "classes", None) or [str(c) for c in range(dm.num_classes)]
-            grid = GradCamGrid(name, optuna_study.user_attrs.get(Attr.PARENT_RUN), y.numpy(), list(names))
+            grid = GradCamGrid(resolved.name, optuna_study.user_attrs.get(Attr.PARENT_RUN), y.numpy(), list(names))
         grid.rows.append(CamRow(r.label, int(r.number), r.run_id, float(r.objective), at, size, shown,
                                 cams.astype(np.float32), probs))
     return grid
@@ -223,6 +224,6 @@ def write_gradcam(study, images: int = 6, out: str | None = None, storage: str |
     fig = draw_grid(grid)
     write_output(path, png(fig), "--out")
     if grid.parent_run_id:  # the artifact keeps its fixed name whatever --out says
-        _, _, tracking_uri = resolve_study(study, tracking_uri)
+        tracking_uri = resolve_study(study, tracking_uri).tracking_uri
         tracking.make_client(tracking_uri).log_figure(grid.parent_run_id, fig, ARTIFACT)
     return path

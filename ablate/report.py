@@ -33,7 +33,7 @@ from ablate.results import (
     study_file,
     trials_frame,
 )
-from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells, trial_config
+from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells
 from ablate.storage import Attr, load
 
 PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
@@ -160,7 +160,7 @@ def num_classes(spec: StudySpec | None) -> int | None:
     """The study's number of classes (top-5 means something above 10), from its base config."""
     if spec is None:
         return None
-    return trial_config(spec, {}, spec.cfg.study.seed_list[0]).data.class_count
+    return StudyPlan(spec).base.data.class_count
 
 
 def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
@@ -235,7 +235,7 @@ def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
     """A study file's configurations, our params and GMACs beside the paper's, before anything is trained
     (`price`: as for dry_run_table)."""
     write = writer(fmt)
-    _, spec, _ = resolve_study(study)
+    spec = resolve_study(study).spec
     if spec is None:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
     table = dry_run_table(spec, price)
@@ -255,7 +255,8 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     written to the folder `plots` when given and logged with `log`. Without `log` a report only reads, and reads
     MLflow only where the Optuna study lacks something (results.needs_runs)."""
     check_options(fmt, columns)
-    name, spec, tracking_uri = resolve_study(study, tracking_uri)
+    resolved = resolve_study(study, tracking_uri)
+    name, spec, tracking_uri = resolved.name, resolved.spec, resolved.tracking_uri
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
     optuna_study = load(name, storage)
     client = stored_runs_client(optuna_study, tracking_uri) if log or needs_runs(optuna_study) else None

@@ -32,12 +32,21 @@ METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc 
 FRAME_COLUMNS = ("number", "state", "cell", "label", "seed", "run_id", "order", "in_file", "refused", "params")
 
 
-def resolve_study(study: str | StudySpec, tracking_uri: str | None = None):
-    """STUDY as the commands take it (a name, a study file or a loaded StudySpec) -> (name, spec or None, uri)."""
+@dataclass(frozen=True)
+class ResolvedStudy:
+    """STUDY as a command names it: the study's name, its file when given one, and the tracking URI to read."""
+
+    name: str
+    spec: StudySpec | None
+    tracking_uri: str | None
+
+
+def resolve_study(study: str | StudySpec, tracking_uri: str | None = None) -> ResolvedStudy:
+    """STUDY as the commands take it: a name, a study file or a loaded StudySpec."""
     if isinstance(study, StudySpec) or study.endswith((".yaml", ".yml")) or Path(study).is_file():
         spec = study if isinstance(study, StudySpec) else load_study(study)
-        return spec.name, spec, tracking_uri or spec.base.get("tracking", {}).get("uri")
-    return study, None, tracking_uri
+        return ResolvedStudy(spec.name, spec, tracking_uri or spec.base.get("tracking", {}).get("uri"))
+    return ResolvedStudy(study, None, tracking_uri)
 
 
 def stored_runs_client(study: optuna.Study, tracking_uri: str | None) -> MlflowClient | None:
