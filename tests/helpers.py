@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import optuna
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -68,9 +69,13 @@ def start(*args, cwd=None, env: dict | None = None, **options) -> subprocess.Pop
 def call_main(*args, cwd=None) -> tuple[int, str]:
     """`ablate ARGS` through ablate.cli.main in this process (what `python -m ablate.cli` runs, without
     its start-up): (exit code, the traceback a user would see if an exception escaped, else "").
-    Output is not captured here: the run_cli fixture (conftest.py) does that. sys.path (which --plugin
-    extends) and the working directory are restored afterwards."""
+    Output is not captured here: the run_cli fixture (conftest.py) does that. What a run changes in this
+    process and a later test would inherit is restored afterwards: sys.path (which --plugin extends), the working
+    directory, Optuna's log level (a study quiets it) and torch's deterministic mode (a trial's Trainer sets it)."""
     saved_path, saved_cwd = list(sys.path), os.getcwd()
+    saved_verbosity = optuna.logging.get_verbosity()
+    saved_deterministic = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
     code, trace = 0, ""  # main returning, were it to, is a process exiting 0
     try:
         if cwd is not None:
@@ -86,6 +91,8 @@ def call_main(*args, cwd=None) -> tuple[int, str]:
     finally:
         sys.path[:] = saved_path
         os.chdir(saved_cwd)
+        optuna.logging.set_verbosity(saved_verbosity)
+        torch.use_deterministic_algorithms(saved_deterministic[0], warn_only=saved_deterministic[1])
     return code, trace
 
 
