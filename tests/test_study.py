@@ -30,7 +30,7 @@ from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, stu
     (lambda d: d.update(study={"name": "tiny", "sampler": "tpe", "trials": 2}) or d["space"].update(
         {"train.optimizer": ["sgd", "bogus"]}), "train.optimizer: 'bogus' is not allowed"),
 ])
-def test_bad_study_files_fail_fast_and_touch_no_store(tmp_path, mutate, message):
+def test_bad_study_files_fail_fast_and_touch_no_store(tmp_path, run_cli, mutate, message):
     doc = {"study": {"name": "tiny", "seeds": [0]}, "base": yaml.safe_load(yaml.safe_dump(TINY_BASE)),
            "space": {"model.attention.name": ["none", "se"]}}
     mutate(doc)
@@ -39,7 +39,7 @@ def test_bad_study_files_fail_fast_and_touch_no_store(tmp_path, mutate, message)
     with pytest.raises(AblateError) as err:
         load_study(path)
     assert str(err.value).startswith(str(path)) and message in str(err.value)
-    proc = ablate("run", str(path))
+    proc = run_cli("run", path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "mlruns").exists()
 
@@ -75,9 +75,9 @@ def test_ladder_cells_accumulate(tmp_path):
 
 # ---------------------------------------------------------------- running
 
-def test_grid_study_runs_tracks_and_resumes(tmp_path):
+def test_grid_study_runs_tracks_and_resumes(tmp_path, run_cli):
     path = write_study(tmp_path / "tiny.yaml")
-    proc = ablate("run", str(path))
+    proc = run_cli("run", path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "attention=se" in proc.stdout and "attention=none" in proc.stdout  # the summary table
     study = load()
@@ -92,16 +92,16 @@ def test_grid_study_runs_tracks_and_resumes(tmp_path):
     assert {r.data.tags["optuna.trial"] for r in children} == {"0", "1", "2", "3"}
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
 
-    again = ablate("run", str(path))  # resume: nothing left to do
+    again = run_cli("run", path)  # resume: nothing left to do
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(load().trials) == 4 and len(runs()) == 5 and len(runs(configurations=True)) == 5 + 2
 
 
-def test_killed_study_resumes_every_cell_exactly_once(tmp_path):
+def test_killed_study_resumes_every_cell_exactly_once(tmp_path, run_cli):
     slow = {"epochs": 20, "progress_bar": False}  # long enough that the kill lands inside trial 1
     path = write_study(tmp_path / "tiny.yaml", base=TINY_BASE | {"train": slow})
     log = tmp_path / "run.log"  # a file, not a pipe: nobody reads while the worker runs
-    with open(log, "w") as out:
+    with open(log, "w") as out:  # a process: SIGKILL mid-trial is what this test is about
         proc = start("run", str(path), stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill mid-trial: trial 0 finished, trial 1 is running
@@ -120,7 +120,7 @@ def test_killed_study_resumes_every_cell_exactly_once(tmp_path):
     assert len(trials) > 1 and trials[1].state == TrialState.RUNNING, \
         f"the kill did not land mid-trial:\n{log.read_text()[-3000:]}"
 
-    resumed = ablate("run", str(path))
+    resumed = run_cli("run", path)  # the resume is an ordinary run
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     study = load()
     assert cells_done(study) == cells()  # each cell x seed exactly once
@@ -132,7 +132,7 @@ def test_killed_study_resumes_every_cell_exactly_once(tmp_path):
 
 def test_two_workers_run_every_cell_once(tmp_path):
     path = write_study(tmp_path / "tiny.yaml")
-    proc = ablate("run", str(path), "--jobs", "2")
+    proc = ablate("run", str(path), "--jobs", "2")  # a process: it spawns two worker processes
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert cells_done(load()) == cells()
 
@@ -141,7 +141,7 @@ def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
     """Two terminals, one journal: setup is locked, and neither fails the other's live trials as dead."""
     path = write_study(tmp_path / "tiny.yaml", base=TINY_BASE | {"train": {"epochs": 3, "progress_bar": False}},
                        study={"name": "tiny", "seeds": [0, 1, 2]})
-    first, second = start("run", str(path)), start("run", str(path))
+    first, second = start("run", str(path)), start("run", str(path))  # processes: two at once, one journal
     outs = [p.communicate(timeout=600) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, [err[-2000:] for _, err in outs]
     study = load()
@@ -156,14 +156,14 @@ def test_two_ablate_runs_of_one_study_on_one_machine_share_it(tmp_path):
     assert table["failed"].tolist() == [0, 0] and table["pruned"].tolist() == [0, 0]
 
 
-def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path):
+def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path, run_cli):
     """The race two workers run for the last queued cell, forced: the loser's trial gets no configuration."""
     from ablate.plan import StudyPlan
     from ablate.storage import make_storage
     from ablate.study import make_objective, open_study
 
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]})
-    assert ablate("run", str(path)).returncode == 0
+    assert run_cli("run", path).returncode == 0
     plan = StudyPlan(load_study(path))
     study = open_study(plan, make_storage(None, 1))
     parent = study.user_attrs["mlflow_parent_run_id"]
@@ -175,12 +175,12 @@ def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path):
     assert list(table.index) == ["attention=none", "attention=se"] and table["pruned"].tolist() == [0, 0]
 
 
-def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path):
+def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path, run_cli):
     path = write_study(tmp_path / "tpe.yaml", study={"name": "tpe", "sampler": "tpe", "trials": 6, "seeds": [0]},
                        space={"model.attention.name": ["se", "eca", "cbam"],
                               "model.attention.knobs.reduction": [4, 8],
                               "model.attention.knobs.kernel_size": [3, 5]})
-    proc = ablate("run", str(path), "data.train_size=16", "data.val_size=16")
+    proc = run_cli("run", path, "data.train_size=16", "data.val_size=16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     children = [r for r in runs("tpe") if r.data.tags.get("ablate.role") != "study"]
     assert len(children) == 6
@@ -190,20 +190,20 @@ def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path):
         assert ("model.attention.knobs.reduction" in run.data.params) == (module in ("se", "cbam"))
 
 
-def test_dry_run_lists_trials_with_params_and_gmacs_and_trains_nothing(tmp_path):
+def test_dry_run_lists_trials_with_params_and_gmacs_and_trains_nothing(tmp_path, run_cli):
     path = write_study(tmp_path / "tiny.yaml")
-    proc = ablate("run", str(path), "--dry-run")
+    proc = run_cli("run", path, "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "attention=none" in proc.stdout and "attention=se" in proc.stdout and "GMACs" in proc.stdout
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_multi_objective_study_keeps_the_pareto_front(tmp_path):
+def test_multi_objective_study_keeps_the_pareto_front(tmp_path, run_cli):
     path = write_study(tmp_path / "pareto.yaml", study={
         "name": "pareto", "seeds": [0],
         "metric": [{"metric": "val/acc1", "direction": "maximize"}, {"metric": "model/gmacs", "direction": "minimize"}]},
         space={"model.attention.name": ["none", "se", "cbam"]})
-    proc = ablate("run", str(path))
+    proc = run_cli("run", path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     study = load("pareto")
     assert len(study.directions) == 2 and len(study.trials) == 3
