@@ -1,4 +1,4 @@
-"""Edit a study file and run it again, as researchers do: real `ablate run` processes on one store.
+"""Edit a study file and run it again, as researchers do: `ablate run` (in this process) on one store.
 
 A grid cell is its resolved params plus its seed, never its place in the file: re-ordering changes nothing,
 adding seeds, modules, knob values or cells runs only what is new, removing a cell keeps its trials in the
@@ -8,19 +8,24 @@ config, the metric) is refused in one line with the way out.
 import hashlib
 from pathlib import Path
 
-import yaml
+import pytest
 from optuna.trial import TrialState
 
 from ablate.report import ablation_table, write_report
-from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, write_study
+from helpers import TINY_BASE, cells, cells_done, load, runs, write_study
 
 MODULE = "model.attention.name"
 
 
-def run(path):
-    proc = ablate("run", str(path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+@pytest.fixture
+def run(run_cli):
+    """`ablate run PATH`, which must succeed."""
+    def run(path):
+        proc = run_cli("run", path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    return run
 
 
 def trained_as(study) -> dict[int, str]:
@@ -29,7 +34,7 @@ def trained_as(study) -> dict[int, str]:
     return {t.number: by_run[t.user_attrs["mlflow_run_id"]] for t in study.get_trials(states=(TrialState.COMPLETE,))}
 
 
-def test_reordering_adding_seeds_and_modules_runs_only_what_is_new(tmp_path):
+def test_reordering_adding_seeds_and_modules_runs_only_what_is_new(tmp_path, run):
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]})
     run(path)
     first = {t.number: t.user_attrs["label"] for t in load().trials}
@@ -57,7 +62,7 @@ def test_reordering_adding_seeds_and_modules_runs_only_what_is_new(tmp_path):
     assert again.stdout.count(" complete |") == 0 and len(load().trials) == 6
 
 
-def test_a_knob_value_at_its_default_is_the_cell_already_run(tmp_path):
+def test_a_knob_value_at_its_default_is_the_cell_already_run(tmp_path, run):
     """se with reduction 16 is se: adding `reduction: [16, 8]` runs only se r=8."""
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]})
     run(path)
@@ -71,7 +76,7 @@ def test_a_knob_value_at_its_default_is_the_cell_already_run(tmp_path):
     assert table["n"].tolist() == [1, 1, 1]
 
 
-def test_a_removed_cell_keeps_its_trials_and_leaves_the_table(tmp_path):
+def test_a_removed_cell_keeps_its_trials_and_leaves_the_table(tmp_path, run, run_cli):
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]},
                        space={MODULE: ["none", "se", "eca"]})
     run(path)
@@ -84,7 +89,7 @@ def test_a_removed_cell_keeps_its_trials_and_leaves_the_table(tmp_path):
     shown = ablation_table("tiny", show_all=True).frame
     assert list(shown.index) == ["attention=none", "attention=se", "attention=eca (not in study file)"]
     assert shown["n"].tolist() == [1, 1, 1]
-    report = ablate("report", "tiny", "--all")
+    report = run_cli("report", "tiny", "--all")
     assert report.returncode == 0 and "attention=eca (not in study file)" in report.stdout
 
 
@@ -93,14 +98,14 @@ def store_hashes(folder: Path) -> dict:
             if p.is_file() and not p.name.endswith("setup-lock")}
 
 
-def test_an_incomparable_edit_is_refused_and_force_new_starts_over(tmp_path):
+def test_an_incomparable_edit_is_refused_and_force_new_starts_over(tmp_path, run, run_cli):
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0]})
     run(path)
     before = store_hashes(tmp_path)
 
     write_study(path, study={"name": "tiny", "seeds": [0]},
                 base=TINY_BASE | {"train": {"epochs": 2, "progress_bar": False}})
-    proc = ablate("run", str(path))
+    proc = run_cli("run", path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
     assert "tiny.yaml: base.train.epochs: 1 -> 2 since study 'tiny' was first run" in lines[0]
@@ -108,13 +113,13 @@ def test_an_incomparable_edit_is_refused_and_force_new_starts_over(tmp_path):
     assert store_hashes(tmp_path) == before  # neither store touched
 
     write_study(path, study={"name": "tiny", "seeds": [0], "metric": "val/acc5"})
-    proc = ablate("run", str(path))
+    proc = run_cli("run", path)
     assert proc.returncode == 2 and "study.metric: val/acc1 maximize -> val/acc5 maximize" in proc.stderr
     assert store_hashes(tmp_path) == before
 
     write_study(path, study={"name": "tiny", "seeds": [0]},
                 base=TINY_BASE | {"train": {"epochs": 2, "progress_bar": False}})
-    proc = ablate("run", str(path), "--force-new")
+    proc = run_cli("run", path, "--force-new")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the earlier trials are now study 'tiny.before-" in proc.stdout
     new = load()
@@ -127,12 +132,12 @@ def test_an_incomparable_edit_is_refused_and_force_new_starts_over(tmp_path):
     assert trained_epochs == {"1", "2"}
 
 
-def test_grid_studies_get_optunas_plots(tmp_path):
+def test_grid_studies_get_optunas_plots(tmp_path, run, run_cli):
     path = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0, 1]},
                        space={MODULE: ["none", "se", "eca"], "train.lr": [0.05, 0.1]})
     run(path)
     plots = tmp_path / "plots"
-    proc = ablate("report", "tiny", "--plots", str(plots))
+    proc = run_cli("report", "tiny", "--plots", plots)
     assert proc.returncode == 0, proc.stderr[-2000:]
     made = {p.name for p in plots.iterdir()}
     assert {"top1_by_config.png", "parallel_coordinate.png", "param_importances.png"} <= made
