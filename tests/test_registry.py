@@ -161,6 +161,7 @@ def test_plugin_registers_through_entry_point(tmp_path):
             def forward(self, x):
                 return x * self.scale
     '''))
+    # a process: entry points are read once per interpreter, and my_gate must not stay registered in this one
     out = ablate("modules", env={"PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "my_gate" in out.stdout and "Nobody, 2026" in out.stdout
@@ -184,29 +185,30 @@ class ScaledGate(nn.Module):
 '''
 
 
-def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path):
+def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path, run_cli):
     """Custom code comes from an explicit --plugin, never from the study file; spawned workers get it too."""
     (tmp_path / "my_gates.py").write_text(PLUGIN_MODULE)
     study = tmp_path / "plugin.yaml"
     study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0]}, "base": TINY_BASE,
                                      "space": {"model.attention.name": ["none", "scaled_gate"]}}))
-    without = ablate("run", str(study), cwd=tmp_path)
+    without = run_cli("run", study, cwd=tmp_path)
     assert without.returncode == 2 and "unknown attention module 'scaled_gate'" in without.stderr
+    # processes: spawned workers import the plugin themselves, and it must not stay registered in this one
     ran = ablate("run", str(study), "--plugin", "my_gates", "--jobs", "2", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert cells_done(load()) == cells(("none", "scaled_gate"), seeds=(0,))
     listed = ablate("modules", "--plugin", "my_gates", cwd=tmp_path)
     assert "scaled_gate" in listed.stdout and "a test plugin" in listed.stdout
-    missing = ablate("modules", "--plugin", "no_such_plugin", cwd=tmp_path)
+    missing = run_cli("modules", "--plugin", "no_such_plugin", cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("ablate: error: --plugin: cannot import 'no_such_plugin': "
                                       "ModuleNotFoundError: No module named 'no_such_plugin'")
 
 
-def test_study_files_cannot_run_code(tmp_path):
+def test_study_files_cannot_run_code(tmp_path, run_cli):
     """YAML safe loading: a python tag is an error, and nothing it names is executed."""
     study = tmp_path / "evil.yaml"
     study.write_text(f'study: !!python/object/apply:os.system ["touch {tmp_path / "pwned"}"]\n')
-    proc = ablate("run", str(study), cwd=tmp_path)
+    proc = run_cli("run", study, cwd=tmp_path)
     assert proc.returncode == 2 and str(study) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "pwned").exists()
