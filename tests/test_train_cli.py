@@ -29,8 +29,8 @@ CBAM_TRIAL = {
 }
 
 
-def test_train_resnet18_cbam_on_cluttered_digits_records_everything(tmp_path):
-    proc = ablate("train", str(write(tmp_path / "trial.yaml", CBAM_TRIAL)), "train.lr=0.02")
+def test_train_resnet18_cbam_on_cluttered_digits_records_everything(tmp_path, run_cli):
+    proc = run_cli("train", write(tmp_path / "trial.yaml", CBAM_TRIAL), "train.lr=0.02")
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_id = proc.stdout.split("run ")[1].split()[0]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -49,15 +49,16 @@ def test_train_resnet18_cbam_on_cluttered_digits_records_everything(tmp_path):
     ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1"),
     ("train.cosine_restarts=2", "train.cosine_restarts: unknown key"),
 ])
-def test_bad_trial_input_exits_2_and_writes_nothing(tmp_path, override, message):
+def test_bad_trial_input_exits_2_and_writes_nothing(tmp_path, run_cli, override, message):
     cfg = CBAM_TRIAL  # data.name=cifar10 then has no data.root: a one-line error too
-    proc = ablate("train", str(write(tmp_path / "trial.yaml", cfg)), override)
+    proc = run_cli("train", write(tmp_path / "trial.yaml", cfg), override)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "mlruns").exists()
 
 
 def test_pretrained_without_network_or_file_is_a_one_line_error(tmp_path):
+    # a process: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported
     proc = ablate("train", str(write(tmp_path / "trial.yaml", CBAM_TRIAL)), "model.pretrained=true",
                   env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -85,10 +86,10 @@ def test_local_checkpoint_loads_and_identity_init_keeps_the_pretrained_function(
         torch.testing.assert_close(with_cbam(x), plain(x), atol=1e-6, rtol=0)
 
 
-def test_cpu_trains_in_bf16_mixed_and_channels_last(tmp_path):
+def test_cpu_trains_in_bf16_mixed_and_channels_last(tmp_path, run_cli):
     cfg = CBAM_TRIAL | {"train": CBAM_TRIAL["train"] | {"epochs": 1}}
-    proc = ablate("train", str(write(tmp_path / "trial.yaml", cfg)), "train.precision=bf16-mixed",
-                  "train.channels_last=true")
+    proc = run_cli("train", write(tmp_path / "trial.yaml", cfg), "train.precision=bf16-mixed",
+                   "train.channels_last=true")
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_id = proc.stdout.split("run ")[1].split()[0]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
