@@ -10,7 +10,6 @@ from ablate.attention import create_attention, get_attention
 from ablate.config import AttentionSpec
 from ablate.cost import count_params
 from ablate.inject import inject
-from helpers import ablate
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "multi_attention.yaml"
 SPEC = AttentionSpec(name="multi_attention", position="head")
@@ -98,8 +97,8 @@ def test_inspect_xception41_prints_the_heads_params_and_gmacs(run_cli):
     assert "xception41 + multi_attention @ head (1 insertions, 71px)" in out and f"{added:+,}" in out
 
 
-def test_study_dry_run_lists_the_three_cells():
-    proc = ablate("run", str(STUDY), "--dry-run", timeout=600)
+def test_study_dry_run_lists_the_three_cells(run_cli):
+    proc = run_cli("run", STUDY, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     # each cell's row: trials (3 seeds), params (M), GMACs, then the module and the position it resolved to
     rows = {label: line[len(label):].split() for line in proc.stdout.splitlines()
@@ -112,9 +111,8 @@ def test_study_dry_run_lists_the_three_cells():
     assert float(rows["multi-attention head"][1]) > float(rows["plain head"][1])  # the head adds weights
 
 
-def test_ci_sized_study_run_completes():
-    proc = ablate("run", str(STUDY), "data.train_size=64", "data.val_size=32", "train.epochs=1", "study.seeds=[0]",
-                  timeout=600)
+def test_ci_sized_study_run_completes(run_cli):
+    proc = run_cli("run", STUDY, "data.train_size=64", "data.val_size=32", "train.epochs=1", "study.seeds=[0]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label in ("plain head", "multi-attention head", "cbam @ block"):
         assert label in proc.stdout
