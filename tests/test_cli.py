@@ -43,13 +43,13 @@ def test_bad_input_is_one_line_exit_2(run_cli, args, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_real_process_error_has_no_traceback():
+def test_real_process_error_has_no_traceback():  # a process: the exit a user's terminal sees, no test harness
     proc = ablate("inspect", "resnet18", "--attention", "cbma")
     assert proc.returncode == 2
     assert proc.stderr.startswith("ablate: error:") and "Traceback" not in proc.stderr
 
 
-def test_help_does_not_import_torch():
+def test_help_does_not_import_torch():  # a fresh interpreter: this one imported torch long ago
     code = "import sys; from ablate.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit: pass\n" \
            "assert 'torch' not in sys.modules, 'ablate --help imported torch'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
