@@ -11,7 +11,7 @@ import yaml
 from ablate.errors import AblateError
 from ablate.gradcam import best_runs, draw_grid, gradcam_grid, write_gradcam
 from ablate.storage import make_storage
-from helpers import ablate, call_main, load
+from helpers import call_main, load
 
 # cluttered digits at 32 px: a digit somewhere on the canvas, so a CAM has a place to point at
 TINY_DIGITS_BASE = {
@@ -86,9 +86,9 @@ def test_figure_is_inputs_then_one_row_per_configuration(tiny):
     assert fig.axes[2 * N + 1].get_title() == f"P={grid.rows[1].probs[1]:.2f}"
 
 
-def test_cli_writes_the_png_and_logs_it_on_the_parent_run(tiny, tmp_path):
+def test_cli_writes_the_png_and_logs_it_on_the_parent_run(tiny, tmp_path, run_cli):
     out = tmp_path / "figs" / "cams.png"
-    proc = ablate("gradcam", str(tiny["study"]), "--images", str(N), "--out", str(out), cwd=tiny["folder"])
+    proc = run_cli("gradcam", tiny["study"], "--images", N, "--out", out, cwd=tiny["folder"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == f"wrote {out}" and "Downloading" not in proc.stderr
     assert matplotlib.image.imread(out).ndim == 3
