@@ -9,10 +9,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from helpers import TINY_BASE, cells, cells_done, load, runs, write_study
 from optuna.trial import TrialState
 
 from ablate.report import ablation_table, write_report
-from helpers import TINY_BASE, cells, cells_done, load, runs, write_study
 
 MODULE = "model.attention.name"
 

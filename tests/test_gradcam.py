@@ -7,11 +7,11 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from helpers import call_main, load
 
 from ablate.errors import AblateError
 from ablate.gradcam import best_runs, draw_grid, gradcam_grid, write_gradcam
 from ablate.storage import make_storage
-from helpers import call_main, load
 
 # cluttered digits at 32 px: a digit somewhere on the canvas, so a CAM has a place to point at
 TINY_DIGITS_BASE = {

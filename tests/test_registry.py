@@ -5,13 +5,18 @@ import textwrap
 import pytest
 import torch
 import yaml
+from helpers import TINY_BASE, ablate, cells, cells_done, load
 
 from ablate.attention import (
-    Knob, create_attention, get_attention, list_attention, register_attention, resolve_knobs,
+    Knob,
+    create_attention,
+    get_attention,
+    list_attention,
+    register_attention,
+    resolve_knobs,
 )
 from ablate.cost import count_params
 from ablate.errors import AblateError, at, within
-from helpers import TINY_BASE, ablate, cells, cells_done, load
 
 
 def test_at_least_16_modules_with_metadata():
@@ -113,6 +118,7 @@ def test_cbam_param_count_matches_the_paper_formula():
 @pytest.mark.parametrize("pool", ["avg", "max", "lp", "lse"])
 def test_cbam_pool_types_match_the_official_definitions(pool):
     import torch.nn.functional as F
+
     from ablate.attention.cbam import _global_pool
 
     x = torch.randn(2, 8, 5, 5)

@@ -6,6 +6,7 @@ import time
 import optuna
 import pytest
 import yaml
+from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, study_run_of, write_study
 from optuna.trial import TrialState
 
 from ablate.errors import AblateError
@@ -13,7 +14,6 @@ from ablate.report import ablation_table
 from ablate.spec import grid_cells, load_study
 from ablate.storage import Attr
 from ablate.study import FailureStreak
-from helpers import TINY_BASE, ablate, cells, cells_done, load, runs, start, study_run_of, write_study
 
 # ---------------------------------------------------------------- validation (nothing runs, nothing is written)
 
@@ -201,7 +201,8 @@ def test_dry_run_lists_trials_with_params_and_gmacs_and_trains_nothing(tmp_path,
 def test_multi_objective_study_keeps_the_pareto_front(tmp_path, run_cli):
     path = write_study(tmp_path / "pareto.yaml", study={
         "name": "pareto", "seeds": [0],
-        "metric": [{"metric": "val/acc1", "direction": "maximize"}, {"metric": "model/gmacs", "direction": "minimize"}]},
+        "metric": [{"metric": "val/acc1", "direction": "maximize"},
+                   {"metric": "model/gmacs", "direction": "minimize"}]},
         space={"model.attention.name": ["none", "se", "cbam"]})
     proc = run_cli("run", path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,10 +10,10 @@ import pytest
 import timm
 import torch
 import yaml
+from helpers import ablate
 
 from ablate.config import AttentionSpec, ModelConfig
 from ablate.models import build_model
-from helpers import ablate
 
 
 def write(path: Path, cfg: dict) -> Path:
