@@ -1,7 +1,9 @@
 """The fixtures every test module can use. Plain helpers (the subprocess runner `ablate`, store readers, the
 tiny study) are functions in helpers.py, so that module-scoped fixtures can call them too."""
 import os
+import sqlite3
 import subprocess
+from contextlib import closing
 
 import pytest
 
@@ -10,7 +12,31 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made steps ~10x slower
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from helpers import call_main  # noqa: E402 (the thread settings come first, before anything loads torch)
+import mlflow.store.db.utils as mlflow_db  # noqa: E402 (the thread settings come first, before anything loads torch)
+from helpers import call_main  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_store_template(tmp_path_factory):
+    """A new SQLite MLflow store runs all of MLflow's migrations (~1.3 s on these cores) and the tests make hundreds:
+    in this process, the first store's fresh tables are kept and copied into each later new store with SQLite's
+    backup API (the file still appears exactly when MLflow creates it; only the migrations are not run again)."""
+    real = mlflow_db._initialize_tables
+    template = tmp_path_factory.mktemp("mlflow-store") / "fresh.db"
+
+    def initialize(engine):
+        path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if not path or path == ":memory:":
+            return real(engine)
+        source, target = (path, template) if not template.exists() else (template, path)
+        if source == path:
+            real(engine)  # the first store: MLflow's own migrations, then kept
+        with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+            src.backup(dst)
+
+    mlflow_db._initialize_tables = initialize
+    yield
+    mlflow_db._initialize_tables = real
 
 
 @pytest.fixture(autouse=True)
