@@ -126,13 +126,11 @@ def param_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in FRAME_COLUMNS and "/" not in c]
 
 
-
 @dataclass(frozen=True)
 class Comparison:
-    """What a study's finished trials say, row by row (summary.py's rules): the rows in order, the baseline, and
-    each row's Outcome. The report's rows and the configuration runs in MLflow are both made from one of these."""
+    """What a study's finished trials say, row by row (summary.py's rules): the baseline and each row's Outcome, in
+    order. The report's rows and the configuration runs in MLflow are both made from one of these."""
 
-    rows: list[str]
     baseline: str | None
     outcomes: dict[str, Outcome]
     metric: str
@@ -140,19 +138,16 @@ class Comparison:
     maximize: bool
 
 
-def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cell", rows: list[str] | None = None,
-                 named: str | None = None, paper: dict[str, float] | None = None, refused=(),
-                 ladder: bool | None = None) -> Comparison:
-    """The study metric of `frame`'s finished trials in file (or trial) order, compared row by row: `row` names the
-    column rows are keyed by (`cell` in the runner, the report's row label), `rows` every row to show (default: the
-    frame's), `named` the baseline the reader chose (default: study.baseline's rule), `paper` each row's published
-    top-1 accuracy (default: from the study file's references), `refused` the rows study.constraints refused,
-    `ladder` whether each row is compared with the row before (default: study.ladder)."""
+def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str, rows: list[str], named: str | None = None,
+                 refused=(), ladder: bool | None = None) -> Comparison:
+    """The study metric of `frame`'s finished trials, compared row by row: `row` names the column rows are keyed by
+    (`cell` in the runner, the report's row label), `rows` every row to show in order, `named` the baseline the
+    reader chose (default: study.baseline's rule), `refused` the rows study.constraints refused, `ladder` whether each
+    row is compared with the row before (default: study.ladder). The paper's top-1 comes from the references."""
     objective = plan.spec.cfg.study.objectives()[0] if plan is not None else None
     metric, maximize = (objective.metric, objective.direction == "maximize") if objective else ("val/acc1", True)
     scale = stats.percent(metric)
     ordered = frame.sort_values(["order", "number"]) if len(frame) else frame
-    rows = rows if rows is not None else list(dict.fromkeys(ordered[row])) if len(frame) else []
     done = ordered[ordered["state"] == "COMPLETE"].copy()
     done["value"] = pd.to_numeric(done[metric], errors="coerce") * scale if metric in done else np.nan
     samples = seed_samples(done, "value", row)
@@ -165,12 +160,13 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str = "cel
         base = find_row(expr, ordered, row) if len(frame) else None
     else:
         base = choose_baseline(rows, samples, modules, named=named, searched=searched, maximize=maximize)
-    if paper is None and plan is not None and plan.spec.cfg.reference:
+    paper = None
+    if plan is not None and plan.spec.cfg.reference:
         paper = {r: published_top1(plan.spec.cfg.reference, first.at[r, "params"], first.at[r, "label"])
                  for r in rows if r in first.index}
     ladder = plan is not None and plan.spec.cfg.study.ladder if ladder is None else ladder
     outcomes = compare(rows, samples, base, ladder=ladder, maximize=maximize, paper=paper, refused=refused)
-    return Comparison(rows, base, outcomes, metric, scale, maximize)
+    return Comparison(base, outcomes, metric, scale, maximize)
 
 
 def find_row(expr: str, frame: pd.DataFrame, row: str = "row") -> str | None:

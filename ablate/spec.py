@@ -82,7 +82,7 @@ class Cell:
 
     @property
     def location(self) -> str:  # how an error names it
-        return f"cell {self.label}" if self.params or self.name is not None else "base"
+        return cell_location(self.params) if self.name is None else f"cell {self.name}"
 
     @classmethod
     def from_attrs(cls, key: str, params: dict, label: str) -> Cell:

@@ -81,10 +81,13 @@ def choose_baseline(rows: list[str], samples: dict[str, pd.Series], modules: dic
     plain = [r for r in measured if modules.get(r) == "none"]
     if plain:
         return plain[0]
-    if not searched:
-        return measured[0]
-    means = {r: samples[r].mean() for r in measured}
-    return (max if maximize else min)(means, key=means.get)
+    return best_by_mean({r: samples[r] for r in measured}, maximize) if searched else measured[0]
+
+
+def best_by_mean(samples: dict[str, pd.Series], maximize: bool = True) -> str | None:
+    """The row whose samples have the best mean (by the metric's direction), or None while none has a sample."""
+    means = {r: values.mean() for r, values in samples.items() if len(values)}
+    return (max if maximize else min)(means, key=means.get) if means else None
 
 
 def compare(rows: list[str], samples: dict[str, pd.Series], baseline: str | None, *, ladder: bool = False,

@@ -15,7 +15,7 @@ from ablate.plan import Cell, StudyPlan
 from ablate.results import Comparison, compare_rows, trials_frame
 from ablate.spec import cell_digest
 from ablate.storage import Attr
-from ablate.summary import BASELINE, REFUSED, TrialCounts, delta_text
+from ablate.summary import BASELINE, REFUSED, TrialCounts, best_by_mean, delta_text
 from ablate.tracking import Tag
 
 
@@ -120,7 +120,7 @@ class ConfigurationRuns:
         counts = TrialCounts.of(trials).as_dict()
         counts["refused"] += len(study.user_attrs.get(Attr.REFUSED, {}))  # a grid's cells never queued
         metrics = {f"trials/{k}": v for k, v in counts.items()}
-        best = best_row(results)
+        best = best_by_mean({r: o.samples for r, o in results.outcomes.items()}, results.maximize)
         if best is not None:
             mean, unit = results.outcomes[best].mean, "%" if results.scale == 100 else ""
             metrics[f"best/{results.metric}/mean"] = mean / results.scale
@@ -129,14 +129,6 @@ class ConfigurationRuns:
                 f"best {cells[best].run_label}: {mean:.2f}{unit} mean over {results.outcomes[best].n} seed(s); "
                 + ", ".join(f"{v} {k}" for k, v in counts.items())))
         tracking.log_metrics(self.client, self.parent, metrics, step=len(trials))
-
-
-def best_row(results: Comparison) -> str | None:
-    """The configuration with the best mean (by the study's direction), or None before any result."""
-    means = {r: o.mean for r, o in results.outcomes.items() if o.n}
-    if not means:
-        return None
-    return max(means, key=means.get) if results.maximize else min(means, key=means.get)
 
 
 def configuration_record(results: Comparison, key: str, cells: dict[str, Cell], refused: str | None):
