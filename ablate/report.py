@@ -109,14 +109,12 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     spread = ["top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)", "throughput (img/s)"]
     grouped = done.groupby("row", sort=False)
     table = grouped[spread].mean().join(grouped[spread].std().add_suffix(" sd"))
-    table = table.join(grouped[["params (M)", "GMACs"]].mean()).join(grouped["seed"].count().rename("n"))
+    table = table.join(grouped[["params (M)", "GMACs"]].mean())
     # every configuration tried, in the study file's order: one whose trials all failed shows as n = 0
     table = table.reindex(df.groupby("row")["order"].min().sort_values().index)
-    table["n"] = table["n"].fillna(0).astype(int)
     counts = df.groupby(["row", "state"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=["PRUNED", "FAIL"], fill_value=0).set_axis(["pruned", "failed"], axis=1)
     table = table.join(counts)
-    table = table[["n", "pruned", "failed", *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
 
     # the study's result per row and its comparisons, by summary.py's rules: what the configuration runs show
     rows, refused = list(table.index), refused_rows(study, spec)
@@ -126,6 +124,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     ladder = bool(spec and spec.cfg.study.ladder)
     shown = compare(ladder=True) if ladder else against_base  # a ladder is judged per step
     _result_columns(table, against_base)
+    table = table[["n", "pruned", "failed", *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
     table = table.join(_delta_columns(against_base, DELTA))
     if ladder:
         table = table.join(_delta_columns(shown, DELTA_PREV))
