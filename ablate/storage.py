@@ -49,6 +49,8 @@ class Attr:
     TASK = "task"  # trial: the launcher's task running it ('slurm 1234_0', 'local 4321'), when launched
     LAUNCHES = "ablate.launches"  # study: the job arrays `ablate run --launcher` submitted for it
     REFUSED = "refused"  # searched trial: why study.constraints refused it; study: {cell key: why} of a grid's cells
+    STAGE = "ablate.stage"  # trial: "confirm" for a search's confirmation run (study.confirm); absent otherwise
+    CORRECT = "ablate.correct"  # trial: per-image correctness on the reported split (evaluate.pack_correct's hex)
     WARM_FROM = "warm_start_of"  # trial: a finished trial of this earlier study, copied in for the sampler (warm_start)
 
 

@@ -37,9 +37,12 @@ from ablate.config.loading import (
 from ablate.config.messages import validation_error
 from ablate.config.study import (
                                 CONSTRAINTS,
+                                INTERVALS,
                                 LAUNCHER_NAMES,
                                 METRICS,
+                                SELECTION_ONLY_METRICS,
                                 Bound,
+                                Confirm,
                                 LauncherConfig,
                                 Objective,
                                 Range,
@@ -67,7 +70,8 @@ __all__ = ["EFFECTS", "SEED", "Strict", "effect", "keys_with_effect",
            "DataBase", "DataConfig", "DigitsData", "ImageFolderData", "SyntheticData", "data_config",
            "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "apply_overrides", "decode", "flatten", "load_yaml",
            "read_yaml", "validation_error",
-           "CONSTRAINTS", "LAUNCHER_NAMES", "METRICS", "Bound", "LauncherConfig", "Objective", "Range",
+           "CONSTRAINTS", "INTERVALS", "LAUNCHER_NAMES", "METRICS", "SELECTION_ONLY_METRICS", "Bound", "Confirm",
+           "LauncherConfig", "Objective", "Range",
            "SeedsOnDemand", "StudyConfig", "StudySection", "slurm_minutes",
            "KNOB_PREFIX", "MODULE_KEY", "OPTIMIZERS", "POSITION_NAMES", "AttentionSpec", "ModelConfig",
            "TrackingConfig", "TrainConfig", "TrialConfig", "load_trial", "parse_trial"]

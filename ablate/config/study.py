@@ -8,11 +8,16 @@ from pydantic import Discriminator, Field, Tag, field_validator
 
 from ablate.config.base import Strict
 
-# What a trial logs and a study may optimise (train.py logs these names).
-# val/*_ema with train.ema only; val/acc5* only for more than 5 classes (top-5 of 5 is always 1)
+# What a trial logs and a study may optimise (train.py logs these names). val/* measure the evaluated weights (the
+# EMA's with train.ema and train.eval: ema), val/*_raw and val/*_ema each set of weights with train.ema only;
+# test/* the dataset's own val/test split once training ends, with data.holdout only; val/acc5* only for more than
+# 5 classes (top-5 of 5 is always 1)
 METRICS = ("val/acc1", "val/acc5", "val/loss", "val/acc1_best", "val/acc1_ema", "val/acc5_ema", "val/loss_ema",
+           "val/acc1_raw", "val/acc5_raw", "val/loss_raw", "test/acc1", "test/acc5", "test/loss",
            "train/loss", "train/throughput", "train/epoch_time", "train/peak_mem_mb", "train/lr", "model/params",
            "model/gmacs")
+# a max over epochs on the split that chose it: a search may steer by it, a table may not report it
+SELECTION_ONLY_METRICS = ("val/acc1_best",)
 
 
 class Objective(Strict):
@@ -42,6 +47,19 @@ class SeedsOnDemand(Strict):
         if v < info.data.get("min", 2):
             raise ValueError(f"max ({v}) is below min ({info.data['min']})")
         return v
+
+
+class Confirm(Strict):
+    """`confirm: {top: 3, seeds: 3}`: once a search's trials are done, its top configurations by mean, and the
+    baseline, are trained again to the end on fresh seeds (seeds the search never used), never pruned; the table's
+    means, deltas and verdicts for a search are these confirmation runs'."""
+
+    top: int = Field(3, ge=0, description="configurations to confirm (0: none; the table then gives no verdicts)")
+    seeds: int = Field(3, ge=2, description="fresh seeds each confirmed configuration is trained on")
+
+
+# what a delta's 95% interval covers: the seeds' spread alone, or also the validation set's sampling error
+INTERVALS = ("seeds", "seeds+images")
 
 
 class Bound(Strict):
@@ -90,6 +108,11 @@ class StudySection(Strict):
     baseline: str | None = Field(None, max_length=1000, description=(
         "the configuration every other is compared with: its row label ('attention=none', a ladder row's name) or "
         "key=value pairs ('attention=none, lr=0.1'); default: the plain one, else a grid's first, a search's best"))
+    confirm: Confirm | None = Field(None, description="searches: confirm the top configurations on fresh seeds "
+                                    "(default for a search: top 3 on 3 seeds; grids take no confirm)")
+    interval: Literal[INTERVALS] = Field("seeds", description=(
+        "seeds: a t interval over per-seed values; seeds+images: also the validation images' sampling error "
+        "(per-image paired differences, accuracies only)"))
     # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")
@@ -97,6 +120,11 @@ class StudySection(Strict):
     @property
     def on_demand(self) -> SeedsOnDemand | None:
         return self.seeds if isinstance(self.seeds, SeedsOnDemand) else None
+
+    @property
+    def confirmation(self) -> Confirm:
+        """The confirmation stage a search ends with (study.confirm, or the default top 3 on 3 seeds)."""
+        return self.confirm or Confirm()
 
     @property
     def seed_list(self) -> list[int]:
