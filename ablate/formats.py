@@ -28,6 +28,7 @@ class AblationTable:
     refused: dict[str, str]  # configurations study.constraints refused before training: label -> why
     hidden: int  # finished trials of configurations the study file no longer holds, left out of `frame`
     classes: int | None  # the study's number of classes (top-5 means something above 10)
+    covers: str = "seeds"  # what the intervals cover: seeds, or seeds+images (study.interval)
 
     def render(self, fmt: str = "md", columns: str = "compact") -> str:
         """The table as `fmt` writes it: the numbers (CSV, JSON), or the `columns` view a reader sees (Markdown,
@@ -48,9 +49,10 @@ def _pm(mean: pd.Series, sd: pd.Series, digits: int = 2) -> pd.Series:
     return pd.Series([one(m, s) for m, s in zip(mean, sd)], index=mean.index)
 
 
-def _delta_text(table: pd.DataFrame, name: str, base=None) -> pd.Series:
+def _delta_text(table: pd.DataFrame, name: str, base: bool = True) -> pd.Series:
+    """'+1.23 [+0.40, +2.06]*' per row; '(baseline)' for a control itself (with `base`: not a ladder's steps)."""
     def one(row, label):
-        if label == base:
+        if base and row.get("vs") == label:
             return "(baseline)"
         d, lo, hi = row[name], row[f"{name} lo"], row[f"{name} hi"]
         if pd.isna(d):
@@ -82,10 +84,22 @@ def compact(table: AblationTable) -> pd.DataFrame:
     out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, frame["n"])]
     if (table.classes or 0) > 10:
         out["top-5 acc (%)"] = _pm(frame["top-5 acc (%)"], frame["top-5 acc (%) sd"])
+    out["seeds n / pruned / failed"] = seeds_text(frame)
+    if "stage" in frame:  # a search: whose numbers these are
+        out.insert(0, "stage", frame["stage"])
     name = DELTA_PREV if table.ladder else DELTA
-    out[f"{name} (95% CI)"] = _delta_text(frame, name, None if table.ladder else table.baseline)
+    if not table.ladder and frame["vs"].nunique(dropna=True) > 1:  # matched controls: say which each row has
+        out["vs"] = frame["vs"].fillna("(no matched control)")
+    out[f"{name} (95% CI)"] = _delta_text(frame, name, not table.ladder)
     out["verdict"] = frame["verdict"]  # a ladder's: each step's (summary.compare), as its configuration runs say
     return out
+
+
+def seeds_text(frame: pd.DataFrame) -> list[str]:
+    """'3 / 0 / 1' per row: the seeds that finished, were pruned and failed, and '+2 repeats' where some seed ran
+    more than once (averaged into its seed, not counted)."""
+    return [f"{n} / {p} / {f}" + (f" (+{r} repeat{'s' if r > 1 else ''})" if r else "")
+            for n, p, f, r in zip(frame["n"], frame["pruned"], frame["failed"], frame["repeats"])]
 
 
 def every_column(table: AblationTable) -> pd.DataFrame:
@@ -99,9 +113,10 @@ def every_column(table: AblationTable) -> pd.DataFrame:
     out["params (M)"] = _num(frame["params (M)"], 3)
     out["GMACs"] = _num(frame["GMACs"], 4)
     out["img/s"] = _pm(frame["throughput (img/s)"], frame["throughput (img/s) sd"], 0)
-    out[f"{DELTA} (95% CI)"] = _delta_text(frame, DELTA, table.baseline)
+    out["vs"] = frame["vs"].fillna("-")
+    out[f"{DELTA} (95% CI)"] = _delta_text(frame, DELTA)
     if DELTA_PREV in frame:
-        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(frame, DELTA_PREV)
+        out[f"{DELTA_PREV} (95% CI)"] = _delta_text(frame, DELTA_PREV, False)
     out["verdict"] = frame["verdict"]
     for col in [c for c in frame.columns if c.startswith(("paper ", "ours "))]:
         out[col] = _num(frame[col], 2)
@@ -110,7 +125,9 @@ def every_column(table: AblationTable) -> pd.DataFrame:
             out[col] = _check(frame[col])
     if "effect" in frame:
         out["effect"] = frame["effect"].fillna("-")
-    out["pruned"], out["failed"] = frame["pruned"], frame["failed"]
+    out["pruned"], out["failed"], out["repeats"] = frame["pruned"], frame["failed"], frame["repeats"]
+    if "stage" in frame:
+        out.insert(0, "stage", frame["stage"])
     return out
 
 
@@ -136,16 +153,26 @@ def against_paper(table: AblationTable) -> pd.DataFrame | None:
         name = DELTA_PREV if table.ladder else DELTA
         out[f"{name} ours / paper"] = _num(frame[name], 2, "+") + " / " + _num(frame["paper Δ top-1"], 2, "+")
         if not table.ladder:
-            out.loc[table.baseline, f"{name} ours / paper"] = "(baseline)"
+            out.loc[frame.index[frame["vs"] == frame.index], f"{name} ours / paper"] = "(baseline)"
         out["effect"] = frame["effect"].fillna("-")
     return out
 
 
 def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
     """What the numbers mean, and what the table leaves out (Markdown prints it below the tables)."""
-    against = "the row before" if table.ladder else f"`{table.baseline}`"
-    note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over seeds (paired by seed, else Welch); "
-            "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0.")
+    frame = table.frame
+    matched = not table.ladder and frame["vs"].nunique(dropna=True) > 1
+    against = ("the row before" if table.ladder else "each row's matched control (`vs`: the plain cell that "
+               "matches it on every other factor)" if matched else f"`{table.baseline}`")
+    covers = ("seeds and validation images (study.interval: seeds+images)" if table.covers == "seeds+images"
+              else "seeds (paired by seed, else Welch)")
+    note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over {covers}; "
+            "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0, unstable "
+            "when a seed failed. n counts seeds (a seed's repeats are averaged into it).")
+    if "stage" in frame:
+        note += (" A search's numbers: `confirmed` rows are their confirmation runs on fresh seeds (study.confirm), "
+                 "compared with the baseline named in advance; `search` rows are the selection runs that chose "
+                 "them, compared with nothing.")
     if reproduction:
         note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
                  "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "

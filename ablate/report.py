@@ -1,9 +1,10 @@
 """The study report: one row per configuration, aggregated over seeds, with honest deltas.
 
-Deltas are top-1 accuracy in percentage points with a 95% t-interval over seeds (SciPy's): paired by seed
-when both rows ran the same seeds (the seed fixes data order and init, so pairing removes that noise),
-Welch otherwise. Rows are configurations (cell keys) as the study file reads now; trials of configurations
-the file no longer holds stay in the store and are left out unless `show_all` (then marked as such).
+What the numbers mean is summary.py's (results.compare_rows applies it): each row's study metric over seeds, its
+seeds accounted for (n / pruned / failed), its control (a grid's matched plain cell, a ladder's row before, a
+search's confirmed baseline) and the delta's 95% interval. Rows are configurations (cell keys) as the study file
+reads now; trials of configurations the file no longer holds stay in the store and are left out unless `show_all`
+(then marked as such).
 The numbers come back as a record, formats.AblationTable; formats.py writes them as a reader sees them.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ablate.results import (
     METRIC_COLUMNS,
     Comparison,
     compare_rows,
+    evaluated_trials,
     find_row,
     needs_runs,
     param_columns,
@@ -35,6 +37,7 @@ from ablate.results import (
 )
 from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells
 from ablate.storage import Attr, load
+from ablate.summary import SEARCHED
 
 PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
 GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three decimals, and count differently)
@@ -100,6 +103,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
         raise AblateError(f"study {study_name!r} has no finished trials yet (run it: ablate run <study file>)")
     keys = _resolve_by(by, df) if by else ["label"]
     df["row"] = df[keys].astype(str).agg(", ".join, axis=1) if by else df["label"]
+    df, stages = evaluated_trials(df, plan, "row")  # a search's confirmed rows: their confirmation runs alone
     done = df[df["state"] == "COMPLETE"].copy()
     for metric, (column, scale) in METRIC_COLUMNS.items():
         done[column] = done[metric] * scale
@@ -112,27 +116,29 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     table = table.join(grouped[["params (M)", "GMACs"]].mean())
     # every configuration tried, in the study file's order: one whose trials all failed shows as n = 0
     table = table.reindex(df.groupby("row")["order"].min().sort_values().index)
-    counts = df.groupby(["row", "state"]).size().unstack(fill_value=0)
-    counts = counts.reindex(columns=["PRUNED", "FAIL"], fill_value=0).set_axis(["pruned", "failed"], axis=1)
-    table = table.join(counts)
 
     # the study's result per row and its comparisons, by summary.py's rules: what the configuration runs show
     rows, refused = list(table.index), refused_rows(study, spec)
     named = _find_row(table, done, baseline) if baseline else None
-    compare = partial(compare_rows, df, plan, row="row", rows=rows, named=named, refused=set(refused) & set(rows))
+    compare = partial(compare_rows, df, plan, row="row", rows=rows, named=named, refused=set(refused) & set(rows),
+                      matched=not by)
     against_base = compare(ladder=False)
     ladder = bool(spec and spec.cfg.study.ladder)
     shown = compare(ladder=True) if ladder else against_base  # a ladder is judged per step
     _result_columns(table, against_base)
-    table = table[["n", "pruned", "failed", *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
+    table = table[["n", "pruned", "failed", "repeats", *[c for s in spread for c in (s, s + " sd")], "params (M)",
+                   "GMACs"]]
+    table["vs"] = [against_base.controls.get(row) for row in table.index]
     table = table.join(_delta_columns(against_base, DELTA))
     if ladder:
         table = table.join(_delta_columns(shown, DELTA_PREV))
     table["verdict"] = [shown.outcomes[row].verdict for row in table.index]
+    if stages:  # a search: confirmed configurations first, each group ranked by mean over seeds
+        table.insert(0, "stage", [stages.get(row, SEARCHED) for row in table.index])
+        table = table.sort_values(["stage", "top-1 acc (%)"], ascending=[True, not against_base.maximize],
+                                  na_position="last")
     table.index.name = "config"
-    if not spec or spec.cfg.study.sampler != "grid":  # a search: its configurations ranked by mean over seeds
-        table = table.sort_values("top-1 acc (%)", ascending=not against_base.maximize, na_position="last")
-    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), against_base.baseline, ladder)
+    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), against_base.controls, ladder)
     compared = [row for row in table.index if shown.outcomes[row].compared_with is not None]
     if compared and ("paper top-1 acc" in table or "paper top-1 err" in table):  # the paper's effect, by our interval
         table.loc[compared, "paper Δ top-1"] = [shown.outcomes[row].paper_delta for row in compared]
@@ -141,18 +147,29 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     per_seed.index.name, per_seed.columns.name = "seed", "row"
     return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
                          per_seed=per_seed, refused=refused, hidden=0 if show_all else hidden,
-                         classes=num_classes(spec))
+                         classes=num_classes(spec), covers=_covers(against_base))
 
 
 def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:
-    """n, and the study metric's mean and sd, over seeds (a seed's repeats averaged): the configuration runs' numbers.
-    Top-1 accuracy and error are those when the study's metric is val/acc1; other metrics keep their trials' mean."""
-    table["n"] = [comparison.outcomes[row].n for row in table.index]
-    if comparison.metric != "val/acc1":
+    """n, pruned, failed and repeats (summary.SeedCount), and the study metric's mean and sd over seeds (a seed's
+    repeats averaged): the configuration runs' numbers. Top-1 accuracy and error are those when the study's metric
+    is top-1 accuracy (val/acc1, or test/acc1 after a held-out selection split); other metrics keep their trials'
+    mean."""
+    outcomes = [comparison.outcomes[row] for row in table.index]
+    table["n"] = [o.n for o in outcomes]
+    table["pruned"], table["failed"] = [o.seeds.pruned for o in outcomes], [o.seeds.failed for o in outcomes]
+    table["repeats"] = [o.seeds.repeats for o in outcomes]
+    if comparison.metric not in ("val/acc1", "test/acc1"):
         return
     for column, sign, offset in (("top-1 acc (%)", 1, 0), ("top-1 err (%)", -1, 100)):
         table[column] = [offset + sign * comparison.outcomes[row].mean for row in table.index]
         table[f"{column} sd"] = [comparison.outcomes[row].sd for row in table.index]
+
+
+def _covers(comparison: Comparison) -> str:
+    """What the table's intervals cover: seeds+images only where every interval does."""
+    compared = [o.covers for o in comparison.outcomes.values() if pd.notna(o.low)]
+    return "seeds+images" if compared and all(c == "seeds+images" for c in compared) else "seeds"
 
 
 def num_classes(spec: StudySpec | None) -> int | None:
@@ -173,14 +190,14 @@ def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
     return refused
 
 
-def verdicts(table: pd.DataFrame, baseline: str, ladder: bool) -> pd.DataFrame:
-    """With `reference:` rows: do our params match the paper's (within 0.01M), and does our GMAC delta over the
-    baseline match the paper's? A ladder is judged per step (each row against the one before). Whether the paper's
-    effect on top-1 is reproduced is the comparison's (summary.compare), as the configuration runs show it."""
+def verdicts(table: pd.DataFrame, controls: dict[str, str | None], ladder: bool) -> pd.DataFrame:
+    """With `reference:` rows: do our params match the paper's (within 0.01M), and does our GMAC delta over each
+    row's control match the paper's? A ladder is judged per step (each row against the one before). Whether the
+    paper's effect on top-1 is reproduced is the comparison's (summary.compare), as the configuration runs show it."""
     rows = list(table.index)
     previous = dict(zip(rows, [None] + rows[:-1]))
-    ref = {r: (previous[r] if ladder else baseline) for r in rows}
-    ref = {r: b for r, b in ref.items() if b is not None and b != r}
+    ref = {r: (previous[r] if ladder else controls.get(r)) for r in rows}
+    ref = {r: b for r, b in ref.items() if b is not None and b != r and b in table.index}
     if "paper params (M)" in table:
         gap = (table["params (M)"] - table["paper params (M)"]).abs()
         table["params match"] = gap.le(PARAMS_TOLERANCE_M).where(gap.notna())

@@ -2,14 +2,21 @@
 and seeds on demand all call this module, so the UI and the table say the same thing about the same trials.
 
 - A configuration's result is its study metric (`study.metric`, the first objective) over seeds: the mean over
-  each seed's finished trials, then mean, sd and n over those per-seed values (n counts seeds, not trials).
-- Its baseline (`choose_baseline`): the configuration `study.baseline` names; else the first plain one (attention
-  `none`) in order (a grid's file order, a search's trial order); else, in a grid, the first with a result; in a
-  search, the best by mean.
-- Each configuration is compared with the baseline, or in a ladder (`study.ladder`) with the row before it: the
-  delta of means with its 95% interval (stats.delta_ci: paired by seed, else Welch) and the verdict it gives
-  (better / worse / undecided; `baseline` for the baseline itself; `refused` for a configuration study.constraints
-  refused). With the paper's numbers (`reference:`), the paper's delta and whether our interval reproduces it.
+  each seed's finished trials, then mean, sd and n over those per-seed values (n counts seeds, not trials; a
+  seed's repeats are averaged into it and flagged as `repeats`, never counted).
+- Every seed is accounted for (`SeedCount`): a seed that failed (diverged, crashed) and never finished makes the
+  configuration's verdict `unstable` whatever its finished seeds say; pruned seeds (searches only) are counted.
+- Its control (`controls`): in a grid, the plain cell (attention `none`, or the configurations `study.baseline`
+  names by key=value pairs) that matches it on every other factor (epochs, dataset, backbone, recipe), so that a
+  factorial grid compares like with like; a row with no matching control is compared with nothing. Without any
+  such cell, one baseline for all (`choose_baseline`): the row `study.baseline` names, else a grid's first. A
+  searched study compares only its confirmation runs (study.confirm), with the baseline named in advance.
+- Each configuration is compared with its control, or in a ladder (`study.ladder`) with the row before it: the
+  delta of means with its 95% interval (stats.delta_ci: paired by seed, else Welch; with `study.interval:
+  seeds+images`, stats.delta_ci_images adds the validation images' sampling error) and the verdict it gives
+  (better / worse / undecided; `baseline` for a control itself; `unstable` with failed seeds; `refused` for a
+  configuration study.constraints refused). With the paper's numbers (`reference:`), the paper's delta and
+  whether our interval reproduces it.
 - Trials are counted once (`TrialCounts`): complete / pruned / failed / refused, a resumed trial's stopped
   predecessor in none of them.
 
@@ -26,7 +33,18 @@ from optuna.trial import TrialState
 from ablate import stats
 from ablate.storage import Attr, resumed_trials
 
-BASELINE, REFUSED, NO_RESULT = "baseline", "refused", "-"
+BASELINE, REFUSED, UNSTABLE, NO_RESULT = "baseline", "refused", "unstable", "-"
+CONFIRMED, SEARCHED = "confirmed", "search"  # a searched study's rows: confirmation runs, or selection only
+SEEDS, SEEDS_AND_IMAGES = "seeds", "seeds+images"  # what an interval covers (study.interval)
+
+
+@dataclass(frozen=True)
+class SeedCount:
+    """What became of a configuration's seeds beyond those that finished (which are its samples)."""
+
+    failed: int = 0  # seeds whose every trial failed (diverged or crashed; a signal's stop is not a failure)
+    pruned: int = 0  # seeds a pruner stopped before any of their trials finished
+    repeats: int = 0  # finished trials beyond one per seed: averaged into their seed, not counted in n
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,9 @@ class Outcome:
     verdict: str = NO_RESULT
     paper_delta: float = np.nan  # the paper's delta over the same comparison (points), NaN without references
     effect: str = NO_RESULT  # the paper's effect against our interval: reproduced / contradicted / inconclusive
+    seeds: SeedCount = SeedCount()
+    stage: str = ""  # a searched study's row: CONFIRMED or SEARCHED; "" in a grid
+    covers: str = SEEDS  # what the interval covers: SEEDS, or SEEDS_AND_IMAGES where every seed's images are known
 
     @property
     def n(self) -> int:
@@ -70,18 +91,15 @@ def seed_samples(done: pd.DataFrame, value: str, row: str = "row") -> dict[str, 
 
 
 def choose_baseline(rows: list[str], samples: dict[str, pd.Series], modules: dict[str, str], *,
-                    named: str | None = None, searched: bool = False, maximize: bool = True) -> str | None:
-    """The configuration every other is compared with (module docstring): `rows` in order, `modules` each row's
-    attention module, `named` the study's (or the reader's) choice. None while nothing has a result."""
+                    named: str | None = None) -> str | None:
+    """The one configuration every other is compared with where no matched controls apply (module docstring):
+    `rows` in order, `modules` each row's attention module, `named` the study's (or the reader's) choice. None while
+    nothing has a result."""
     if named is not None:
         return named
     measured = [r for r in rows if r in samples and len(samples[r])]
-    if not measured:
-        return None
     plain = [r for r in measured if modules.get(r) == "none"]
-    if plain:
-        return plain[0]
-    return best_by_mean({r: samples[r] for r in measured}, maximize) if searched else measured[0]
+    return (plain or measured or [None])[0]
 
 
 def best_by_mean(samples: dict[str, pd.Series], maximize: bool = True) -> str | None:
@@ -90,30 +108,77 @@ def best_by_mean(samples: dict[str, pd.Series], maximize: bool = True) -> str | 
     return (max if maximize else min)(means, key=means.get) if means else None
 
 
-def compare(rows: list[str], samples: dict[str, pd.Series], baseline: str | None, *, ladder: bool = False,
-            maximize: bool = True, paper: dict[str, float] | None = None, refused=()) -> dict[str, Outcome]:
-    """Each row's Outcome, in order: against `baseline`, or against the row before in a `ladder`. `paper`: each
-    row's published top-1 accuracy (points; NaN or absent without one); `refused`: rows study.constraints refused."""
-    paper = paper or {}
+def seed_counts(trials: pd.DataFrame, row: str = "row") -> dict[str, SeedCount]:
+    """Per row of `trials` (every trial: `state`, `seed` and the `row` column): its failed and pruned seeds (those
+    without a finished trial) and its repeats."""
+    counts = {}
+    for key, group in trials.groupby(row, sort=False):
+        by_seed = group.groupby("seed")["state"].agg(set)
+        finished = by_seed.map(lambda states: "COMPLETE" in states)
+        complete = int((group["state"] == "COMPLETE").sum())
+        counts[key] = SeedCount(failed=int(by_seed[~finished].map(lambda states: "FAIL" in states).sum()),
+                                pruned=int(by_seed[~finished].map(lambda states: states == {"PRUNED"}).sum()),
+                                repeats=complete - int(finished.sum()))
+    return counts
+
+
+def matched_controls(rows: list[str], settings: dict[str, dict], controls: set[str],
+                     treatment) -> dict[str, str | None]:
+    """Each row's control: the first of `controls` (in row order) that matches it on every setting that is not a
+    treatment (`treatment(key)`: the keys the comparison is about, the attention module's by default); `settings`
+    holds each row's value of every key the rows vary. A control is its own; a row with none matching gets None."""
+    ordered = [r for r in rows if r in controls]
+    out = {}
+    for row in rows:
+        if row in controls:
+            out[row] = row
+            continue
+        factors = {k: v for k, v in settings.get(row, {}).items() if not treatment(k)}
+        out[row] = next((c for c in ordered if all(settings.get(c, {}).get(k) == v for k, v in factors.items())),
+                        None)
+    return out
+
+
+def one_control(rows: list[str], baseline: str | None, *, ladder: bool = False) -> dict[str, str | None]:
+    """Every row against `baseline` (itself its own), or in a `ladder` against the row before (the first row what
+    the steps start from)."""
+    if ladder:
+        return dict(zip(rows, rows[:1] + rows[:-1]))
+    return {row: baseline for row in rows} if baseline is not None else {}
+
+
+def compare(rows: list[str], samples: dict[str, pd.Series], controls: dict[str, str | None], *,
+            ladder: bool = False, maximize: bool = True, paper: dict[str, float] | None = None, refused=(),
+            seeds: dict[str, SeedCount] | None = None, stages: dict[str, str] | None = None,
+            images: dict[str, dict] | None = None) -> dict[str, Outcome]:
+    """Each row's Outcome, in order, against its control (`controls`: row -> the row it is compared with, itself
+    for a control, None or absent for none). `paper`: each row's published top-1 accuracy (points; NaN or absent
+    without one); `refused`: rows study.constraints refused; `seeds`: each row's failed / pruned seeds and repeats;
+    `stages`: a search's rows' stage; `images`: each row's per-image correctness by seed (numpy arrays), for an
+    interval that covers the validation images too."""
+    paper, seeds, stages, images = paper or {}, seeds or {}, stages or {}, images or {}
     empty = pd.Series(dtype=float)
     out = {}
-    for i, row in enumerate(rows):
-        values = samples.get(row, empty)
-        ref = (rows[i - 1] if i else None) if ladder else (baseline if row != baseline else None)
+    for row in rows:
+        values, ref = samples.get(row, empty), controls.get(row)
+        common = dict(seeds=seeds.get(row, SeedCount()), stage=stages.get(row, ""))
+        unstable = common["seeds"].failed > 0
         if row in refused:
-            out[row] = Outcome(row, values, ref, verdict=REFUSED)
-            continue
-        if ref is None:  # the baseline (against itself: 0), or a ladder's first row (what its steps start from)
+            out[row] = Outcome(row, values, ref, verdict=REFUSED, **common)
+        elif ref == row:  # a control (against itself: 0), or a ladder's first row (what its steps start from)
             itself = stats.delta_ci(values, values) if len(values) and not ladder else (np.nan,) * 3
-            out[row] = Outcome(row, values, None, *itself, verdict=BASELINE)
-            continue
-        if ref not in samples or not len(values):  # nothing to compare yet
-            out[row] = Outcome(row, values, ref)
-            continue
-        delta, low, high = stats.delta_ci(samples[ref], values)
-        published = paper.get(row, np.nan) - paper.get(ref, np.nan)
-        effect = stats.reproduction(published, low, high) if pd.notna(published) else NO_RESULT
-        out[row] = Outcome(row, values, ref, delta, low, high, stats.direction(low, high, maximize), published, effect)
+            out[row] = Outcome(row, values, None, *itself, verdict=UNSTABLE if unstable else BASELINE, **common)
+        elif ref is None or ref not in samples or not len(values):  # no control, or nothing to compare yet
+            out[row] = Outcome(row, values, ref, verdict=UNSTABLE if unstable else NO_RESULT, **common)
+        else:
+            both = row in images and ref in images
+            delta, low, high = (stats.delta_ci_images(images[ref], images[row]) if both
+                                else stats.delta_ci(samples[ref], values))
+            published = paper.get(row, np.nan) - paper.get(ref, np.nan)
+            effect = stats.reproduction(published, low, high) if pd.notna(published) else NO_RESULT
+            verdict = UNSTABLE if unstable else stats.direction(low, high, maximize)
+            out[row] = Outcome(row, values, ref, delta, low, high, verdict, published, effect, **common,
+                               covers=SEEDS_AND_IMAGES if both else SEEDS)
     return out
 
 
