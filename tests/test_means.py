@@ -77,9 +77,9 @@ def test_a_baseline_named_by_key_value_pairs_is_matched_on_the_other_factors(tmp
 
 def frame_of(trials):
     """A results frame (results.trials_frame's columns) of hand-made trials: (row, seed, state, val/acc1)."""
-    return pd.DataFrame([{"number": i, "state": state, "cell": row, "label": row, "seed": seed, "order": "ab".index(row),
-                          "in_file": True, "refused": False, "params": {}, "stage": "", "correct": None,
-                          "val/acc1": value} for i, (row, seed, state, value) in enumerate(trials)])
+    return pd.DataFrame([{"number": i, "state": state, "cell": row, "label": row, "seed": seed,
+                          "order": "ab".index(row), "in_file": True, "refused": False, "params": {}, "stage": "",
+                          "correct": None, "val/acc1": value} for i, (row, seed, state, value) in enumerate(trials)])
 
 
 def test_n_counts_seeds_a_repeat_is_flagged_not_counted_and_a_failed_seed_makes_a_row_unstable():
