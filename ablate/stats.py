@@ -122,24 +122,27 @@ def percent(metric: str) -> float:
     return 100.0 if "/acc" in metric else 1.0
 
 
-def next_seeds(samples: dict[str, pd.Series], tried: dict[str, set[int]], pending: set[str], baseline: str,
-               max_seeds: int, maximize: bool = True) -> dict[str, set[int]]:
+def next_seeds(samples: dict[str, pd.Series], tried: dict[str, set[int]], pending: set[str],
+               controls: str | dict[str, str | None], max_seeds: int, maximize: bool = True) -> dict[str, set[int]]:
     """Seeds on demand: each configuration whose seeds have all finished gets one more while its interval against
-    the baseline still holds 0, up to `max_seeds`; the baseline gets that seed too, so that the pair stays paired.
+    its control still holds 0, up to `max_seeds`; the control gets that seed too, so that the pair stays paired.
 
     `samples`: each configuration's finished values by seed; `tried`: the seeds each has had a trial of (finished,
-    failed or queued); `pending`: configurations with a trial queued or running. Returns configuration -> seeds."""
+    failed or queued); `pending`: configurations with a trial queued or running; `controls`: each configuration's
+    control (summary.py: a grid's matched plain cell), or one baseline for all. Returns configuration -> seeds."""
+    controls = controls if isinstance(controls, dict) else dict.fromkeys(samples, controls)
     add: dict[str, set[int]] = {}
-    if baseline in pending or baseline not in samples:
-        return add  # the reference itself is still moving
     for key, values in samples.items():
-        if key == baseline or key in pending or len(tried.get(key, ())) >= max_seeds:
+        control = controls.get(key)
+        if control is None or key == control or key in pending or len(tried.get(key, ())) >= max_seeds:
             continue
-        _, low, high = delta_ci(samples[baseline], values)
+        if control in pending or control not in samples:
+            continue  # the reference itself is still moving
+        _, low, high = delta_ci(samples[control], values)
         if len(values) >= 2 and direction(low, high, maximize) != UNDECIDED:
             continue  # decided: more seeds would not change the verdict's sign
         seed = min(set(range(max_seeds)) - tried.get(key, set()))
         add.setdefault(key, set()).add(seed)
-        if seed not in tried.get(baseline, set()):
-            add.setdefault(baseline, set()).add(seed)
+        if seed not in tried.get(control, set()):
+            add.setdefault(control, set()).add(seed)
     return add
