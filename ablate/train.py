@@ -98,9 +98,12 @@ def weights_scored(cfg: TrainConfig) -> dict[str, str]:
     return {"": "ema", "_raw": "raw", "_ema": "ema"}  # val/*_ema still logged: older study files read them
 
 
-def key(postfix: str) -> str:
-    """A metric set's name in a ModuleDict (which takes no empty name)."""
-    return postfix.lstrip("_") or "evaluated"
+EVALUATED = "evaluated"  # the metric objects of val/* without a postfix
+
+
+def metric_set(postfix: str) -> str:
+    """The name of a postfix's metric objects in a ModuleDict (which takes no empty name)."""
+    return postfix.lstrip("_") or EVALUATED
 
 
 class TrialModule(pl.LightningModule):
@@ -119,13 +122,11 @@ class TrialModule(pl.LightningModule):
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         if self.ema is not None:
             self.ema.requires_grad_(False)  # averaged, never trained
-        # val/<metric><postfix> -> the weights it measures; "" the evaluated ones (the EMA's under train.eval: ema,
-        # as timm's train.py selects on), "_raw" and "_ema" each set by name when there are two
-        self.scored = weights_scored(cfg)
-        self.accs = nn.ModuleDict({key(postfix): accuracy(num_classes, postfix) for postfix in self.scored})
+        self.scored = weights_scored(cfg)  # the EMA's are the evaluated weights by default, as timm's train.py has it
+        self.accs = nn.ModuleDict({metric_set(postfix): accuracy(num_classes, postfix) for postfix in self.scored})
         # metric objects, not logged values: on several devices they average over every rank's samples
         # nan_strategy "disable": a NaN batch makes the mean NaN (the trial fails) instead of being dropped unseen
-        self.losses = nn.ModuleDict({key(postfix): MeanMetric(nan_strategy="disable") for postfix in self.scored})
+        self.losses = nn.ModuleDict({metric_set(p): MeanMetric(nan_strategy="disable") for p in self.scored})
         self.best_acc1 = MaxMetric()  # logged by value: Lightning resets the metric objects it is given
         self.best_acc1.persistent(True)  # in the checkpoint: a resumed trial keeps its best epoch
         self.train_loss = MeanMetric()  # persistent: an epoch resumed mid-way still averages all its batches
@@ -182,17 +183,17 @@ class TrialModule(pl.LightningModule):
         x, y = batch
         logits = {which: self._logits(self.weights(which), x) for which in dict.fromkeys(self.scored.values())}
         for postfix, which in self.scored.items():
-            loss, acc = self.losses[key(postfix)], self.accs[key(postfix)]
+            loss, acc = self.losses[metric_set(postfix)], self.accs[metric_set(postfix)]
             loss.update(F.cross_entropy(logits[which], y), weight=len(y))
             self.log(f"val/loss{postfix}", loss, on_epoch=True)
             acc.update(logits[which], y)
             self.log_dict(acc, on_epoch=True, prog_bar=not postfix)  # Lightning computes and resets them at the end
 
     def on_validation_epoch_end(self):
-        loss = self.losses[key("")].compute()  # cached like acc1's: Lightning's own call at the epoch's end reuses it
+        loss = self.losses[EVALUATED].compute()  # cached like acc1's: Lightning's own call at the epoch's end reuses it
         if not torch.isfinite(loss):  # a finite train loss with a NaN val loss is divergence too, not a result
             raise DivergedError(f"val/loss is {loss.item()} at epoch {self.current_epoch}")
-        self.best_acc1(self.accs[key("")]["acc1"].compute())  # compute() caches: Lightning's own call reuses it
+        self.best_acc1(self.accs[EVALUATED]["acc1"].compute())  # compute() caches: Lightning's own call reuses it
         self.log("val/acc1_best", self.best_acc1.compute(), prog_bar=True)
 
     def configure_optimizers(self):
@@ -454,7 +455,7 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         # the last value of each metric the run holds (a resumed run's include its predecessor's epochs)
         metrics = {k: float(v) for k, v in client.get_run(run_id).data.metrics.items()}
     return TrialResult(run_id, metrics, metrics.get("val/acc1_best"),
-                       correct=final and pack_correct(final.correct))
+                       correct=None if final is None else pack_correct(final.correct))
 
 
 def log_weights(client: MlflowClient, run_id: str, model: nn.Module) -> None:
