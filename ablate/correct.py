@@ -1,18 +1,24 @@
-"""A trial's per-image correctness, packed for its Optuna user attrs (Attr.CORRECT): which images of the reported
-split the final weights got right (top-1), in the split's fixed order, so that an interval can cover the
-validation images' sampling error (stats.delta_ci_images). 1,000 images take 255 characters; numpy only."""
+"""Each image's top-1 correctness on a trial's reported split, packed into a short string (numpy only, no torch:
+a report reads it to add the images' sampling error to an interval).
+
+`pack_correct([True, False, ...])` is "N:" and the hex of numpy.packbits (N booleans in N/8 bytes), so a
+10,000-image test set is a 2,505-character attribute; `unpack_correct` reverses it.
+"""
 from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["pack_correct", "unpack_correct"]
+
 
 def pack_correct(correct) -> str:
-    """'N:hex' of a boolean sequence (numpy.packbits, most significant bit first)."""
+    """N booleans (each image right or wrong, in the split's fixed order) as 'N:hex'."""
     bits = np.asarray(correct, dtype=bool).ravel()
     return f"{len(bits)}:{np.packbits(bits).tobytes().hex()}"
 
 
-def unpack_correct(text: str) -> np.ndarray:
-    """pack_correct's inverse: the boolean array."""
-    count, _, hexed = text.partition(":")
-    return np.unpackbits(np.frombuffer(bytes.fromhex(hexed), dtype=np.uint8), count=int(count)).astype(bool)
+def unpack_correct(packed: str) -> np.ndarray:
+    """The boolean array `pack_correct` packed."""
+    count, _, hex_bits = packed.partition(":")
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8), count=int(count))
+    return bits.astype(bool)

@@ -50,7 +50,7 @@ class Attr:
     LAUNCHES = "ablate.launches"  # study: the job arrays `ablate run --launcher` submitted for it
     REFUSED = "refused"  # searched trial: why study.constraints refused it; study: {cell key: why} of a grid's cells
     STAGE = "ablate.stage"  # trial: "confirm" for a search's confirmation run (study.confirm); absent otherwise
-    CORRECT = "ablate.correct"  # trial: per-image correctness on the reported split (evaluate.pack_correct's hex)
+    CORRECT = "ablate.correct"  # trial: per-image correctness on the reported split (correct.pack_correct)
     WARM_FROM = "warm_start_of"  # trial: a finished trial of this earlier study, copied in for the sampler (warm_start)
 
 

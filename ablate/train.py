@@ -13,6 +13,12 @@ Every trick is a TrainConfig key and timm's implementation: create_optimizer_v2 
 biases and norms), create_scheduler_v2 stepped per update, LabelSmoothingCrossEntropy, Mixup/CutMix with
 SoftTargetCrossEntropy, ModelEmaV3. Stochastic depth and dropout are model keys (timm.create_model);
 precision (Lightning's mixed precision), channels_last and compile (torch.compile) are train keys.
+
+What a trial measures: val/* are the evaluated weights (the EMA's with train.ema under train.eval: ema, as timm's
+train.py selects on them; val/*_raw and val/*_ema then each set) on the split selection sees (a data.holdout, else
+the dataset's val split). Once training ends, evaluate.py scores the evaluated weights once on the split the table
+reports (the dataset's own val/test split): each image's correctness (TrialResult.correct) and, with a holdout,
+test/*.
 """
 from __future__ import annotations
 
@@ -49,9 +55,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from ablate import tracking
 from ablate.checkpoint import AtomicCheckpointIO, Resume, TrialCheckpoint, config_digest, remove
 from ablate.config import TrainConfig, TrialConfig, flatten
+from ablate.correct import pack_correct
 from ablate.data import build_datamodule
 from ablate.distributed import followers, world
 from ablate.errors import AblateError, one_line
+from ablate.evaluate import FinalScore, score_split
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
 from ablate.models import BuiltModel, build_model
 
@@ -69,6 +77,9 @@ class TrialResult:
     metrics: dict[str, float] = field(default_factory=dict)  # final value of every logged metric
     best_acc1: float | None = None  # best val/acc1 over epochs; None when validation never ran
     status: str = "FINISHED"
+    # each image's top-1 correctness on the reported split (the test split with data.holdout, else val), by the
+    # final evaluated weights: correct.pack_correct's string (unpack_correct reads it); None without validation
+    correct: str | None = None
 
 
 def accuracy(num_classes: int, postfix: str = "") -> MetricCollection:
@@ -76,6 +87,23 @@ def accuracy(num_classes: int, postfix: str = "") -> MetricCollection:
     ks = {"acc1": 1, "acc5": 5} if num_classes > 5 else {"acc1": 1}
     return MetricCollection({name: MulticlassAccuracy(num_classes, top_k=k, average="micro")
                              for name, k in ks.items()}, prefix="val/", postfix=postfix)
+
+
+def weights_scored(cfg: TrainConfig) -> dict[str, str]:
+    """val/*'s postfixes and the weights ("raw" or "ema") each measures: "" the evaluated ones (train.eval)."""
+    if not cfg.ema:
+        return {"": "raw"}
+    if cfg.eval == "raw":
+        return {"": "raw", "_ema": "ema"}
+    return {"": "ema", "_raw": "raw", "_ema": "ema"}  # val/*_ema still logged: older study files read them
+
+
+EVALUATED = "evaluated"  # the metric objects of val/* without a postfix
+
+
+def metric_set(postfix: str) -> str:
+    """The name of a postfix's metric objects in a ModuleDict (which takes no empty name)."""
+    return postfix.lstrip("_") or EVALUATED
 
 
 class TrialModule(pl.LightningModule):
@@ -94,12 +122,11 @@ class TrialModule(pl.LightningModule):
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         if self.ema is not None:
             self.ema.requires_grad_(False)  # averaged, never trained
-        self.val_acc = accuracy(num_classes)
-        self.ema_acc = accuracy(num_classes, postfix="_ema") if cfg.ema else None
+        self.scored = weights_scored(cfg)  # the EMA's are the evaluated weights by default, as timm's train.py has it
+        self.accs = nn.ModuleDict({metric_set(postfix): accuracy(num_classes, postfix) for postfix in self.scored})
         # metric objects, not logged values: on several devices they average over every rank's samples
         # nan_strategy "disable": a NaN batch makes the mean NaN (the trial fails) instead of being dropped unseen
-        self.val_loss = MeanMetric(nan_strategy="disable")
-        self.ema_loss = MeanMetric(nan_strategy="disable") if cfg.ema else None
+        self.losses = nn.ModuleDict({metric_set(p): MeanMetric(nan_strategy="disable") for p in self.scored})
         self.best_acc1 = MaxMetric()  # logged by value: Lightning resets the metric objects it is given
         self.best_acc1.persistent(True)  # in the checkpoint: a resumed trial keeps its best epoch
         self.train_loss = MeanMetric()  # persistent: an epoch resumed mid-way still averages all its batches
@@ -109,6 +136,17 @@ class TrialModule(pl.LightningModule):
 
     def forward(self, x):
         return self._logits(self.model, x)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights val/* measure, and the final score (evaluate.py): the EMA's under train.eval: ema."""
+        return self.weights(self.scored[""])
+
+    def weights(self, which: str) -> nn.Module:
+        return self.ema.module if which == "ema" else self.model
+
+    def evaluated_logits(self, x):
+        return self._logits(self.evaluated, x)
 
     def _logits(self, model: nn.Module, x):
         if self.cfg.channels_last:  # the input in the weights' layout, or each conv converts it back
@@ -143,22 +181,19 @@ class TrialModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self._score(self.model, x, y, self.val_acc, self.val_loss)
-        if self.ema is not None:  # the averaged weights on the same batch
-            self._score(self.ema.module, x, y, self.ema_acc, self.ema_loss, postfix="_ema")
-
-    def _score(self, model: nn.Module, x, y, acc: MetricCollection, loss: MeanMetric, postfix: str = ""):
-        logits = self._logits(model, x)
-        loss.update(F.cross_entropy(logits, y), weight=len(y))
-        self.log(f"val/loss{postfix}", loss, on_epoch=True)
-        acc.update(logits, y)
-        self.log_dict(acc, on_epoch=True, prog_bar=True)  # Lightning computes and resets them at epoch end
+        logits = {which: self._logits(self.weights(which), x) for which in dict.fromkeys(self.scored.values())}
+        for postfix, which in self.scored.items():
+            loss, acc = self.losses[metric_set(postfix)], self.accs[metric_set(postfix)]
+            loss.update(F.cross_entropy(logits[which], y), weight=len(y))
+            self.log(f"val/loss{postfix}", loss, on_epoch=True)
+            acc.update(logits[which], y)
+            self.log_dict(acc, on_epoch=True, prog_bar=not postfix)  # Lightning computes and resets them at the end
 
     def on_validation_epoch_end(self):
-        loss = self.val_loss.compute()  # cached like acc1's: Lightning's own call at the epoch's end reuses it
+        loss = self.losses[EVALUATED].compute()  # cached like acc1's: Lightning's own call at the epoch's end reuses it
         if not torch.isfinite(loss):  # a finite train loss with a NaN val loss is divergence too, not a result
             raise DivergedError(f"val/loss is {loss.item()} at epoch {self.current_epoch}")
-        self.best_acc1(self.val_acc["acc1"].compute())  # compute() caches: Lightning's own call reuses it
+        self.best_acc1(self.accs[EVALUATED]["acc1"].compute())  # compute() caches: Lightning's own call reuses it
         self.log("val/acc1_best", self.best_acc1.compute(), prog_bar=True)
 
     def configure_optimizers(self):
@@ -328,11 +363,20 @@ class TrialParts:
                 raise interruption() from None
             raise
 
+    def final_score(self) -> FinalScore | None:
+        """The evaluated weights on the reported split once training is over (rank 0); None without validation."""
+        module, trainer = self.module, self.trainer
+        if module.cfg.limit_val_batches == 0:  # validation off (a throughput benchmark): nothing is scored
+            return None
+        return score_split(module, module.evaluated_logits, self.data.reported_dataloader(), self.data.transform_batch,
+                           trainer.strategy.root_device, self.data.num_classes, module.cfg.limit_val_batches,
+                           trainer.precision_plugin.val_step_context())
+
 
 def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, rank: int = 0) -> TrialParts:
     """What every rank builds alike: the data, the model, its LightningModule and the trainer."""
     pl.seed_everything(cfg.train.seed + rank, workers=True, verbose=False)  # ranks draw dropout and mixup apart
-    data = build_datamodule(cfg.data)
+    data = build_datamodule(cfg.data, cfg.train.seed)  # train.seed draws the order under data.order: seed
     if data.cfg.batch_size % ranks(cfg.train):
         raise AblateError(f"data.batch_size: {cfg.data.batch_size} does not split over {ranks(cfg.train)} devices "
                           "(train.devices; the batch size is the whole step's, as papers give it)")
@@ -402,12 +446,16 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
             except killed_by:  # pruned: the trial is over, nothing to resume
                 remove(checkpoint)
                 raise
+            final = parts.final_score()
+            if final is not None and cfg.data.holdout is not None:  # val/* measured the holdout: the table's split
+                tracking.log_metrics(client, run_id, final.metrics("test/"), cfg.train.epochs - 1)
             if cfg.tracking.log_weights:
                 log_weights(client, run_id, built.model)
         remove(checkpoint)  # finished: the weights are the run's model.pt
         # the last value of each metric the run holds (a resumed run's include its predecessor's epochs)
         metrics = {k: float(v) for k, v in client.get_run(run_id).data.metrics.items()}
-    return TrialResult(run_id, metrics, metrics.get("val/acc1_best"))
+    return TrialResult(run_id, metrics, metrics.get("val/acc1_best"),
+                       correct=None if final is None else pack_correct(final.correct))
 
 
 def log_weights(client: MlflowClient, run_id: str, model: nn.Module) -> None:

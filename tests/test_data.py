@@ -244,6 +244,25 @@ def test_every_dataset_keeps_the_datamodule_contract(name, tmp_path):
     assert dm.mean.shape == dm.std.shape == (dm.in_chans,) and bool((dm.std > 0).all())
     x, y = dm.transform_batch(next(iter(dm.val_dataloader())), train=False)
     assert x.shape[1:] == (dm.in_chans, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    reported = dm.reported_dataloader()  # without a holdout, the split val/* measure, unsharded
+    assert len(reported.dataset) == len(dm.val_dataloader().dataset)
+
+
+def samples(loader) -> int:
+    return sum(len(y) for _, y in loader)
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_every_dataset_carves_its_holdout_out_of_training(name, tmp_path):
+    """data.holdout: val/* on samples held out of the training split, the dataset's own val split reported."""
+    plain = build_datamodule(small_config(name, tmp_path))
+    dm = build_datamodule(plain.cfg.model_copy(update={"holdout": 2}), train_seed=1)
+    assert len(dm.train_dataloader().sampler) == len(plain.train_dataloader().sampler) - 2  # training shrinks
+    assert samples(dm.val_dataloader()) == 2  # validation: the holdout
+    assert samples(dm.reported_dataloader()) == samples(plain.val_dataloader())  # reported: the val split, whole
+    x, _ = dm.transform_batch(next(iter(dm.val_dataloader())), train=False)
+    again, _ = dm.transform_batch(next(iter(dm.val_dataloader())), train=False)
+    assert torch.equal(x, again)  # held-out images are read as validation images are: no augmentation
 
 
 def test_lightning_trainer_applies_batch_transform():

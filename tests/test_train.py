@@ -25,7 +25,8 @@ from ablate.train import DivergedError, TrialModule, make_trainer, run_trial
 # the EMA copy is eval-only on purpose (run_trial filters this too; make_trainer alone does not)
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
 WALL_CLOCK = {"train/throughput", "train/epoch_time", "train/peak_mem_mb"}  # differ between identical runs
-VAL = ["val/acc1", "val/acc1_best", "val/acc1_ema", "val/acc5", "val/acc5_ema", "val/loss", "val/loss_ema"]
+VAL = ["val/acc1", "val/acc1_best", "val/acc1_ema", "val/acc1_raw", "val/acc5", "val/acc5_ema", "val/acc5_raw",
+       "val/loss", "val/loss_ema", "val/loss_raw"]
 TRAIN = ["train/epoch_time", "train/loss", "train/lr", "train/peak_mem_mb", "train/throughput"]
 
 
@@ -118,8 +119,11 @@ def test_run_records_params_metrics_and_artifacts(uri, monkeypatch):
 
 def test_a_trial_logs_exactly_the_metrics_a_study_may_optimise(uri):
     """config.METRICS, the names study.metric may take, are what a trial logs: all of them and no other, with EMA on
-    (val/*_ema need train.ema) and more than 5 classes (val/acc5* need them: tiny's synthetic data has 10)."""
-    result = run_trial(tiny(uri, "metrics", ema=True, epochs=1))
+    (val/*_ema and val/*_raw need train.ema), a holdout (test/* need data.holdout) and more than 5 classes (val/acc5*
+    need them: tiny's synthetic data has 10)."""
+    cfg = tiny(uri, "metrics", ema=True, epochs=1)
+    cfg.data.holdout = 16
+    result = run_trial(cfg)
     assert sorted(result.metrics) == sorted(METRICS)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import BeforeValidator, Field, TypeAdapter
+from pydantic import BeforeValidator, Field, TypeAdapter, field_validator
 
 from ablate.config.base import SEED, Strict, effect
 
@@ -35,7 +35,22 @@ class DataBase(Strict):
     val_size: int | None = Field(None, ge=1)
     auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
     hflip: float = Field(0.0, ge=0, le=1)
+    # data.seed fixes the dataset itself: which images are in each split (and the holdout), the synthesised
+    # images, the subsets; so every seed and configuration of a study is scored on the same images
     seed: int = SEED
+    order: Literal["seed", "fixed"] = Field("seed", description="what draws the training order and augmentation: "
+                                            "seed = train.seed (each seed of a study its own batches), fixed = "
+                                            "data.seed (every seed the same batches: only init, dropout, mixup vary)")
+    holdout: int | float | None = Field(None, description="samples (an int >= 1) or a fraction in (0, 1) of the "
+                                        "training split held out to select on: val/* then measure them, and the "
+                                        "dataset's own val/test split is scored once at the end as test/*")
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, v):
+        if v is not None and not (isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v < 1):
+            raise ValueError(f"{v!r} is neither a number of samples (an integer >= 1) nor a fraction in (0, 1)")
+        return v
 
     @property
     def class_count(self) -> int:

@@ -64,6 +64,8 @@ class TrainConfig(Strict):
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
+    eval: Literal["ema", "raw"] = Field("ema", description="with train.ema, which weights val/* measure: the EMA's "
+                                        "(val/*_raw then the raw weights') or the raw weights' (as without EMA)")
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
     accelerator: str = Field("auto", json_schema_extra=effect("run"))
     devices: int | str = Field(1, json_schema_extra=effect("run"),

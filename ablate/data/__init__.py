@@ -6,7 +6,7 @@ with its `mean`/`std`. Adding a dataset is a config class in ablate/config/data.
 and its datamodule in the table.
 
     base.py         the DataModule contract, and the checks datasets share (subset sizes, auto-augment specs)
-    order.py        the training order: resumable from a trial's checkpoint, sharded over devices
+    order.py        the training order: drawn from train.seed or data.seed (data.order), resumable, sharded
     tensor.py       the in-memory path: uint8 tensors, batched crop/flip/normalise on the device
     digits.py       digits and cluttered digits, from scikit-learn's bundled 8x8 digits
     synthetic.py    random but learnable class templates
@@ -47,8 +47,12 @@ DATASETS: dict[type[DataBase], type[DataModule]] = {
 }
 
 
-def build_datamodule(cfg: DataBase) -> DataModule:
-    return datamodule_class(cfg)(cfg)
+def build_datamodule(cfg: DataBase, train_seed: int | None = None) -> DataModule:
+    """The datamodule of `cfg`; a trial gives its `train_seed`, which draws the training order and augmentation
+    under data.order: seed (order.py). data.seed alone fixes the dataset: its splits, holdout, synthesis, subsets."""
+    module = datamodule_class(cfg)(cfg)
+    module.seed_order(train_seed)
+    return module
 
 
 def check_data(cfg: DataBase) -> None:

@@ -1,6 +1,8 @@
 """The DataModule contract every dataset keeps, and the checks they share (subset sizes, auto-augment specs)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytorch_lightning as pl
 import torch
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
@@ -15,7 +17,10 @@ class DataModule(ResumableOrder, pl.LightningDataModule):
 
     Instances: `num_classes`, `in_chans`, `image_size`; `mean` and `std`, the per-channel normalisation in
     [0, 1] units (so an input can be shown as an image again); `classes`, one name per class; the dataloaders,
-    whose training batches come from `shuffled_batches` (order.py: resumable, sharded); `transform_batch(batch,
+    whose training batches come from `shuffled_batches` (order.py: resumable, sharded, drawn from `order_seed`,
+    which `seed_order` sets); `val_dataloader` is the split selection sees (val/*: the data.holdout carved out of
+    the training split, else the dataset's val split), `reported_dataloader` the split a table reports (the
+    dataset's own val/test split, whole, unsharded, in a fixed order); `transform_batch(batch,
     train=...)`, which Lightning applies to each batch once it is on the device (outside a Trainer, in plain loops
     and tests, call it on each batch yourself).
     Classes: `shape(cfg)` and `check(cfg)`, which load nothing, so dry runs and study checks stay cheap.
@@ -40,14 +45,21 @@ class DataModule(ResumableOrder, pl.LightningDataModule):
         """Raise AblateError for what is wrong without loading anything (a missing folder, a subset larger than
         the dataset, an auto-augment spec timm does not parse); subclasses add their own checks to these."""
         timm_auto_augment(cfg.auto_augment, cfg.image_size, [0.5])  # built for its error, if any
-        for key, n, available in zip(("train_size", "val_size"), (cfg.train_size, cfg.val_size),
-                                     cls.split_sizes(cfg) or (None, None), strict=True):
+        sizes = cls.split_sizes(cfg) or (None, None)
+        for key, n, available in zip(("train_size", "val_size"), (cfg.train_size, cfg.val_size), sizes, strict=True):
             check_subset(key, n, available)
+        if sizes[0] is not None:
+            holdout_size(cfg.holdout, cfg.train_size or sizes[0])
 
     @classmethod
     def split_sizes(cls, cfg: DataBase) -> tuple[int, int] | None:
         """(train, val) samples of a dataset of fixed size; None where they are synthesised or counted on load."""
         return None
+
+    def reported_dataloader(self):
+        """The dataset's own val/test split, whole and unsharded, in its fixed order: what the table reports
+        (val/* without a holdout, test/* with one), scored once after training (evaluate.py)."""
+        raise NotImplementedError
 
     def transform_batch(self, batch, train: bool):
         return batch
@@ -76,6 +88,46 @@ def pick(available: int, n: int | None, key: str, gen: torch.Generator) -> torch
         return torch.arange(available)
     check_subset(key, n, available)
     return torch.randperm(available, generator=gen)[:n].sort().values
+
+
+def holdout_size(holdout: int | float | None, available: int) -> int:
+    """How many of the `available` training samples data.holdout holds out (0 without one); at least one must be
+    held out and at least one left to train on."""
+    if holdout is None:
+        return 0
+    n = holdout if isinstance(holdout, int) else round(holdout * available)
+    if not 1 <= n < available:
+        raise AblateError(f"data.holdout: {holdout!r} holds out {n} of the {available} training samples (hold out "
+                          f"at least 1 and fewer than {available}: an integer, or a fraction in (0, 1))")
+    return n
+
+
+@dataclass
+class Holdout:
+    """Sorted positions in a training split: those trained on, and those held out to select on (data.holdout)."""
+
+    train: torch.Tensor
+    held: torch.Tensor
+
+
+def holdout_split(labels: torch.Tensor, holdout: int | float | None, seed: int) -> Holdout | None:
+    """The data.holdout of a training split with these `labels` (None without one): a random subset drawn from
+    `seed` (data.seed), stratified: each class held out in proportion to its size."""
+    if holdout is None:
+        return None
+    n = holdout_size(holdout, len(labels))
+    gen = torch.Generator().manual_seed(seed + 3)  # its own stream: the dataset's other draws stay as they were
+    order = torch.randperm(len(labels), generator=gen)
+    drawn = labels[order]
+    counts = torch.bincount(drawn)
+    grouped = torch.argsort(drawn, stable=True)  # draw order within each class
+    rank = torch.empty_like(order)
+    rank[grouped] = torch.arange(len(order)) - (counts.cumsum(0) - counts)[drawn[grouped]]
+    # each class's k-th drawn sample sits at (k + 0.5) / its size: the first n spread over classes in proportion
+    spread = torch.argsort((rank + 0.5) / counts[drawn], stable=True)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    held[order[spread[:n]]] = True
+    return Holdout(torch.nonzero(~held)[:, 0], torch.nonzero(held)[:, 0])
 
 
 def timm_auto_augment(spec: str | None, size: int, mean: list[float]):

@@ -1,15 +1,17 @@
 """Image folders in ImageNet's layout: torchvision's ImageFolder with timm's transforms, batches as uint8."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.vision import StandardTransform
 
 from ablate.config import ImageFolderData
-from ablate.data.base import DataModule, pick, timm_auto_augment
+from ablate.data.base import DataModule, holdout_split, pick, timm_auto_augment
 from ablate.errors import AblateError, one_line
 
 
@@ -46,8 +48,17 @@ class ImageFolderDataModule(DataModule):
             raise AblateError(f"data.root: {root}/train and {root}/val have different class folders "
                               f"(e.g. {', '.join(missing)}); both need the same <class> names")
         gen = torch.Generator().manual_seed(cfg.seed)
-        self.train_set = _subset(train, pick(len(train), cfg.train_size, "train_size", gen))
-        self.val_set = _subset(val, pick(len(val), cfg.val_size, "val_size", gen))
+        chosen = pick(len(train), cfg.train_size, "train_size", gen)
+        self.train_set = _subset(train, chosen)
+        self.val_set = _subset(val, pick(len(val), cfg.val_size, "val_size", gen))  # the dataset's own val split
+        self.selection_set = self.val_set  # what val/* measure
+        holdout = holdout_split(torch.as_tensor(train.targets)[chosen], cfg.holdout, cfg.seed)
+        if holdout is not None:  # the held-out images are read as validation images are (no augmentation)
+            seen_as_val = copy.copy(train)
+            seen_as_val.transform, seen_as_val.transforms = val_tf, StandardTransform(val_tf)
+            self.train_set = Subset(train, chosen[holdout.train].tolist())
+            self.selection_set = Subset(seen_as_val, chosen[holdout.held].tolist())
+        self.seed_order()  # data.seed's order until build_datamodule gives the trial's train.seed
         self.classes = train.classes
         self.num_classes, self.in_chans, self.image_size = len(train.classes), 3, int(cfg.image_size)
         # what timm's create_transform normalises with
@@ -65,7 +76,11 @@ class ImageFolderDataModule(DataModule):
         return self._loader(self.train_set, batch_sampler=batches, generator=batches.sampler.generator)
 
     def val_dataloader(self):
-        return self._loader(self.shard(self.val_set), batch_size=self.cfg.batch_size // self._rank()[1])
+        """What selection sees (val/*): the holdout carved out of the training folder, else the val folder."""
+        return self._loader(self.shard(self.selection_set), batch_size=self.cfg.batch_size // self._rank()[1])
+
+    def reported_dataloader(self):
+        return self._loader(self.val_set, batch_size=self.cfg.batch_size)
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers

@@ -1,10 +1,12 @@
 """The training order, resumable and shardable: what a trial's checkpoint holds of the data.
 
-A datamodule draws its training batches through `ResumableOrder.shuffled_batches`: a shuffled order drawn from
-data.seed (a fresh loader replays the same order), and an augmentation stream of its own. Its state (both streams,
-and how far into the epoch training got) goes into the trial's Lightning checkpoint, so a resumed trial draws the
-batches the uninterrupted one would have. On several devices every rank draws the same order and takes its slice of
-each batch; the validation set is sharded every N-th sample.
+A datamodule draws its training batches through `ResumableOrder.shuffled_batches`: a shuffled order and an
+augmentation stream (crops, flips) of its own, both drawn from `order_seed`: the trial's train.seed under
+data.order: seed (the default: each seed of a study sees its own batches), data.seed under data.order: fixed (every
+seed the same batches). A fresh loader replays the same order. Their state (both streams, and how far into the epoch
+training got) goes into the trial's Lightning checkpoint, so a resumed trial draws the batches the uninterrupted one
+would have. On several devices every rank draws the same order and takes its slice of each batch; the validation set
+is sharded every N-th sample.
 """
 from __future__ import annotations
 
@@ -21,19 +23,27 @@ class ResumableOrder:
     config, and `self.trainer`, and provides Lightning's `state_dict` and `load_state_dict`)."""
 
     _resume: dict | None = None  # a checkpoint's state, applied when the next training loader is built
+    order_seed: int  # what draws the training order and augmentation (seed_order)
+
+    def seed_order(self, train_seed: int | None = None) -> None:
+        """Draw the training order and augmentation from the trial's `train_seed` (data.order: seed) or from
+        data.seed (data.order: fixed, or outside a trial, where there is no train.seed)."""
+        fixed = train_seed is None or self.cfg.order == "fixed"
+        self.order_seed = self.cfg.seed if fixed else train_seed
+        self._aug_gen = torch.Generator().manual_seed(self.order_seed + 2)  # transform_batch outside a Trainer
 
     def shuffled_batches(self, data: Dataset) -> ResumableBatchSampler:
-        """The training batches in a shuffled order drawn from data.seed (a fresh loader replays the same order),
-        or where a restored checkpoint left off."""
+        """The training batches in a shuffled order drawn from `order_seed` (a fresh loader replays the same
+        order), or where a restored checkpoint left off."""
         rank, ranks = self._rank()
-        self._shuffle = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same order on every rank
+        self._shuffle = torch.Generator().manual_seed(self.order_seed + 1)  # the same order on every rank
         if ranks > 1 and len(data) < self.cfg.batch_size:  # every rank must get the same number of batches
             raise AblateError(f"data.batch_size: {self.cfg.batch_size} is more than the {len(data)} training samples "
                               f"of a trial on {ranks} devices")
         self._batches = ResumableBatchSampler(RandomSampler(data, generator=self._shuffle), self.cfg.batch_size,
                                               drop_last=len(data) >= self.cfg.batch_size, rank=rank, ranks=ranks)
         # each rank crops and flips its own images with its own stream
-        self._aug_gen = torch.Generator().manual_seed(self.cfg.seed + 2 + 7919 * rank)
+        self._aug_gen = torch.Generator().manual_seed(self.order_seed + 2 + 7919 * rank)
         resume, self._resume = self._resume, None
         if resume is not None:
             self._aug_gen.set_state(resume["augment"])

@@ -2,6 +2,8 @@
 per-sample Python), and augmentation (random crop, hflip) and normalisation run batched on the device after
 Lightning moves the uint8 batch there. Only `auto_augment` runs per sample: it is timm's PIL implementation (same
 semantics and spec strings as the imagefolder path), applied inside the DataLoader so `num_workers` parallelises it.
+`x_train` and `x_val` are the dataset's own splits as data.train_size / val_size chose them; a data.holdout is a set
+of rows of `x_train`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
 from ablate.config import DataBase
-from ablate.data.base import DataModule, timm_auto_augment
+from ablate.data.base import DataModule, holdout_split, timm_auto_augment
 
 
 class TensorBatchDataset(Dataset):
@@ -54,7 +56,9 @@ class TensorDataModule(DataModule):
         self.classes = [str(c) for c in range(self.num_classes)]
         self.mean, self.std = channel_stats(x_train)
         self.auto_augment = timm_auto_augment(cfg.auto_augment, x_train.shape[-1], self.mean.tolist())
-        self._aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.seed_order()  # data.seed's order until build_datamodule gives the trial's train.seed
+        # the training split's rows trained on and those held out to select on (data.holdout; None: no holdout)
+        self.holdout = holdout_split(self.y_train, cfg.holdout, cfg.seed)
 
     def setup(self, stage: str) -> None:
         """On an accelerator the tensors move there once (data.on_device): a batch is then an index into device
@@ -66,13 +70,24 @@ class TensorDataModule(DataModule):
             self.x_val, self.y_val = self.x_val.to(device), self.y_val.to(device)
 
     def train_dataloader(self):
-        data = TensorBatchDataset(self.x_train, self.y_train, self.auto_augment)
+        data = TensorBatchDataset(*self._training_rows(held=False), self.auto_augment)
         batches = self.shuffled_batches(data)  # a fresh loader replays the same shuffle and augmentation streams
         return self._loader(data, batch_sampler=batches, generator=batches.sampler.generator)
 
     def val_dataloader(self):
-        return self._loader(self.shard(TensorBatchDataset(self.x_val, self.y_val)),
-                            batch_size=self.cfg.batch_size // self._rank()[1])
+        """What selection sees (val/*): the holdout carved out of the training split, else the val split."""
+        x, y = (self.x_val, self.y_val) if self.holdout is None else self._training_rows(held=True)
+        return self._loader(self.shard(TensorBatchDataset(x, y)), batch_size=self.cfg.batch_size // self._rank()[1])
+
+    def reported_dataloader(self):
+        return self._loader(TensorBatchDataset(self.x_val, self.y_val), batch_size=self.cfg.batch_size)
+
+    def _training_rows(self, held: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's images and labels trained on, or (`held`) held out to select on."""
+        if self.holdout is None:
+            return self.x_train, self.y_train
+        rows = (self.holdout.held if held else self.holdout.train).to(self.x_train.device)
+        return self.x_train[rows], self.y_train[rows]
 
     def _loader(self, data, **kwargs):
         workers = self.cfg.num_workers
