@@ -108,7 +108,6 @@ def configuration(cell: Cell, seed: int) -> dict:
     return {Attr.CELL: cell.key, Attr.PARAMS: cell.params, Attr.LABEL: cell.label, Attr.SEED: seed}
 
 
-
 def prunable(trial: optuna.Trial, plan: StudyPlan) -> bool:
     """A pruner chooses what a search explores; it never cuts a grid's seeds, a repeat or a confirmation run, whose
     means must be over every seed they were given."""
