@@ -54,7 +54,7 @@ def search_top(study, k: int, baseline_key: str = "{}") -> list[str]:
     labels = {}
     for t in sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         if Attr.STAGE not in t.user_attrs and t.user_attrs[Attr.CELL] != baseline_key:
-            values.setdefault(t.user_attrs[Attr.CELL], []).append(t.value)
+            values.setdefault(t.user_attrs[Attr.CELL], []).append(t.values[0])
             labels[t.user_attrs[Attr.CELL]] = t.user_attrs[Attr.LABEL]
     ranked = sorted(values, key=lambda key: -statistics.fmean(values[key]))
     return [labels[key] for key in ranked[:k]]
@@ -121,6 +121,13 @@ def test_a_baseline_named_in_advance_is_confirmed_whatever_the_search_found(tmp_
                       space={"model.attention.name": ["cbam", "eca"]}, confirm={"top": 1, "seeds": 2})
     study = run_study(load_study(path), trainer=Toy())
     assert confirmed(study) == {"attention=se": [1, 2], "attention=cbam": [1, 2]}  # se was never searched
+
+
+def test_a_multi_objective_search_confirms_its_top_by_the_first_objective(tmp_path):
+    path = study_file(tmp_path, "pareto", sampler="random", trials=6, confirm={"top": 1, "seeds": 2}, metric=[
+        {"metric": "val/acc1", "direction": "maximize"}, {"metric": "model/gmacs", "direction": "minimize"}])
+    study = run_study(load_study(path), trainer=Toy())
+    assert confirmed(study) == {"attention=none": [1, 2], search_top(study, 1)[0]: [1, 2]}
 
 
 def test_confirm_top_zero_skips_the_stage(tmp_path):
