@@ -125,7 +125,8 @@ def enqueue_missing(study: optuna.Study, plan: StudyPlan, cells: dict[str, Cell]
 
 def requeue_stopped(study: optuna.Study, plan: StudyPlan) -> None:
     """A searched study's trials that stopped with a checkpoint (killed, preempted, crashed) are queued again with
-    their params and seed, so that a later trial resumes them; a grid's cells are queued by enqueue_missing."""
+    their params and seed, so that a later trial resumes them, unless their failure is their outcome (settled); a
+    grid's cells are queued by enqueue_missing, a search's confirmation runs by confirmation.py."""
     trials = study.get_trials(deepcopy=False)
     # ours, or Optuna's heartbeat retry (RetryFailedTrialCallback) on a database
     retried = {n for t in trials for n in (t.user_attrs.get(Attr.RETRY_OF), t.system_attrs.get("failed_trial"))}
@@ -133,7 +134,7 @@ def requeue_stopped(study: optuna.Study, plan: StudyPlan) -> None:
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried or Attr.PARAMS not in t.user_attrs:
             continue
-        if is_confirmation(t) or pair(t, plan) in done:  # confirmation: queued by its stage
+        if is_confirmation(t) or pair(t, plan) in done:
             continue
         params, seed = t.user_attrs[Attr.PARAMS], t.user_attrs[Attr.SEED]
         if cell_checkpoint(plan.config(params, seed), plan.name, t.user_attrs[Attr.CELL], seed).is_file():
