@@ -27,6 +27,7 @@ from ablate.config import (
     KNOB_PREFIX,
     METRICS,
     MODULE_KEY,
+    SELECTION_ONLY_METRICS,
     Range,
     StudyConfig,
     TrialConfig,
@@ -126,8 +127,19 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:  # noq
         if objective.metric not in METRICS:
             raise AblateError(f"{path}: study.metric: no trial logs {objective.metric!r} "
                               f"(metrics: {', '.join(METRICS)})")
+        if objective.metric in SELECTION_ONLY_METRICS:  # one metric end to end: the table reports study.metric
+            raise AblateError(f"{path}: study.metric: {objective.metric!r} is a max over epochs on the split that "
+                              "chose it, biased upwards as a reported number (use val/acc1, the last epoch's; "
+                              "data.holdout keeps selection off the reported split)")
     if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
         raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
+    if spec.is_grid and cfg.study.pruner != "none":
+        raise AblateError(f"{path}: study.pruner: a grid estimates each configuration over its seeds, and pruning "
+                          f"would leave its mean over the seeds the pruner let finish (use pruner: none; "
+                          f"{cfg.study.pruner} prunes a search: sampler tpe, random or gp)")
+    if spec.is_grid and cfg.study.confirm is not None:
+        raise AblateError(f"{path}: study.confirm: a grid runs every configuration on every seed, so there is no "
+                          "search winner to confirm (confirm is for sampler tpe, random or gp)")
     if base_cfg.train.limit_val_batches == 0 and any(o.metric.startswith("val/") for o in cfg.study.objectives()):
         raise AblateError(f"{path}: base.train.limit_val_batches: 0 turns validation off, and the study's metric is "
                           "a validation metric (give a number of batches, or null for all)")
@@ -147,6 +159,8 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:  # noq
                           "(add keys to space or include, or use sampler: grid)")
     with within(str(path)):
         check_reference(spec.cfg.reference, grid_cells(spec) if spec.is_grid else None)
+    if not spec.is_grid:
+        baseline_params(spec)  # named in advance as key=value pairs, each a key of the trial config
     if spec.is_grid and cfg.study.baseline is not None and not any(
             names_row(cfg.study.baseline, c.params, c.label) for c in grid_cells(spec)):
         rows = ", ".join(c.label for c in grid_cells(spec)[:6])
@@ -439,6 +453,35 @@ def run_label(params: dict) -> str:
             short = key.split(".")[-1]
             parts.append(f"{KNOB_ABBREVIATIONS.get(short, short) if key.startswith(KNOB_PREFIX) else short}={value}")
     return " ".join(parts) or "base"
+
+
+PLAIN_BASELINE = f"{MODULE_KEY}=none"  # a search's default control: the plain backbone, the base config's other values
+
+
+def baseline_params(spec: StudySpec) -> dict:
+    """A search's control, named in advance (study.baseline, default the plain backbone) as the dotted params it
+    sets on the base config: 'attention=none, lr=0.1' -> {'model.attention.name': 'none', 'train.lr': 0.1}. A key
+    is `attention`, a dotted key of the trial config, or the last part of a space key; a row label is refused (a
+    search's rows are not known before it runs)."""
+    expr, where = spec.cfg.study.baseline or PLAIN_BASELINE, f"{spec.path}: study.baseline"
+    pairs = [part.strip().partition("=") for part in expr.split(",")]
+    if any(not sep or not key.strip() for key, sep, _ in pairs):
+        raise AblateError(f"{where}: a search names its control in advance as key=value pairs (e.g. "
+                          f"'attention=none' or 'model.attention.name=none, train.lr=0.1'), not a row label: {expr!r}")
+    params: dict = {}
+    for key, _, raw in pairs:
+        key = key.strip()
+        dotted = MODULE_KEY if key == "attention" else key if "." in key else next(
+            (k for k in spec.space if k.endswith("." + key)), None)
+        if dotted is None:
+            raise AblateError(f"{where}: {key!r} is no key of the search space; give its dotted trial-config key "
+                              f"(e.g. train.{key})")
+        params |= apply_overrides({}, [f"{dotted}={raw.strip()}"], where, nested=False)
+    tree = copy.deepcopy(spec.base)
+    for key, value in params.items():
+        set_dotted(tree, key, value)
+    parse_trial(tree, where)  # each key and value must make a valid trial config
+    return params
 
 
 def names_row(expr: str, params: dict, label: str) -> bool:

@@ -64,7 +64,7 @@ def stores(tmp_path_factory):
     assert any((folder / "mlruns" / "artifacts").rglob("model.pt"))
     # and a searched study of one trial (in this process: a second start-up costs more than the trial)
     (folder / "tiny-search.yaml").write_text(yaml.safe_dump({
-        "study": {"name": "tiny-search", "sampler": "random", "trials": 1}, "base": TINY_BASE,
+        "study": {"name": "tiny-search", "sampler": "random", "trials": 1, "confirm": {"top": 0}}, "base": TINY_BASE,
         "space": {"model.attention.name": ["none", "se"], "train.lr": {"low": 0.01, "high": 0.1, "log": True}}}))
     assert call_main("run", "tiny-search.yaml", cwd=folder) == (0, "")
     return folder
@@ -191,6 +191,24 @@ CASES = [
         sampler="tpe", trials=2, pruner="median",
         metric=[{"metric": "val/acc1"}, {"metric": "model/gmacs", "direction": "minimize"}]),
         "study.pruner: Optuna cannot prune multi-objective studies"),
+    # selection apart from evaluation: pruning only in a search, a search's control named in advance, no
+    # selection-only metric as the reported one
+    bad_study("study-pruner-grid", lambda d: d["study"].update(pruner="median"),
+              "study.pruner: a grid estimates each configuration over its seeds", "the seeds the pruner let finish",
+              "use pruner: none", "sampler tpe, random or gp"),
+    bad_study("study-confirm-grid", lambda d: d["study"].update(confirm={"top": 2}),
+              "study.confirm: a grid runs every configuration on every seed", "sampler tpe, random or gp"),
+    bad_study("study-confirm-one-seed", lambda d: d["study"].update(sampler="random", trials=2,
+                                                                      confirm={"seeds": 1}),
+              "study.confirm.seeds: Input should be greater than or equal to 2"),
+    bad_study("study-baseline-search-row-label", lambda d: d["study"].update(sampler="random", trials=2,
+                                                                               baseline="plain"),
+              "study.baseline: a search names its control in advance as key=value pairs", "'plain'"),
+    bad_study("study-baseline-search-unknown-key", lambda d: d["study"].update(sampler="random", trials=2,
+                                                                                 baseline="train.lrr=0.1"),
+              "study.baseline: train.lrr: unknown key (did you mean 'lr'?)"),
+    bad_study("study-metric-selection-only", lambda d: d["study"].update(metric="val/acc1_best"),
+              "study.metric: 'val/acc1_best' is a max over epochs on the split that chose it", "val/acc1"),
     bad_study("study-search-without-trials", lambda d: d["study"].update(sampler="tpe"),
               "study.trials: sampler 'tpe' needs a number of trials"),
     bad_study("study-cells-wrong-type", lambda d: d.update(cells={"train.lr": 0.1}),

@@ -97,7 +97,8 @@ def test_seeds_on_demand_stop_a_clear_cell_at_min_and_give_a_null_effect_up_to_m
 
 
 def test_a_search_with_seeds_on_demand_repeats_each_configuration_and_ranks_by_mean(tmp_path, toy):
-    path = study_file(tmp_path, "search", sampler="random", trials=8, seeds={"min": 2, "max": 3})
+    path = study_file(tmp_path, "search", sampler="random", trials=8, seeds={"min": 2, "max": 3},
+                      confirm={"top": 0})  # the search's own repeats (test_selection: its confirmation)
     study = study_runner.run_study(load_study(path), trainer=toy)
     trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(study.trials) == 8
@@ -144,8 +145,9 @@ def test_constraints_reach_a_searched_studys_sampler_and_prune_before_training(t
 # ---------------------------------------------------------------- warm start
 
 def test_warm_start_informs_the_sampler_without_counting_as_the_new_studys_trials(tmp_path, toy):
-    study_runner.run_study(load_study(study_file(tmp_path, "first", sampler="random", trials=4)), trainer=toy)
-    second = study_file(tmp_path, "second", sampler="tpe", trials=3, warm_start="first")
+    first = study_file(tmp_path, "first", sampler="random", trials=4, confirm={"top": 0})
+    study_runner.run_study(load_study(first), trainer=toy)
+    second = study_file(tmp_path, "second", sampler="tpe", trials=3, warm_start="first", confirm={"top": 0})
     study = study_runner.run_study(load_study(second), trainer=toy)
     warm = [t for t in study.trials if t.user_attrs.get("warm_start_of") == "first"]
     own = [t for t in study.trials if "warm_start_of" not in t.user_attrs]
@@ -160,7 +162,7 @@ def test_warm_start_informs_the_sampler_without_counting_as_the_new_studys_trial
 # ---------------------------------------------------------------- pruning inside short trials (real training)
 
 def test_asha_sees_every_validation_of_a_trial_that_validates_twice_an_epoch(tmp_path):
-    path = study_file(tmp_path, "asha", sampler="random", pruner="asha", trials=3)
+    path = study_file(tmp_path, "asha", sampler="random", pruner="asha", trials=3, confirm={"top": 0})
     study = study_runner.run_study(load_study(path, ["train.val_every=0.5", "train.epochs=2",
                                                      "data.train_size=64"]))
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]

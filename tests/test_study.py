@@ -176,7 +176,8 @@ def test_a_worker_that_finds_no_cell_left_adds_no_row(tmp_path, run_cli):
 
 
 def test_tpe_never_samples_a_knob_the_module_does_not_take(tmp_path, run_cli):
-    path = write_study(tmp_path / "tpe.yaml", study={"name": "tpe", "sampler": "tpe", "trials": 6, "seeds": [0]},
+    path = write_study(tmp_path / "tpe.yaml", study={"name": "tpe", "sampler": "tpe", "trials": 6, "seeds": [0],
+                                                          "confirm": {"top": 0}},  # sampling only
                        space={"model.attention.name": ["se", "eca", "cbam"],
                               "model.attention.knobs.reduction": [4, 8],
                               "model.attention.knobs.kernel_size": [3, 5]})

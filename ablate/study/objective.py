@@ -1,6 +1,8 @@
 """The Optuna objective, written as a trial's life: plan (which configuration and seed, its trial config, where it
 resumes) -> run (the trainer: train.run_trial, or a test's stand-in) -> record (its run, metrics and objective
-values on the Optuna trial). Pruning reports go to Optuna through a Lightning callback."""
+values on the Optuna trial). Pruning reports go to Optuna through a Lightning callback, for a search's sampled
+trials only: a configuration's repeats (seeds on demand) and its confirmation runs are estimates, trained to the
+end."""
 from __future__ import annotations
 
 import gc
@@ -23,18 +25,20 @@ from ablate.plan import Cell, StudyPlan
 from ablate.spec import constraint_excess, knob_applies, refusal
 from ablate.storage import Attr
 from ablate.study.optuna_setup import validations_per_epoch
+from ablate.study.trials import is_confirmation, sampled, search_trials
 from ablate.tracking import Tag
 
 TASK_ENV = "ABLATE_TASK"  # set by launch.py in a launched worker: its job array task, e.g. 'slurm 1234_0'
 
 
 class PruningCallback(pl.Callback):
-    """Report the metric to Optuna after each validation; stop the trial when the pruner says so.
+    """Report the metric to Optuna after each validation; stop the trial when the pruner says so, if it may be pruned
+    (`prune`: objective.prunable; the others' curves are still reported, for the pruner and the plots).
 
     optuna-integration's callback imports the `lightning` package; ours serves `pytorch_lightning`."""
 
-    def __init__(self, trial: optuna.Trial | None, metric: str):
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial: optuna.Trial | None, metric: str, prune: bool = True):
+        self.trial, self.metric, self.prune = trial, metric, prune
 
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking:
@@ -42,7 +46,7 @@ class PruningCallback(pl.Callback):
         step, prune = self.step(trainer), False
         if self.trial is not None and self.metric in trainer.callback_metrics:  # rank 0: the one with the trial
             self.trial.report(float(trainer.callback_metrics[self.metric]), step)
-            prune = self.trial.should_prune()
+            prune = self.prune and self.trial.should_prune()
         if broadcast_decision(trainer, prune):  # on several devices every rank stops at this validation
             per_epoch = validations_per_epoch(trainer.val_check_interval if isinstance(
                 trainer.val_check_interval, float) else 1.0)
@@ -104,6 +108,19 @@ def configuration(cell: Cell, seed: int) -> dict:
     return {Attr.CELL: cell.key, Attr.PARAMS: cell.params, Attr.LABEL: cell.label, Attr.SEED: seed}
 
 
+def prunable(trial: optuna.Trial, plan: StudyPlan) -> bool:
+    """A pruner chooses what a search explores; it never cuts a grid's seeds, a repeat or a confirmation run, whose
+    means must be over every seed they were given."""
+    s = plan.spec.cfg.study
+    return not plan.spec.is_grid and s.pruner != "none" and len(s.objectives()) == 1 and sampled(trial)
+
+
+def surplus(trial: optuna.Trial, plan: StudyPlan) -> bool:
+    """A freshly sampled trial past the search's budget: another worker took the last one (the earlier wins)."""
+    earlier = [t for t in search_trials(trial.study) if t.number < trial.number]
+    return len(earlier) >= plan.spec.cfg.study.trials
+
+
 def run_name(plan: StudyPlan, number: int, cell: Cell, seed: int) -> str:
     """What a trial's run is called in the UI: 'cbam · seed 1' in a grid, '#12 cbam r=8 k=5' in a search."""
     several = plan.spec.cfg.study.on_demand or len(plan.spec.cfg.study.seeds) > 1
@@ -130,13 +147,16 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
     trial.set_user_attr(Attr.WORKER, worker_id())  # so a resume can tell a live trial from a dead one
     if os.environ.get(TASK_ENV):
         trial.set_user_attr(Attr.TASK, os.environ[TASK_ENV])  # `ablate status` shows which task runs it
-    if plan.spec.is_grid:
+    if plan.spec.is_grid or is_confirmation(trial):  # its configuration and seed from the queue
         if Attr.CELL not in trial.user_attrs:  # not from the queue: another worker took the last cell
             trial.set_user_attr(Attr.FAIL_REASON, "no grid cell left")
             raise optuna.TrialPruned("no grid cell left")  # no configuration: never a row of the table
         attrs = trial.user_attrs
         cell, seed = Cell.from_attrs(attrs[Attr.CELL], attrs[Attr.PARAMS], attrs[Attr.LABEL]), attrs[Attr.SEED]
     else:
+        if Attr.SEED not in trial.user_attrs and surplus(trial, plan):  # sampled, but the budget is spent
+            trial.set_user_attr(Attr.FAIL_REASON, "no search trial left")
+            raise optuna.TrialPruned("no search trial left")  # no configuration: never a row of the table
         params, seed = sample_params(trial, plan)
         cell = plan.cell(params)
         for key, value in configuration(cell, seed).items():
@@ -158,6 +178,9 @@ def record_result(trial: optuna.Trial, plan: StudyPlan, result: train.TrialResul
     """The trial's run and final metrics on the Optuna trial; its objective values (one per study.metric)."""
     trial.set_user_attr(Attr.RUN_ID, result.run_id)
     trial.set_user_attr(Attr.METRICS, result.metrics)
+    correct = getattr(result, "correct", None)  # per-image correctness on the reported split (train.TrialResult)
+    if correct is not None:
+        trial.set_user_attr(Attr.CORRECT, correct)
     objectives = plan.spec.cfg.study.objectives()
     missing = [o.metric for o in objectives if o.metric not in result.metrics]
     if missing:
@@ -175,7 +198,8 @@ def make_objective(plan: StudyPlan, configuration_run, run=None):
     def objective(trial: optuna.Trial):
         try:
             planned = plan_trial(trial, plan)
-            callbacks = [PruningCallback(trial, objectives[0].metric)] if len(objectives) == 1 else []
+            callbacks = [PruningCallback(trial, objectives[0].metric, prunable(trial, plan))] if len(
+                objectives) == 1 else []
             result = run(planned.cfg, callbacks=callbacks, parent_run_id=configuration_run(planned.cell),
                          tags=planned.tags(plan.name, trial.number), killed_by=(optuna.TrialPruned,),
                          checkpoint=planned.checkpoint, resume=planned.resume, owner={"trial": trial.number},

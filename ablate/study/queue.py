@@ -1,10 +1,16 @@
 """The trial queue and its recovery: what a dead process left RUNNING is failed (its MLflow runs too), every
 cell x seed of a grid without a live trial is queued, a searched study's stopped trials are queued again to resume,
-and seeds on demand queue the next seed of each configuration still undecided."""
+and seeds on demand queue the next seed of each configuration still undecided.
+
+Every seed is accounted for: a cell x seed whose trial diverged (loss NaN or inf: the same again for that seed and
+configuration) is an outcome and never queued again; one that crashed (an exception, out of memory, a worker that
+died) is queued again on the next run, up to MAX_ATTEMPTS tries in all; one stopped by a signal (Ctrl-C, preemption)
+is resumed as often as it is stopped."""
 from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 
 import optuna
 from optuna.trial import TrialState
@@ -17,15 +23,12 @@ from ablate.spec import refusal
 from ablate.storage import Attr
 from ablate.study.configurations import study_results
 from ablate.study.objective import configuration
+from ablate.study.trials import is_confirmation, own_trials
 from ablate.tracking import Tag
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def own_trials(study: optuna.Study, states=None) -> list:
-    """The study's own trials: not those copied from an earlier study for its sampler (warm_start)."""
-    return [t for t in study.get_trials(deepcopy=False, states=states) if Attr.WARM_FROM not in t.user_attrs]
+MAX_ATTEMPTS = 2  # tries of a cell x seed that keeps crashing; a diverged one is tried once
+DIVERGED, STOPPED, CRASHED = "diverged", "stopped", "crashed"  # why a trial failed, as the queue reads it
 
 
 def alive(worker: str | None) -> bool:
@@ -67,13 +70,51 @@ def end_orphaned_runs(study: optuna.Study, client, experiment_id: str) -> None:
             tracking.end_run(client, run.info.run_id, "FAILED", "the worker died during this trial (killed?)")
 
 
+def failure_kind(reason: str | None) -> str:
+    """Why a trial failed, from its fail_reason (objective: errors.describe of what stopped it): DIVERGED (train.py's
+    DivergedError), STOPPED (Ctrl-C's KeyboardInterrupt, a preemption signal's 'preempted (SIGTERM)'), else CRASHED
+    (an exception, out of memory, 'the worker died during this trial', a dead machine's heartbeat)."""
+    reason = reason or ""
+    if reason.startswith("DivergedError"):
+        return DIVERGED
+    return STOPPED if reason.startswith(("preempted", "KeyboardInterrupt")) else CRASHED
+
+
+def pair(t, plan: StudyPlan) -> tuple[str, int]:
+    """A trial's cell x seed (studies from before cell keys: the key from its params)."""
+    return t.user_attrs.get(Attr.CELL) or plan.cell(t.user_attrs[Attr.PARAMS]).key, t.user_attrs[Attr.SEED]
+
+
+def settled(trials, plan: StudyPlan) -> set[tuple[str, int]]:
+    """The cell x seed pairs whose failure is their outcome: one diverged, or MAX_ATTEMPTS crashed."""
+    crashes: Counter = Counter()
+    out = set()
+    for t in trials:
+        if t.state != TrialState.FAIL or Attr.PARAMS not in t.user_attrs or Attr.SEED not in t.user_attrs:
+            continue
+        kind = failure_kind(t.user_attrs.get(Attr.FAIL_REASON))
+        if kind == DIVERGED:
+            out.add(pair(t, plan))
+        elif kind == CRASHED:
+            crashes[pair(t, plan)] += 1
+    return out | {p for p, n in crashes.items() if n >= MAX_ATTEMPTS}
+
+
+def accounted(trials, plan: StudyPlan, retry: bool = True) -> set[tuple[str, int]]:
+    """The cell x seed pairs not to queue again: a live trial (done, running, queued) or a settled failure; with
+    `retry` False (within a run: a crash is tried again on the next run) also any pair that crashed."""
+    known = [t for t in trials if Attr.PARAMS in t.user_attrs and Attr.SEED in t.user_attrs]
+    live = {pair(t, plan) for t in known if t.state in LIVE}
+    crashed = set() if retry else {pair(t, plan) for t in known if t.state == TrialState.FAIL
+                                   and failure_kind(t.user_attrs.get(Attr.FAIL_REASON)) == CRASHED}
+    return live | crashed | settled(trials, plan)
+
+
 def enqueue_missing(study: optuna.Study, plan: StudyPlan, cells: dict[str, Cell]) -> None:
-    """Queue every cell x seed of the file (`cells`: key -> Cell) that has no live trial yet; cells are matched by
-    key, never by index."""
+    """Queue every cell x seed of the file (`cells`: key -> Cell) not yet accounted for (a live trial, or a failure
+    that is its outcome); cells are matched by key, never by index."""
     first = plan.spec.cfg.study.first_seeds
-    have = {(t.user_attrs.get(Attr.CELL) or plan.cell(t.user_attrs[Attr.PARAMS]).key, t.user_attrs[Attr.SEED])
-            for t in study.get_trials(deepcopy=False, states=LIVE)
-            if Attr.PARAMS in t.user_attrs and Attr.SEED in t.user_attrs}  # studies from before keys: from params
+    have = accounted(study.get_trials(deepcopy=False), plan)
     # seeds on demand: a seed a cell was given before (then killed) is queued again too, so that it resumes
     tried = study_results(study, plan).tried if plan.spec.cfg.study.on_demand else {}
     for seed in sorted(set(first).union(*tried.values())):
@@ -84,13 +125,16 @@ def enqueue_missing(study: optuna.Study, plan: StudyPlan, cells: dict[str, Cell]
 
 def requeue_stopped(study: optuna.Study, plan: StudyPlan) -> None:
     """A searched study's trials that stopped with a checkpoint (killed, preempted, crashed) are queued again with
-    their params and seed, so that a later trial resumes them; a grid's cells are queued by enqueue_missing."""
-    stopped = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    their params and seed, so that a later trial resumes them, unless their failure is their outcome (settled); a
+    grid's cells are queued by enqueue_missing, a search's confirmation runs by confirmation.py."""
+    trials = study.get_trials(deepcopy=False)
     # ours, or Optuna's heartbeat retry (RetryFailedTrialCallback) on a database
-    retried = {n for t in study.get_trials(deepcopy=False)
-               for n in (t.user_attrs.get(Attr.RETRY_OF), t.system_attrs.get("failed_trial"))}
-    for t in stopped:
-        if t.number in retried or Attr.PARAMS not in t.user_attrs:
+    retried = {n for t in trials for n in (t.user_attrs.get(Attr.RETRY_OF), t.system_attrs.get("failed_trial"))}
+    done = settled(trials, plan)  # a diverged configuration x seed, or one that crashed MAX_ATTEMPTS times
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried or Attr.PARAMS not in t.user_attrs:
+            continue
+        if is_confirmation(t) or pair(t, plan) in done:
             continue
         params, seed = t.user_attrs[Attr.PARAMS], t.user_attrs[Attr.SEED]
         if cell_checkpoint(plan.config(params, seed), plan.name, t.user_attrs[Attr.CELL], seed).is_file():
@@ -112,6 +156,10 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
     a search, also a finished configuration's repeats up to min. The caller holds the setup lock. Returns the
     number of trials queued."""
     spec, policy = plan.spec, plan.spec.cfg.study.on_demand
+    room = spec.cfg.study.trials - len([t for t in own_trials(study) if not is_confirmation(t) and (
+        Attr.LABEL in t.user_attrs or t.state == TrialState.WAITING)]) if not spec.is_grid else 0
+    if not spec.is_grid and room <= 0:  # a search's budget is spent (its confirmation runs are not repeats)
+        return 0
     now = study_results(study, plan)
     results, cells, tried, pending = now.comparison, now.cells, now.tried, now.pending
     samples = {key: o.samples for key, o in results.outcomes.items() if o.n}
@@ -127,9 +175,7 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
                                            results.maximize).items():
             add.setdefault(key, set()).update(seeds)
     if not spec.is_grid:  # within the study's budget of trials
-        room = spec.cfg.study.trials - len([t for t in own_trials(study) if Attr.LABEL in t.user_attrs or
-                                            t.state == TrialState.WAITING])
-        add = dict(list(add.items())[:max(room, 0)])
+        add = dict(list(add.items())[:room])
     queued = 0
     for key, seeds in add.items():
         fixed = dict(cells[key].params) if not spec.is_grid else {}

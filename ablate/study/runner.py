@@ -15,6 +15,7 @@ from ablate.plan import Cell, StudyPlan
 from ablate.spec import StudySpec
 from ablate.storage import Attr, journal_file, make_storage, setup_lock
 from ablate.study.configurations import ConfigurationRuns, parent_run
+from ablate.study.confirmation import enqueue_confirmation, search_done
 from ablate.study.optuna_setup import (
     check_comparable,
     check_search_space,
@@ -90,6 +91,8 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
                 print(f"[{spec.name}] warm start: {added} finished trials of study {spec.cfg.study.warm_start!r} "
                       "inform the sampler", flush=True)
             requeue_stopped(study, plan)
+            if search_done(study, plan):  # killed or crashed confirmation runs: queued again, by the failure rule
+                enqueue_confirmation(study, plan, retry=True)
         parent = parent_run(study, plan, client, experiment_id)
         runs = ConfigurationRuns(plan, client, experiment_id, parent)
         for cell in plan.cells.values():  # the UI shows every cell from the start (a search has none yet)

@@ -19,9 +19,11 @@ from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, d
 from ablate.plan import StudyPlan
 from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
 from ablate.study.configurations import ConfigurationRuns
+from ablate.study.confirmation import confirmation_seeds, confirms, enqueue_confirmation
 from ablate.study.objective import make_objective
 from ablate.study.optuna_setup import open_study
-from ablate.study.queue import DONE, add_seeds, end_orphaned_runs, own_trials
+from ablate.study.queue import add_seeds, alive, end_orphaned_runs
+from ablate.study.trials import own_trials, search_trials
 from ablate.summary import TrialCounts
 
 
@@ -51,6 +53,17 @@ def wanted(plan: StudyPlan) -> set[tuple[str, int]] | None:
     return {(key, s) for key in plan.cells for s in plan.spec.cfg.study.seed_list}
 
 
+def planned_trials(plan: StudyPlan, pairs: set[tuple[str, int]] | None) -> int | None:
+    """The progress line's total: a grid's cell x seed pairs, or a search's trials and at most its confirmation runs
+    (the top and the baseline on each fresh seed); None on demand (as queued)."""
+    s = plan.spec.cfg.study
+    if s.on_demand:
+        return None
+    if pairs is not None:
+        return len(pairs)
+    return s.trials + ((s.confirmation.top + 1) * len(confirmation_seeds(plan)) if confirms(plan) else 0)
+
+
 def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, parent_run_id: str,
             trainer=None) -> None:
     """One process's trial loop. Spawned workers get their own accelerator when there are enough."""
@@ -72,7 +85,7 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
     journal = journal_file(storage_url)
     heartbeats = journal is None  # RDB: other machines' dead trials get failed as we go
     pairs = wanted(plan)
-    total = None if s.on_demand else len(pairs) if pairs is not None else s.trials  # on demand: as queued
+    total = planned_trials(plan, pairs)
     streak = FailureStreak()
     with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
         while True:
@@ -86,8 +99,9 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
                     time.sleep(1)  # another worker's trial may still ask for more seeds
                     continue
                 return
-            started = own_trials(study, DONE + (TrialState.RUNNING,))
-            if not plan.spec.is_grid and not waiting and len(started) >= s.trials:
+            # a search's budget spent: its confirmation runs, once queued, are what is left to take
+            if not plan.spec.is_grid and not waiting and len(search_trials(study)) >= s.trials and not \
+                    confirmation_turn(study, plan, storage, journal):
                 return
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs), streak])
             runs.summarise(study)
@@ -96,6 +110,25 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
                     add_seeds(study, plan)
             if heartbeats:  # a stale trial failed by the heartbeat check: end its MLflow run too
                 end_orphaned_runs(study, client, experiment_id)
+
+
+def confirmation_turn(study: optuna.Study, plan: StudyPlan, storage, journal: str | None) -> bool:
+    """A search whose own trials are spent: once the ones still running are over (other workers'), queue its
+    confirmation runs. True while there are queued trials for this worker to take."""
+    if not confirms(plan):
+        return False
+    while running := search_trials(study, (TrialState.RUNNING,)):
+        check_interrupt()
+        if journal is None:
+            fail_stale_trials(study)  # a dead machine's trial: failed, and retried by Optuna's callback
+        elif not any(Attr.WORKER not in t.user_attrs or alive(t.user_attrs[Attr.WORKER]) for t in running):
+            return False  # a dead process's trial: the next `ablate run` recovers it, then confirms
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        time.sleep(1)  # a live worker's trial may end any moment
+    with setup_lock(storage, plan.name, journal):  # two workers must not queue the same run
+        enqueue_confirmation(study, plan)
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def await_stale(study: optuna.Study, interval: int) -> bool:
