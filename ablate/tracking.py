@@ -49,6 +49,7 @@ class Tag:
     DELTA = "ablate.delta"
     REFUSED = "ablate.refused"
     EFFECT = "ablate.effect"  # the paper's effect against our interval: reproduced / contradicted / inconclusive
+    STAGE = "ablate.stage"  # a searched study's configuration: 'confirmed' (fresh seeds) or 'search' (selection only)
     SUMMARY = "ablate.summary"
     BEST_CONFIGURATION = "ablate.best_configuration"
     REASON = "reason"  # a FAILED or KILLED run: why, in one line

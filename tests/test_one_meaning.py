@@ -43,6 +43,9 @@ def assert_one_meaning(name: str, delta: str = DELTA) -> dict:
     for row in shown:
         metrics, tags = configuration[row].data.metrics, configuration[row].data.tags
         assert table.at[row, "n"] == metrics["seeds"], row
+        assert (table.at[row, "pruned"], table.at[row, "failed"]) == (
+            metrics["seeds/pruned"], metrics["seeds/failed"]), row  # the seeds the mean leaves out, in both
+        assert table.at[row, "stage"] == tags["ablate.stage"] if "stage" in table else "ablate.stage" not in tags
         assert same(table.at[row, "top-1 acc (%)"], metrics["val/acc1/mean"] * 100), row
         assert same(table.at[row, "top-1 acc (%) sd"], metrics.get("val/acc1/sd", math.nan) * 100), row
         assert table.at[row, "verdict"] == tags["ablate.verdict"], row

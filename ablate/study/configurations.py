@@ -15,7 +15,7 @@ from ablate.plan import Cell, StudyPlan
 from ablate.results import Comparison, compare_rows, trials_frame
 from ablate.spec import cell_digest
 from ablate.storage import Attr
-from ablate.summary import BASELINE, REFUSED, TrialCounts, best_by_mean, delta_text
+from ablate.summary import BASELINE, CONFIRMED, REFUSED, TrialCounts, best_by_mean, delta_text
 from ablate.tracking import Tag
 
 
@@ -120,13 +120,15 @@ class ConfigurationRuns:
         counts = TrialCounts.of(trials).as_dict()
         counts["refused"] += len(study.user_attrs.get(Attr.REFUSED, {}))  # a grid's cells never queued
         metrics = {f"trials/{k}": v for k, v in counts.items()}
-        best = best_by_mean({r: o.samples for r, o in results.outcomes.items()}, results.maximize)
+        confirmed = {r: o for r, o in results.outcomes.items() if o.stage == CONFIRMED}
+        best = best_by_mean({r: o.samples for r, o in (confirmed or results.outcomes).items()}, results.maximize)
         if best is not None:
             mean, unit = results.outcomes[best].mean, "%" if results.scale == 100 else ""
             metrics[f"best/{results.metric}/mean"] = mean / results.scale
             self.client.set_tag(self.parent, Tag.BEST_CONFIGURATION, cells[best].run_label)
             self.client.set_tag(self.parent, Tag.SUMMARY, (
-                f"best {cells[best].run_label}: {mean:.2f}{unit} mean over {results.outcomes[best].n} seed(s); "
+                f"best {cells[best].run_label}: {mean:.2f}{unit} mean over {results.outcomes[best].n} "
+                f"{'fresh ' if confirmed else ''}seed(s); "
                 + ", ".join(f"{v} {k}" for k, v in counts.items())))
         tracking.log_metrics(self.client, self.parent, metrics, step=len(trials))
 
@@ -136,12 +138,16 @@ def configuration_record(results: Comparison, key: str, cells: dict[str, Cell], 
     verdict, the paper's effect, and the note the UI shows first), from its Outcome."""
     outcome, metric, scale = results.outcomes[key], results.metric, results.scale
     unit, percent = (" pts", "%") if scale == 100 else ("", "")
-    metrics: dict[str, float] = {"seeds": outcome.n}
+    lost = {"pruned": outcome.seeds.pruned, "failed": outcome.seeds.failed}  # seeds that are not in the mean
+    metrics: dict[str, float] = {"seeds": outcome.n} | {f"seeds/{k}": v for k, v in lost.items()}
     tags: dict[str, str] = {Tag.VERDICT: REFUSED, Tag.REFUSED: refused} if refused else {}
+    if outcome.stage:
+        tags[Tag.STAGE] = outcome.stage
     if outcome.n:
         metrics[f"{metric}/mean"] = outcome.mean / scale
         spread = f" ± {outcome.sd:.2f}" if outcome.n > 1 else ""
-        tags[Tag.RESULT] = f"{outcome.mean:.2f}{spread}{percent} over {outcome.n} seed(s)"
+        also = "".join(f", {v} {k}" for k, v in lost.items() if v)
+        tags[Tag.RESULT] = f"{outcome.mean:.2f}{spread}{percent} over {outcome.n} seed(s){also}"
     if outcome.n > 1:
         metrics[f"{metric}/sd"] = outcome.sd / scale
     if outcome.verdict == BASELINE:

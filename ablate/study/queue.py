@@ -152,8 +152,9 @@ def refused_cells(plan: StudyPlan) -> dict[str, str]:
 
 def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
     """Seeds on demand (study.seeds: {min, max, until: decided}): queue the next seed of every configuration whose
-    interval against the baseline (summary.choose_baseline, also in a ladder) still holds 0 (stats.next_seeds); in
-    a search, also a finished configuration's repeats up to min. The caller holds the setup lock. Returns the
+    interval against its control (the report's `vs`: a grid's matched plain cell, a ladder's row before, the named
+    baseline) still holds 0 (stats.next_seeds); in a search, a finished configuration's repeats up to min (its rows
+    have no control until the confirmation stage, whose seeds study.confirm fixes). The caller holds the setup lock. Returns the
     number of trials queued."""
     spec, policy = plan.spec, plan.spec.cfg.study.on_demand
     room = spec.cfg.study.trials - len([t for t in own_trials(study) if not is_confirmation(t) and (
@@ -169,9 +170,9 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
             missing = set(range(policy.min)) - tried[key]
             if missing and key not in pending:
                 add[key] = missing
-    if results.baseline is not None:
+    if any(results.controls.values()):
         ready = {k: v for k, v in samples.items() if len(v) >= policy.min or spec.is_grid}
-        for key, seeds in stats.next_seeds(ready, tried, pending, results.baseline, policy.max,
+        for key, seeds in stats.next_seeds(ready, tried, pending, results.controls, policy.max,
                                            results.maximize).items():
             add.setdefault(key, set()).update(seeds)
     if not spec.is_grid:  # within the study's budget of trials
