@@ -111,8 +111,9 @@ def build_trained(cfg, state, dm):
 # ---------------------------------------------------------------- images and layer
 
 def validation_batch(dm, n: int):
-    """The first n validation samples as (normalised model input, displayable (n, H, W, 3) image, labels)."""
-    loader = dm.val_dataloader()
+    """The first n images of the reported split (the table's, not a data.holdout) as (normalised model input,
+    displayable (n, H, W, 3) image, labels)."""
+    loader = dm.reported_dataloader()
     if n > len(loader.dataset):
         raise AblateError(f"--images: {n} is more than the {len(loader.dataset)} validation images "
                           f"(use at most {len(loader.dataset)}, or a larger data.val_size)")

@@ -107,7 +107,9 @@ class StudySection(Strict):
     ladder: bool = Field(False, description="cells are cumulative: each adds its keys to the previous one")
     baseline: str | None = Field(None, max_length=1000, description=(
         "the configuration every other is compared with: its row label ('attention=none', a ladder row's name) or "
-        "key=value pairs ('attention=none, lr=0.1'); default: the plain one, else a grid's first, a search's best"))
+        "key=value pairs ('attention=none, lr=0.1'; a search takes pairs only); default: a grid compares each cell "
+        "with the plain cell of its other settings (else the first row), a search its confirmed rows with "
+        "attention=none"))
     confirm: Confirm | None = Field(None, description="searches: confirm the top configurations on fresh seeds "
                                     "(default for a search: top 3 on 3 seeds; grids take no confirm)")
     interval: Literal[INTERVALS] = Field("seeds", description=(

@@ -154,8 +154,8 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
     """Seeds on demand (study.seeds: {min, max, until: decided}): queue the next seed of every configuration whose
     interval against its control (the report's `vs`: a grid's matched plain cell, a ladder's row before, the named
     baseline) still holds 0 (stats.next_seeds); in a search, a finished configuration's repeats up to min (its rows
-    have no control until the confirmation stage, whose seeds study.confirm fixes). The caller holds the setup lock. Returns the
-    number of trials queued."""
+    have no control until the confirmation stage, whose seeds study.confirm fixes). The caller holds the setup
+    lock. Returns the number of trials queued."""
     spec, policy = plan.spec, plan.spec.cfg.study.on_demand
     room = spec.cfg.study.trials - len([t for t in own_trials(study) if not is_confirmation(t) and (
         Attr.LABEL in t.user_attrs or t.state == TrialState.WAITING)]) if not spec.is_grid else 0
