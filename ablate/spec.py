@@ -367,31 +367,6 @@ def _knobs(params: dict) -> dict:
     return {k.removeprefix(KNOB_PREFIX): v for k, v in params.items() if k.startswith(KNOB_PREFIX)}
 
 
-def fingerprint(spec: StudySpec) -> dict:
-    """What every trial of the study shares and must keep sharing to stay comparable: the resolved base config
-    (less operational keys) and the objectives. Stored on the Optuna study when it is created."""
-    base = {k: v for k, v in flatten(trial_config(spec, {}, 0)).items() if not k.startswith(OPERATIONAL_KEYS)}
-    metric = [f"{o.metric} {o.direction}" for o in spec.cfg.study.objectives()]
-    return {"base": json.loads(json.dumps(base, default=str)), "metric": metric}
-
-
-def fingerprint_change(spec: StudySpec, stored: dict) -> str | None:
-    """The first incomparable change since `stored` was recorded, as 'key: old -> new', or None."""
-    now = fingerprint(spec)
-    if stored.get("metric") and stored["metric"] != now["metric"]:
-        return f"study.metric: {', '.join(stored['metric'])} -> {', '.join(now['metric'])}"
-    old = stored.get("base", {})
-    defaults = json.loads(json.dumps(flatten(TrialConfig()), default=str))
-    for key in sorted(set(old) | set(now["base"])):
-        if key not in old and now["base"].get(key) == defaults.get(key, object()):
-            continue  # a key added to ablate since the study was stored, at its default: nothing changed
-        if key not in now["base"]:
-            continue  # a key the schema no longer has for this dataset (data configs per dataset): nothing to compare
-        if old.get(key) != now["base"].get(key):
-            return f"base.{key}: {old.get(key)!r} -> {now['base'].get(key)!r}"
-    return None
-
-
 def trial_config(spec: StudySpec, params: dict, seed: int) -> TrialConfig:
     tree = copy.deepcopy(spec.base)
     for key, value in params.items():

@@ -141,3 +141,27 @@ def test_grid_studies_get_optunas_plots(tmp_path, run, run_cli):
     assert proc.returncode == 0, proc.stderr[-2000:]
     made = {p.name for p in plots.iterdir()}
     assert {"top1_by_config.png", "parallel_coordinate.png", "param_importances.png"} <= made
+
+
+def test_a_study_stored_before_a_key_existed_continues_only_as_its_trials_ran(tmp_path):
+    """A study stored before data.order and train.eval existed trained on data.seed's order and measured raw
+    weights: resuming it under today's defaults would mix incomparable trials, so it is refused, naming the key
+    and the value that runs as the stored trials did; with that value in the file it continues."""
+    from ablate.spec import load_study
+    from ablate.study.optuna_setup import fingerprint, fingerprint_change
+
+    def stored_before(path):  # the fingerprint as ablate wrote it before the two keys existed
+        fp = fingerprint(load_study(path))
+        return {**fp, "base": {k: v for k, v in fp["base"].items() if k not in ("data.order", "train.eval")}}
+
+    path = write_study(tmp_path / "old.yaml")
+    old = stored_before(path)
+    assert fingerprint_change(load_study(path), old) == \
+        "base.data.order: (added since; 'fixed' runs as the stored trials did) -> 'seed'"
+    fixed = {**TINY_BASE, "data": {**TINY_BASE["data"], "order": "fixed"}}
+    assert fingerprint_change(load_study(write_study(path, base=fixed)), old) is None  # EMA off: eval is inert
+    with_ema = {**fixed, "train": {**fixed["train"], "ema": True}}
+    old = stored_before(write_study(path, base=with_ema))
+    assert "base.train.eval: (added since; 'raw'" in fingerprint_change(load_study(path), old)
+    raw = {**with_ema, "train": {**with_ema["train"], "eval": "raw"}}
+    assert fingerprint_change(load_study(write_study(path, base=raw)), old) is None

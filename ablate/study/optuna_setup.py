@@ -3,6 +3,7 @@ guards that keep a stored study's trials comparable with the file as it reads no
 space, warm start), or set them aside (--force-new)."""
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 
@@ -10,9 +11,10 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.checkpoint import checkpoint_root
+from ablate.config import TrialConfig
 from ablate.errors import AblateError
 from ablate.plan import StudyPlan
-from ablate.spec import fingerprint, fingerprint_change
+from ablate.spec import OPERATIONAL_KEYS, StudySpec, flatten, trial_config
 from ablate.storage import Attr
 
 # study.sampler -> (Optuna sampler class, its settings); each worker adds its own seed
@@ -66,6 +68,41 @@ def open_study(plan: StudyPlan, storage, worker: int = 0) -> optuna.Study:
                           f"this file {', '.join(d.name.lower() for d in directions)} (run it under a new study.name, "
                           "or with --force-new to set the old trials aside and start over)")
     return study
+
+
+# keys added to ablate after a study may have been stored, and the value that reproduces how its trials ran then
+BEHAVIOUR_BEFORE = {"data.order": "fixed", "train.eval": "raw"}
+
+
+def fingerprint(spec: StudySpec) -> dict:
+    """What every trial of the study shares and must keep sharing to stay comparable: the resolved base config
+    (less operational keys) and the objectives. Stored on the Optuna study when it is created."""
+    base = {k: v for k, v in flatten(trial_config(spec, {}, 0)).items() if not k.startswith(OPERATIONAL_KEYS)}
+    metric = [f"{o.metric} {o.direction}" for o in spec.cfg.study.objectives()]
+    return {"base": json.loads(json.dumps(base, default=str)), "metric": metric}
+
+
+def fingerprint_change(spec: StudySpec, stored: dict) -> str | None:
+    """The first incomparable change since `stored` was recorded, as 'key: old -> new', or None. A key ablate added
+    since then compares with the value that behaves as ablate did (BEHAVIOUR_BEFORE, else its default): a study
+    stored before seeds drew the data order continues only under data.order: fixed."""
+    now = fingerprint(spec)
+    if stored.get("metric") and stored["metric"] != now["metric"]:
+        return f"study.metric: {', '.join(stored['metric'])} -> {', '.join(now['metric'])}"
+    old = stored.get("base", {})
+    defaults = json.loads(json.dumps(flatten(TrialConfig()), default=str))
+    inert = {"train.eval"} if not now["base"].get("train.ema") else set()  # without EMA there is one set of weights
+    for key in sorted(set(old) | set(now["base"])):
+        if key not in now["base"]:
+            continue  # a key the schema no longer has for this dataset (data configs per dataset): nothing to compare
+        if key not in old:
+            before = BEHAVIOUR_BEFORE.get(key, defaults.get(key, object()))
+            if key in inert or now["base"][key] == before:
+                continue  # added since the study was stored, at the value that runs as the stored trials ran
+            return f"base.{key}: (added since; {before!r} runs as the stored trials did) -> {now['base'][key]!r}"
+        if old[key] != now["base"][key]:
+            return f"base.{key}: {old[key]!r} -> {now['base'][key]!r}"
+    return None
 
 
 def check_comparable(study: optuna.Study, plan: StudyPlan) -> None:
