@@ -22,7 +22,7 @@ from ablate.correct import unpack_correct
 from ablate.plan import StudyPlan
 from ablate.reference import published_top1
 from ablate.spec import OPERATIONAL_KEYS, StudySpec, load_study, names_row
-from ablate.storage import Attr, resumed_trials
+from ablate.storage import CONFIRM, Attr, resumed_trials
 from ablate.summary import (
     CONFIRMED,
     SEARCHED,
@@ -44,7 +44,6 @@ METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc 
 # trials_frame's own columns; every other column without a '/' is a configuration's dotted param
 FRAME_COLUMNS = ("number", "state", "cell", "label", "seed", "run_id", "order", "in_file", "refused", "params",
                  "stage", "correct")
-CONFIRM = "confirm"  # a trial's stage (Attr.STAGE) when it is a search's confirmation run
 
 
 @dataclass(frozen=True)

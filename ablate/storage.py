@@ -30,11 +30,14 @@ from ablate.tracking import mask_secrets
 JOURNAL = "mlruns/optuna.journal"
 
 
+CONFIRM = "confirm"  # Attr.STAGE of a search's confirmation run (study.confirm)
+
+
 class Attr:
     """Keys of ablate's user attrs on Optuna studies and trials: the one schema of what a study records."""
 
     PARENT_RUN = "mlflow_parent_run_id"  # study: the MLflow run every trial's run is a child of
-    FINGERPRINT = "ablate.fingerprint"  # study: the base config and metric its trials share (spec.fingerprint)
+    FINGERPRINT = "ablate.fingerprint"  # study: the base config and metric its trials share (study.optuna_setup.fingerprint)
     STUDY_FILE = "ablate.study_file"  # study: the study file it was last run from (what a report reads it from)
     CELL = "cell"  # trial: its configuration's key (spec.cell_key); absent on a trial that got no configuration
     PARAMS = "params"  # trial: the configuration's dotted params
@@ -49,7 +52,7 @@ class Attr:
     TASK = "task"  # trial: the launcher's task running it ('slurm 1234_0', 'local 4321'), when launched
     LAUNCHES = "ablate.launches"  # study: the job arrays `ablate run --launcher` submitted for it
     REFUSED = "refused"  # searched trial: why study.constraints refused it; study: {cell key: why} of a grid's cells
-    STAGE = "ablate.stage"  # trial: "confirm" for a search's confirmation run (study.confirm); absent otherwise
+    STAGE = "ablate.stage"  # trial: CONFIRM for a search's confirmation run (study.confirm); absent otherwise
     CORRECT = "ablate.correct"  # trial: per-image correctness on the reported split (correct.pack_correct)
     WARM_FROM = "warm_start_of"  # trial: a finished trial of this earlier study, copied in for the sampler (warm_start)
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from ablate.storage import Attr
+from ablate.storage import CONFIRM, Attr
 
-CONFIRM = "confirm"  # Attr.STAGE of a search's confirmation run (study.confirm)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
