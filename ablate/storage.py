@@ -37,7 +37,7 @@ class Attr:
     """Keys of ablate's user attrs on Optuna studies and trials: the one schema of what a study records."""
 
     PARENT_RUN = "mlflow_parent_run_id"  # study: the MLflow run every trial's run is a child of
-    FINGERPRINT = "ablate.fingerprint"  # study: the base config and metric its trials share (study.optuna_setup.fingerprint)
+    FINGERPRINT = "ablate.fingerprint"  # study: the base config and metric its trials share (optuna_setup.fingerprint)
     STUDY_FILE = "ablate.study_file"  # study: the study file it was last run from (what a report reads it from)
     CELL = "cell"  # trial: its configuration's key (spec.cell_key); absent on a trial that got no configuration
     PARAMS = "params"  # trial: the configuration's dotted params
