@@ -29,6 +29,12 @@ class AblationTable:
     hidden: int  # finished trials of configurations the study file no longer holds, left out of `frame`
     classes: int | None  # the study's number of classes (top-5 means something above 10)
     covers: str = "seeds"  # what the intervals cover: seeds, or seeds+images (study.interval)
+    metric: str = "val/acc1"  # what the means and deltas are: study.metric (its test/* twin after a holdout)
+
+    @property
+    def top1(self) -> bool:
+        """Is the study's metric top-1 accuracy (the table's top-1 columns are then its numbers)?"""
+        return self.metric.endswith("/acc1")
 
     def render(self, fmt: str = "md", columns: str = "compact") -> str:
         """The table as `fmt` writes it: the numbers (CSV, JSON), or the `columns` view a reader sees (Markdown,
@@ -84,13 +90,18 @@ def compact(table: AblationTable) -> pd.DataFrame:
     out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, frame["n"])]
     if (table.classes or 0) > 10:
         out["top-5 acc (%)"] = _pm(frame["top-5 acc (%)"], frame["top-5 acc (%) sd"])
+    if not table.top1:  # the study's own metric, which the deltas are over
+        percent = "/acc" in table.metric  # accuracies in percent, as stats.percent reads them
+        shown = _pm(frame["metric"], frame["metric sd"], 2 if percent else 4)
+        out[table.metric + (" (%)" if percent else "")] = [f"{t} (n {n})" for t, n in zip(shown, frame["n"])]
     out["seeds n / pruned / failed"] = seeds_text(frame)
     if "stage" in frame:  # a search: whose numbers these are
         out.insert(0, "stage", frame["stage"])
     name = DELTA_PREV if table.ladder else DELTA
     if not table.ladder and frame["vs"].nunique(dropna=True) > 1:  # matched controls: say which each row has
         out["vs"] = frame["vs"].fillna("(no matched control)")
-    out[f"{name} (95% CI)"] = _delta_text(frame, name, not table.ladder)
+    header = name if table.top1 else name.replace("top-1", table.metric)
+    out[f"{header} (95% CI)"] = _delta_text(frame, name, not table.ladder)
     out["verdict"] = frame["verdict"]  # a ladder's: each step's (summary.compare), as its configuration runs say
     return out
 
@@ -166,7 +177,10 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
                "matches it on every other factor)" if matched else f"`{table.baseline}`")
     covers = ("seeds and validation images (study.interval: seeds+images)" if table.covers == "seeds+images"
               else "seeds (paired by seed, else Welch)")
-    note = (f"\n\nΔ: top-1 accuracy vs {against} in points, 95% CI over {covers}; "
+    what = ("top-1 accuracy" + (" on the test split (selected on data.holdout)" if table.metric.startswith("test/")
+                                else "") + " in points") if table.top1 else \
+        f"{table.metric} (study.metric{', in points' if '/acc' in table.metric else ''})"
+    note = (f"\n\nΔ: {what} vs {against}, 95% CI over {covers}; "
             "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0, unstable "
             "when a seed failed. n counts seeds (a seed's repeats are averaged into it).")
     if "stage" in frame:

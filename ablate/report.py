@@ -30,6 +30,7 @@ from ablate.results import (
     find_row,
     needs_runs,
     param_columns,
+    reported_metric,
     resolve_study,
     stored_runs_client,
     study_file,
@@ -107,6 +108,8 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     done = df[df["state"] == "COMPLETE"].copy()
     for metric, (column, scale) in METRIC_COLUMNS.items():
         done[column] = done[metric] * scale
+    if reported_metric(done, "val/acc1") == "test/acc1":  # selected on data.holdout: the table reports the test split
+        done["top-1 acc (%)"], done["top-5 acc (%)"] = done["test top-1 acc (%)"], done["test top-5 acc (%)"]
     done["top-1 err (%)"] = 100 - done["top-1 acc (%)"]
     done["top-5 err (%)"] = 100 - done["top-5 acc (%)"]
 
@@ -126,8 +129,8 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     ladder = bool(spec and spec.cfg.study.ladder)
     shown = compare(ladder=True) if ladder else against_base  # a ladder is judged per step
     _result_columns(table, against_base)
-    table = table[["n", "pruned", "failed", "repeats", *[c for s in spread for c in (s, s + " sd")], "params (M)",
-                   "GMACs"]]
+    table = table[["n", "pruned", "failed", "repeats", "metric", "metric sd",
+                   *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
     table["vs"] = [against_base.controls.get(row) for row in table.index]
     table = table.join(_delta_columns(against_base, DELTA))
     if ladder:
@@ -147,7 +150,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     per_seed.index.name, per_seed.columns.name = "seed", "row"
     return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
                          per_seed=per_seed, refused=refused, hidden=0 if show_all else hidden,
-                         classes=num_classes(spec), covers=_covers(against_base))
+                         classes=num_classes(spec), covers=_covers(against_base), metric=against_base.metric)
 
 
 def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:
@@ -159,6 +162,7 @@ def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:
     table["n"] = [o.n for o in outcomes]
     table["pruned"], table["failed"] = [o.seeds.pruned for o in outcomes], [o.seeds.failed for o in outcomes]
     table["repeats"] = [o.seeds.repeats for o in outcomes]
+    table["metric"], table["metric sd"] = [o.mean for o in outcomes], [o.sd for o in outcomes]
     if comparison.metric not in ("val/acc1", "test/acc1"):
         return
     for column, sign, offset in (("top-1 acc (%)", 1, 0), ("top-1 err (%)", -1, 100)):

@@ -106,3 +106,57 @@ def test_a_baseline_named_in_advance_is_the_baseline_everywhere(tmp_path):
     assert ablation_table("named").baseline == "attention=se"
     assert configuration["attention=se"].data.tags["ablate.verdict"] == "baseline"
     assert configuration["attention=none"].data.tags["ablate.delta"].endswith("vs se")
+
+
+class LossToy(Toy):
+    """Toy's trials, also logging val/loss = 1 - val/acc1 (lower is better)."""
+
+    def __call__(self, cfg, **kwargs):
+        result = super().__call__(cfg, **kwargs)
+        result.metrics["val/loss"] = 1 - result.metrics["val/acc1"]
+        return result
+
+
+def test_the_report_and_mlflow_follow_the_study_metric_not_top1(tmp_path):
+    """With study.metric val/loss the table's means and deltas are the loss's, named so in the header and the
+    footnote, the same numbers the configuration runs carry (val/loss/mean, /delta); the verdict reads lower as
+    better."""
+    path = study_file(tmp_path, "loss", study={"seeds": [0, 1, 2], "metric": "val/loss", "direction": "minimize"})
+    run_study(load_study(path), trainer=LossToy())
+    report = ablation_table("loss")
+    table, page = report.frame, report.render("md")
+    configuration = {r.data.tags["ablate.cell"]: r for r in runs("loss", configurations=True)
+                     if r.data.tags.get("ablate.role") == "configuration"}
+    assert report.metric == "val/loss" and "Δ val/loss (95% CI)" in page and "Δ: val/loss (study.metric)" in page
+    for row in ("attention=se", "attention=cbam"):
+        metrics = configuration[row].data.metrics
+        assert table.at[row, "metric"] == pytest.approx(metrics["val/loss/mean"])
+        assert table.at[row, DELTA] == pytest.approx(metrics["val/loss/delta"])
+        assert table.at[row, "verdict"] == configuration[row].data.tags["ablate.verdict"]
+    assert table.at["attention=cbam", "verdict"] == "better"  # a lower loss (Toy: cbam +30 points of accuracy)
+
+
+class HoldoutToy(Toy):
+    """Toy's trials as if selected on data.holdout: val/* the holdout's (10 points off), test/* the reported split's."""
+
+    def __call__(self, cfg, **kwargs):
+        result = super().__call__(cfg, **kwargs)
+        acc1 = result.metrics["val/acc1"]
+        result.metrics |= {"test/acc1": acc1, "test/acc5": 1.0, "val/acc1": acc1 - 0.1}
+        return result
+
+
+def test_after_a_holdout_the_table_and_mlflow_report_the_test_split(tmp_path):
+    """Selected on a holdout, every reported number is the test split's: top-1 (and its delta) in the table and on
+    the configuration runs (test/acc1/*), never the holdout's val/acc1 that selection saw."""
+    path = study_file(tmp_path, "held", study={"seeds": [0, 1]})
+    run_study(load_study(path), trainer=HoldoutToy())
+    report = ablation_table("held")
+    configuration = {r.data.tags["ablate.cell"]: r for r in runs("held", configurations=True)
+                     if r.data.tags.get("ablate.role") == "configuration"}
+    assert report.metric == "test/acc1" and "on the test split" in report.render("md")
+    for row in ("attention=none", "attention=cbam"):
+        mean = configuration[row].data.metrics["test/acc1/mean"]
+        assert report.frame.at[row, "top-1 acc (%)"] == pytest.approx(mean * 100)
+        assert report.frame.at[row, "top-5 acc (%)"] == pytest.approx(100.0)  # test/acc5, not the holdout's
+        assert "val/acc1/mean" not in configuration[row].data.metrics
