@@ -107,7 +107,7 @@ def test_a_full_disk_fails_that_trial_only_and_its_last_checkpoint_resumes_it(tm
 
 def test_a_stopped_searched_trial_is_queued_again_with_its_params_and_resumed(tmp_path, run_cli, monkeypatch):
     path = write_study(tmp_path / "search.yaml", study={"name": "search", "sampler": "random", "trials": 2,
-                                                         "seeds": [0, 1]},
+                                                         "seeds": [0, 1], "confirm": {"top": 0}},  # stops only
                        base=TINY_BASE | {"train": {"epochs": EPOCHS, "progress_bar": False}},
                        space={"model.attention.name": ["se", "eca", "cbam"], "train.lr": {"low": 0.01, "high": 0.1}})
     real = ablate.train.make_trainer
