@@ -3,7 +3,9 @@
 Both studies train the same networks on the same data with the same seeds, in one run, side by side. The grid is
 search_spaces/attention.yaml (none, SE r in 4..32, ECA k in 3..7, CBAM r x k: 20 cells) x 2 seeds; the search
 samples the same space with TPE, pruner asha and train.val_every 0.25, for half the grid's trials (one seed per
-sampled configuration). Printed:
+sampled configuration). The search is its selection stage alone (confirm: top 0): its pick is judged by the
+grid's own seeds here, and a study's confirmation stage (top 3 and the baseline on 3 fresh seeds) costs the same
+12 trials after any search. Printed:
 epochs each spent (a pruned trial counts the validations it reached) and whether the search's best configuration,
 by mean over its seeds, is the grid's best within the grid's 95% interval.
 
@@ -76,9 +78,8 @@ def main() -> None:
     grid_spec = load_study(study_file(folder, "grid", args, sampler="grid"))
     cells = 20  # none, SE r=4..32, ECA k=3..7, CBAM r x k: the grid's trials are 2 x 20
     rows, found = [], {}
-    for name, spec in (("grid", grid_spec),
-                       ("tpe + asha", load_study(study_file(folder, "search", args, sampler="tpe", pruner="asha",
-                                                            trials=cells), ["train.val_every=0.25"]))):
+    search_file = study_file(folder, "search", args, sampler="tpe", pruner="asha", trials=cells, confirm={"top": 0})
+    for name, spec in (("grid", grid_spec), ("tpe + asha", load_study(search_file, ["train.val_every=0.25"]))):
         start = time.perf_counter()
         study = run_study(spec)
         per_epoch = validations_per_epoch(0.25) if name != "grid" else 1
