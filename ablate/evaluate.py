@@ -15,9 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate.correct import pack_correct, unpack_correct
-
-__all__ = ["FinalScore", "score_split", "batches_scored", "pack_correct", "unpack_correct"]
+__all__ = ["FinalScore", "score_split", "batches_scored"]
 
 
 @dataclass
@@ -42,8 +40,8 @@ def batches_scored(available: int, limit: int | float | None) -> int:
 
 @torch.no_grad()
 def score_split(model: torch.nn.Module, logits_of: Callable, batches: Sized, transform: Callable, device: torch.device,
-          num_classes: int, limit: int | float | None = None,
-          precision: AbstractContextManager | None = None) -> FinalScore:
+                num_classes: int, limit: int | float | None = None,
+                precision: AbstractContextManager | None = None) -> FinalScore:
     """Score `model` (the LightningModule that holds the weights) on `batches` moved to `device` and passed through
     `transform` (the datamodule's transform_batch for evaluation); `logits_of(x)` is the evaluated weights' output.
     `limit`: the train.limit_val_batches validation took; `precision`: Lightning's evaluation autocast."""

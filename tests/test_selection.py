@@ -292,7 +292,7 @@ def test_a_trials_per_image_correctness_is_kept(tmp_path):
     class Correct(Toy):
         def __call__(self, cfg, **kw):
             result = super().__call__(cfg, **kw)
-            result.correct = "a5"  # train.TrialResult.correct: evaluate.pack_correct's hex
+            result.correct = "a5"  # train.TrialResult.correct: correct.pack_correct's hex
             return result
 
     study = run_study(load_study(study_file(tmp_path, "correct", space={"model.attention.name": ["none"]})),
