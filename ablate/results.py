@@ -208,9 +208,21 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str, rows:
     images = _images(done, row, metric) if plan is not None and plan.spec.cfg.study.interval == "seeds+images" \
         else None
     outcomes = compare(rows, samples, controls, ladder=ladder, maximize=maximize, paper=paper, refused=refused,
-                       seeds=seed_counts(ordered, row) if len(frame) else {}, stages=stages, images=images)
+                       seeds=seed_counts(ordered, row) if len(frame) else {}, stages=stages, images=images,
+                       **verdict_rule(plan))
     baseline = next((r for r in rows if controls.get(r) == r), None)
     return Comparison(baseline, outcomes, metric, scale, maximize)
+
+
+def verdict_rule(plan: StudyPlan | None) -> dict:
+    """How the study's verdicts are judged (summary.compare's keywords): study.adjust, study.min_effect, and with
+    seeds on demand in a grid the looks min..max its stop rule takes (a search's confirmation seeds are fixed)."""
+    if plan is None:
+        return {}
+    study = plan.spec.cfg.study
+    on_demand = study.on_demand if plan.spec.is_grid else None
+    return dict(adjust=study.adjust, margin=study.min_effect,
+                looks=tuple(range(on_demand.min, on_demand.max + 1)) if on_demand else None)
 
 
 def _controls(plan: StudyPlan | None, trials: pd.DataFrame, first: pd.DataFrame, row: str, rows: list[str], samples, *,

@@ -14,9 +14,12 @@ and seeds on demand all call this module, so the UI and the table say the same t
 - Each configuration is compared with its control, or in a ladder (`study.ladder`) with the row before it: the
   delta of means with its 95% interval (stats.delta_ci: paired by seed, else Welch; with `study.interval:
   seeds+images`, stats.delta_ci_images adds the validation images' sampling error) and the verdict it gives
-  (better / worse / undecided; `baseline` for a control itself; `unstable` with failed seeds; `refused` for a
-  configuration study.constraints refused). With the paper's numbers (`reference:`), the paper's delta and
-  whether our interval reproduces it.
+  (better / worse / undecided, or equivalent inside +-study.min_effect; `baseline` for a control itself;
+  `unstable` with failed seeds; `refused` for a configuration study.constraints refused). With the paper's
+  numbers (`reference:`), the paper's delta and whether our interval reproduces it. The verdict's interval is
+  adjusted for the family it belongs to (the rows one control is compared with, a ladder's steps: Holm,
+  study.adjust) and, with seeds on demand, spent over the looks the stop rule takes (Pocock): stats.judge, one
+  rule for the report, the runs and seeds on demand.
 - Trials are counted once (`TrialCounts`): complete / pruned / failed / refused, a resumed trial's stopped
   predecessor in none of them.
 
@@ -25,6 +28,7 @@ Pure pandas and numbers (no torch, no MLflow): what the rows are and where the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -63,6 +67,8 @@ class Outcome:
     seeds: SeedCount = SeedCount()
     stage: str = ""  # a searched study's row: CONFIRMED or SEARCHED; "" in a grid
     covers: str = SEEDS  # what the interval covers: SEEDS, or SEEDS_AND_IMAGES where every seed's images are known
+    raw_low: float = np.nan  # the unadjusted 95% interval (low, high: the one the verdict used, after adjustment)
+    raw_high: float = np.nan
 
     @property
     def n(self) -> int:
@@ -150,14 +156,26 @@ def one_control(rows: list[str], baseline: str | None, *, ladder: bool = False) 
 def compare(rows: list[str], samples: dict[str, pd.Series], controls: dict[str, str | None], *,
             ladder: bool = False, maximize: bool = True, paper: dict[str, float] | None = None, refused=(),
             seeds: dict[str, SeedCount] | None = None, stages: dict[str, str] | None = None,
-            images: dict[str, dict] | None = None) -> dict[str, Outcome]:
+            images: dict[str, dict] | None = None, adjust: str = stats.HOLM, margin: float | None = None,
+            looks: tuple[int, ...] | None = None) -> dict[str, Outcome]:
     """Each row's Outcome, in order, against its control (`controls`: row -> the row it is compared with, itself
     for a control, None or absent for none). `paper`: each row's published top-1 accuracy (points; NaN or absent
     without one); `refused`: rows study.constraints refused; `seeds`: each row's failed / pruned seeds and repeats;
     `stages`: a search's rows' stage; `images`: each row's per-image correctness by seed (numpy arrays), for an
-    interval that covers the validation images too."""
+    interval that covers the validation images too. The verdict's interval is stats.judge's: Holm-adjusted within
+    the rows one control is compared with, or a ladder's steps (`adjust`: study.adjust), spent over seeds on
+    demand's looks (`looks`: min..max) by Pocock's boundary; `margin` (study.min_effect) makes an interval inside
+    it `equivalent`. The unadjusted 95% interval stays in raw_low / raw_high."""
     paper, seeds, stages, images = paper or {}, seeds or {}, stages or {}, images or {}
     empty = pd.Series(dtype=float)
+    intervals = {}
+    for row in rows:
+        values, ref = samples.get(row, empty), controls.get(row)
+        if row not in refused and ref not in (None, row) and ref in samples and len(values):
+            intervals[row] = (partial(stats.delta_ci_images, images[ref], images[row])
+                              if row in images and ref in images else partial(stats.delta_ci, samples[ref], values))
+    judged = stats.judge(intervals, stats.families({r: controls[r] for r in intervals}, ladder), adjust=adjust,
+                         looks=looks)
     out = {}
     for row in rows:
         values, ref = samples.get(row, empty), controls.get(row)
@@ -166,19 +184,19 @@ def compare(rows: list[str], samples: dict[str, pd.Series], controls: dict[str, 
         if row in refused:
             out[row] = Outcome(row, values, ref, verdict=REFUSED, **common)
         elif ref == row:  # a control (against itself: 0), or a ladder's first row (what its steps start from)
-            itself = stats.delta_ci(values, values) if len(values) and not ladder else (np.nan,) * 3
+            itself = (0.0, 0.0, 0.0) if len(values) > 1 and not ladder else (np.nan,) * 3
             out[row] = Outcome(row, values, None, *itself, verdict=UNSTABLE if unstable else BASELINE, **common)
-        elif ref is None or ref not in samples or not len(values):  # no control, or nothing to compare yet
+        elif row not in intervals:  # no control, or nothing to compare yet
             out[row] = Outcome(row, values, ref, verdict=UNSTABLE if unstable else NO_RESULT, **common)
         else:
-            both = row in images and ref in images
-            delta, low, high = (stats.delta_ci_images(images[ref], images[row]) if both
-                                else stats.delta_ci(samples[ref], values))
+            delta, low, high = judged[row]
+            _, raw_low, raw_high = intervals[row](stats.LEVEL)
             published = paper.get(row, np.nan) - paper.get(ref, np.nan)
-            effect = stats.reproduction(published, low, high) if pd.notna(published) else NO_RESULT
-            verdict = UNSTABLE if unstable else stats.direction(low, high, maximize)
+            effect = stats.reproduction(published, raw_low, raw_high) if pd.notna(published) else NO_RESULT
+            verdict = UNSTABLE if unstable else stats.direction(low, high, maximize, margin)
             out[row] = Outcome(row, values, ref, delta, low, high, verdict, published, effect, **common,
-                               covers=SEEDS_AND_IMAGES if both else SEEDS)
+                               covers=SEEDS_AND_IMAGES if row in images and ref in images else SEEDS,
+                               raw_low=raw_low, raw_high=raw_high)
     return out
 
 

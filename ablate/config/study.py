@@ -35,7 +35,8 @@ class Range(Strict):
 
 class SeedsOnDemand(Strict):
     """`seeds: {min: 2, max: 10, until: decided}`: every configuration runs seeds 0..min-1, then one more seed at a
-    time while its 95% interval against the baseline still holds 0, up to max seeds."""
+    time while its verdict against its control is undecided, up to max seeds; the verdict spends its 5% over the
+    looks min..max (Pocock's boundary, stats.pocock_alpha), so looking after every seed keeps it."""
 
     min: int = Field(2, ge=2, description="seeds every configuration runs (2: the fewest an interval needs)")
     max: int = Field(10, ge=2, description="the most seeds a configuration gets")
@@ -115,6 +116,12 @@ class StudySection(Strict):
     interval: Literal[INTERVALS] = Field("seeds", description=(
         "seeds: a t interval over per-seed values; seeds+images: also the validation images' sampling error "
         "(per-image paired differences, accuracies only)"))
+    adjust: Literal["holm", "none"] = Field("holm", description=(
+        "the verdicts of the rows compared with one control (a ladder's steps) as a family: holm keeps the chance "
+        "of any false better/worse at 5% (Holm 1979); none judges each at 95% alone"))
+    min_effect: float | None = Field(None, gt=0, description=(
+        "the smallest delta that matters (points), stated before the study: an interval inside +-min_effect is "
+        "'equivalent' (two one-sided tests), and seeds on demand stop there too"))
     # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")

@@ -154,8 +154,8 @@ def configuration_record(results: Comparison, key: str, cells: dict[str, Cell], 
         tags[Tag.VERDICT] = BASELINE
     elif not pd.isna(outcome.delta):
         metrics[f"{metric}/delta"] = outcome.delta / scale
-        if not np.isnan(outcome.low):
-            metrics |= {f"{metric}/delta_low": outcome.low / scale, f"{metric}/delta_high": outcome.high / scale}
+        # NaN too (ties, one seed): an earlier look's bounds must not stay on the run as if they still held
+        metrics |= {f"{metric}/delta_low": outcome.low / scale, f"{metric}/delta_high": outcome.high / scale}
         paper = f"; paper {outcome.paper_delta:+.2f}{unit}" if not np.isnan(outcome.paper_delta) else ""
         tags |= {Tag.VERDICT: outcome.verdict,
                  Tag.DELTA: f"{delta_text(outcome, unit)} vs {cells[outcome.compared_with].run_label}{paper}"}

@@ -172,8 +172,10 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
                 add[key] = missing
     if any(results.controls.values()):
         ready = {k: v for k, v in samples.items() if len(v) >= policy.min or spec.is_grid}
-        for key, seeds in stats.next_seeds(ready, tried, pending, results.controls, policy.max,
-                                           results.maximize).items():
+        study_cfg = spec.cfg.study
+        for key, seeds in stats.next_seeds(ready, tried, pending, results.controls, policy.max, results.maximize,
+                                           min_seeds=policy.min, adjust=study_cfg.adjust,
+                                           margin=study_cfg.min_effect, ladder=study_cfg.ladder).items():
             add.setdefault(key, set()).update(seeds)
     if not spec.is_grid:  # within the study's budget of trials
         add = dict(list(add.items())[:room])
