@@ -27,25 +27,30 @@ def delta_ci(base: pd.Series, other: pd.Series, level: float = LEVEL) -> tuple[f
     """Mean difference other - base and its confidence interval: paired by seed when both ran the same seeds (a seed
     draws the init, the data order and the augmentation, so pairing removes what two configurations share of that
     noise), Welch otherwise; NaN bounds below 2 seeds or with no spread at all (tied differences: SciPy's
-    ttest_rel returns NaN there; a zero-width interval would decide on no evidence). It covers the seeds' spread
-    only, on one validation set (delta_ci_images adds the images')."""
+    ttest_rel reads them as t = inf, p = 0, a certainty two seeds cannot give; undecided here). It covers the
+    seeds' spread only, on one validation set (delta_ci_images adds the images')."""
     base, other = base.dropna(), other.dropna()
     if len(base) >= 2 and set(base.index) == set(other.index):  # paired by seed
         other = other.loc[base.index]
         delta = (other - base).mean()
-        if (other - base).std(ddof=1) == 0:
-            return delta, np.nan, np.nan  # no spread (ties): SciPy's interval is NaN too, and so undecided
+        if _no_spread((other - base).std(ddof=1), base):
+            return delta, np.nan, np.nan  # no spread (ties): no evidence of how much a seed moves it
         low, high = t_interval(delta, (other - base).sem(), len(base) - 1, level)
         return delta, low, high
     delta = other.mean() - base.mean()
     if len(base) < 2 or len(other) < 2:
         return delta, np.nan, np.nan
-    if base.var(ddof=1) + other.var(ddof=1) == 0:
-        return delta, np.nan, np.nan  # as SciPy: a zero-width interval would decide on no evidence
+    if _no_spread(np.sqrt(base.var(ddof=1) + other.var(ddof=1)), base):
+        return delta, np.nan, np.nan  # a zero-width interval would decide on no evidence
     a, b = other.var(ddof=1) / len(other), base.var(ddof=1) / len(base)
     dof = (a + b) ** 2 / (a ** 2 / (len(other) - 1) + b ** 2 / (len(base) - 1))  # Welch-Satterthwaite
     low, high = t_interval(delta, np.sqrt(a + b), dof, level)
     return delta, low, high
+
+
+def _no_spread(sd: float, values: pd.Series) -> bool:
+    """A spread that is rounding alone: tied accuracies (steps of 100/N) differ by 1e-14, not 0, in floats."""
+    return sd <= 1e-9 * max(1.0, float(values.abs().max()))
 
 
 def delta_ci_images(base: dict[int, np.ndarray], other: dict[int, np.ndarray],
