@@ -30,6 +30,9 @@ class AblationTable:
     classes: int | None  # the study's number of classes (top-5 means something above 10)
     covers: str = "seeds"  # what the intervals cover: seeds, or seeds+images (study.interval)
     metric: str = "val/acc1"  # what the means and deltas are: study.metric (its test/* twin after a holdout)
+    adjust: str = "none"  # how a family of comparisons shares the level (study.adjust: holm or none)
+    margin: float | None = None  # study.min_effect: inside it, `equivalent`
+    looks: tuple[int, ...] | None = None  # seeds on demand's looks (min..max): Pocock's boundary spends the level
 
     @property
     def top1(self) -> bool:
@@ -53,6 +56,12 @@ def _pm(mean: pd.Series, sd: pd.Series, digits: int = 2) -> pd.Series:
         return f"{m:.{digits}f} ± {s:.{digits}f}" if pd.notna(s) else f"{m:.{digits}f}"  # one seed: no spread
 
     return pd.Series([one(m, s) for m, s in zip(mean, sd)], index=mean.index)
+
+
+def _raw_text(table: pd.DataFrame, name: str) -> pd.Series:
+    """'[+0.40, +2.06]': the unadjusted 95% interval, each comparison alone ('-' without one)."""
+    return pd.Series([f"[{lo:+.2f}, {hi:+.2f}]" if pd.notna(lo) else "-"
+                      for lo, hi in zip(table[f"{name} raw lo"], table[f"{name} raw hi"])], index=table.index)
 
 
 def _delta_text(table: pd.DataFrame, name: str, base: bool = True) -> pd.Series:
@@ -102,6 +111,8 @@ def compact(table: AblationTable) -> pd.DataFrame:
         out["vs"] = frame["vs"].fillna("(no matched control)")
     header = name if table.top1 else name.replace("top-1", table.metric)
     out[f"{header} (95% CI)"] = _delta_text(frame, name, not table.ladder)
+    if table.ladder:  # each step's delta above, and where the steps have got to: each row against the first
+        out[f"cumulative {header} (95% CI)"] = _delta_text(frame, DELTA, False)
     out["verdict"] = frame["verdict"]  # a ladder's: each step's (summary.compare), as its configuration runs say
     return out
 
@@ -126,8 +137,10 @@ def every_column(table: AblationTable) -> pd.DataFrame:
     out["img/s"] = _pm(frame["throughput (img/s)"], frame["throughput (img/s) sd"], 0)
     out["vs"] = frame["vs"].fillna("-")
     out[f"{DELTA} (95% CI)"] = _delta_text(frame, DELTA)
+    out[f"{DELTA} unadjusted 95% CI"] = _raw_text(frame, DELTA)
     if DELTA_PREV in frame:
         out[f"{DELTA_PREV} (95% CI)"] = _delta_text(frame, DELTA_PREV, False)
+        out[f"{DELTA_PREV} unadjusted 95% CI"] = _raw_text(frame, DELTA_PREV)
     out["verdict"] = frame["verdict"]
     for col in [c for c in frame.columns if c.startswith(("paper ", "ours "))]:
         out[col] = _num(frame[col], 2)
@@ -180,9 +193,11 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
     what = ("top-1 accuracy" + (" on the test split (selected on data.holdout)" if table.metric.startswith("test/")
                                 else "") + " in points") if table.top1 else \
         f"{table.metric} (study.metric{', in points' if '/acc' in table.metric else ''})"
-    note = (f"\n\nΔ: {what} vs {against}, 95% CI over {covers}; "
-            "* the interval excludes 0; verdict: better / worse when it does, undecided while it holds 0, unstable "
-            "when a seed failed. n counts seeds (a seed's repeats are averaged into it).")
+    note = (f"\n\nΔ: {what} vs {against}, 95% CI over {covers}{_level(table)}; "
+            "* the interval excludes 0; verdict: better / worse when it does, "
+            + (f"equivalent when it lies inside ±{table.margin:g} (study.min_effect), " if table.margin else "")
+            + "undecided while it holds 0 (or has no spread: tied seeds), unstable when a seed failed. n counts "
+            "seeds (a seed's repeats are averaged into it).")
     if "stage" in frame:
         note += (" A search's numbers: `confirmed` rows are their confirmation runs on fresh seeds (study.confirm), "
                  "compared with the baseline named in advance; `search` rows are the selection runs that chose "
@@ -200,6 +215,20 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
     if columns == "compact":
         note += " More columns: --columns all."
     return note
+
+
+def _level(table: AblationTable) -> str:
+    """How the intervals share their 95%: Holm within a family, Pocock over seeds on demand's looks."""
+    parts = []
+    if table.adjust == "holm":
+        family = "a ladder's steps" if table.ladder else "the rows compared with one control"
+        parts.append(f"Holm-adjusted across {family} (study.adjust: holm; Holm 1979)")
+    else:
+        parts.append("each comparison alone (study.adjust: none)")
+    if table.looks:
+        parts.append(f"spent over the looks at {table.looks[0]}..{table.looks[-1]} seeds that seeds on demand take "
+                     "(Pocock's boundary)")
+    return ", " + ", ".join(parts) + "; unadjusted intervals: --columns all"
 
 
 def dry_run_page(table: pd.DataFrame) -> Page:

@@ -35,6 +35,7 @@ from ablate.results import (
     stored_runs_client,
     study_file,
     trials_frame,
+    verdict_rule,
 )
 from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells
 from ablate.storage import Attr, load
@@ -49,8 +50,10 @@ NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although t
 # ---------------------------------------------------------------- deltas with confidence intervals
 
 def _delta_columns(comparison: Comparison, name: str) -> pd.DataFrame:
-    """A comparison's deltas as columns: the delta, its interval and whether the interval excludes zero."""
-    rows = {row: {name: o.delta, f"{name} lo": o.low, f"{name} hi": o.high, f"{name} sig": o.significant}
+    """A comparison's deltas as columns: the delta, its interval (the verdict's: adjusted for its family) and
+    whether it excludes zero, and the unadjusted 95% interval (raw lo, raw hi)."""
+    rows = {row: {name: o.delta, f"{name} lo": o.low, f"{name} hi": o.high, f"{name} sig": o.significant,
+                  f"{name} raw lo": o.raw_low, f"{name} raw hi": o.raw_high}
             for row, o in comparison.outcomes.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -150,7 +153,8 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     per_seed.index.name, per_seed.columns.name = "seed", "row"
     return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
                          per_seed=per_seed, refused=refused, hidden=0 if show_all else hidden,
-                         classes=num_classes(spec), covers=_covers(against_base), metric=against_base.metric)
+                         classes=num_classes(spec), covers=_covers(against_base), metric=against_base.metric,
+                         **verdict_rule(plan))
 
 
 def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:

@@ -217,8 +217,8 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str, rows:
 def verdict_rule(plan: StudyPlan | None) -> dict:
     """How the study's verdicts are judged (summary.compare's keywords): study.adjust, study.min_effect, and with
     seeds on demand in a grid the looks min..max its stop rule takes (a search's confirmation seeds are fixed)."""
-    if plan is None:
-        return {}
+    if plan is None:  # no study file: the schema's defaults
+        return dict(adjust=stats.HOLM, margin=None, looks=None)
     study = plan.spec.cfg.study
     on_demand = study.on_demand if plan.spec.is_grid else None
     return dict(adjust=study.adjust, margin=study.min_effect,

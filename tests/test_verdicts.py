@@ -8,9 +8,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from scipy import stats as scipy_stats
 
 from ablate import stats
+from ablate.config.study import StudySection
+from ablate.formats import AblationTable, footnote
 from ablate.summary import compare
 
 CELLS = 4000  # simulated cells per rate: the rate's standard error is 0.35 points at 5%
@@ -164,3 +167,24 @@ def test_equivalent_needs_the_interval_inside_the_margin_and_stops_seeds_on_dema
     d = np.random.default_rng(8).standard_normal((CELLS, 10)) * 0.5 + 0.5
     verdict, _ = on_demand(d, 2, 10, stats.pocock_alpha(0.05, tuple(range(2, 11))), margin=0.5)
     assert (verdict == stats.EQUIVALENT).mean() <= 0.05
+
+
+def test_the_footnote_says_how_the_level_is_shared():
+    frame = pd.DataFrame({"vs": ["none", "none"]}, index=["none", "se"])
+    table = AblationTable(frame=frame, study="s", baseline="none", ladder=False, per_seed=pd.DataFrame(), refused={},
+                          hidden=0, classes=10, adjust="holm", margin=0.5, looks=(2, 3, 4, 5, 6))
+    note = footnote(table, "compact", False)
+    assert "Holm-adjusted across the rows compared with one control (study.adjust: holm" in note
+    assert "2..6 seeds" in note and "Pocock" in note and "unadjusted intervals: --columns all" in note
+    assert "equivalent when it lies inside ±0.5 (study.min_effect)" in note
+    alone = footnote(AblationTable(frame=frame, study="s", baseline="none", ladder=False, per_seed=pd.DataFrame(),
+                                   refused={}, hidden=0, classes=10), "compact", False)
+    assert "each comparison alone (study.adjust: none)" in alone and "Pocock" not in alone
+
+
+def test_study_adjust_and_min_effect_are_checked_keys():
+    assert StudySection(name="s").adjust == "holm" and StudySection(name="s").min_effect is None
+    assert StudySection(name="s", adjust="none", min_effect=0.3).min_effect == 0.3
+    for bad in ({"adjust": "bonferroni"}, {"min_effect": -1}, {"min_effect": 0}):
+        with pytest.raises(ValidationError):
+            StudySection(name="s", **bad)
