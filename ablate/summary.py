@@ -31,6 +31,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ablate import stats
+from ablate.replication import delta_sd
 from ablate.storage import Attr, resumed_trials
 
 BASELINE, REFUSED, UNSTABLE, NO_RESULT = "baseline", "refused", "unstable", "-"
@@ -175,7 +176,8 @@ def compare(rows: list[str], samples: dict[str, pd.Series], controls: dict[str, 
             delta, low, high = (stats.delta_ci_images(images[ref], images[row]) if both
                                 else stats.delta_ci(samples[ref], values))
             published = paper.get(row, np.nan) - paper.get(ref, np.nan)
-            effect = stats.reproduction(published, low, high) if pd.notna(published) else NO_RESULT
+            effect = stats.reproduction(published, low, high, delta_sd(paper.get(row), paper.get(ref))) \
+                if pd.notna(published) else NO_RESULT
             verdict = UNSTABLE if unstable else stats.direction(low, high, maximize)
             out[row] = Outcome(row, values, ref, delta, low, high, verdict, published, effect, **common,
                                covers=SEEDS_AND_IMAGES if both else SEEDS)
