@@ -61,19 +61,18 @@ def matches(match: dict, params: dict, label: str) -> bool:
     return all(str(label if key == "name" else params.get(key, object())) == str(value) for key, value in match.items())
 
 
-def reference_row(reference: list[dict], params: dict, label: str) -> dict | None:
-    """The first `reference:` row that matches the configuration, or None."""
-    return next((r for r in reference if matches(r.get("match", {}), params, label)), None)
-
-
 def published_top1(reference: list[dict], params: dict, label: str) -> float:
-    """The paper's top-1 accuracy of a configuration in points (its row's top1_acc, or 100 - top1_err) with the
-    row's `sd` (replication.Published), else NaN."""
-    ref = reference_row(reference, params, label) or {}
-    for key, to_accuracy in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
-        value = ref.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return Published(to_accuracy(value), ref.get("sd"))  # with its noise, for stats.reproduction
+    """The paper's top-1 accuracy of a configuration in points (the first matching row's top1_acc, or 100 -
+    top1_err) with its noise (replication.Published): the row's `sd`, else the first matching row's that carries
+    one (a row with only `match` and `sd` is a default, e.g. per dataset: {match: {data.name: cifar10}, sd: 0.16};
+    `match: {}` for the whole study), else NaN."""
+    rows = [r for r in reference if matches(r.get("match", {}), params, label)]
+    sd = next((r["sd"] for r in rows if "sd" in r), None)
+    for ref in rows:
+        for key, to_accuracy in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
+            value = ref.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return Published(to_accuracy(value), ref.get("sd", sd))  # with its noise, for stats.reproduction
     return float("nan")
 
 

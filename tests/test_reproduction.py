@@ -52,6 +52,12 @@ def test_a_reference_rows_sd_is_the_papers_noise_and_its_absence_the_assumed_one
     assert delta_sd(Published(1.0, 0.0), Published(2.0, 0.0)) == 0.0
     assert delta_sd(float("nan"), float("nan")) == pytest.approx(ASSUMED_SD * 2 ** 0.5)
     check_reference(reference, None)
+    defaults = [{"match": {"data.name": "cifar10"}, "sd": 0.16}, {"match": {}, "sd": 0.3},
+                {"match": {"data.name": "cifar10"}, "top1_err": 6.43},
+                {"match": {"data.name": "cifar100"}, "top1_err": 27.0}]
+    assert published_top1(defaults, {"data.name": "cifar10"}, "x").sd == 0.16  # the dataset's default
+    assert published_top1(defaults, {"data.name": "cifar100"}, "x").sd == 0.3  # the study's
+    check_reference(defaults, None)
     for bad, key in (({"sd": -1}, "sd"), ({"sd": "0.1"}, "sd"), ({"decimals": {"gmacs": 3}}, "decimals"),
                      ({"gmacs": 3.86, "decimals": {"gmacs": 1.5}}, "decimals"), ({"decimals": 3}, "decimals")):
         with pytest.raises(AblateError, match=key):
