@@ -10,7 +10,9 @@ from typing import Callable
 
 import pandas as pd
 
+from ablate import replication
 from ablate.errors import AblateError
+from ablate.reference import MATCH_RULE
 
 DELTA = "Δ top-1"  # the table's delta columns: report.py computes them, the views here print them
 DELTA_PREV = "Δ prev top-1"
@@ -203,9 +205,7 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
                  "compared with the baseline named in advance; `search` rows are the selection runs that chose "
                  "them, compared with nothing.")
     if reproduction:
-        note += (" Reproduction: params match within 0.01M, the GMAC delta within 0.005; effect: the paper's "
-                 "Δ is reproduced when our interval excludes 0 on its side, contradicted on the other, "
-                 "inconclusive while it holds 0.")
+        note += " Reproduction: " + MATCH_RULE + " " + replication.RULE
     if table.hidden:
         note += (f" {table.hidden} finished trials of configurations the study file no longer holds "
                  "are left out (--all shows them).")
@@ -234,12 +234,13 @@ def _level(table: AblationTable) -> str:
 def dry_run_page(table: pd.DataFrame) -> Page:
     """A dry run's table (report.dry_run_table) as a reader sees it: params and GMACs to the digits the papers
     print, and a footnote on how GMACs are counted."""
-    digits = lambda col: 3 if "GMACs" in col else 2  # noqa: E731  (as the papers print them)
-    view = table.apply(lambda col: col.map(lambda v: "-" if pd.isna(v) else f"{v:.{digits(col.name)}f}")
-                       if col.dtype.kind == "f" else col)
+    digits = lambda col: 4 if col == "ours Δ GMACs" else 3 if "GMACs" in col else 2  # noqa: E731  (as the papers)
+    sign = lambda col: "+" if "Δ" in col else ""  # noqa: E731
+    view = table.apply(lambda col: _check(col) if col.name.endswith("match") else col.map(
+        lambda v: "-" if pd.isna(v) else f"{v:{sign(col.name)}.{digits(col.name)}f}") if col.dtype.kind == "f" else col)
     note = ("\n\nDry run: nothing trained. GMACs (multiply-accumulates) by torch.utils.flop_counter; the papers' "
             "\"GFLOPs\" columns count MACs too, with other counters (ResNet-50: 4.089 here, 3.858 in CBAM), so "
-            "compare the differences between rows.")
+            "compare the differences between rows (Δ: each row against its matched plain cell). " + MATCH_RULE)
     return Page(table, view, note=note)
 
 

@@ -1,15 +1,29 @@
 """A study file's `reference:` rows, the paper's numbers: which columns they fill, which configuration each names
 (one matcher for the study file's checks, the report's columns and the runner's effects), and what the paper
-published for a configuration. No torch, no pandas."""
+published for a configuration, and how precisely it printed it. No torch, no pandas."""
 from __future__ import annotations
 
 import difflib
+import math
+import re
+from pathlib import Path
+
+import yaml
 
 from ablate.errors import AblateError, at
+from ablate.replication import Published
 
 # a study file's reference keys -> the report's column names; other keys describe the row in words
 REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
                      "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
+# keys about the row's numbers: `sd` the paper's seed-to-seed sd of top-1 (points, replication.py), `decimals` the
+# decimals each number was printed with where the study file's text cannot say it (read_printed)
+ABOUT_NUMBERS = ("sd", "decimals")
+# our params match the paper's within half a unit of its last printed digit (half_unit); our GMAC delta the
+# paper's within both rows' rounding plus this share of the paper's delta (counters differ: 4.089 vs 3.858)
+GMACS_DELTA_RELATIVE = 0.10
+MATCH_RULE = ("params match the paper's within half a unit of its last printed digit (25.56: ±0.005M), the GMAC "
+              "delta within both rows' rounding plus {:.0%} of the paper's delta.".format(GMACS_DELTA_RELATIVE))
 
 
 def check_reference(reference: list[dict], cells: list | None) -> None:
@@ -21,8 +35,9 @@ def check_reference(reference: list[dict], cells: list | None) -> None:
             match = ref.get("match", {})
             if not isinstance(match, dict):
                 raise AblateError(f"match: {match!r} is not a mapping of keys to values", key=None)
+            _check_about_numbers(ref)
             for key, value in ref.items():
-                if key == "match":
+                if key in ("match", *ABOUT_NUMBERS):
                     continue
                 close = difflib.get_close_matches(str(key), REFERENCE_COLUMNS, n=1, cutoff=0.7)
                 if key in REFERENCE_COLUMNS:
@@ -46,16 +61,67 @@ def matches(match: dict, params: dict, label: str) -> bool:
     return all(str(label if key == "name" else params.get(key, object())) == str(value) for key, value in match.items())
 
 
-def reference_row(reference: list[dict], params: dict, label: str) -> dict | None:
-    """The first `reference:` row that matches the configuration, or None."""
-    return next((r for r in reference if matches(r.get("match", {}), params, label)), None)
-
-
 def published_top1(reference: list[dict], params: dict, label: str) -> float:
-    """The paper's top-1 accuracy of a configuration in points (its row's top1_acc, or 100 - top1_err), else NaN."""
-    ref = reference_row(reference, params, label) or {}
-    for key, to_accuracy in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
-        value = ref.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(to_accuracy(value))
+    """The paper's top-1 accuracy of a configuration in points (the first matching row's top1_acc, or 100 -
+    top1_err) with its noise (replication.Published): the row's `sd`, else the first matching row's that carries
+    one (a row with only `match` and `sd` is a default, e.g. per dataset: {match: {data.name: cifar10}, sd: 0.16};
+    `match: {}` for the whole study), else NaN."""
+    rows = [r for r in reference if matches(r.get("match", {}), params, label)]
+    sd = next((r["sd"] for r in rows if "sd" in r), None)
+    for ref in rows:
+        for key, to_accuracy in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
+            value = ref.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return Published(to_accuracy(value), ref.get("sd", sd))  # with its noise, for stats.reproduction
     return float("nan")
+
+
+def _check_about_numbers(ref: dict) -> None:
+    """`sd`: a number of points >= 0; `decimals`: a mapping of the row's number keys to counts of decimals."""
+    sd = ref.get("sd", 0.0)
+    if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not sd >= 0:
+        raise AblateError(f"{sd!r} is not a standard deviation (the paper's seed-to-seed sd of top-1, points, >= 0)",
+                          key="sd")
+    decimals = ref.get("decimals", {})
+    if not isinstance(decimals, dict):
+        raise AblateError(f"{decimals!r} is not a mapping of number keys to decimals (e.g. {{gmacs: 3}})",
+                          key="decimals")
+    for key, value in decimals.items():
+        if key not in ref or key not in REFERENCE_COLUMNS or isinstance(value, bool) or not isinstance(value, int) \
+                or value < 0:
+            raise AblateError(f"{key}: {value!r}: decimals name one of this row's numbers and count its printed "
+                              "decimals (an integer >= 0)", key="decimals")
+
+
+def printed_decimals(text: str) -> list[dict[str, int]]:
+    """Each `reference:` row's numbers' decimals as the study file writes them: YAML reads 3.860 as 3.86, the paper
+    printed three decimals, and the node tree keeps the scalar's own text. A number in exponent notation says
+    nothing about its digits and is left out."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    rows = next((v for k, v in root.value if k.value == "reference"), None) if isinstance(root, yaml.MappingNode) \
+        else None
+    if not isinstance(rows, yaml.SequenceNode):
+        return []
+    out = []
+    for row in rows.value:
+        pairs = row.value if isinstance(row, yaml.MappingNode) else []
+        written = {k.value: re.fullmatch(r"[+-]?\d*(?:\.(\d*))?", v.value) for k, v in pairs
+                   if isinstance(v, yaml.ScalarNode) and k.value in REFERENCE_COLUMNS}
+        out.append({key: len(m.group(1) or "") for key, m in written.items() if m})
+    return out
+
+
+def read_printed(reference: list[dict], path: Path) -> None:
+    """Each row's `decimals` from the study file's text, where the row does not state them itself."""
+    for ref, found in zip(reference, printed_decimals(path.read_text(encoding="utf-8")), strict=False):
+        ref["decimals"] = {**found, **ref.get("decimals", {})}
+
+
+def half_unit(ref: dict, key: str) -> float:
+    """Half a unit of the last digit a row's number was printed with (25.56 -> 0.005): what rounding hides. Without
+    `decimals` (a row not read from a file), the digits of the number itself, a lower bound."""
+    decimals = ref.get("decimals", {}).get(key)
+    if decimals is None:
+        text = repr(float(ref[key]))
+        decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    return 0.5 * math.pow(10, -decimals)

@@ -21,7 +21,7 @@ from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
 from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
 from ablate.plan import StudyPlan
-from ablate.reference import REFERENCE_COLUMNS, matches
+from ablate.reference import GMACS_DELTA_RELATIVE, REFERENCE_COLUMNS, half_unit, matches
 from ablate.results import (
     METRIC_COLUMNS,
     Comparison,
@@ -37,12 +37,10 @@ from ablate.results import (
     trials_frame,
     verdict_rule,
 )
-from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells
+from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells, module_of
 from ablate.storage import Attr, load
-from ablate.summary import SEARCHED
+from ablate.summary import SEARCHED, matched_controls, one_control
 
-PARAMS_TOLERANCE_M = 0.01  # our params match the paper's within this (papers print two decimals of M)
-GMACS_TOLERANCE = 0.005  # ... our GMAC delta the paper's (papers print three decimals, and count differently)
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
 
 
@@ -199,23 +197,26 @@ def refused_rows(study: optuna.Study, spec: StudySpec | None) -> dict[str, str]:
 
 
 def verdicts(table: pd.DataFrame, controls: dict[str, str | None], ladder: bool) -> pd.DataFrame:
-    """With `reference:` rows: do our params match the paper's (within 0.01M), and does our GMAC delta over each
-    row's control match the paper's? A ladder is judged per step (each row against the one before). Whether the
-    paper's effect on top-1 is reproduced is the comparison's (summary.compare), as the configuration runs show it."""
+    """With `reference:` rows: do our params match the paper's (within half a unit of its last printed digit), and
+    does our GMAC delta over each row's control match the paper's (within both rows' rounding and
+    GMACS_DELTA_RELATIVE of the paper's delta)? A ladder is judged per step (each row against the one before).
+    Whether the paper's effect on top-1 is reproduced is the comparison's (summary.compare), as the configuration
+    runs show it."""
     rows = list(table.index)
     previous = dict(zip(rows, [None] + rows[:-1]))
     ref = {r: (previous[r] if ladder else controls.get(r)) for r in rows}
     ref = {r: b for r, b in ref.items() if b is not None and b != r and b in table.index}
     if "paper params (M)" in table:
         gap = (table["params (M)"] - table["paper params (M)"]).abs()
-        table["params match"] = gap.le(PARAMS_TOLERANCE_M).where(gap.notna())
+        table["params match"] = gap.le(table["tol params (M)"] + 1e-9).where(gap.notna())  # 1e-9: float noise
     if "paper GMACs" in table:
         for r, b in ref.items():
             ours, paper = (table.at[r, "GMACs"] - table.at[b, "GMACs"],
                            table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
+            tolerance = table.at[r, "tol GMACs"] + table.at[b, "tol GMACs"] + GMACS_DELTA_RELATIVE * abs(paper)
             table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
-            table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= GMACS_TOLERANCE if pd.notna(paper) else np.nan
-    return table
+            table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= tolerance + 1e-9 if pd.notna(paper) else np.nan
+    return table.drop(columns=[c for c in table if c.startswith("tol ")])
 
 
 def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
@@ -232,6 +233,7 @@ def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict
             if key in REFERENCE_COLUMNS and isinstance(value, (int, float)) and len(rows):
                 name = REFERENCE_COLUMNS[key]
                 table.loc[rows, f"paper {name}"] = float(value)
+                table.loc[rows, f"tol {name}"] = half_unit(ref, key)  # what the paper's rounding hides
                 if ours[name] in table:  # a dry run has params and GMACs, no accuracy yet
                     table[f"ours {name}"] = table[ours[name]]
     return table
@@ -252,6 +254,11 @@ def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
         table["trials"] = spec.cfg.study.trials
     cells_frame = pd.DataFrame([{"label": c.label, "row": c.label, "params": c.params} for c in cells])
     table = with_reference(table, cells_frame, spec.cfg.reference)
+    labels = [c.label for c in cells]
+    plain = {c.label for c in cells if module_of(c.params, spec) == "none"}
+    controls = one_control(labels, None, ladder=True) if spec.cfg.study.ladder else matched_controls(
+        labels, {c.label: c.params for c in cells}, plain, lambda key: key.startswith("model.attention."))
+    table = verdicts(table, controls, spec.cfg.study.ladder)  # a grid's cells against their matched plain cells
     return table.drop(columns=[c for c in ("params (M)", "GMACs") if f"ours {c}" in table])  # shown as ours X
 
 

@@ -39,7 +39,7 @@ from ablate.config import (
     validation_error,
 )
 from ablate.errors import AblateError, at, within
-from ablate.reference import check_reference
+from ablate.reference import check_reference, read_printed
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
 OPERATIONAL_KEYS = keys_with_effect(TrialConfig, "repeat", "layout", "run", "record")  # each field says its effect
@@ -159,6 +159,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:  # noq
                           "(add keys to space or include, or use sampler: grid)")
     with within(str(path)):
         check_reference(spec.cfg.reference, grid_cells(spec) if spec.is_grid else None)
+        read_printed(spec.cfg.reference, path)  # the paper's printed precision: the numbers' text, not YAML's floats
     if not spec.is_grid:
         baseline_params(spec)  # named in advance as key=value pairs, each a key of the trial config
     if spec.is_grid and cfg.study.baseline is not None and not any(

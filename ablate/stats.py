@@ -16,6 +16,8 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import ndtri, stdtr, stdtrit
 
+from ablate import replication
+
 LEVEL = 0.95
 BETTER, WORSE, UNDECIDED = "better", "worse", "undecided"  # our delta against the baseline, by its interval
 EQUIVALENT = "equivalent"  # its interval inside +-study.min_effect
@@ -126,12 +128,19 @@ def direction(low: float, high: float, maximize: bool = True, margin: float | No
     return UNDECIDED
 
 
-def reproduction(paper_delta: float, low: float, high: float) -> str:
-    """The paper's effect against ours: reproduced when our interval excludes 0 on the paper's side, contradicted
-    when it excludes 0 on the other, inconclusive while it holds 0 (or the paper reports no difference)."""
-    if direction(low, high) == UNDECIDED or paper_delta == 0 or np.isnan(paper_delta):
+def reproduction(paper_delta: float, low: float, high: float, paper_sd: float | None = None) -> str:
+    """The paper's effect against ours, with both uncertainties (replication.RULE): contradicted when the paper's
+    delta lies outside the replication prediction interval of our interval and its own sd (`paper_sd`, None: two
+    rows at replication.ASSUMED_SD), reproduced when inside and our interval excludes 0 on the paper's side,
+    inconclusive otherwise (and without an interval or a paper delta)."""
+    if np.isnan(paper_delta) or np.isnan(low) or np.isnan(high):
         return INCONCLUSIVE
-    return REPRODUCED if (low > 0) == (paper_delta > 0) else CONTRADICTED
+    lo, hi = replication.prediction_interval(low, high, replication.delta_sd(None, None) if paper_sd is None
+                                             else paper_sd)
+    if not lo <= paper_delta <= hi:
+        return CONTRADICTED
+    return REPRODUCED if paper_delta != 0 and (low > 0 and paper_delta > 0 or high < 0 and paper_delta < 0) \
+        else INCONCLUSIVE
 
 
 def percent(metric: str) -> float:

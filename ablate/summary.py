@@ -35,6 +35,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ablate import stats
+from ablate.replication import delta_sd
 from ablate.storage import Attr, resumed_trials
 
 BASELINE, REFUSED, UNSTABLE, NO_RESULT = "baseline", "refused", "unstable", "-"
@@ -192,7 +193,8 @@ def compare(rows: list[str], samples: dict[str, pd.Series], controls: dict[str, 
             delta, low, high = judged[row]
             _, raw_low, raw_high = intervals[row](stats.LEVEL)
             published = paper.get(row, np.nan) - paper.get(ref, np.nan)
-            effect = stats.reproduction(published, raw_low, raw_high) if pd.notna(published) else NO_RESULT
+            effect = stats.reproduction(published, raw_low, raw_high, delta_sd(paper.get(row), paper.get(ref))) \
+                if pd.notna(published) else NO_RESULT
             verdict = UNSTABLE if unstable else stats.direction(low, high, maximize, margin)
             out[row] = Outcome(row, values, ref, delta, low, high, verdict, published, effect, **common,
                                covers=SEEDS_AND_IMAGES if row in images and ref in images else SEEDS,
