@@ -154,3 +154,21 @@ def test_the_report_uses_the_images_interval_when_the_study_asks_for_it(tmp_path
     assert with_images.covers == "seeds+images" and seeds_only.covers == "seeds"
     assert with_images.delta == pytest.approx(seeds_only.delta)
     assert with_images.high - with_images.low != pytest.approx(seeds_only.high - seeds_only.low)
+
+
+def test_a_control_with_a_failed_seed_is_recorded_unstable_without_a_delta():
+    """A dead worker's seed of the plain cell (failed until another worker retries it): its configuration run reads
+    unstable, with no delta against anything (it is the others' control), and the rows it controls still compare."""
+    from ablate.results import Comparison
+    from ablate.spec import Cell
+    from ablate.study.configurations import configuration_record
+    from ablate.summary import SeedCount, compare
+
+    samples = {"none": pd.Series({1: 80.0, 2: 81.0}), "se": pd.Series({0: 82.0, 1: 83.0, 2: 84.0})}
+    outcomes = compare(["none", "se"], samples, {"none": "none", "se": "none"},
+                       seeds={"none": SeedCount(failed=1)})
+    cells = {key: Cell(key, {"model.attention.name": key}) for key in samples}
+    metrics, tags = configuration_record(Comparison("none", outcomes, "val/acc1", 100.0, True), "none", cells, None)
+    assert tags["ablate.verdict"] == "unstable" and "val/acc1/delta" not in metrics and metrics["seeds/failed"] == 1
+    metrics, tags = configuration_record(Comparison("none", outcomes, "val/acc1", 100.0, True), "se", cells, None)
+    assert tags["ablate.delta"].endswith("vs none") and "val/acc1/delta" in metrics

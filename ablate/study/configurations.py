@@ -15,7 +15,7 @@ from ablate.plan import Cell, StudyPlan
 from ablate.results import Comparison, compare_rows, trials_frame
 from ablate.spec import cell_digest
 from ablate.storage import Attr
-from ablate.summary import BASELINE, CONFIRMED, REFUSED, TrialCounts, best_by_mean, delta_text
+from ablate.summary import BASELINE, CONFIRMED, REFUSED, UNSTABLE, TrialCounts, best_by_mean, delta_text
 from ablate.tracking import Tag
 
 
@@ -150,9 +150,9 @@ def configuration_record(results: Comparison, key: str, cells: dict[str, Cell], 
         tags[Tag.RESULT] = f"{outcome.mean:.2f}{spread}{percent} over {outcome.n} seed(s){also}"
     if outcome.n > 1:
         metrics[f"{metric}/sd"] = outcome.sd / scale
-    if outcome.verdict == BASELINE:
-        tags[Tag.VERDICT] = BASELINE
-    elif not pd.isna(outcome.delta):
+    if outcome.verdict in (BASELINE, UNSTABLE):  # a failed seed reads unstable whether or not it is compared
+        tags[Tag.VERDICT] = outcome.verdict
+    if outcome.compared_with is not None and not pd.isna(outcome.delta):  # a control has no delta of its own
         metrics[f"{metric}/delta"] = outcome.delta / scale
         # NaN too (ties, one seed): an earlier look's bounds must not stay on the run as if they still held
         metrics |= {f"{metric}/delta_low": outcome.low / scale, f"{metric}/delta_high": outcome.high / scale}
