@@ -244,7 +244,8 @@ def families(controls: dict[str, str | None], ladder: bool = False) -> dict[str,
 
 def next_seeds(samples: dict[str, pd.Series], tried: dict[str, set[int]], pending: set[str],
                controls: str | dict[str, str | None], max_seeds: int, maximize: bool = True, *, min_seeds: int = 2,
-               adjust: str = HOLM, margin: float | None = None, ladder: bool = False) -> dict[str, set[int]]:
+               adjust: str = HOLM, margin: float | None = None, ladder: bool = False,
+               verdicts: dict[str, str] | None = None) -> dict[str, set[int]]:
     """Seeds on demand: each configuration whose seeds have all finished gets one more while its verdict against
     its control is still undecided, up to `max_seeds`; the control gets that seed too, so that the pair stays
     paired. The verdict is judge()'s: the family's Holm level (`adjust`) spent over the looks min..max by
@@ -253,12 +254,16 @@ def next_seeds(samples: dict[str, pd.Series], tried: dict[str, set[int]], pendin
 
     `samples`: each configuration's finished values by seed; `tried`: the seeds each has had a trial of (finished,
     failed or queued); `pending`: configurations with a trial queued or running; `controls`: each configuration's
-    control (summary.py: a grid's matched plain cell), or one baseline for all. Returns configuration -> seeds."""
+    control (summary.py: a grid's matched plain cell), or one baseline for all; `verdicts`: the verdicts the report
+    shows (summary.compare's, the runner passes them so that both read one judgement, images interval included),
+    else judged here from `samples`. Returns configuration -> seeds."""
     controls = controls if isinstance(controls, dict) else dict.fromkeys(samples, controls)
-    compared = {key: partial(delta_ci, samples[controls[key]], values) for key, values in samples.items()
-                if controls.get(key) not in (None, key) and controls[key] in samples}
-    judged = judge(compared, families({k: controls[k] for k in compared}, ladder), adjust=adjust,
-                   looks=tuple(range(min_seeds, max_seeds + 1)))
+    if verdicts is None:
+        compared = {key: partial(delta_ci, samples[controls[key]], values) for key, values in samples.items()
+                    if controls.get(key) not in (None, key) and controls[key] in samples}
+        judged = judge(compared, families({k: controls[k] for k in compared}, ladder), adjust=adjust,
+                       looks=tuple(range(min_seeds, max_seeds + 1)))
+        verdicts = {key: direction(*judged[key][1:], maximize, margin) for key in judged}
     add: dict[str, set[int]] = {}
     for key, values in samples.items():
         control = controls.get(key)
@@ -266,9 +271,8 @@ def next_seeds(samples: dict[str, pd.Series], tried: dict[str, set[int]], pendin
             continue
         if control in pending or control not in samples:
             continue  # the reference itself is still moving
-        _, low, high = judged[key]
-        if len(values) >= 2 and direction(low, high, maximize, margin) != UNDECIDED:
-            continue  # decided: the boundary holds its error at this look
+        if len(values) >= 2 and verdicts.get(key, UNDECIDED) != UNDECIDED:
+            continue  # decided (or unstable): the boundary holds its error at this look
         seed = min(set(range(max_seeds)) - tried.get(key, set()))
         add.setdefault(key, set()).add(seed)
         if seed not in tried.get(control, set()):

@@ -188,3 +188,15 @@ def test_study_adjust_and_min_effect_are_checked_keys():
     for bad in ({"adjust": "bonferroni"}, {"min_effect": -1}, {"min_effect": 0}):
         with pytest.raises(ValidationError):
             StudySection(name="s", **bad)
+
+
+def test_seeds_on_demand_follow_the_verdict_the_report_shows():
+    """The runner passes summary.compare's verdicts: a row the seeds alone would call decided but the report's
+    seeds+images interval leaves undecided gets another seed, and one the report decided gets none."""
+    samples = {"none": pd.Series({0: 80.0, 1: 80.1, 2: 80.2}), "se": pd.Series({0: 90.0, 1: 90.1, 2: 90.3})}
+    common = dict(tried={"none": {0, 1, 2}, "se": {0, 1, 2}}, pending=set(), controls="none", max_seeds=10,
+                  min_seeds=2)
+    assert stats.next_seeds(samples, **common) == {}  # +10 points over three seeds: decided by the seeds alone
+    undecided = stats.next_seeds(samples, **common, verdicts={"none": "baseline", "se": "undecided"})
+    assert undecided == {"se": {3}, "none": {3}}
+    assert stats.next_seeds(samples, **common, verdicts={"none": "baseline", "se": "better"}) == {}

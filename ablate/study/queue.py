@@ -175,7 +175,8 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
         study_cfg = spec.cfg.study
         for key, seeds in stats.next_seeds(ready, tried, pending, results.controls, policy.max, results.maximize,
                                            min_seeds=policy.min, adjust=study_cfg.adjust,
-                                           margin=study_cfg.min_effect, ladder=study_cfg.ladder).items():
+                                           margin=study_cfg.min_effect, ladder=study_cfg.ladder,
+                                           verdicts={k: o.verdict for k, o in results.outcomes.items()}).items():
             add.setdefault(key, set()).update(seeds)
     if not spec.is_grid:  # within the study's budget of trials
         add = dict(list(add.items())[:room])
