@@ -114,7 +114,8 @@ def compact(table: AblationTable) -> pd.DataFrame:
     header = name if table.top1 else name.replace("top-1", table.metric)
     out[f"{header} (95% CI)"] = _delta_text(frame, name, not table.ladder)
     if table.ladder:  # each step's delta above, and where the steps have got to: each row against the first
-        out[f"cumulative {header} (95% CI)"] = _delta_text(frame, DELTA, False)
+        cumulative = DELTA if table.top1 else DELTA.replace("top-1", table.metric)
+        out[f"cumulative {cumulative} vs {table.baseline} (95% CI)"] = _delta_text(frame, DELTA, True)
     out["verdict"] = frame["verdict"]  # a ladder's: each step's (summary.compare), as its configuration runs say
     return out
 

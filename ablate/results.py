@@ -233,6 +233,8 @@ def _controls(plan: StudyPlan | None, trials: pd.DataFrame, first: pd.DataFrame,
         return one_control(rows, None, ladder=True)
     if named is not None:
         return one_control(rows, named)
+    if plan is not None and plan.spec.cfg.study.ladder:  # a ladder's steps are cumulative: all from its first row
+        return one_control(rows, rows[0] if rows else None)
     expr = plan.spec.cfg.study.baseline if plan is not None else None
     if stages:  # a search: only confirmation runs are compared, with the baseline the study named in advance
         confirmed = [r for r in rows if stages.get(r) == CONFIRMED]

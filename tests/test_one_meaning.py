@@ -160,3 +160,18 @@ def test_after_a_holdout_the_table_and_mlflow_report_the_test_split(tmp_path):
         assert report.frame.at[row, "top-1 acc (%)"] == pytest.approx(mean * 100)
         assert report.frame.at[row, "top-5 acc (%)"] == pytest.approx(100.0)  # test/acc5, not the holdout's
         assert "val/acc1/mean" not in configuration[row].data.metrics
+
+
+def test_a_ladders_cumulative_delta_is_each_row_against_the_first(tmp_path):
+    """Beside each step's delta, a ladder shows where the steps have got to: every row against its first row (not
+    each row against itself, as matched controls would read cells that all share attention none)."""
+    path = study_file(tmp_path, "steps", space={}, study={"seeds": [0, 1, 2], "ladder": True}, cells=[
+        {"name": "plain"}, {"name": "+ wd", "train.weight_decay": 0.0001},  # a step with attention still none
+        {"name": "+ cbam", "model.attention.name": "cbam"}])
+    run_study(load_study(path), trainer=Toy())
+    table = ablation_table("steps")
+    assert table.baseline == "plain" and list(table.frame["vs"]) == ["plain"] * 3
+    for row in ("+ wd", "+ cbam"):
+        assert table.frame.at[row, DELTA] == pytest.approx(
+            table.frame.at[row, "top-1 acc (%)"] - table.frame.at["plain", "top-1 acc (%)"])
+    assert "cumulative Δ top-1 vs plain (95% CI)" in table.render("md")
