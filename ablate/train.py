@@ -57,7 +57,9 @@ from ablate.checkpoint import AtomicCheckpointIO, Resume, TrialCheckpoint, confi
 from ablate.config import TrainConfig, TrialConfig, flatten
 from ablate.correct import pack_correct
 from ablate.data import build_datamodule
+from ablate.device_flags import apply_determinism, trial_flags, wants_determinism
 from ablate.distributed import followers, world
+from ablate.divergence import DivergedError, DivergenceWatch
 from ablate.errors import AblateError, one_line
 from ablate.evaluate import FinalScore, score_split
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
@@ -65,10 +67,6 @@ from ablate.models import BuiltModel, build_model
 
 __all__ = ["DivergedError", "TrialResult", "TrialModule", "EpochStats", "MLflowEpochLogger", "make_trainer",
            "run_trial"]
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or inf: the trial stops and its run ends FAILED with this message."""
 
 
 @dataclass
@@ -129,10 +127,12 @@ class TrialModule(pl.LightningModule):
         self.losses = nn.ModuleDict({metric_set(p): MeanMetric(nan_strategy="disable") for p in self.scored})
         self.best_acc1 = MaxMetric()  # logged by value: Lightning resets the metric objects it is given
         self.best_acc1.persistent(True)  # in the checkpoint: a resumed trial keeps its best epoch
-        self.train_loss = MeanMetric()  # persistent: an epoch resumed mid-way still averages all its batches
+        # persistent: an epoch resumed mid-way still averages all its batches; no NaN check (a sync): DivergenceWatch
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.train_loss.persistent(True)
-        if cfg.compile:
-            model.compile()  # in place: parameter names and the EMA copy stay as they are
+        self.divergence = DivergenceWatch()  # a NaN loss caught without making the host wait for the device
+        if cfg.compile:  # in place: parameter names and the EMA copy stay as they are
+            model.compile(mode=None if cfg.compile is True else cfg.compile)
 
     def forward(self, x):
         return self._logits(self.model, x)
@@ -159,13 +159,18 @@ class TrialModule(pl.LightningModule):
             n = len(y) // 2 * 2  # timm's Mixup pairs each sample with its mirror: even batches only
             x, y = self.mixup(x[:n], y[:n])
         loss = self.criterion(self(x), y)
-        if not torch.isfinite(loss):  # a NaN would silently poison every later epoch
-            raise DivergedError(f"train/loss is {loss.item()} at epoch {self.current_epoch}, "
-                                f"step {self.global_step}")
-        self.train_loss.update(loss.detach(), weight=len(y))
+        self.divergence.update(loss, self.current_epoch, self.global_step)  # a NaN would poison every later epoch
+        self.train_loss.update(loss.detach(), weight=batch_weight(y))
         return loss
 
+    def on_validation_start(self):
+        self.divergence.check()  # diverged weights are not validated: the trial fails with the training loss's reason
+
+    def on_save_checkpoint(self, checkpoint):
+        self.divergence.check()  # nor saved: the checkpoint before the divergence stays the one to resume from
+
     def on_train_epoch_end(self):
+        self.divergence.check()
         # computed and reset here, before an epoch-end checkpoint (which comes after this hook) is written
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.train_loss.reset()
@@ -184,7 +189,7 @@ class TrialModule(pl.LightningModule):
         logits = {which: self._logits(self.weights(which), x) for which in dict.fromkeys(self.scored.values())}
         for postfix, which in self.scored.items():
             loss, acc = self.losses[metric_set(postfix)], self.accs[metric_set(postfix)]
-            loss.update(F.cross_entropy(logits[which], y), weight=len(y))
+            loss.update(F.cross_entropy(logits[which], y), weight=batch_weight(y))
             self.log(f"val/loss{postfix}", loss, on_epoch=True)
             acc.update(logits[which], y)
             self.log_dict(acc, on_epoch=True, prog_bar=not postfix)  # Lightning computes and resets them at the end
@@ -214,6 +219,11 @@ class TrialModule(pl.LightningModule):
         scheduler.step_update(num_updates=self.global_step)  # timm schedulers take the update count
 
 
+def batch_weight(y: torch.Tensor) -> torch.Tensor:
+    """A batch's size as a tensor made on its device (a Python number would be copied there, host-synchronously)."""
+    return torch.full((), len(y), dtype=torch.float32, device=y.device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -233,22 +243,37 @@ class EpochStats(pl.Callback):
         self.on_train_epoch_start(trainer, module)  # a trial resumed mid-epoch gets no epoch-start call
 
     def on_train_epoch_start(self, trainer, module):
-        self.images, self.start = 0, time.perf_counter()
-        self.train_end = self.start
+        self.images, self.training_s = 0, 0.0
+        self.start = self.resumed = device_clock(module.device)
         if module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(module.device)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.images += len(batch[1]) * trainer.world_size  # every rank trains on a batch of this size
-        self.train_end = time.perf_counter()  # validation runs inside the epoch: stop the train clock here
+
+    # validation runs inside the epoch: the train clock stops for it, once the device has caught up
+    def on_validation_start(self, trainer, module):
+        self.training_s += device_clock(module.device) - self.resumed
+
+    def on_validation_end(self, trainer, module):
+        self.resumed = device_clock(module.device)
 
     def on_train_epoch_end(self, trainer, module):
+        end = device_clock(module.device)  # the host's clock once the device has finished the epoch's work
+        self.training_s += end - self.resumed
         module.log_dict({
-            "train/throughput": self.images / max(self.train_end - self.start, 1e-9),  # images/s
-            "train/epoch_time": time.perf_counter() - self.start,  # seconds, validation included
+            "train/throughput": self.images / max(self.training_s, 1e-9),  # images/s
+            "train/epoch_time": end - self.start,  # seconds, validation included
             "train/peak_mem_mb": peak_memory_mb(module.device),
             "train/lr": trainer.optimizers[0].param_groups[0]["lr"],  # after the epoch's last update
         }, on_epoch=True)
+
+
+def device_clock(device: torch.device) -> float:
+    """The clock once the device has done what was queued on it (the host runs ahead of a GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 class MLflowEpochLogger(Logger):
@@ -300,7 +325,6 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
         trainer = pl.Trainer(
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
             strategy=strategy, use_distributed_sampler=False,  # the datamodule shards its own batches
-            deterministic="warn",  # deterministic kernels where they exist, a warning where they do not
             limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
             val_check_interval=cfg.val_every,  # validations inside an epoch: what a pruner sees of a short trial
             enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
@@ -310,6 +334,9 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
             callbacks=list(callbacks))
     except Exception as e:  # Lightning's MisconfigurationException and ValueErrors: bad input, one line
         raise AblateError(f"train: {one_line(e)}") from None
+    # torch's flags for the device (device_flags.py), set here rather than by Lightning, which would not restore them
+    apply_determinism(wants_determinism(cfg.deterministic, trainer.strategy.root_device.type),
+                      trainer.strategy.root_device.type)
     if trainer.num_devices != n:
         raise AblateError(f"train.devices: {cfg.devices!r} is {trainer.num_devices} devices; give a trial on several "
                           "devices their number (train.devices: 2)")
@@ -393,7 +420,7 @@ def follow_trial(cfg: TrialConfig, callbacks, checkpoint: Path | None, resume: R
                  stopped_by: tuple[type[BaseException], ...]) -> None:
     """Ranks 1..N-1 of a multi-device trial (distributed.followers runs this): the same training, untracked;
     the stops rank 0 broadcasts (a prune, a signal) end it quietly."""
-    with quiet_lightning():
+    with quiet_lightning(), trial_flags(bool(cfg.train.compile)):
         parts = _setup(cfg, callbacks, checkpoint, {}, rank=int(os.environ["LOCAL_RANK"]))
         try:
             parts.fit(resume)
@@ -414,7 +441,8 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
     over `tracking.run_name`, without entering the config (a resumed trial's checkpoint must still be its own).
     """
     n = ranks(cfg.train)
-    with deferred_interrupt(), quiet_lightning(), (world(n) if n > 1 else nullcontext()) as rendezvous:
+    with (deferred_interrupt(), quiet_lightning(), trial_flags(bool(cfg.train.compile)),
+          (world(n) if n > 1 else nullcontext()) as rendezvous):
         whose = {"digest": config_digest(cfg), **(owner or {})}  # the run id joins once the run exists
         parts = _setup(cfg, callbacks, checkpoint, whose)
         built = parts.built

@@ -14,6 +14,7 @@ from ablate.config.messages import validation_error
 POSITION_NAMES = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")  # ablate.inject.POSITIONS' keys
 MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
 KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars", "rmsprop", "nadam", "radam")
 
 
@@ -73,7 +74,10 @@ class TrainConfig(Strict):
     ddp_timeout_s: int = Field(600, ge=10, json_schema_extra=effect("run"),
                                description="the longest a rank waits for the others (a dead rank)")
     channels_last: bool = Field(False, json_schema_extra=effect("layout"))
-    compile: bool = Field(False, json_schema_extra=effect("run"))
+    compile: bool | Literal[COMPILE_MODES] = Field(False, json_schema_extra=effect("run"), description=(
+        "torch.compile the model: true (its default mode) or a mode (reduce-overhead: CUDA graphs)"))
+    deterministic: bool | None = Field(None, json_schema_extra=effect("run"), description=(
+        "deterministic kernels (exact resume); null = on a CPU only (accelerators: cudnn.benchmark)"))
     seed: int = seed_field(json_schema_extra=effect("repeat"))
     limit_train_batches: int | float | None = Field(None, description="batches per epoch (int >= 1) or a fraction")
     limit_val_batches: int | float | None = None
@@ -85,6 +89,13 @@ class TrainConfig(Strict):
     checkpoint_dir: str | None = Field(None, json_schema_extra=effect("record"),
                                        description="where resume checkpoints live; null = beside the "
                                                    "tracking store (mlruns/checkpoints)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, v):
+        if isinstance(v, str) and v not in COMPILE_MODES:  # pydantic's union message would only speak of booleans
+            raise ValueError(f"{v!r} is neither true/false nor a torch.compile mode ({', '.join(COMPILE_MODES)})")
+        return v
 
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod
