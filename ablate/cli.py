@@ -180,8 +180,10 @@ def run(
     if dry_run:  # plain text with each cell's dotted params; `ablate report --dry-run` renders the formats
         from ablate.cells import cell_cost
         from ablate.report import dry_run_table
+        from ablate.step_cost import price_records
 
-        typer.echo(dry_run_table(loaded, cell_cost).to_string(float_format="{:.3f}".format))
+        steps = price_records if loaded.cfg.study.price_steps else None  # each training step, timed side by side
+        typer.echo(dry_run_table(loaded, cell_cost, steps).to_string(float_format="{:.3f}".format))
         return
     from ablate.errors import Preempted
     from ablate.interrupt import REQUEUE_EXIT_CODE

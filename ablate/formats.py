@@ -97,6 +97,7 @@ def compact(table: AblationTable) -> pd.DataFrame:
     out = pd.DataFrame(index=frame.index)
     out["params (M)"] = _num(frame["params (M)"], 3)
     out["GMACs"] = _num(frame["GMACs"], 4)
+    step_price(out, frame)
     top1 = _pm(frame["top-1 acc (%)"], frame["top-1 acc (%) sd"])
     out["top-1 acc (%)"] = [f"{t} (n {n})" if t != "-" else f"- (n {n})" for t, n in zip(top1, frame["n"])]
     if (table.classes or 0) > 10:
@@ -118,6 +119,14 @@ def compact(table: AblationTable) -> pd.DataFrame:
         out[f"cumulative {cumulative} vs {table.baseline} (95% CI)"] = _delta_text(frame, DELTA, True)
     out["verdict"] = frame["verdict"]  # a ladder's: each step's (summary.compare), as its configuration runs say
     return out
+
+
+def step_price(out: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """The training step's measured price (step_cost.py), where the study measured it: its time over the plain
+    backbone's and its peak memory."""
+    if frame.get("step time ×", pd.Series(dtype=float)).notna().any():
+        out["step time ×"] = _num(frame["step time ×"], 2)
+        out["peak mem (MB)"] = _num(frame["peak mem (MB)"], 0)
 
 
 def seeds_text(frame: pd.DataFrame) -> list[str]:

@@ -20,6 +20,7 @@ __all__ = ["Cell", "StudyPlan"]
 class StudyPlan:
     spec: StudySpec
     costs: dict[str, dict[str, float]] = field(default_factory=dict)  # cell key -> its price, once priced
+    step_prices: dict[str, dict] = field(default_factory=dict)  # cell key -> its step's price (step_cost.py)
 
     @cached_property
     def base(self) -> TrialConfig:
@@ -59,4 +60,4 @@ class StudyPlan:
         """A cell's params and GMACs from its dry forward (`price`: cells.cell_cost), priced once."""
         if cell.key not in self.costs:
             self.costs[cell.key] = price(self.spec, cell.params)
-        return self.costs[cell.key]
+        return {**self.costs[cell.key], **self.step_prices.get(cell.key, {})}  # and its step's, once measured

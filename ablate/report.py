@@ -41,6 +41,8 @@ from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells, module_of
 from ablate.storage import Attr, load
 from ablate.summary import SEARCHED, matched_controls, one_control
 
+# a configuration's cost: its size from the dry forward, its training step's price (step_cost.py) where measured
+COST_COLUMNS = ["params (M)", "GMACs", "step time ×", "peak mem (MB)"]
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
 
 
@@ -117,7 +119,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     spread = ["top-1 acc (%)", "top-5 acc (%)", "top-1 err (%)", "top-5 err (%)", "throughput (img/s)"]
     grouped = done.groupby("row", sort=False)
     table = grouped[spread].mean().join(grouped[spread].std().add_suffix(" sd"))
-    table = table.join(grouped[["params (M)", "GMACs"]].mean())
+    table = table.join(grouped[COST_COLUMNS].mean())
     # every configuration tried, in the study file's order: one whose trials all failed shows as n = 0
     table = table.reindex(df.groupby("row")["order"].min().sort_values().index)
 
@@ -131,7 +133,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     shown = compare(ladder=True) if ladder else against_base  # a ladder is judged per step
     _result_columns(table, against_base)
     table = table[["n", "pruned", "failed", "repeats", "metric", "metric sd",
-                   *[c for s in spread for c in (s, s + " sd")], "params (M)", "GMACs"]]
+                   *[c for s in spread for c in (s, s + " sd")], *COST_COLUMNS]]
     table["vs"] = [against_base.controls.get(row) for row in table.index]
     table = table.join(_delta_columns(against_base, DELTA))
     if ladder:
@@ -239,16 +241,21 @@ def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict
     return table
 
 
-def dry_run_table(spec: StudySpec, price) -> pd.DataFrame:
+def dry_run_table(spec: StudySpec, price, step_price=None) -> pd.DataFrame:
     """The configurations the study would run, with params and GMACs beside the paper's; nothing is trained.
     `price(spec, params)` is what a configuration costs (cells.cell_cost, which the caller imports: it builds the
-    model, and the report itself never imports torch)."""
+    model, and the report itself never imports torch); `step_price(spec, cells)` its training step's price by cell
+    key (step_cost.price_records), when given."""
     cells = grid_cells(spec) if spec.is_grid else [Cell("{}", {})]
+    steps = step_price(spec, cells) if step_price is not None else {}
     rows = []
     for cell in cells:
         cost = price(spec, cell.params)
+        step = steps.get(cell.key, {})
         rows.append({"config": cell.label, "trials": len(spec.cfg.study.first_seeds),
-                     "params (M)": cost["params_m"], "GMACs": cost["gmacs"], **cell.params})
+                     "params (M)": cost["params_m"], "GMACs": cost["gmacs"],
+                     **({"step time ×": step["step_time_ratio"], "peak mem (MB)": step["peak_mem_mb"]} if step else {}),
+                     **cell.params})
     table = pd.DataFrame(rows).set_index("config")
     if not spec.is_grid:
         table["trials"] = spec.cfg.study.trials

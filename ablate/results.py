@@ -40,7 +40,8 @@ from ablate.summary import (
 METRIC_COLUMNS = {"val/acc1": ("top-1 acc (%)", 100.0), "val/acc5": ("top-5 acc (%)", 100.0),
                   "test/acc1": ("test top-1 acc (%)", 100.0), "test/acc5": ("test top-5 acc (%)", 100.0),
                   "model/params": ("params (M)", 1e-6), "model/gmacs": ("GMACs", 1.0),
-                  "train/throughput": ("throughput (img/s)", 1.0)}
+                  "train/throughput": ("throughput (img/s)", 1.0),
+                  "model/step_time_ratio": ("step time ×", 1.0), "model/peak_mem_mb": ("peak mem (MB)", 1.0)}
 # trials_frame's own columns; every other column without a '/' is a configuration's dotted param
 FRAME_COLUMNS = ("number", "state", "cell", "label", "seed", "run_id", "order", "in_file", "refused", "params",
                  "stage", "correct")

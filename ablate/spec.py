@@ -28,6 +28,7 @@ from ablate.config import (
     METRICS,
     MODULE_KEY,
     SELECTION_ONLY_METRICS,
+    STEP_CONSTRAINTS,
     Range,
     StudyConfig,
     TrialConfig,
@@ -131,6 +132,10 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudySpec:  # noq
             raise AblateError(f"{path}: study.metric: {objective.metric!r} is a max over epochs on the split that "
                               "chose it, biased upwards as a reported number (use val/acc1, the last epoch's; "
                               "data.holdout keeps selection off the reported split)")
+    timed = [k for k in cfg.study.constraints if k in STEP_CONSTRAINTS]
+    if timed and not cfg.study.price_steps:
+        raise AblateError(f"{path}: study.constraints.{timed[0]}: a limit on the training step's price needs "
+                          f"study.price_steps: true (the step is measured before training)")
     if len(cfg.study.objectives()) > 1 and cfg.study.pruner != "none":
         raise AblateError(f"{path}: study.pruner: Optuna cannot prune multi-objective studies (use pruner: none)")
     if spec.is_grid and cfg.study.pruner != "none":

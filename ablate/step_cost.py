@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from ablate.models import build_model
 from ablate.plan import Cell
 from ablate.spec import StudySpec, trial_config
 
-__all__ = ["CPU_PIXELS", "REPEATS", "WARMUP", "StepPrice", "price_cells", "price_configs"]
+__all__ = ["CPU_PIXELS", "REPEATS", "WARMUP", "StepPrice", "price_cells", "price_configs", "price_records"]
 
 WARMUP, REPEATS = 2, 5
 CPU_PIXELS = 8 * 224 * 224  # images x height x width a CPU prices a step at, at most
@@ -56,6 +56,11 @@ def price_cells(spec: StudySpec, cells: list[Cell]) -> dict[str, StepPrice]:
     """Each cell's price (by cell key), interleaved with the plain backbones they are relative to."""
     first_seed = spec.cfg.study.seed_list[0]
     return price_configs({cell.key: trial_config(spec, cell.params, first_seed) for cell in cells})
+
+
+def price_records(spec: StudySpec, cells: list[Cell]) -> dict[str, dict]:
+    """price_cells as a study stores them (plain dicts: Optuna's user attrs, the plan's step_prices)."""
+    return {key: asdict(price) for key, price in price_cells(spec, cells).items()}
 
 
 def price_configs(configs: dict[str, TrialConfig]) -> dict[str, StepPrice]:

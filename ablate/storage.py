@@ -54,6 +54,7 @@ class Attr:
     REFUSED = "refused"  # searched trial: why study.constraints refused it; study: {cell key: why} of a grid's cells
     STAGE = "ablate.stage"  # trial: CONFIRM for a search's confirmation run (study.confirm); absent otherwise
     CORRECT = "ablate.correct"  # trial: per-image correctness on the reported split (correct.pack_correct)
+    STEP_COST = "ablate.step_cost"  # study: {cell key: step price} of a grid (step_cost.py); searched trial: its own
     WARM_FROM = "warm_start_of"  # trial: a finished trial of this earlier study, copied in for the sampler (warm_start)
 
 

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
-import sys
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -60,6 +57,7 @@ from ablate.data import build_datamodule
 from ablate.device_flags import apply_determinism, trial_flags, wants_determinism
 from ablate.distributed import followers, world
 from ablate.divergence import DivergedError, DivergenceWatch
+from ablate.epoch_stats import EpochStats
 from ablate.errors import AblateError, one_line
 from ablate.evaluate import FinalScore, score_split
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
@@ -224,58 +222,6 @@ def batch_weight(y: torch.Tensor) -> torch.Tensor:
     return torch.full((), len(y), dtype=torch.float32, device=y.device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # the process's lifetime peak resident set (it never resets): kilobytes on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-class EpochStats(pl.Callback):
-    """Throughput, epoch time, peak memory and lr, logged with the epoch's training metrics (one record each).
-
-    Lightning's ThroughputMonitor and DeviceStatsMonitor log per batch under their own names, and its
-    LearningRateMonitor logs at the epoch's start, one name per param group (timm makes two) and outside the
-    epoch's logging call; reading the lr here keeps one value per epoch, after the epoch's last update.
-    """
-
-    def on_train_start(self, trainer, module):
-        self.on_train_epoch_start(trainer, module)  # a trial resumed mid-epoch gets no epoch-start call
-
-    def on_train_epoch_start(self, trainer, module):
-        self.images, self.training_s = 0, 0.0
-        self.start = self.resumed = device_clock(module.device)
-        if module.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(module.device)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.images += len(batch[1]) * trainer.world_size  # every rank trains on a batch of this size
-
-    # validation runs inside the epoch: the train clock stops for it, once the device has caught up
-    def on_validation_start(self, trainer, module):
-        self.training_s += device_clock(module.device) - self.resumed
-
-    def on_validation_end(self, trainer, module):
-        self.resumed = device_clock(module.device)
-
-    def on_train_epoch_end(self, trainer, module):
-        end = device_clock(module.device)  # the host's clock once the device has finished the epoch's work
-        self.training_s += end - self.resumed
-        module.log_dict({
-            "train/throughput": self.images / max(self.training_s, 1e-9),  # images/s
-            "train/epoch_time": end - self.start,  # seconds, validation included
-            "train/peak_mem_mb": peak_memory_mb(module.device),
-            "train/lr": trainer.optimizers[0].param_groups[0]["lr"],  # after the epoch's last update
-        }, on_epoch=True)
-
-
-def device_clock(device: torch.device) -> float:
-    """The clock once the device has done what was queued on it (the host runs ahead of a GPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 class MLflowEpochLogger(Logger):
     """Lightning's logger into a trial's MLflow run: one log_batch per phase and epoch, step = epoch.
 
@@ -303,6 +249,9 @@ class MLflowEpochLogger(Logger):
         metrics = dict(metrics)
         # Lightning adds the epoch to its epoch-end calls; its own step counts optimizer updates
         tracking.log_metrics(self.client, self.run_id, metrics, int(metrics.pop("epoch", step)))
+
+
+STEP_PRICE = ("step_time_ratio", "peak_mem_mb")  # of step_cost.StepPrice, logged as model/*
 
 
 def ranks(cfg: TrainConfig) -> int:
@@ -430,7 +379,8 @@ def follow_trial(cfg: TrialConfig, callbacks, checkpoint: Path | None, resume: R
 
 def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = None, tags: dict | None = None,
               killed_by: tuple[type[BaseException], ...] = (), checkpoint: Path | None = None,
-              resume: Resume | None = None, owner: dict | None = None, run_name: str | None = None) -> TrialResult:
+              resume: Resume | None = None, owner: dict | None = None, run_name: str | None = None,
+              cost: dict | None = None) -> TrialResult:
     """Train one config and record it as an MLflow run (a child of `parent_run_id` when given).
 
     Bad input raises AblateError before the store is touched; once the run exists it always ends
@@ -439,6 +389,7 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
     checkpoint there (`owner` says whose it is); `resume` (checkpoint.resume_point) continues from one, in a
     new run that takes over the earlier run's epochs. `run_name` names the run (the study's names say what it is)
     over `tracking.run_name`, without entering the config (a resumed trial's checkpoint must still be its own).
+    `cost`: the study's price of the configuration's step (step_cost.StepPrice's fields), logged beside its size.
     """
     n = ranks(cfg.train)
     with (deferred_interrupt(), quiet_lightning(), trial_flags(bool(cfg.train.compile)),
@@ -456,7 +407,8 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
         with tracking.tracked_run(client, experiment_id, killed_by=killed_by,
                                   run_name=run_name or cfg.tracking.run_name,
                                   parent_run_id=parent_run_id, tags=tags) as run_id:
-            size = {"model/params": built.params, "model/gmacs": built.gmacs}
+            size = {"model/params": built.params, "model/gmacs": built.gmacs,
+                    **{f"model/{k}": cost[k] for k in STEP_PRICE if cost and k in cost}}
             tracking.log_params(client, run_id, flatten(cfg) | {"model.num_params": built.params,
                                                                 "model.gmacs": built.gmacs})
             tracking.log_metrics(client, run_id, size, 0)

@@ -88,8 +88,10 @@ Seeds = by_shape(_mapping_or_not, mapping=SeedsOnDemand, other=Annotated[list[in
 SpaceValues = by_shape(_mapping_or_not, mapping=Range, other=list)  # a range, or choices
 
 
-# study.constraints keys: a configuration's cost from its dry forward; *_delta_pct against the plain backbone
-CONSTRAINTS = ("params_m", "gmacs", "params_delta_pct", "gmacs_delta_pct")
+# study.constraints keys: a configuration's cost from its dry forward (*_delta_pct against the plain backbone) and
+# from the micro-benchmark of its training step (step_cost.py: time over the plain backbone's, peak memory)
+CONSTRAINTS = ("params_m", "gmacs", "params_delta_pct", "gmacs_delta_pct", "step_time_ratio", "peak_mem_mb")
+STEP_CONSTRAINTS = ("step_time_ratio", "peak_mem_mb")
 
 
 class StudySection(Strict):
@@ -103,6 +105,8 @@ class StudySection(Strict):
     seeds: Seeds = Field(default_factory=lambda: [0])
     constraints: dict[Literal[CONSTRAINTS], Bound] = Field(
         default_factory=dict, description="cost limits checked before a trial trains, e.g. params_m: {max: 1.3}")
+    price_steps: bool = Field(True, description="time each configuration's training step against the plain "
+                              "backbone's and measure its peak memory before training (step_cost.py)")
     warm_start: str | None = Field(None, description="a searched study's sampler starts from this earlier study's "
                                                      "finished trials (same storage)")
     ladder: bool = Field(False, description="cells are cumulative: each adds its keys to the previous one")

@@ -18,11 +18,12 @@ import torch
 from ablate import train
 from ablate.cells import cell_cost
 from ablate.checkpoint import Resume, cell_checkpoint, resume_point
-from ablate.config import KNOB_PREFIX, TrialConfig
+from ablate.config import KNOB_PREFIX, STEP_CONSTRAINTS, TrialConfig
 from ablate.distributed import broadcast_decision
 from ablate.errors import AblateError, describe
 from ablate.plan import Cell, StudyPlan
 from ablate.spec import constraint_excess, knob_applies, refusal
+from ablate.step_cost import price_records
 from ablate.storage import Attr
 from ablate.study.optuna_setup import validations_per_epoch
 from ablate.study.trials import is_confirmation, sampled, search_trials
@@ -77,6 +78,7 @@ class TrialPlan:
     checkpoint: Path
     resume: Resume | None
     run_name: str
+    cost: dict | None = None  # its step's price (step_cost.py), logged on its run beside its size
 
     def tags(self, study: str, number: int) -> dict[str, str]:
         return {Tag.STUDY: study, Tag.TRIAL: str(number), Tag.CELL: self.cell.label, Tag.SEED: str(self.seed),
@@ -132,6 +134,8 @@ def run_name(plan: StudyPlan, number: int, cell: Cell, seed: int) -> str:
 def refuse_if_costly(trial: optuna.Trial, plan: StudyPlan, cell: Cell) -> None:
     """study.constraints on a searched trial: Optuna's sampler learns the excess (trial.set_constraint), and a
     configuration over a limit is pruned before it trains, its reason recorded."""
+    if any(k in STEP_CONSTRAINTS for k in plan.spec.cfg.study.constraints):
+        step_price(trial, plan, cell)  # measured now: a limit on it refuses before training
     cost = plan.cost(cell, cell_cost)
     for name, excess in constraint_excess(plan.spec, cost).items():
         trial.set_constraint(name, excess)
@@ -164,6 +168,7 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
         if plan.spec.cfg.study.constraints:  # a grid's refused cells are never queued
             refuse_if_costly(trial, plan, cell)
     cfg = plan.config(cell.params, seed)
+    cost = step_price(trial, plan, cell)
     checkpoint = cell_checkpoint(cfg, plan.name, cell.key, seed)
     resume = resume_point(checkpoint, cfg)
     # a stopped trial's checkpoint: carry on from there (None overwrites what a heartbeat retry copied)
@@ -171,7 +176,22 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
     if resume is not None:
         print(f"[{plan.name}] trial {trial.number} ({cell.label}, seed {seed}) resumes at epoch "
               f"{resume.epoch} from trial {resume.trial}'s checkpoint", flush=True)
-    return TrialPlan(cell, seed, cfg, checkpoint, resume, run_name(plan, trial.number, cell, seed))
+    return TrialPlan(cell, seed, cfg, checkpoint, resume, run_name(plan, trial.number, cell, seed), cost)
+
+
+def step_price(trial: optuna.Trial, plan: StudyPlan, cell: Cell) -> dict | None:
+    """The cell's training-step price: a grid's from the study (priced at setup), a sampled configuration's measured
+    here against its plain backbone the first time this worker meets it, and recorded on the trial."""
+    if plan.spec.is_grid:
+        return trial.study.user_attrs.get(Attr.STEP_COST, {}).get(cell.key)
+    if Attr.STEP_COST in trial.user_attrs:
+        return trial.user_attrs[Attr.STEP_COST]
+    if not plan.spec.cfg.study.price_steps:
+        return None
+    if cell.key not in plan.step_prices:
+        plan.step_prices |= price_records(plan.spec, [cell])
+    trial.set_user_attr(Attr.STEP_COST, plan.step_prices[cell.key])
+    return plan.step_prices[cell.key]
 
 
 def record_result(trial: optuna.Trial, plan: StudyPlan, result: train.TrialResult):
@@ -203,7 +223,7 @@ def make_objective(plan: StudyPlan, configuration_run, run=None):
             result = run(planned.cfg, callbacks=callbacks, parent_run_id=configuration_run(planned.cell),
                          tags=planned.tags(plan.name, trial.number), killed_by=(optuna.TrialPruned,),
                          checkpoint=planned.checkpoint, resume=planned.resume, owner={"trial": trial.number},
-                         run_name=planned.run_name)
+                         run_name=planned.run_name, cost=planned.cost)
         except BaseException as e:  # Ctrl-C too: the trial is marked with why it stopped
             if not isinstance(e, optuna.TrialPruned):
                 trial.set_user_attr(Attr.FAIL_REASON, describe(e))

@@ -20,6 +20,7 @@ from ablate.cells import cell_cost
 from ablate.checkpoint import cell_checkpoint
 from ablate.plan import Cell, StudyPlan
 from ablate.spec import refusal
+from ablate.step_cost import price_records
 from ablate.storage import Attr
 from ablate.study.configurations import study_results
 from ablate.study.objective import configuration
@@ -140,6 +141,19 @@ def requeue_stopped(study: optuna.Study, plan: StudyPlan) -> None:
         if cell_checkpoint(plan.config(params, seed), plan.name, t.user_attrs[Attr.CELL], seed).is_file():
             study.enqueue_trial(t.params, user_attrs={Attr.SEED: seed, Attr.RETRY_OF: t.number},
                                 skip_if_exists=False)
+
+
+def grid_prices(study: optuna.Study, plan: StudyPlan) -> dict[str, dict]:
+    """Each grid cell's training-step price (step_cost.py), measured once per study under the setup lock and stored on
+    it: a resumed or relaunched study keeps the numbers its report already showed; a cell added since is priced."""
+    stored = dict(study.user_attrs.get(Attr.STEP_COST, {}))
+    missing = [cell for key, cell in plan.cells.items() if key not in stored]
+    if missing and plan.spec.cfg.study.price_steps:
+        print(f"[{plan.name}] pricing the training step of {len(missing)} configurations (study.price_steps)",
+              flush=True)
+        stored |= price_records(plan.spec, missing)
+        study.set_user_attr(Attr.STEP_COST, stored)
+    return stored
 
 
 def refused_cells(plan: StudyPlan) -> dict[str, str]:
