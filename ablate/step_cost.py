@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
+from torch.distributed._tools.mem_tracker import MemTracker  # torch's tensor-by-tensor accounting (any device)
 
 from ablate.config import TrialConfig
 from ablate.data import dataset_shape
@@ -145,8 +146,6 @@ class Step:
             synchronize(self.device)
             own = sum(t.numel() * t.element_size() for t in persistent(self.model, self.optimizer))
             return (torch.cuda.max_memory_allocated(self.device) - before + own) / 2**20
-        from torch.distributed._tools.mem_tracker import MemTracker  # torch's tensor-by-tensor accounting
-
         tracker = MemTracker()
         tracker.track_external(self.model, self.optimizer)
         with tracker:

@@ -21,16 +21,21 @@ bf16-mixed with channels_last, eager and compiled (torch.compile; on CPU the com
           step (momentum 0.9, nesterov, weight decay: ablate's defaults); channels_last, `model.compile()` as
           ablate compiles. Timed per epoch between device synchronisations; the last epoch is reported.
 
-Both sides train the same number of epochs and images per epoch; the table's ratio is ablate / plain (1.00:
-ablate costs nothing). Ratios, never timed assertions. Lightning's trainer runs with deterministic="warn"
-(deterministic algorithms, cudnn.benchmark off, process-wide): the plain loop runs with the flags the process
-started with, or with ablate's flags under --plain-deterministic, which separates that cost from the rest.
+Both sides train the same number of epochs and images per epoch, each row `--repeats` times (default 3), the sides
+alternating; the table's ratio is the median of ablate / plain over the repeats (1.00: ablate costs nothing), and
+`host ms/step` what that ratio costs per training step: (1/ablate - 1/plain) x batch, the host work ablate adds to
+a step beyond the plain loop's (its floor). Ratios, never timed assertions. Each side runs with the flags the trial
+chooses (train.deterministic: on a CPU deterministic algorithms, on a GPU cudnn.benchmark), and a trial gives the
+process its flags back when it ends (device_flags.py). On CUDA, `--sync-debug` puts every steady training step of
+the ablate side under torch.cuda.set_sync_debug_mode("error"): a step that made the host wait for the device fails
+its row.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -105,9 +110,27 @@ def trial_config(w: Workload, attention: str, mode: str, device: torch.device, u
     }, source="gpu_throughput")
 
 
-def ablate_side(cfg: TrialConfig, uri: str) -> float:
+class SyncDebugSteady(pl.Callback):
+    """torch.cuda.set_sync_debug_mode("error") over every training batch after the first of each epoch: reading back
+    at an epoch's end is allowed, inside a steady step it raises."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        last = batch_idx == trainer.num_training_batches - 1
+        torch.cuda.set_sync_debug_mode(0 if last else "error")
+
+    def on_train_epoch_end(self, trainer, module):
+        torch.cuda.set_sync_debug_mode(0)
+
+    def on_validation_start(self, trainer, module):
+        torch.cuda.set_sync_debug_mode(0)
+
+    def on_exception(self, trainer, module, exception):
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def ablate_side(cfg: TrialConfig, uri: str, sync_debug: bool = False) -> float:
     """run_trial, then the train/throughput of its last epoch from the run's metric history."""
-    result = run_trial(cfg)
+    result = run_trial(cfg, callbacks=[SyncDebugSteady()] if sync_debug else [])
     history = MlflowClient(uri).get_metric_history(result.run_id, "train/throughput")
     if len(history) != cfg.train.epochs:
         raise RuntimeError(f"train/throughput has {len(history)} values for {cfg.train.epochs} epochs")
@@ -156,25 +179,6 @@ def plain_side(cfg: TrialConfig, w: Workload, device: torch.device, args) -> flo
     return rate
 
 
-class TorchFlags:
-    """The process-wide flags Lightning's deterministic="warn" changes (and leaves changed after a trial)."""
-
-    def __init__(self):
-        self.saved = (torch.are_deterministic_algorithms_enabled(),
-                      torch.is_deterministic_algorithms_warn_only_enabled(),
-                      torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-
-    def restore(self) -> None:
-        deterministic, warn_only, cudnn_deterministic, benchmark = self.saved
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, benchmark
-
-    @staticmethod
-    def like_lightning() -> None:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 def release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -203,8 +207,9 @@ def main() -> None:  # noqa: C901
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--val-batches", type=int, default=0,
                         help="ablate's limit_val_batches (validation is outside its train clock; default 0: off)")
-    parser.add_argument("--plain-deterministic", action="store_true",
-                        help="the plain loop with Lightning's deterministic='warn' flags too")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each row's two sides; the median ratio")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="CUDA: the ablate side's steady steps under set_sync_debug_mode('error')")
     args = parser.parse_args()
     args.workloads = args.workloads.split(",")
     args.epochs = args.epochs or (2 if args.quick else 3)
@@ -219,7 +224,6 @@ def main() -> None:  # noqa: C901
 
     store = tempfile.TemporaryDirectory(prefix="ablate-gpu-throughput-")  # removed at exit
     uri = f"sqlite:///{Path(store.name) / 'mlflow.db'}"
-    flags = TorchFlags()
     rows, skipped, failed = [], [], []
     started = time.perf_counter()
     plan = []
@@ -231,24 +235,28 @@ def main() -> None:  # noqa: C901
     for i, (w, mode, name) in enumerate(plan, 1):
         cfg = trial_config(w, name, mode, device, uri, args)
         row_start = time.perf_counter()
-        rates = {}
-        for side in ("ablate", "plain"):
-            torch.compiler.reset()  # every compiled model starts fresh: no recompile limit across rows
-            try:
-                if side == "ablate":
-                    rates[side] = ablate_side(cfg, uri)
-                else:
-                    flags.like_lightning() if args.plain_deterministic else flags.restore()
-                    rates[side] = plain_side(cfg, w, device, args)
-            except Exception as e:  # noqa: BLE001 (one failed row is reported; the others still run)
-                rates[side] = math.nan
-                failed.append(f"{w.label} {name} {mode} ({side}): {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                traceback.print_exc()
-            release(device)
-        rows.append({"workload": w.label, "attention": name, "mode": mode, "ablate img/s": rates["ablate"],
-                     "plain img/s": rates["plain"], "ratio": rates["ablate"] / rates["plain"]})
-        print(f"[{i}/{len(plan)}] {w.label} {name} {mode}: ablate {rates['ablate']:,.0f} img/s, plain "
-              f"{rates['plain']:,.0f} img/s ({time.perf_counter() - row_start:.0f} s)", file=sys.stderr, flush=True)
+        rates: dict[str, list[float]] = {"ablate": [], "plain": []}
+        for _ in range(args.repeats):  # the sides alternate: a drift of the machine falls on both
+            for side in ("ablate", "plain"):
+                torch.compiler.reset()  # every compiled model starts fresh: no recompile limit across rows
+                try:
+                    rate = (ablate_side(cfg, uri, args.sync_debug and device.type == "cuda") if side == "ablate"
+                            else plain_side(cfg, w, device, args))
+                except Exception as e:  # noqa: BLE001 (one failed row is reported; the others still run)
+                    rate = math.nan
+                    failed.append(f"{w.label} {name} {mode} ({side}): {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}")
+                    traceback.print_exc()
+                rates[side].append(rate)
+                release(device)
+        ratio = statistics.median(a / p for a, p in zip(rates["ablate"], rates["plain"]))
+        ablate_rate, plain_rate = statistics.median(rates["ablate"]), statistics.median(rates["plain"])
+        rows.append({"workload": w.label, "attention": name, "mode": mode, "ablate img/s": ablate_rate,
+                     "plain img/s": plain_rate, "ratio": ratio,
+                     "host ms/step": 1e3 * w.batch_size * (1 / ablate_rate - 1 / plain_rate),
+                     "ratios": " ".join(f"{a / p:.3f}" for a, p in zip(rates["ablate"], rates["plain"]))})
+        print(f"[{i}/{len(plan)}] {w.label} {name} {mode}: ablate {ablate_rate:,.0f} img/s, plain "
+              f"{plain_rate:,.0f} img/s ({time.perf_counter() - row_start:.0f} s)", file=sys.stderr, flush=True)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print("\ntraining images/s: ablate run_trial vs a plain PyTorch loop, same model, same device")
@@ -261,12 +269,14 @@ def main() -> None:  # noqa: C901
     if rows:
         table = pd.DataFrame(rows)
         print(table.to_string(index=False, na_rep="failed", formatters={
-            "ablate img/s": "{:,.0f}".format, "plain img/s": "{:,.0f}".format, "ratio": "{:.3f}".format}))
+            "ablate img/s": "{:,.0f}".format, "plain img/s": "{:,.0f}".format, "ratio": "{:.3f}".format,
+            "host ms/step": "{:+.2f}".format}))
     else:
         print("(no rows run)")
-    print(f"\nratio = ablate / plain. The plain loop ran with "
-          f"{'ablate' if args.plain_deterministic else 'the process'}'s torch flags "
-          f"(ablate's: deterministic algorithms, warn only; cudnn.benchmark off).")
+    print(f"\nratio = median over {args.repeats} repeats of ablate / plain (each repeat's in `ratios`); host ms/step ="
+          f" (1/ablate - 1/plain) x batch, the host work ablate adds per step."
+          + (" Steady steps ran under set_sync_debug_mode('error')." if args.sync_debug and device.type == "cuda"
+             else ""))
     if skipped:
         print(f"skipped, {CPU_COMPILE}:\n  " + "\n  ".join(skipped))
     for line in failed:

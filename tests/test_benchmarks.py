@@ -13,13 +13,14 @@ def test_gpu_throughput_quick_prints_a_row_per_attention_module(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--quick", "--device", "cpu",
-               "--workloads", "imagenet", "--imagenet-batches", "2"]
+               "--workloads", "imagenet", "--imagenet-batches", "2", "--repeats", "1"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next((i for i, line in enumerate(lines) if "ablate img/s" in line), None)
     assert header is not None, proc.stdout
-    assert lines[header].split() == ["workload", "attention", "mode", "ablate", "img/s", "plain", "img/s", "ratio"]
+    assert lines[header].split() == ["workload", "attention", "mode", "ablate", "img/s", "plain", "img/s", "ratio",
+                                     "host", "ms/step", "ratios"]
     rows = [line.split() for line in lines[header + 1:] if line.strip()]
     for name in ("none", "se", "cbam"):
         assert any(name in row and "eager" in row for row in rows), proc.stdout

@@ -2,9 +2,10 @@
 
 A host-device synchronisation is a tensor call that needs the device's result on the host (`item`, `bool(t)`,
 `tolist`, `.cpu()`, `nonzero` ...). On a CPU nothing waits, but the calls are the same ones that stall a GPU, so a
-TorchFunctionMode counts them inside the steady part of an epoch: every training batch after the first (its
-fetch, step, backward, optimizer and EMA update, callbacks) and every validation batch after the first. The epoch's
-end (metrics computed, the divergence check, a checkpoint) is where reading back is allowed.
+TorchFunctionMode counts them (on a GPU torch.cuda.set_sync_debug_mode("error") watches too) inside the steady part
+of an epoch: every training batch after the first (its fetch, step, backward, optimizer and EMA update, callbacks) and
+every validation batch after the first. The epoch's end (metrics computed, the divergence check, a checkpoint) is
+where reading back is allowed.
 """
 import collections
 import os
@@ -12,8 +13,8 @@ import random
 import traceback
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -53,12 +54,16 @@ class SteadySteps(pl.Callback):
         if self.mode is not None:
             self.mode.__exit__(None, None, None)
             self.mode = None
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode(0)
 
     def _open_unless_last(self, index, count):
         if index < count - 1:
             self.mode = CountSyncs(self.seen)
             self.mode.__enter__()
             self.windows += 1
+            if torch.cuda.is_available():  # on a GPU (benchmarks/gpu_check.sh) the device says it too
+                torch.cuda.set_sync_debug_mode("error")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self._close()

@@ -5,11 +5,11 @@ import io
 
 import pandas as pd
 import pytest
+from helpers import load, write_study
 
 from ablate import step_cost
 from ablate.config import parse_trial
 from ablate.spec import grid_cells, load_study
-from helpers import load, write_study
 
 
 def cfg(module="none", size=16, batch=16, **knobs):
