@@ -31,7 +31,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ablate import tracking
 from ablate.config import TrialConfig, flatten, keys_with_effect
-from ablate.distributed import broadcast_decision
+from ablate.distributed import StopVote
 from ablate.errors import one_line
 from ablate.interrupt import INTERRUPT, interruption
 from ablate.spec import cell_digest
@@ -148,6 +148,7 @@ class TrialCheckpoint(Checkpoint):
     def __init__(self, path: Path, every: int, owner: dict[str, Any]):
         self.path, self.every, self.owner = path, every, owner  # owner: digest, run_id, trial
         self._mid_epoch, self._rng = False, None
+        self.vote = StopVote()
 
     def on_train_epoch_end(self, trainer, module):
         done = trainer.current_epoch + 1
@@ -155,7 +156,7 @@ class TrialCheckpoint(Checkpoint):
             self._save(trainer, mid_epoch=False)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if broadcast_decision(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop
+        if self.vote(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop together
             self._save(trainer, mid_epoch=True)
             raise interruption()  # Lightning then shuts the fit down
 

@@ -25,9 +25,10 @@ import torch
 
 from ablate.errors import describe
 
-__all__ = ["RankFailed", "world", "followers", "broadcast_decision"]
+__all__ = ["RankFailed", "StopVote", "world", "followers", "broadcast_decision"]
 
 JOIN_S = 30  # seconds a finished rank 0 waits for its followers to exit before it kills them
+VOTE_LAG = 2  # training steps between a stop vote's start and its reading, on every rank alike
 
 
 class RankFailed(RuntimeError):
@@ -39,6 +40,37 @@ def broadcast_decision(trainer, decision: bool) -> bool:
     if trainer.world_size == 1:
         return decision
     return bool(trainer.strategy.reduce_boolean_decision(decision and trainer.is_global_zero, all=False))
+
+
+class StopVote:
+    """Rank 0's stop after a batch (a signal), on every rank, without a host-device wait in the step.
+
+    A blocking vote per batch (broadcast_decision) reads an all-reduced flag back to the host: on NCCL that stalls
+    every step. Instead each batch starts an asynchronous all-reduce of its flag and a non-blocking copy of the result
+    to the host, and reads the vote started `VOTE_LAG` batches earlier, which is long done: every rank reads the same
+    vote at the same batch, so all stop together, at most VOTE_LAG batches after the signal. One device: no vote."""
+
+    def __init__(self):
+        self.votes: list[tuple] = []  # (host copy, its event or None), oldest first
+
+    def __call__(self, trainer, decision: bool) -> bool:
+        if trainer.world_size == 1:
+            return decision
+        device = trainer.strategy.root_device
+        flag = torch.full((), float(decision and trainer.is_global_zero), device=device)
+        torch.distributed.all_reduce(flag, async_op=True).wait()  # NCCL: the stream waits, not the host
+        host = torch.empty((), pin_memory=device.type == "cuda")
+        host.copy_(flag, non_blocking=device.type == "cuda")
+        event = torch.cuda.Event() if device.type == "cuda" else None
+        if event is not None:
+            event.record()
+        self.votes.append((host.numpy(), event))
+        if len(self.votes) <= VOTE_LAG:
+            return False
+        value, event = self.votes.pop(0)
+        if event is not None and not event.query():
+            event.synchronize()  # the host ran VOTE_LAG steps ahead of the device: it would wait soon anyway
+        return bool(value > 0)
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 
-from ablate.distributed import broadcast_decision
+from ablate.distributed import StopVote
 from ablate.errors import Preempted
 
 __all__ = ["INTERRUPT", "STOP_SIGNALS", "REQUEUE_EXIT_CODE", "Preempted", "deferred_interrupt", "check_interrupt",
@@ -81,6 +81,9 @@ class StopOnInterrupt(pl.Callback):
     """Where a requested stop lands in a trial without checkpoints: after a training batch (a durable trial's
     checkpoint.TrialCheckpoint stops it there itself, once saved); Lightning then shuts the fit down."""
 
+    def __init__(self):
+        self.vote = StopVote()
+
     def on_train_batch_end(self, trainer, *args):
-        if broadcast_decision(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop
+        if self.vote(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop together
             raise interruption()

@@ -23,7 +23,7 @@ from ablate.train import DivergedError, run_trial
 
 SYNCING = {"item", "__bool__", "tolist", "numpy", "cpu", "__float__", "__int__", "__index__", "nonzero",
            "__array__", "is_nonzero", "equal", "allclose", "__repr__", "__format__", "unique", "masked_select",
-           "bincount", "argwhere", "repeat_interleave"}
+           "bincount", "argwhere", "repeat_interleave", "_unique", "_unique2", "unique_consecutive"}
 
 HOST_ONLY = os.path.join("torch", "utils", "data", "")
 

@@ -29,7 +29,7 @@ class TensorBatchDataset(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices):
-        idx = torch.as_tensor(indices)
+        idx = to_device(torch.as_tensor(indices), self.x.device)  # a CPU index would be copied there blocking
         x, y = self.x[idx], self.y[idx]
         if self.auto_augment is not None:
             x = torch.stack([pil_to_tensor(self.auto_augment(to_pil_image(img))) for img in x])
@@ -109,7 +109,7 @@ class TensorDataModule(DataModule):
         b, _, h, w = x.shape
         pad = round(self.crop_padding * h)
         if pad:
-            off = torch.randint(0, 2 * pad + 1, (2, b), generator=self._aug_gen).to(x.device)
+            off = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=self._aug_gen), x.device)
             x = F.pad(x, (pad, pad, pad, pad))
             rows = off[0, :, None] + torch.arange(h, device=x.device)
             cols = off[1, :, None] + torch.arange(w, device=x.device)
@@ -117,7 +117,7 @@ class TensorDataModule(DataModule):
             x = x[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
             x = x.permute(0, 3, 1, 2)
         if self.cfg.hflip:
-            flip = (torch.rand(b, generator=self._aug_gen) < self.cfg.hflip).to(x.device)
+            flip = to_device(torch.rand(b, generator=self._aug_gen) < self.cfg.hflip, x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x.contiguous()
 
@@ -131,6 +131,14 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = (counts * values).sum(1) / n
     std = ((counts * values.square()).sum(1) / n - mean.square()).clamp_min(0).sqrt()
     return mean.float(), std.float().clamp_min(1e-3)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (indices, augmentation draws) on the device without the host waiting: from pinned memory,
+    non-blocking, on CUDA (a pageable copy would synchronise every step)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
