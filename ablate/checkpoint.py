@@ -175,6 +175,7 @@ class TrialCheckpoint(Checkpoint):
         self._rng = state["rng"]
 
     def on_train_start(self, trainer, module):
+        self.vote.start(trainer)
         if self._rng is not None:  # as late as possible: nothing between here and the next batch draws
             _set_rng_states(self._rng)
             self._rng = None

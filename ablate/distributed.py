@@ -51,26 +51,37 @@ class StopVote:
     vote at the same batch, so all stop together, at most VOTE_LAG batches after the signal. One device: no vote."""
 
     def __init__(self):
-        self.votes: list[tuple] = []  # (host copy, its event or None), oldest first
+        self.slots: list[tuple] = []  # VOTE_LAG + 1 host copies (pinned on CUDA) with their numpy views
+        self.events: list = []  # each slot's copy's CUDA event (None elsewhere)
+        self.batch = 0
+
+    def start(self, trainer) -> None:
+        """Before the first batch (a callback's on_train_start): the host copies, whose numpy views read a vote
+        without a tensor call."""
+        if trainer.world_size > 1 and not self.slots:
+            pinned = trainer.strategy.root_device.type == "cuda"
+            hosts = [torch.zeros((), pin_memory=pinned) for _ in range(VOTE_LAG + 1)]
+            self.slots, self.events = [(h, h.numpy()) for h in hosts], [None] * (VOTE_LAG + 1)
 
     def __call__(self, trainer, decision: bool) -> bool:
         if trainer.world_size == 1:
             return decision
+        self.start(trainer)
         device = trainer.strategy.root_device
         flag = torch.full((), float(decision and trainer.is_global_zero), device=device)
         torch.distributed.all_reduce(flag, async_op=True).wait()  # NCCL: the stream waits, not the host
-        host = torch.empty((), pin_memory=device.type == "cuda")
-        host.copy_(flag, non_blocking=device.type == "cuda")
-        event = torch.cuda.Event() if device.type == "cuda" else None
-        if event is not None:
-            event.record()
-        self.votes.append((host.numpy(), event))
-        if len(self.votes) <= VOTE_LAG:
+        slot = self.batch % len(self.slots)
+        self.slots[slot][0].copy_(flag, non_blocking=device.type == "cuda")
+        if device.type == "cuda":
+            self.events[slot] = torch.cuda.Event()
+            self.events[slot].record()
+        self.batch += 1
+        if self.batch <= VOTE_LAG:
             return False
-        value, event = self.votes.pop(0)
-        if event is not None and not event.query():
-            event.synchronize()  # the host ran VOTE_LAG steps ahead of the device: it would wait soon anyway
-        return bool(value > 0)
+        oldest = self.batch % len(self.slots)  # the vote started VOTE_LAG batches ago, on every rank alike
+        if self.events[oldest] is not None and not self.events[oldest].query():
+            self.events[oldest].synchronize()  # the host ran VOTE_LAG steps ahead of the device: it waits anyway
+        return bool(self.slots[oldest][1] > 0)
 
 
 def _free_port() -> int:

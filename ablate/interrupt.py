@@ -84,6 +84,9 @@ class StopOnInterrupt(pl.Callback):
     def __init__(self):
         self.vote = StopVote()
 
+    def on_train_start(self, trainer, *args):
+        self.vote.start(trainer)
+
     def on_train_batch_end(self, trainer, *args):
         if self.vote(trainer, INTERRUPT.is_set()):  # several ranks: rank 0 got the signal, all stop together
             raise interruption()
