@@ -287,9 +287,11 @@ def make_trainer(cfg: TrainConfig, callbacks=()) -> pl.Trainer:
     # torch's flags for the device (device_flags.py), set here rather than by Lightning, which would not restore them
     apply_determinism(wants_determinism(cfg.deterministic, trainer.strategy.root_device.type),
                       trainer.strategy.root_device.type)
-    if n > 1:  # Lightning broadcasts its own SIGTERM flag and reads it back every step (a host-device sync on NCCL);
-        # rank 0 takes the signals here and distributed.StopVote carries them to every rank without a wait
+    if n > 1:  # Lightning's DDP SIGTERM: a broadcast in its handler (rank 0) matched by one per step on every rank,
+        # read back each step (a host-device sync on NCCL); rank 0 takes the signals here (interrupt.py) and
+        # distributed.StopVote carries them to every rank without a wait, so both of Lightning's halves go
         trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+        trainer._signal_connector._sigterm_notifier_fn = lambda signum, frame: None
     if trainer.num_devices != n:
         raise AblateError(f"train.devices: {cfg.devices!r} is {trainer.num_devices} devices; give a trial on several "
                           "devices their number (train.devices: 2)")

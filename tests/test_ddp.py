@@ -112,3 +112,44 @@ def test_a_killed_rank_fails_the_trial_within_seconds_and_the_study_goes_on(tmp_
     assert trial.state == TrialState.FAIL
     (run,) = [r for r in runs() if r.data.tags.get("ablate.role") != "study"]
     assert run.info.status == "FAILED" and "rank 1 failed" in run.data.tags["reason"]
+
+
+STOP_SCRIPT = '''
+import multiprocessing, os, signal, sys, time
+from pathlib import Path
+import pytorch_lightning as pl
+from ablate.config import parse_trial
+from ablate.errors import Preempted
+from ablate.train import run_trial
+
+class SigtermAtStep1(pl.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.step = trainer.global_step
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # rank 0 takes the signal, as from a scheduler
+
+if __name__ == "__main__":
+    base = eval(sys.argv[1])
+    base["train"]["epochs"] = 50
+    seen = SigtermAtStep1()
+    started = time.time()
+    try:
+        run_trial(parse_trial(base), callbacks=[seen], checkpoint=Path(sys.argv[2]))
+    except Preempted as e:
+        print("stopped:", e)
+    print("step:", seen.step)
+    print("seconds:", round(time.time() - started, 1))
+    print("children left:", len(multiprocessing.active_children()))
+'''
+
+
+def test_a_signal_on_rank_0_stops_every_rank_a_few_batches_later_with_a_checkpoint(tmp_path):
+    """The stop is voted without a host wait (distributed.StopVote): every rank reads the vote two batches after the
+    signal, so all stop at the same batch, and rank 0 writes the checkpoint a resume continues from."""
+    checkpoint = tmp_path / "last.ckpt"
+    base = {**BASE, "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+    proc = subprocess.run([sys.executable, "-c", STOP_SCRIPT, repr(base), str(checkpoint)], capture_output=True,
+                          text=True, timeout=600, env=cli_env(), cwd=tmp_path)
+    assert "stopped: preempted (SIGTERM)" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "step: 3" in proc.stdout  # the signal after step 1's batch, the vote read two batches later
+    assert "children left: 0" in proc.stdout and checkpoint.is_file()

@@ -179,10 +179,11 @@ def test_html_and_markdown_formats(tiny):
     # the delta cell: the table's numbers as text, "d [lo, hi]" in points, * when the interval excludes 0
     cells = {row[0]: row for row in ([c.strip() for c in line.strip("|").split("|")] for line in md
                                      if line.startswith("|"))}
-    assert list(cells["config"]) == ["config", "params (M)", "GMACs", "top-1 acc (%)", "seeds n / pruned / failed",
+    assert list(cells["config"]) == ["config", "params (M)", "GMACs", "step time ×", "peak mem (MB)", "top-1 acc (%)",
+                                     "seeds n / pruned / failed",
                                      "Δ top-1 (95% CI)", "verdict"]  # compact: what a paper prints (top-5 is ~100%
     # on 10 classes), and what became of every seed
-    assert cells["attention=se"][4] == "3 / 0 / 0"
+    assert cells["attention=se"][cells["config"].index("seeds n / pruned / failed")] == "3 / 0 / 0"
     column = cells["config"].index("Δ top-1 (95% CI)")
     se = table(tiny).loc["attention=se"]
     d, lo, hi = se["Δ top-1"], se["Δ top-1 lo"], se["Δ top-1 hi"]
