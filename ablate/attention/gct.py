@@ -7,12 +7,12 @@ Normalisation   s^_c = sqrt(C) s_c / sqrt(sum_c s_c^2 + C eps) = s_c / sqrt(mean
                 s^_c = s_c / (mean_c |s_c| + eps)                               (l1)
 Gating          x^ = x * (1 + tanh(gamma_c s^_c + beta_c)), eps = 1e-5
 3C parameters (alpha, gamma, beta). Init as the paper and the official code: alpha 1, gamma 0, beta 0, so the
-module starts as the identity. The paper writes the normalisation's eps once under sqrt(sum s^2 + eps); the
-official code (PyTorch/GCT.py and the TensorFlow builder) takes the mean, i.e. C*eps in the paper's form: kept
-(the two differ by eps (C-1) next to a sum of squared norms). The official `after_relu` flag only skips |x| in
-l1 mode for non-negative inputs, where it changes nothing: not a knob.
+module starts as the identity. The paper writes the normalisation as sqrt(C) s_c / ||s||_2; the eps placement above
+is the official code's (PyTorch/GCT.py, and the same in its TensorFlow builder), the only one that is released.
+The official `after_relu` flag only skips |x| in l1 mode for non-negative inputs, where it changes nothing: not a
+knob.
 
-Placement: the paper applies GCT before every convolutional layer (Sec. 4; the official README: "apply GCT for
+Placement: the paper applies GCT before every convolutional layer (the official README: "apply GCT for
 every Conv layers ... as the default setting in our paper"), which no single ablate position is; the README's
 lighter variant is one GCT per residual block (0.1-0.2% lower). ablate's default is one per residual block in
 the block's attention slot (`block`, where SE sits, on the residual branch as the authors' GCTs are); GCT before
