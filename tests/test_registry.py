@@ -73,7 +73,7 @@ def test_errors_are_keyed_and_located_by_the_caller():
     assert str(err.value) == "model.attention.knobs: module 'se' takes no knob 'kernel_size' (knobs: reduction)"
     with pytest.raises(AblateError) as err, at("model.attention.name"):
         get_attention("sse")
-    assert str(err.value) == "model.attention.name: unknown attention module 'sse' (did you mean se?)"
+    assert str(err.value) == "model.attention.name: unknown attention module 'sse' (did you mean se, sge?)"
 
 
 def test_unknown_module_suggests_close_names():

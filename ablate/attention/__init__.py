@@ -129,6 +129,11 @@ BUILTIN = (
         },
     ),
     AttentionInfo(
+        "gct", "ablate.attention.gct:GatedChannelTransform", kind="gate", placement=Placement("block"),
+        paper="Yang et al., Gated Channel Transformation for Visual Recognition, CVPR 2020 (arXiv:1909.11519)",
+        knobs={"mode": Knob(str, "l2", "global context embedding: l2 norm (paper) or l1 norm", choices=("l1", "l2"))},
+    ),
+    AttentionInfo(
         "halo", "ablate.attention.halo:HaloAttention", kind="conv", source="timm.layers.halo_attn.HaloAttn",
         paper="Vaswani et al., Scaling Local Self-Attention for Parameter Efficient Visual Backbones, "
               "CVPR 2021 (arXiv:2103.12731)",
@@ -153,6 +158,17 @@ BUILTIN = (
         },
     ),
     AttentionInfo(
+        "non_local", "ablate.attention.non_local:NonLocalBlock", kind="gate",
+        placement=Placement("stage", "all_but_last"), source="timm.layers.NonLocalAttn",
+        paper="Wang et al., Non-local Neural Networks, CVPR 2018 (arXiv:1711.07971)",
+        knobs={
+            "reduction": Knob(int, 2, "inner width C / reduction of theta, phi, g", low=1, high="channels"),
+            "sub_sample": Knob(str, "input", "2x2 max pool of x before phi and g (paper eq., official code), "
+                               "after them (paper's Fig. 2 remark) or none", choices=("input", "projections", "none")),
+            "scale": Knob(bool, False, "scale the affinities by (C / reduction)^-1/2, as the official code"),
+        },
+    ),
+    AttentionInfo(
         "outlook", "ablate.attention.outlook:OutlookGate", kind="gate", source="timm.models.volo.OutlookAttention",
         paper="Yuan et al., VOLO: Vision Outlooker for Visual Recognition, TPAMI 2022 (arXiv:2106.13112)",
         knobs={
@@ -168,6 +184,15 @@ BUILTIN = (
         source="timm.layers.SEModule",
         paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018 (arXiv:1709.01507)",
         knobs={"reduction": Knob(int, 16, "channel reduction ratio r", low=1, high="channels")},
+    ),
+    AttentionInfo(
+        "sge", "ablate.attention.sge:SpatialGroupEnhance", kind="gate", placement=Placement("block"),
+        paper="Li et al., Spatial Group-wise Enhance: Improving Semantic Feature Learning in Convolutional Networks, "
+              "2019 (arXiv:1905.09646)",
+        knobs={
+            "groups": Knob(int, 64, "groups G; gcd(G, channels) where G does not divide them", low=1, high=1024),
+            "unbiased_std": Knob(bool, False, "unbiased std in the normalisation, as the official code"),
+        },
     ),
     AttentionInfo(
         "simam", "ablate.attention.simam:SimAM", kind="gate", placement=Placement("block"),
@@ -198,6 +223,12 @@ BUILTIN = (
             "avd": Knob(bool, True, "stride as a 3x3 average pool after the conv (ResNeSt's avd, as the paper and "
                         "the released resnest50); false: a strided conv"),
         },
+    ),
+    AttentionInfo(
+        "srm", "ablate.attention.srm:StyleRecalibration", kind="gate", placement=Placement("block"),
+        paper="Lee et al., SRM: A Style-based Recalibration Module for Convolutional Neural Networks, ICCV 2019 "
+              "(arXiv:1903.10829)",
+        knobs={"unbiased_std": Knob(bool, False, "unbiased std in the style pooling, as the official code")},
     ),
     AttentionInfo(
         "triplet", "ablate.attention.triplet:TripletAttention", kind="gate", placement=Placement("block"),
