@@ -21,6 +21,7 @@ from ablate.attention.registry import (  # noqa: F401
 
 CBAM_PAPER = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018 (arXiv:1807.06521)"
 CBAM_POOLS = ("avg", "max", "lp", "lse")  # the official code's channel descriptors
+FCA_FREQS = tuple(f"{kind}{n}" for kind in ("top", "low", "bot") for n in (1, 2, 4, 8, 16, 32))  # official sets
 
 BUILTIN = (
     AttentionInfo(
@@ -108,6 +109,16 @@ BUILTIN = (
         paper="Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks, "
               "TPAMI 2022 (arXiv:2105.02358)",
         knobs={"memory_units": Knob(int, 64, "memory size S of M_k and M_v", low=1, high=1024)},
+    ),
+    AttentionInfo(
+        "fca", "ablate.attention.fca:FrequencyChannelAttention", kind="gate", placement=Placement("block"),
+        paper="Qin et al., FcaNet: Frequency Channel Attention Networks, ICCV 2021 (arXiv:2012.11879)",
+        knobs={
+            "reduction": Knob(int, 16, "excitation reduction ratio r", low=1, high="channels"),
+            "freq_sel": Knob(str, "top16", "DCT frequencies, one per channel part", choices=FCA_FREQS),
+            "dct_size": Knob(int, 7, "DCT filter size; other feature sizes are adaptive-average pooled to it",
+                             low=7, high=56),
+        },
     ),
     AttentionInfo(
         "gather_excite", "ablate.attention.gather_excite:GatherExcite", kind="gate", placement=Placement("block"),
