@@ -181,6 +181,14 @@ BUILTIN = (
         knobs={"reduction": Knob(int, 16, "channel reduction ratio r", low=1, high="channels")},
     ),
     AttentionInfo(
+        "shuffle_attn", "ablate.attention.shuffle_attn:ShuffleAttention", kind="gate",
+        placement=Placement("block"),
+        paper="Zhang & Yang, SA-Net: Shuffle Attention for Deep Convolutional Neural Networks, ICASSP 2021 "
+              "(arXiv:2102.00240)",
+        knobs={"groups": Knob(int, 64, "sub-feature groups G; lowered to the largest that divides C / 2",
+                              low=1, high=1024)},
+    ),
+    AttentionInfo(
         "simam", "ablate.attention.simam:SimAM", kind="gate", placement=Placement("block"),
         paper="Yang et al., SimAM: A Simple, Parameter-Free Attention Module for CNNs, ICML 2021",
         knobs={"e_lambda": Knob(float, 1e-4, "energy regulariser lambda", low=1e-9, high=1.0)},
