@@ -105,6 +105,17 @@ BUILTIN = (
         },
     ),
     AttentionInfo(
+        "epsa", "ablate.attention.epsa:PyramidSplitAttention", kind="conv", placement=Placement("conv"),
+        paper="Zhang et al., EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural "
+              "Network, 2021 (arXiv:2105.14447)",
+        knobs={
+            "kernels": Knob(list, (3, 5, 7, 9), "conv size of each branch (odd), e.g. 3+5+7+9"),
+            "groups": Knob(list, (1, 4, 8, 16), "conv groups of each branch (EPSANet Small: 1+4+8+16)"),
+            "reduction": Knob(int, 16, "SEWeight reduction ratio r", low=1, high="channels"),
+            "reverse_concat": Knob(bool, False, "concatenate the branches last first, as the official code"),
+        },
+    ),
+    AttentionInfo(
         "external", "ablate.attention.external:ExternalAttention", kind="gate",
         paper="Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks, "
               "TPAMI 2022 (arXiv:2105.02358)",
