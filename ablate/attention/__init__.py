@@ -105,6 +105,17 @@ BUILTIN = (
         },
     ),
     AttentionInfo(
+        "ela", "ablate.attention.ela:EfficientLocalAttention", kind="gate", placement=Placement("block"),
+        paper="Xu & Wan, ELA: Efficient Local Attention for Deep Convolutional Neural Networks, 2024 "
+              "(arXiv:2403.01123)",
+        knobs={
+            "kernel_size": Knob(int, 7, "1D conv size k (ELA-T/S: 5, ELA-B/L: 7)", low=1, high=31, odd=True),
+            "norm_groups": Knob(int, 16, "GroupNorm groups (ELA-T: 32, others 16)", low=1, high="channels"),
+            "channels_per_group": Knob(int, 1, "channels per 1D conv group: 1 depthwise (ELA-T/B), 8 (ELA-S/L)",
+                                       low=1, high="channels"),
+        },
+    ),
+    AttentionInfo(
         "epsa", "ablate.attention.epsa:PyramidSplitAttention", kind="conv", placement=Placement("conv"),
         paper="Zhang et al., EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural "
               "Network, 2021 (arXiv:2105.14447)",
