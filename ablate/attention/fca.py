@@ -7,8 +7,8 @@ splits the C channels into n parts and pools part i with the DCT basis of freque
   (times sqrt 2 when u > 0, the orthonormal DCT-II);  att = sigmoid(fc(Freq)), fc = C -> C/r -> C (no bias);
   Y = X * att.
 Defaults (the paper's): r = 16 and `top16`, the 16 frequencies the paper ranks best one at a time on
-ImageNet (Sec. 4.2, Fig. 4; `freq_sel` offers the official code's top/low/bot 1-32 sets). The DCT filter is a
-fixed buffer (the paper's and official code's default; not learned).
+ImageNet (the official get_freq_indices ranking; `freq_sel` offers the official code's top/low/bot 1-32
+sets). The DCT filter is a fixed buffer (the paper's and official code's default; not learned).
 
 Feature sizes, as the official layer: the frequencies live in a 7x7 space; the filter is built at
 `dct_size` (frequencies scaled by dct_size // 7) and a feature map of another size is adaptive-average
