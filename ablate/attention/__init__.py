@@ -21,6 +21,7 @@ from ablate.attention.registry import (  # noqa: F401
 
 CBAM_PAPER = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018 (arXiv:1807.06521)"
 CBAM_POOLS = ("avg", "max", "lp", "lse")  # the official code's channel descriptors
+FCA_FREQS = tuple(f"{kind}{n}" for kind in ("top", "low", "bot") for n in (1, 2, 4, 8, 16, 32))  # official sets
 
 BUILTIN = (
     AttentionInfo(
@@ -104,10 +105,42 @@ BUILTIN = (
         },
     ),
     AttentionInfo(
+        "ela", "ablate.attention.ela:EfficientLocalAttention", kind="gate", placement=Placement("block"),
+        paper="Xu & Wan, ELA: Efficient Local Attention for Deep Convolutional Neural Networks, 2024 "
+              "(arXiv:2403.01123)",
+        knobs={
+            "kernel_size": Knob(int, 7, "1D conv size k (ELA-T/S: 5, ELA-B/L: 7)", low=1, high=31, odd=True),
+            "norm_groups": Knob(int, 16, "GroupNorm groups (ELA-T: 32, others 16)", low=1, high="channels"),
+            "channels_per_group": Knob(int, 1, "channels per 1D conv group: 1 depthwise (ELA-T/B), 8 (ELA-S/L)",
+                                       low=1, high="channels"),
+        },
+    ),
+    AttentionInfo(
+        "epsa", "ablate.attention.epsa:PyramidSplitAttention", kind="conv", placement=Placement("conv"),
+        paper="Zhang et al., EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural "
+              "Network, 2021 (arXiv:2105.14447)",
+        knobs={
+            "kernels": Knob(list, (3, 5, 7, 9), "conv size of each branch (odd), e.g. 3+5+7+9"),
+            "groups": Knob(list, (1, 4, 8, 16), "conv groups of each branch (EPSANet Small: 1+4+8+16)"),
+            "reduction": Knob(int, 16, "SEWeight reduction ratio r", low=1, high="channels"),
+            "reverse_concat": Knob(bool, False, "concatenate the branches last first, as the official code"),
+        },
+    ),
+    AttentionInfo(
         "external", "ablate.attention.external:ExternalAttention", kind="gate",
         paper="Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks, "
               "TPAMI 2022 (arXiv:2105.02358)",
         knobs={"memory_units": Knob(int, 64, "memory size S of M_k and M_v", low=1, high=1024)},
+    ),
+    AttentionInfo(
+        "fca", "ablate.attention.fca:FrequencyChannelAttention", kind="gate", placement=Placement("block"),
+        paper="Qin et al., FcaNet: Frequency Channel Attention Networks, ICCV 2021 (arXiv:2012.11879)",
+        knobs={
+            "reduction": Knob(int, 16, "excitation reduction ratio r", low=1, high="channels"),
+            "freq_sel": Knob(str, "top16", "DCT frequencies, one per channel part", choices=FCA_FREQS),
+            "dct_size": Knob(int, 7, "DCT filter size; other feature sizes are adaptive-average pooled to it",
+                             low=7, high=56),
+        },
     ),
     AttentionInfo(
         "gather_excite", "ablate.attention.gather_excite:GatherExcite", kind="gate", placement=Placement("block"),
@@ -193,6 +226,14 @@ BUILTIN = (
             "groups": Knob(int, 64, "groups G; gcd(G, channels) where G does not divide them", low=1, high=1024),
             "unbiased_std": Knob(bool, False, "unbiased std in the normalisation, as the official code"),
         },
+    ),
+    AttentionInfo(
+        "shuffle_attn", "ablate.attention.shuffle_attn:ShuffleAttention", kind="gate",
+        placement=Placement("block"),
+        paper="Zhang & Yang, SA-Net: Shuffle Attention for Deep Convolutional Neural Networks, ICASSP 2021 "
+              "(arXiv:2102.00240)",
+        knobs={"groups": Knob(int, 64, "sub-feature groups G; lowered to the largest that divides C / 2",
+                              low=1, high=1024)},
     ),
     AttentionInfo(
         "simam", "ablate.attention.simam:SimAM", kind="gate", placement=Placement("block"),
