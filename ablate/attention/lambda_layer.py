@@ -20,8 +20,9 @@ The author released no runnable PyTorch code (the paper's appendix gives TensorF
 tests/test_catalogue_mods3.py checks this module against an independent computation of the equations above.
 
 Placement: the paper replaces the 3x3 convolutions of all ResNet-50 bottlenecks for its lambda-layer
-comparisons (Sec. 5.1); `conv` on all stages (15.00M params, the paper's 15.0M). Any channel count with heads dividing the output
-channels; any feature size (the lambda convolution pads, so small maps only see part of the r x r window).
+comparisons (Sec. 5.1); `conv` on all stages (15.00M params, the paper's 15.0M). Needs as many output as
+input channels (a ResNet's 3x3 conv) and heads dividing them; any feature size (the lambda convolution pads,
+so small maps only see part of the r x r window).
 """
 from timm.layers.lambda_layer import LambdaLayer as TimmLambdaLayer
 from torch import nn
