@@ -70,7 +70,7 @@ def test_lambda_layer_computes_the_papers_equations(stride):
         y = torch.einsum("bhkn,bkv->bhvn", q, content) + torch.einsum("bhkn,bnkv->bhvn", q, position)
         y = y.reshape(2, c, h, w)
         if stride == 2:
-            y = F.avg_pool2d(y, 2)
+            y = F.avg_pool2d(y, 2, ceil_mode=True)  # 6 x 5 -> 3 x 3, as a strided 3x3 conv
     torch.testing.assert_close(ours, y, rtol=0, atol=1e-5)
 
 
@@ -137,3 +137,10 @@ def test_strip_pooling_is_the_papers_gate():
         expected = x * torch.sigmoid(F.conv2d(y, spm.conv3.weight, spm.conv3.bias))
         torch.testing.assert_close(spm(x), expected)
     assert create_attention("strip_pool", 1)(torch.randn(1, 1, 1, 1)).shape == (1, 1, 1, 1)
+
+
+def test_lambda_halves_odd_maps_as_the_strided_conv_it_replaces():
+    layer = create_attention("lambda", 32, out_channels=32, stride=2, feat_size=(7, 7))
+    assert layer(torch.randn(1, 32, 7, 7)).shape == (1, 32, 4, 4)
+    built = build_model(ModelConfig(backbone="resnet10_narrow", attention=AttentionSpec(name="lambda")), 10, 3, 48)
+    assert built.model(torch.randn(1, 3, 48, 48)).shape == (1, 10)  # 12 -> 6 -> 3 -> 2 px

@@ -8,7 +8,8 @@ For a context of m = H*W positions (Sec. 3, Fig. 3 pseudo-code), with |h| heads,
     position lambda  lambda^p_n = sum_{m in n's r x r window} E_{n-m} V_m  (|k| x |v|; E a learned r x r x |k|
                      kernel: the "lambda convolution", a conv3d of V with kernel (r, r, 1))
     y_n = concat over heads of q_n^h (lambda^c + lambda^p_n)           (|h| |v| = d_out channels)
-W_q, W_k, W_v are bias-free 1x1 projections. Stride 2 is a 2x2 average pool after the layer.
+W_q, W_k, W_v are bias-free 1x1 projections. Stride 2 is a 2x2 average pool after the layer (as timm; ceil
+mode, so an odd map gives ceil(n / 2) as the strided conv it replaces).
 Defaults, as the lambda layer of the paper's ResNet-50 comparison with attention mechanisms (Sec. 5.1, the
 table listing "Lambda layer" at 15.0M params, 78.4% top-1): |k| = 16, |h| = 4, |u| = 1, local contexts of
 r = 23 (the lambda convolution) in every bottleneck's 3x3 conv; ResNet-50 so built has 15.00M parameters.
@@ -41,4 +42,6 @@ class LambdaLayer(TimmLambdaLayer):
         # the paper's lambda convolution has no bias (timm's Conv3d does): same kernel, bias-free
         self.conv_lambda = nn.Conv3d(1, key_depth, (context, context, 1), padding=(context // 2, context // 2, 0),
                                      bias=False)
+        if stride == 2:  # ceil_mode: an odd map halves to ceil(n / 2) as the strided 3x3 conv and the shortcut do
+            self.pool = nn.AvgPool2d(2, 2, ceil_mode=True)
         self.reset_parameters()
