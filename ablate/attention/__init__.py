@@ -22,6 +22,7 @@ from ablate.attention.registry import (  # noqa: F401
 CBAM_PAPER = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018 (arXiv:1807.06521)"
 CBAM_POOLS = ("avg", "max", "lp", "lse")  # the official code's channel descriptors
 FCA_FREQS = tuple(f"{kind}{n}" for kind in ("top", "low", "bot") for n in (1, 2, 4, 8, 16, 32))  # official sets
+DANET_PAPER = "Fu et al., Dual Attention Network for Scene Segmentation, CVPR 2019 (arXiv:1809.02983)"
 
 BUILTIN = (
     AttentionInfo(
@@ -92,6 +93,27 @@ BUILTIN = (
             "reduction": Knob(int, 2, "attention embedding width C / reduction (official `factor`)",
                               low=1, high="channels"),
         },
+    ),
+    AttentionInfo(
+        "criss_cross", "ablate.attention.criss_cross:CrissCrossAttention", kind="gate", placement=Placement("head"),
+        paper="Huang et al., CCNet: Criss-Cross Attention for Semantic Segmentation, ICCV 2019 (arXiv:1811.11721)",
+        knobs={
+            "reduction": Knob(int, 8, "query/key width C' = C / reduction (paper: C' < C; official: C / 8)", low=1,
+                              high="channels"),
+            "recurrence": Knob(int, 2, "R, criss-cross passes sharing weights (RCCA)", low=1, high=4),
+        },
+    ),
+    AttentionInfo(
+        "danet_channel", "ablate.attention.danet:ChannelAttention", kind="gate", placement=Placement("head"),
+        paper=DANET_PAPER,
+        knobs={"energy": Knob(str, "similarity", "softmax of the channel similarities (paper) or of max minus "
+                              "them (official code)", choices=("similarity", "max_minus"))},
+    ),
+    AttentionInfo(
+        "danet_position", "ablate.attention.danet:PositionAttention", kind="gate", placement=Placement("head"),
+        paper=DANET_PAPER,
+        knobs={"reduction": Knob(int, 1, "query/key width C / reduction (paper: C, 1; official code: C / 8, 8)",
+                                 low=1, high="channels")},
     ),
     AttentionInfo(
         "eca", "ablate.attention.eca:EfficientChannelAttention", kind="gate", placement=Placement("block"),
@@ -174,6 +196,17 @@ BUILTIN = (
             "block_size": Knob(int, 8, "query block size b; must divide H and W", low=1, high=64),
             "halo_size": Knob(int, 3, "halo h around each block", low=0, high=32),
             "heads": Knob(int, 8, "attention heads; must divide the output channels", low=1, high="channels"),
+        },
+    ),
+    AttentionInfo(
+        "lambda", "ablate.attention.lambda_layer:LambdaLayer", kind="conv", placement=Placement("conv"),
+        source="timm.layers.lambda_layer.LambdaLayer",
+        paper="Bello, LambdaNetworks: Modeling Long-Range Interactions Without Attention, ICLR 2021 "
+              "(arXiv:2102.08602)",
+        knobs={
+            "heads": Knob(int, 4, "query heads |h|; must divide the output channels", low=1, high="channels"),
+            "key_depth": Knob(int, 16, "query/key depth |k|", low=1, high=256),
+            "context": Knob(int, 23, "local context r of the lambda convolution", low=1, high=63, odd=True),
         },
     ),
     AttentionInfo(
@@ -270,6 +303,11 @@ BUILTIN = (
         paper="Lee et al., SRM: A Style-based Recalibration Module for Convolutional Neural Networks, ICCV 2019 "
               "(arXiv:1903.10829)",
         knobs={"unbiased_std": Knob(bool, False, "unbiased std in the style pooling, as the official code")},
+    ),
+    AttentionInfo(
+        "strip_pool", "ablate.attention.strip_pool:StripPooling", kind="gate", placement=Placement("block"),
+        paper="Hou et al., Strip Pooling: Rethinking Spatial Pooling for Scene Parsing, CVPR 2020 (arXiv:2003.13328)",
+        knobs={"norm_act": Knob(bool, False, "BN after each strip conv and ReLU on their sum (official SPBlock)")},
     ),
     AttentionInfo(
         "triplet", "ablate.attention.triplet:TripletAttention", kind="gate", placement=Placement("block"),
