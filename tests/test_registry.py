@@ -1,6 +1,7 @@
 """The registry contract: knob validation, metadata, plugins through entry points and --plugin."""
 import inspect
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,24 @@ def test_study_files_cannot_run_code(tmp_path, run_cli):
     proc = run_cli("run", study, cwd=tmp_path)
     assert proc.returncode == 2 and str(study) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def readme_module_table() -> str:
+    """The README's module table as the registry says it (ablate's own modules, as `ablate modules` lists them)."""
+    from ablate.attention import BUILTIN
+
+    def show(value):
+        return "+".join(map(str, value)) if isinstance(value, tuple) else "null" if value is None else str(value)
+    lines = ["| module | kind | where its paper puts it | knobs (defaults) | paper |",
+             "| --- | --- | --- | --- | --- |"]
+    for info in sorted(BUILTIN, key=lambda i: i.name):
+        knobs = ", ".join(f"{k}={show(v.default)}" for k, v in info.knobs.items()) or "-"
+        where = info.placement.describe() if info.placement else "-"
+        lines.append(f"| `{info.name}` | {info.kind} | {where} | {knobs} | {info.paper} |")
+    return "\n".join(lines)
+
+
+def test_the_readme_lists_every_module_as_the_registry_has_it():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme_module_table()
+    assert table in readme, "README.md's module table is stale; put this in its place:\n" + table
