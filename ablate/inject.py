@@ -418,13 +418,14 @@ def _position(spec: AttentionSpec, info: AttentionInfo) -> Position:
     return position
 
 
-DEFAULT_PLACEMENT = Placement("block")  # for a module whose paper names no single place (and for none)
+# for a module (a plugin's) whose paper names no single place: where its kind goes first (and block for none)
+DEFAULT_PLACEMENT = {"gate": Placement("block"), "conv": Placement("conv"), "head": Placement("head")}
 
 
 def with_placement(model: nn.Module, spec: AttentionSpec, info: AttentionInfo | None) -> AttentionSpec:
     """`spec` with what the user left unset taken from the paper's placement: the position, and for that
     position the paper's stages (BAM: every stage but the last)."""
-    placement = (info.placement if info else None) or DEFAULT_PLACEMENT
+    placement = (info.placement if info else None) or DEFAULT_PLACEMENT[info.kind if info else "gate"]
     position = spec.position or placement.position
     stages = spec.stages
     if stages is None and position == placement.position and placement.stages != "all":
