@@ -1,0 +1,221 @@
+"""Any timm backbone: every position on one model of every CNN or hybrid timm family works or refuses in one line.
+
+"Works": the forward and backward run, a gate in identity init leaves the plain model's eval output unchanged, and
+every inserted module gets a gradient. "Refuses": an AblateError of one line. Anything else (a traceback) fails.
+The families are timm's own: `timm.list_models()` grouped by the module that defines them; each is represented by
+its smallest model (fewest parameters) that runs at a small image size, built with random weights. Pure
+transformer families (ViT, Swin, DeiT, ...: token sequences, no feature maps) are not in the sweep.
+
+Budget: families marked HEAVY (smallest model over ~20M parameters, or a slow cell net) run only with
+ABLATE_SWEEP=all; the rest take about a minute on 2 CPU cores. The GMAC count is replaced by a plain forward (the
+structure is under test, not the cost), which still catches a forward the injector breaks.
+`python tests/test_any_backbone.py` prints the families x positions table.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import pytest
+import timm
+import torch
+
+import ablate.inject
+from ablate.config import AttentionSpec
+from ablate.errors import AblateError
+from ablate.inject import find_blocks, inject
+
+# family (timm's module) -> (its smallest model that runs small, image size)
+FAMILIES = {
+    "byoanet": ("botnet26t_256", 64),  # halonet_h1, smaller, needs 256 px
+    "byobnet": ("test_byobnet", 64),
+    "convmixer": ("convmixer_768_32", 64),
+    "convnext": ("test_convnext", 64),
+    "cpubone": ("cpubone_nano", 64),
+    "csatv2": ("csatv2", 64),
+    "cspnet": ("cs3darknet_focus_s", 64),
+    "cspnext": ("cspnext_tiny", 64),
+    "davit": ("davit_tiny", 64),
+    "densenet": ("densenet121", 64),
+    "dla": ("dla46x_c", 64),
+    "dpn": ("dpn48b", 64),
+    "edgenext": ("edgenext_xx_small", 64),
+    "efficientformer": ("efficientformer_l1", 224),  # fixed 7x7 attention biases
+    "efficientformer_v2": ("efficientformerv2_s0", 64),
+    "efficientnet": ("test_efficientnet", 64),
+    "efficientvim": ("efficientvim_m1", 64),
+    "efficientvit_mit": ("efficientvit_b0", 64),
+    "efficientvit_msra": ("efficientvit_m0", 64),
+    "fasternet": ("fasternet_t0", 64),
+    "fastvit": ("fastvit_t8", 64),
+    "focalnet": ("focalnet_tiny_srf", 64),
+    "gcvit": ("gcvit_xxtiny", 64),
+    "ghostnet": ("ghostnet_050", 64),
+    "hardcorenas": ("hardcorenas_b", 64),
+    "hgnet": ("hgnetv2_b0", 64),
+    "hrnet": ("hrnet_w18_small", 64),
+    "iformer": ("iformer_t", 64),
+    "inception_next": ("inception_next_atto", 64),
+    "inception_resnet_v2": ("inception_resnet_v2", 96),  # 64 px shrinks a map below its 3x3 kernel
+    "inception_v3": ("inception_v3", 75),
+    "inception_v4": ("inception_v4", 96),
+    "lcnetv2": ("lcnetv2_small", 64),
+    "levit": ("levit_128s", 64),
+    "lowformer": ("lowformer_b0", 64),
+    "mambaout": ("test_mambaout", 64),
+    "maxxvit": ("test_coatnet", 64),
+    "metaformer": ("poolformerv2_s12", 64),
+    "mobilenetv3": ("mobilenetv3_small_050", 64),
+    "mobilenetv5": ("mobilenetv5_base", 64),
+    "mobilevit": ("mobilevit_xxs", 64),
+    "nasnet": ("nasnetalarge", 64),
+    "nextvit": ("nextvit_small", 64),
+    "nfnet": ("test_nfnet", 64),
+    "pnasnet": ("pnasnet5large", 64),
+    "rdnet": ("rdnet_tiny", 64),
+    "regnet": ("regnetx_002", 64),
+    "repghost": ("repghostnet_050", 64),
+    "repvit": ("repvit_m1", 64),
+    "res2net": ("res2next50", 64),
+    "resnest": ("resnest14d", 64),
+    "resnet": ("test_resnet", 64),
+    "resnetv2": ("resnetv2_18", 64),
+    "rexnet": ("rexnet_100", 64),
+    "selecsls": ("selecsls42", 64),
+    "senet": ("legacy_seresnet18", 64),
+    "shvit": ("shvit_s1", 64),
+    "sknet": ("skresnet18", 64),
+    "starnet": ("starnet_s050", 64),
+    "swiftformer": ("swiftformer_xs", 64),
+    "tiny_vit": ("tiny_vit_5m_224", 64),
+    "tresnet": ("tresnet_m", 64),
+    "vgg": ("vgg11", 64),
+    "visformer": ("visformer_tiny", 64),
+    "vision_transformer_hybrid": ("vit_tiny_r_s16_p8_224", 64),
+    "vitamin": ("vitamin_small_224", 64),
+    "vovnet": ("ese_vovnet19b_slim_dw", 64),
+    "xception": ("legacy_xception", 64),
+    "xception_aligned": ("xception41p", 64),
+}
+HEAVY = {"convmixer", "davit", "focalnet", "inception_resnet_v2", "inception_v4", "mobilenetv5", "nasnet", "nextvit",
+         "pnasnet", "res2net", "selecsls", "tresnet", "vgg", "vitamin", "xception", "xception_aligned"}
+POSITIONS = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")
+# (module, position): a gate everywhere a gate goes, a second gate in the block, a conv module, a head module
+CASES = [("se", p) for p in POSITIONS if p != "conv"] + [("cbam", "block"), ("sk", "conv"), ("attn_pool", "head")]
+RESULTS: dict[str, dict[str, str]] = {}
+
+
+def selected() -> list[str]:
+    every = os.environ.get("ABLATE_SWEEP") == "all"
+    return [f for f in FAMILIES if every or f not in HEAVY]
+
+
+def _forward_only(model, input_size):
+    """count_gmacs' stand-in: its forward (which the injector's one-line net relies on), not its FLOP counting."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_size))
+    model.train(was_training)
+    return 0.0, {}
+
+
+def build(name: str, size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=10, img_size=size).eval()
+    except TypeError:  # a family without an img_size argument
+        return timm.create_model(name, pretrained=False, num_classes=10).eval()
+
+
+def last_site(model: torch.nn.Module) -> str:
+    """A glob for position pattern: the last block, or the last module timm taps for features."""
+    try:
+        return find_blocks(model)[-1].path
+    except (AblateError, IndexError):
+        return model.feature_info[-1]["module"]
+
+
+def logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_case(plain: torch.nn.Module, x: torch.Tensor, reference: torch.Tensor, module: str, position: str,
+             pattern: str | None) -> str:
+    """'works' or 'refuses: <the one line>'; an assertion names what did not hold."""
+    model = copy.deepcopy(plain)
+    gate = module in ("se", "cbam")
+    spec = AttentionSpec(name=module, position=position, init="identity" if gate else "default",
+                         pattern=pattern if position == "pattern" else None)
+    try:
+        report = inject(model, spec, image_size=x.shape[-1])
+    except AblateError as e:
+        assert "\n" not in str(e), f"a refusal of more than one line: {e}"
+        return f"refuses: {e}"
+    assert report.rows, "nothing inserted and no refusal"
+    model.eval()
+    with torch.no_grad():
+        out = logits(model(x))
+    if gate:
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-4, msg="identity init changed the output")
+    model.train()
+    logits(model(x)).float().square().mean().backward()
+    for row in report.rows:
+        params = list(model.get_submodule(row.path).parameters())
+        assert all(p.grad is not None for p in params), f"{row.path} is not reached by the gradient"
+    return "works"
+
+
+@pytest.mark.parametrize("family", selected())
+def test_every_position_works_or_refuses_in_one_line(family, monkeypatch):
+    monkeypatch.setattr(ablate.inject, "count_gmacs", _forward_only)
+    torch.set_num_threads(1)
+    name, size = FAMILIES[family]
+    plain = build(name, size)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = logits(plain(x))
+    pattern = last_site(plain)
+    outcomes = RESULTS.setdefault(family, {})
+    for module, position in CASES:
+        try:
+            outcomes[f"{module}@{position}"] = run_case(plain, x, reference, module, position, pattern)
+        except AssertionError as e:
+            raise AssertionError(f"{family} ({name}), {module} at {position}: {e}") from None
+        except Exception as e:  # a traceback: the case neither works nor refuses in one line
+            raise AssertionError(f"{family} ({name}), {module} at {position}: {type(e).__name__}: {e}") from e
+
+
+def table(results: dict[str, dict[str, str]]) -> str:
+    columns = [f"{m}@{p}" for m, p in CASES]
+    lines = [f"{'family':<26}" + "".join(f"{c:>15}" for c in columns)]
+    for family, outcomes in sorted(results.items()):
+        cells = ["works" if outcomes.get(c) == "works" else "refuses" if c in outcomes else "-" for c in columns]
+        lines.append(f"{family:<26}" + "".join(f"{c:>15}" for c in cells))
+    works = [sum(o.get(c) == "works" for o in results.values()) for c in columns]
+    lines.append(f"{'works (of ' + str(len(results)) + ')':<26}" + "".join(f"{w:>15}" for w in works))
+    return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _print_table():
+    yield
+    if RESULTS:
+        print("\n" + table(RESULTS))
+
+
+if __name__ == "__main__":  # the full table and every refusal, for the README
+    os.environ.setdefault("ABLATE_SWEEP", "all")
+    ablate.inject.count_gmacs = _forward_only
+    torch.set_num_threads(1)
+    for fam in (sys.argv[1:] or selected()):
+        model_name, image = FAMILIES[fam]
+        net = build(model_name, image)
+        inputs = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ref = logits(net(inputs))
+        RESULTS[fam] = {f"{m}@{p}": run_case(net, inputs, ref, m, p, last_site(net)) for m, p in CASES}
+        for case, outcome in RESULTS[fam].items():
+            print(f"{fam:<26} {case:<18} {outcome}", flush=True)
+    print(table(RESULTS))
