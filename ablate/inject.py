@@ -114,8 +114,8 @@ def _blocks(model: nn.Module, spec: AttentionSpec) -> list[Block]:
     with at("position"):
         blocks = find_blocks(model)
     if not blocks:
-        raise AblateError(f"no residual blocks found for position {spec.position!r} (use pattern)",
-                          key="position")
+        raise AblateError(f"{type(model).__name__}: no residual blocks found for position {spec.position!r} "
+                          f"(use head or pattern)", key="position")
     return blocks
 
 
@@ -174,7 +174,8 @@ def _stem_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[
 def _head_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
     pools = [n for n, _ in model.named_modules() if n.split(".")[-1] == "global_pool"]
     if not pools:
-        raise AblateError("this backbone has no global_pool for position 'head'", key="position")
+        raise AblateError(f"{type(model).__name__} has no timm global_pool (it pools inside its head) for position "
+                          f"'head' (use stage: after the last stage, or pattern)", key="position")
     return [(pools[0], "pool" if kind == "head" else "in")]
 
 
@@ -182,8 +183,8 @@ def _conv_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[
     chosen = _select(_blocks(model, spec), spec)
     sites = [(f"{b.path}.conv2", "replace") for b in chosen if _has_3x3(model.get_submodule(b.path))]
     if not sites:
-        raise AblateError(f"{type(model).__name__} blocks have no 3x3 conv for position 'conv'",
-                          key="position")
+        raise AblateError(f"{type(model).__name__} blocks have no ResNet-style 3x3 conv (conv2) for position 'conv' "
+                          f"(use pattern to name the convs to replace)", key="position")
     return sites
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import time
 
 import pytest
 import timm
 import torch
 
 import ablate.inject
+from ablate.blocks import branch_ends
 from ablate.config import AttentionSpec
 from ablate.errors import AblateError
 from ablate.inject import find_blocks, inject
@@ -187,6 +189,42 @@ def test_every_position_works_or_refuses_in_one_line(family, monkeypatch):
             raise AssertionError(f"{family} ({name}), {module} at {position}: {type(e).__name__}: {e}") from e
 
 
+@pytest.mark.parametrize("name, block, end", [
+    ("resnet18", "layer1.0", "layer1.0.bn2"),  # exactly where timm's se slot runs: the finder agrees with timm
+    ("resnet50", "layer1.0", "layer1.0.bn3"),
+    ("test_convnext", "stages.0.blocks.0", "stages.0.blocks.0.drop_path"),  # after the MLP and the layer scale
+    ("cs3darknet_focus_s", "stages.0.blocks.0", "stages.0.blocks.0.drop_path"),
+    ("test_nfnet", "stages.0.0", "stages.0.0.drop_path"),  # before `* alpha + shortcut`
+    ("test_byobnet", "stages.0.0", "stages.0.0.drop_path"),
+    ("repvit_m1", "stages.0.blocks.0", "stages.0.blocks.0.channel_mixer"),  # a branch with no drop path
+    ("dla46x_c", "level2.tree1", "level2.tree1.bn3"),  # its shortcut comes in as an argument
+])
+def test_block_finds_the_end_of_the_residual_branch(name, block, end):
+    torch.set_num_threads(1)
+    model = build(name, 64)
+    assert branch_ends(model, [block], 3, 64) == {block: end}
+
+
+def test_block_goes_there_in_identity_and_a_block_without_a_branch_refuses():
+    torch.set_num_threads(1)
+    model = build("test_convnext", 64)
+    report = inject(model, AttentionSpec(name="se", stages=[1]), image_size=64)
+    assert [r.path for r in report.rows] == ["stages.0.blocks.0.drop_path.attn_out"]
+    with pytest.raises(AblateError, match=r"DenseNet blocks have neither an attention slot nor a residual branch"):
+        inject(build("densenet121", 64), AttentionSpec(name="se"), image_size=64)
+
+
+def test_a_module_hooked_on_a_sequential_hangs_off_an_ancestor_and_plain_weights_still_load():
+    torch.set_num_threads(1)
+    model = build("starnet_s050", 64)  # its first block, stages.0.0, is a ConvBN Sequential
+    state = copy.deepcopy(model.state_dict())
+    report = inject(model, AttentionSpec(name="se", position="stem"), image_size=64)
+    assert [r.path for r in report.rows] == ["attn_in_stages_0_0"]
+    assert len(model.stages[0][0]) == 2  # the Sequential runs its own two layers, not ours as a third
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("attn_in_stages_0_0.") for k in missing)
+
+
 def table(results: dict[str, dict[str, str]]) -> str:
     columns = [f"{m}@{p}" for m, p in CASES]
     lines = [f"{'family':<26}" + "".join(f"{c:>15}" for c in columns)]
@@ -210,6 +248,7 @@ if __name__ == "__main__":  # the full table and every refusal, for the README
     ablate.inject.count_gmacs = _forward_only
     torch.set_num_threads(1)
     for fam in (sys.argv[1:] or selected()):
+        start = time.perf_counter()
         model_name, image = FAMILIES[fam]
         net = build(model_name, image)
         inputs = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(0))
@@ -218,4 +257,5 @@ if __name__ == "__main__":  # the full table and every refusal, for the README
         RESULTS[fam] = {f"{m}@{p}": run_case(net, inputs, ref, m, p, last_site(net)) for m, p in CASES}
         for case, outcome in RESULTS[fam].items():
             print(f"{fam:<26} {case:<18} {outcome}", flush=True)
+        print(f"{fam:<26} {time.perf_counter() - start:.1f} s", flush=True)
     print(table(RESULTS))
