@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
-from ablate.blocks import Block, branch_ends, find_blocks, hook_holder  # noqa: F401 (Block, find_blocks: API)
+from ablate.blocks import Block, branch_ends, find_blocks, hook_holder, spatial_conv  # noqa: F401 (API)
 from ablate.config import AttentionSpec
 from ablate.cost import count_gmacs, count_params
 from ablate.errors import AblateError, at, describe, one_line
@@ -181,9 +181,11 @@ def _head_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[
 
 def _conv_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
     chosen = _select(_blocks(model, spec), spec)
-    sites = [(f"{b.path}.conv2", "replace") for b in chosen if _has_3x3(model.get_submodule(b.path))]
+    convs = {b.path: "conv2" if _has_3x3(model.get_submodule(b.path)) else spatial_conv(model.get_submodule(b.path))
+             for b in chosen}
+    sites = [(f"{path}.{conv}", "replace") for path, conv in convs.items() if conv]
     if not sites:
-        raise AblateError(f"{type(model).__name__} blocks have no ResNet-style 3x3 conv (conv2) for position 'conv' "
+        raise AblateError(f"{type(model).__name__} blocks have no dense 3x3 conv for position 'conv' "
                           f"(use pattern to name the convs to replace)", key="position")
     return sites
 
@@ -293,7 +295,8 @@ def _replace_conv(site: Site) -> Installed:
     parent = site.parent
     setattr(parent, site.attr, attn)
     if site.info.includes_norm_act:  # the module normalises and activates its own output
-        for follower in ("bn2", "act2"):
+        # ResNet's block: bn2, act2 follow conv2; timm's ConvNormAct: its bn (a BatchNormAct2d) follows its conv
+        for follower in ("bn2", "act2") if site.attr != "conv" else ("bn", "norm", "act"):
             if isinstance(getattr(parent, follower, None), nn.Module):
                 setattr(parent, follower, nn.Identity())
     return Installed(site.path, count_params(attn) - count_params(old), replaced=site.path)
