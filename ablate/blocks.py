@@ -108,12 +108,12 @@ def hook_holder(model: nn.Module, path: str) -> tuple[nn.Module, str, str]:
 
 
 def spatial_conv(block: nn.Module) -> str | None:
-    """The block's last dense (not depthwise) 3x3 conv outside a shortcut path, e.g. ByobNet's `conv2_kxk.conv`,
+    """The block's last dense (not depthwise) 3x3 'same' conv outside a shortcut path, e.g. ByobNet's `conv2_kxk.conv`,
     CSPNet's and RegNet's `conv2.conv`: the conv that SK, split attention, BoT and halo replace."""
     found = None
     for name, module in block.named_modules():
-        if (isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and not _in_shortcut(name)
-                and (module.groups == 1 or module.groups < module.in_channels)):
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and module.padding == (1, 1)
+                and not _in_shortcut(name) and (module.groups == 1 or module.groups < module.in_channels)):
             found = name
     return found
 

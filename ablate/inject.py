@@ -183,7 +183,9 @@ def _conv_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[
     chosen = _select(_blocks(model, spec), spec)
     convs = {b.path: "conv2" if _has_3x3(model.get_submodule(b.path)) else spatial_conv(model.get_submodule(b.path))
              for b in chosen}
-    sites = [(f"{path}.{conv}", "replace") for path, conv in convs.items() if conv]
+    in_chans = INPUT.get()[0]  # a conv that reads the image is a stem's, in families whose matcher counts it a block
+    sites = [(f"{path}.{conv}", "replace") for path, conv in convs.items()
+             if conv and model.get_submodule(f"{path}.{conv}").in_channels != in_chans]
     if not sites:
         raise AblateError(f"{type(model).__name__} blocks have no dense 3x3 conv for position 'conv' "
                           f"(use pattern to name the convs to replace)", key="position")
