@@ -4,12 +4,15 @@ Positions (the POSITIONS table; config.POSITION_NAMES names the same ones); an u
 paper placement (its registry entry), `block` where the paper names none:
   block      inside each residual block, before the residual add: the block's `se` slot, where timm's
              ResNet/ResNeXt/ResNet-D/Wide, EfficientNet/MobileNetV3 and RegNet blocks put SE. A slot that
-             already holds a module (EfficientNet's SE) keeps it; ours runs right after it.
+             already holds a module (EfficientNet's SE) keeps it; ours runs right after it. A block without the
+             slot (ConvNeXt, CSPNet, NFNet, ByobNet, ...) takes it after the module that ends its residual
+             branch (blocks.branch_ends); a block without a residual branch (DenseNet, VGG) takes none.
   block_out  after each block's output.
   stage      after the last block of each stage (between stages, where BAM sits).
   stem       after the stem (on the first block's input).
   head       before global pooling; a `head`-kind module replaces the global pooling itself.
-  conv       replaces each block's 3x3 conv (SK, split-attention, BoT MHSA, halo, CoT).
+  conv       replaces each block's 3x3 conv (SK, split-attention, BoT MHSA, halo, CoT): ResNet's conv2, else
+             the block's last dense 'same' 3x3 conv (blocks.spatial_conv).
   pattern    after (gate) or instead of (conv) every module whose path matches a glob.
 
 A position's site finder names its sites and how each takes the module (the INSTALLERS table): into the
@@ -17,10 +20,12 @@ block's `slot`, `replace` a conv, replace the global `pool`, or hooked on after 
 module. A new position is one finder and one POSITIONS entry (and its name in config.POSITION_NAMES); a new way
 to take a module is one INSTALLERS row. Replacing the global pool is classifier surgery: ablate/head.py.
 
-Blocks and stages come from timm's own `group_matcher`, so any timm family that timm can group works.
-Channels and feature sizes come from one dry forward with hooks. Modules added after a module's
-output hang off that module as child `attn_out` (a forward hook applies them), so every original
-state_dict key is unchanged and plain checkpoints still load.
+Blocks and stages come from timm's own `group_matcher` (blocks.find_blocks), so any timm family that timm can
+group works. Channels and feature sizes come from one dry forward with hooks; a site that sees no single
+(B, C, H, W) map (a list, a tuple, tokens, several shapes) refuses in one line, as does a forward the injector
+breaks. Modules added after a module's output hang off that module as child `attn_out` (a forward hook applies
+them; off its nearest non-Sequential ancestor if it is one), so every original state_dict key is unchanged and
+plain checkpoints still load.
 
 Errors are AblateErrors keyed relative to the attention spec ("position: ...", "knobs.reduction: ..."):
 `models.build_model` locates them under `model.attention`.
