@@ -66,6 +66,9 @@ class HeadPool(nn.Module):
         is_module = isinstance(flatten, nn.Module)
         self.flatten = bool(flatten) if not is_module else not isinstance(flatten, nn.Identity)
 
+    def is_identity(self) -> bool:  # timm's SelectAdaptivePool API, which some heads ask (LowFormer)
+        return False
+
     def forward(self, x):
         pooled = self.attn(x)
         return pooled if self.flatten else pooled[:, :, None, None]

@@ -4,12 +4,15 @@ Positions (the POSITIONS table; config.POSITION_NAMES names the same ones); an u
 paper placement (its registry entry), `block` where the paper names none:
   block      inside each residual block, before the residual add: the block's `se` slot, where timm's
              ResNet/ResNeXt/ResNet-D/Wide, EfficientNet/MobileNetV3 and RegNet blocks put SE. A slot that
-             already holds a module (EfficientNet's SE) keeps it; ours runs right after it.
+             already holds a module (EfficientNet's SE) keeps it; ours runs right after it. A block without the
+             slot (ConvNeXt, CSPNet, NFNet, ByobNet, ...) takes it after the module that ends its residual
+             branch (blocks.branch_ends); a block without a residual branch (DenseNet, VGG) takes none.
   block_out  after each block's output.
   stage      after the last block of each stage (between stages, where BAM sits).
   stem       after the stem (on the first block's input).
   head       before global pooling; a `head`-kind module replaces the global pooling itself.
-  conv       replaces each block's 3x3 conv (SK, split-attention, BoT MHSA, halo, CoT).
+  conv       replaces each block's 3x3 conv (SK, split-attention, BoT MHSA, halo, CoT): ResNet's conv2, else
+             the block's last dense 'same' 3x3 conv (blocks.spatial_conv).
   pattern    after (gate) or instead of (conv) every module whose path matches a glob.
 
 A position's site finder names its sites and how each takes the module (the INSTALLERS table): into the
@@ -17,10 +20,12 @@ block's `slot`, `replace` a conv, replace the global `pool`, or hooked on after 
 module. A new position is one finder and one POSITIONS entry (and its name in config.POSITION_NAMES); a new way
 to take a module is one INSTALLERS row. Replacing the global pool is classifier surgery: ablate/head.py.
 
-Blocks and stages come from timm's own `group_matcher`, so any timm family that timm can group works.
-Channels and feature sizes come from one dry forward with hooks. Modules added after a module's
-output hang off that module as child `attn_out` (a forward hook applies them), so every original
-state_dict key is unchanged and plain checkpoints still load.
+Blocks and stages come from timm's own `group_matcher` (blocks.find_blocks), so any timm family that timm can
+group works. Channels and feature sizes come from one dry forward with hooks; a site that sees no single
+(B, C, H, W) map (a list, a tuple, tokens, several shapes) refuses in one line, as does a forward the injector
+breaks. Modules added after a module's output hang off that module as child `attn_out` (a forward hook applies
+them; off its nearest non-Sequential ancestor if it is one), so every original state_dict key is unchanged and
+plain checkpoints still load.
 
 Errors are AblateErrors keyed relative to the attention spec ("position: ...", "knobs.reduction: ..."):
 `models.build_model` locates them under `model.attention`.
@@ -28,27 +33,23 @@ Errors are AblateErrors keyed relative to the attention spec ("position: ...", "
 from __future__ import annotations
 
 import fnmatch
-import re
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Literal
 
 import torch
 from torch import nn
 
 from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
+from ablate.blocks import Block, branch_ends, find_blocks, hook_holder, spatial_conv  # noqa: F401 (API)
 from ablate.config import AttentionSpec
 from ablate.cost import count_gmacs, count_params
-from ablate.errors import AblateError, at
+from ablate.errors import AblateError, at, describe, one_line
 from ablate.head import replace_pool
 
 SLOT = "se"  # timm's name for the attention slot inside a block
-
-
-@dataclass
-class Block:
-    path: str
-    stage: int  # 1-based, as papers count
-    index: int  # 0-based within its stage
+INPUT = ContextVar("INPUT", default=(3, 224))  # (in_chans, image_size) of the inject call, for site finders' probes
 
 
 @dataclass
@@ -106,50 +107,20 @@ class IdentityInit(nn.Module):
         return x + self.alpha * (self.module(x) - x)
 
 
-def _apply_attn_out(module, args, output):
-    return module.attn_out(output)
+def _apply_attn_out(holder, attr, module, args, output):
+    return getattr(holder, attr)(output)
 
 
-def _apply_attn_in(module, args):
-    return (module.attn_in(args[0]),) + tuple(args[1:])
-
-
-def find_blocks(model: nn.Module) -> list[Block]:
-    """Residual blocks in forward order with their stage, from timm's group_matcher."""
-    matcher = getattr(model, "group_matcher", None)
-    if matcher is None:
-        raise AblateError(f"{type(model).__name__} has no group_matcher, so its blocks are unknown "
-                          f"(use position: pattern)")
-    spec = matcher(coarse=False)["blocks"]
-    patterns = [spec] if isinstance(spec, str) else [p for p, ordinal in spec if ordinal is None]
-    found = []
-    for name, _ in model.named_modules():
-        for pattern in patterns:
-            m = re.fullmatch(pattern.lstrip("^"), name)
-            if m:
-                found.append((name, m.groups()))
-    if not found:
-        return []
-    if len(found[0][1]) >= 2:  # (stage, block) numbering in the path itself
-        stage_keys = list(dict.fromkeys(groups[0] for _, groups in found))
-        stages = [stage_keys.index(groups[0]) + 1 for _, groups in found]
-    else:  # one block sequence (Xception): stages end where timm's feature_info taps the network
-        taps = [f["module"] for f in getattr(model, "feature_info", [])]
-        ends = [i for i, (name, _) in enumerate(found)
-                if any(t == name or t.startswith(name + ".") for t in taps)]
-        stages = [1 + sum(1 for e in ends if e < i) for i in range(len(found))]
-    blocks, counts = [], {}
-    for (name, _), stage in zip(found, stages):
-        blocks.append(Block(name, stage, counts.get(stage, 0)))
-        counts[stage] = counts.get(stage, 0) + 1
-    return blocks
+def _apply_attn_in(holder, attr, module, args):
+    return (getattr(holder, attr)(args[0]),) + tuple(args[1:])
 
 
 def _blocks(model: nn.Module, spec: AttentionSpec) -> list[Block]:
-    blocks = find_blocks(model)
+    with at("position"):
+        blocks = find_blocks(model)
     if not blocks:
-        raise AblateError(f"no residual blocks found for position {spec.position!r} (use pattern)",
-                          key="position")
+        raise AblateError(f"{type(model).__name__}: no residual blocks found for position {spec.position!r} "
+                          f"(use head or pattern)", key="position")
     return blocks
 
 
@@ -181,11 +152,15 @@ def _has_3x3(block: nn.Module) -> bool:
 # ---------------------------------------------------------------- positions
 
 def _block_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
+    """timm's `se` slot where a block has one; otherwise after the module that ends its residual branch."""
     chosen = _select(_blocks(model, spec), spec)
-    sites = [(f"{b.path}.{SLOT}", "slot") for b in chosen if hasattr(model.get_submodule(b.path), SLOT)]
+    slotless = [b.path for b in chosen if not hasattr(model.get_submodule(b.path), SLOT)]
+    ends = branch_ends(model, slotless, *INPUT.get()) if slotless else {}
+    sites = [(f"{b.path}.{SLOT}", "slot") if b.path not in slotless else (ends[b.path], "out")
+             for b in chosen if b.path not in slotless or b.path in ends]
     if not sites:
-        raise AblateError(f"{type(model).__name__} blocks have no attention slot for position 'block' "
-                          f"(use block_out, stage, head or pattern)", key="position")
+        raise AblateError(f"{type(model).__name__} blocks have neither an attention slot nor a residual branch "
+                          f"for position 'block' (use block_out, stage, head or pattern)", key="position")
     return sites
 
 
@@ -204,16 +179,21 @@ def _stem_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[
 def _head_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
     pools = [n for n, _ in model.named_modules() if n.split(".")[-1] == "global_pool"]
     if not pools:
-        raise AblateError("this backbone has no global_pool for position 'head'", key="position")
+        raise AblateError(f"{type(model).__name__} has no timm global_pool (it pools inside its head) for position "
+                          f"'head' (use stage: after the last stage, or pattern)", key="position")
     return [(pools[0], "pool" if kind == "head" else "in")]
 
 
 def _conv_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
     chosen = _select(_blocks(model, spec), spec)
-    sites = [(f"{b.path}.conv2", "replace") for b in chosen if _has_3x3(model.get_submodule(b.path))]
+    convs = {b.path: "conv2" if _has_3x3(model.get_submodule(b.path)) else spatial_conv(model.get_submodule(b.path))
+             for b in chosen}
+    in_chans = INPUT.get()[0]  # a conv that reads the image is a stem's, in families whose matcher counts it a block
+    sites = [(f"{path}.{conv}", "replace") for path, conv in convs.items()
+             if conv and model.get_submodule(f"{path}.{conv}").in_channels != in_chans]
     if not sites:
-        raise AblateError(f"{type(model).__name__} blocks have no 3x3 conv for position 'conv'",
-                          key="position")
+        raise AblateError(f"{type(model).__name__} blocks have no dense 3x3 conv for position 'conv' "
+                          f"(use pattern to name the convs to replace)", key="position")
     return sites
 
 
@@ -322,7 +302,8 @@ def _replace_conv(site: Site) -> Installed:
     parent = site.parent
     setattr(parent, site.attr, attn)
     if site.info.includes_norm_act:  # the module normalises and activates its own output
-        for follower in ("bn2", "act2"):
+        # ResNet's block: bn2, act2 follow conv2; timm's ConvNormAct: its bn (a BatchNormAct2d) follows its conv
+        for follower in ("bn2", "act2") if site.attr != "conv" else ("bn", "norm", "act"):
             if isinstance(getattr(parent, follower, None), nn.Module):
                 setattr(parent, follower, nn.Identity())
     return Installed(site.path, count_params(attn) - count_params(old), replaced=site.path)
@@ -334,20 +315,22 @@ def _replace_pool(site: Site) -> Installed:
     return Installed(f"{site.path}.attn", replace_pool(site.model, site.path, site.make(), site.spec.name))
 
 
-def _hook_after(site: Site) -> Installed:
+def _hook(site: Site, name: str, apply, register: str) -> Installed:
+    """The module hangs off the hooked one as child `name` (or, for a Sequential, off an ancestor: blocks.py)."""
     attn = site.make()
-    target = site.module
-    target.attn_out = attn
-    target.register_forward_hook(_apply_attn_out)
-    return Installed(f"{site.path}.attn_out", count_params(attn))
+    holder, suffix, holder_path = hook_holder(site.model, site.path)
+    attr = f"{name}_{suffix}" if suffix else name
+    setattr(holder, attr, attn)
+    getattr(site.module, register)(partial(apply, holder, attr))
+    return Installed(f"{holder_path}.{attr}" if holder_path else attr, count_params(attn))
+
+
+def _hook_after(site: Site) -> Installed:
+    return _hook(site, "attn_out", _apply_attn_out, "register_forward_hook")
 
 
 def _hook_before(site: Site) -> Installed:
-    attn = site.make()
-    target = site.module
-    target.attn_in = attn
-    target.register_forward_pre_hook(_apply_attn_in)
-    return Installed(f"{site.path}.attn_in", count_params(attn))
+    return _hook(site, "attn_in", _apply_attn_in, "register_forward_pre_hook")
 
 
 @dataclass(frozen=True)
@@ -370,13 +353,18 @@ INSTALLERS: dict[str, Installer] = {
 }
 
 
-def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> dict[str, tuple]:
-    """One dry forward: the feature shape (C, H, W) at every site, seen as its installer's hook says."""
+def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> dict[str, list]:
+    """One dry forward: the feature shapes (C, H, W) seen at every site (one per distinct call), as its
+    installer's hook says; a type name where it sees no tensor (a list of maps, a tuple)."""
     shapes, handles, probes = {}, [], []
 
     def recorder(path):  # hooks must return None, or they would replace the module's input/output
         def record(module, args, output=None):
-            shapes.setdefault(path, tuple((args[0] if output is None else output).shape[1:]))
+            seen = args[0] if output is None and args else output
+            shape = tuple(seen.shape[1:]) if isinstance(seen, torch.Tensor) else type(seen).__name__
+            shapes.setdefault(path, [])
+            if shape not in shapes[path]:
+                shapes[path].append(shape)
         return record
 
     for path, how in sites:
@@ -402,6 +390,26 @@ def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> di
     return shapes
 
 
+def _instead(spec: AttentionSpec) -> str:
+    others = [p for p in POSITIONS if p not in (spec.position, "conv")] if spec.position != "conv" else ["pattern"]
+    return f"try position {', '.join(others)}"
+
+
+def _check_map(model: nn.Module, spec: AttentionSpec, path: str, seen: list) -> None:
+    """One (C, H, W) map at `path`, or a one-line refusal naming the family, the position and what else to try."""
+    family, where = type(model).__name__, f"position {spec.position!r} at {path}"
+    if any(not isinstance(s, tuple) for s in seen):
+        kind = next(s for s in seen if not isinstance(s, tuple))
+        raise AblateError(f"{family}: {where} meets a {kind} of tensors, not a (B, C, H, W) map; {_instead(spec)}",
+                          key="position")
+    if any(len(s) != 3 for s in seen):
+        raise AblateError(f"{family}: {where} meets a {len(seen[0]) + 1}-d tensor, not a (B, C, H, W) feature map "
+                          f"(a token sequence?); {_instead(spec)}", key="position")
+    if len(seen) > 1:
+        raise AblateError(f"{family}: {where} runs on {len(seen)} different shapes ({seen[0]}, {seen[1]}) in one "
+                          f"forward, so no one module fits; {_instead(spec)}", key="position")
+
+
 def _position(spec: AttentionSpec, info: AttentionInfo) -> Position:
     """spec.position's table entry, once it is known to take this kind of module and this init."""
     if spec.position not in POSITIONS:  # config validation refuses it first; this guards specs built without
@@ -418,13 +426,14 @@ def _position(spec: AttentionSpec, info: AttentionInfo) -> Position:
     return position
 
 
-DEFAULT_PLACEMENT = Placement("block")  # for a module whose paper names no single place (and for none)
+# for a module (a plugin's) whose paper names no single place: where its kind goes first (and block for none)
+DEFAULT_PLACEMENT = {"gate": Placement("block"), "conv": Placement("conv"), "head": Placement("head")}
 
 
 def with_placement(model: nn.Module, spec: AttentionSpec, info: AttentionInfo | None) -> AttentionSpec:
     """`spec` with what the user left unset taken from the paper's placement: the position, and for that
     position the paper's stages (BAM: every stage but the last)."""
-    placement = (info.placement if info else None) or DEFAULT_PLACEMENT
+    placement = (info.placement if info else None) or DEFAULT_PLACEMENT[info.kind if info else "gate"]
     position = spec.position or placement.position
     stages = spec.stages
     if stages is None and position == placement.position and placement.stages != "all":
@@ -446,21 +455,27 @@ def inject(model: nn.Module, spec: AttentionSpec, *, in_chans: int = 3, image_si
                              image_size, base_params, base_gmacs, base_params, base_gmacs)
     if info is None:
         return report
-    sites = _position(spec, info).sites(model, spec, info.kind)
+    token = INPUT.set((in_chans, image_size))
+    try:
+        sites = _position(spec, info).sites(model, spec, info.kind)
+    finally:
+        INPUT.reset(token)
     shapes = _probe_shapes(model, sites, in_chans, image_size)
     placed = []
     for path, how in sites:
         if path not in shapes:  # a module the forward never reached (e.g. an unused branch)
             continue
-        if len(shapes[path]) != 3:
-            raise AblateError(f"{path} carries a {len(shapes[path]) + 1}-d tensor, "
-                              f"not a (B, C, H, W) feature map")
-        channels, height, width = shapes[path]
+        _check_map(model, spec, path, shapes[path])
+        channels, height, width = shapes[path][0]
         site = Site(model, path, int(channels), (int(height), int(width)), spec, info)
         placed.append((site, INSTALLERS[how].install(site)))
 
     report.params = count_params(model)
-    report.gmacs, per_module = count_gmacs(model, input_size)
+    try:
+        report.gmacs, per_module = count_gmacs(model, input_size)
+    except Exception as e:  # noqa: BLE001 (a family's forward this injector did not foresee: one line, not a trace)
+        raise AblateError(f"{type(model).__name__}: {spec.name} at position {spec.position!r} breaks its forward "
+                          f"({one_line(describe(e), 160)}); {_instead(spec)}", key="position") from None
     for site, done in placed:
         replaced = base_per_module.get(done.replaced, 0.0) if done.replaced else 0.0
         gmacs = per_module.get(done.path, 0.0) - replaced

@@ -138,9 +138,9 @@ def test_bad_specs_raise_one_line_errors(spec, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_convnext_has_no_block_slot():
-    with pytest.raises(AblateError, match="no attention slot for position 'block'"):
-        inject(plain("convnext_atto"), AttentionSpec(name="se"), image_size=SIZE)
+def test_convnext_has_no_block_slot_so_block_ends_its_residual_branch():  # tests/test_any_backbone.py: every family
+    report = inject(plain("convnext_atto"), AttentionSpec(name="se", stages=[4]), image_size=SIZE)
+    assert [r.path for r in report.rows] == [f"stages.3.blocks.{i}.drop_path.attn_out" for i in (0, 1)]
 
 
 @pytest.mark.parametrize("family", ["resnet18", "convnext_atto"])  # flattening pool / (B, C, 1, 1) pool

@@ -3,8 +3,9 @@ import pytest
 import timm
 import torch
 
-from ablate.attention import get_attention
-from ablate.config import ModelConfig
+from ablate.attention import BUILTIN, AttentionInfo, get_attention
+from ablate.config import AttentionSpec, ModelConfig
+from ablate.inject import with_placement
 from ablate.models import build_model
 
 
@@ -35,9 +36,34 @@ def test_what_the_user_says_wins_over_the_paper():
     assert [r.path for r in built("resnet20", 32, 10, name="bam").rows] == ["layer1.2.attn_out", "layer2.2.attn_out"]
 
 
-def test_modules_without_a_single_paper_place_go_in_the_block_and_conv_modules_replace_convs():
-    assert get_attention("external").placement is None
-    assert built("resnet18", name="external").position == "block"
+def test_every_built_in_module_has_its_papers_placement():
+    assert [info.name for info in BUILTIN if info.placement is None] == []
+
+
+@pytest.mark.parametrize("name, backbone, size, position, paths", [
+    # GCNet: after the last 1x1 conv, before the add (the block's slot), stages c3-c5
+    ("gc", "resnet18", 64, "block", [f"layer{s}.{i}.se" for s in (2, 3, 4) for i in (0, 1)]),
+    # EANet: on the backbone's output
+    ("external", "resnet18", 64, "stage", ["layer4.1.attn_out"]),
+    # VOLO: outlookers in the first, finest stage
+    ("outlook", "resnet18", 64, "block_out", ["layer1.0.attn_out", "layer1.1.attn_out"]),
+    # HaloNet: every 3x3 conv (block_size 8 divides all of resnet20's 32/16/8 px maps)
+    ("halo", "resnet20", 32, "conv", [f"layer{s}.{i}.conv2" for s in (1, 2, 3) for i in (0, 1, 2)]),
+])
+def test_the_name_alone_builds_what_the_paper_built(name, backbone, size, position, paths):
+    report = built(backbone, size, 10, name=name)
+    assert report.position == position == get_attention(name).placement.position
+    assert [r.path for r in report.rows] == paths
+
+
+def test_a_plugin_without_a_placement_goes_where_its_kind_goes_first():
+    model = timm.create_model("resnet18")
+    for kind, position in (("gate", "block"), ("conv", "conv"), ("head", "head")):
+        info = AttentionInfo("x", "x:X", kind=kind, paper="-")
+        assert with_placement(model, AttentionSpec(name="x"), info).position == position
+
+
+def test_conv_modules_replace_convs():
     bot = built("resnet18", name="bot_mhsa")  # BoTNet: the 3x3 convs of the last stage (c5)
     assert [r.path for r in bot.rows] == ["layer4.0.conv2", "layer4.1.conv2"]
     assert [r.path for r in built("resnet18", name="sk").rows][:1] == ["layer1.0.conv2"]

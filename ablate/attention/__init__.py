@@ -150,6 +150,10 @@ BUILTIN = (
     ),
     AttentionInfo(
         "external", "ablate.attention.external:ExternalAttention", kind="gate",
+        # The paper names no place in a ResNet's blocks (it classifies with EAMLP, an MLP-only net); on a ResNet it
+        # sits after the backbone, on the last stage's output: EANet's segmentation net (dilated ResNet-101, then
+        # the EA unit; official code MenghaoGuo/EANet). Closest documented use: after the last stage.
+        placement=Placement("stage", "last"),
         paper="Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks, "
               "TPAMI 2022 (arXiv:2105.02358)",
         knobs={"memory_units": Knob(int, 64, "memory size S of M_k and M_v", low=1, high=1024)},
@@ -176,6 +180,9 @@ BUILTIN = (
     ),
     AttentionInfo(
         "gc", "ablate.attention.gc:GlobalContextBlock", kind="gate", source="timm.layers.GlobalContext",
+        # after the last 1x1 conv of every bottleneck, before the add (Fig. 4, Table 2b "after1x1"), in stages
+        # c3-c5 (Table 2c; the released configs are "r16_gcb_c3-c5": stages=(False, True, True, True))
+        placement=Placement("block", "all_but_first"),
         paper="Cao et al., GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond, "
               "ICCVW 2019 (arXiv:1904.11492)",
         knobs={
@@ -190,6 +197,9 @@ BUILTIN = (
     ),
     AttentionInfo(
         "halo", "ablate.attention.halo:HaloAttention", kind="conv", source="timm.layers.halo_attn.HaloAttn",
+        # HaloNet replaces the 3x3 conv of every bottleneck in every stage (only the stem stays a conv: the H0-H7
+        # models); its conv-attention hybrids, a speed trade-off, keep convs in the early stages
+        placement=Placement("conv"),
         paper="Vaswani et al., Scaling Local Self-Attention for Parameter Efficient Visual Backbones, "
               "CVPR 2021 (arXiv:2103.12731)",
         knobs={
@@ -236,6 +246,9 @@ BUILTIN = (
     ),
     AttentionInfo(
         "outlook", "ablate.attention.outlook:OutlookGate", kind="gate", source="timm.models.volo.OutlookAttention",
+        # VOLO names no place in a ResNet: its outlookers are the first stage, on the finest (1/8) token map, each a
+        # residual layer of its own, before transformers take over. Closest: after every block of the first stage
+        placement=Placement("block_out", "first"),
         paper="Yuan et al., VOLO: Vision Outlooker for Visual Recognition, TPAMI 2022 (arXiv:2106.13112)",
         knobs={
             "heads": Knob(int, 8, "attention heads; must divide the channels (VOLO-D2/D3: 8)", low=1,

@@ -115,7 +115,7 @@ def _fmt(bound, unbounded: str) -> str:
     return unbounded if bound is None else str(bound)
 
 
-STAGE_RULES = ("all", "all_but_last", "last")
+STAGE_RULES = ("all", "all_but_last", "last", "first", "all_but_first")
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,9 @@ class Placement:
     """Where a module's paper puts it: a position, and on which stages when the user names none."""
 
     position: str
-    stages: str = "all"  # all_but_last: BAM's bottlenecks between stages; last: BoTNet's c5 stage
+    # all_but_last: BAM's bottlenecks between stages; last: BoTNet's c5 stage; first: VOLO's fine-level outlookers;
+    # all_but_first: GCNet's c3-c5
+    stages: str = "all"
 
     def __post_init__(self):
         if self.position not in POSITION_NAMES or self.stages not in STAGE_RULES:
@@ -133,11 +135,13 @@ class Placement:
         """The 1-based stages to use out of `available`; None: all of them."""
         if self.stages == "all" or len(available) < 2:
             return None
-        return available[:-1] if self.stages == "all_but_last" else available[-1:]
+        return {"all_but_last": available[:-1], "last": available[-1:], "first": available[:1],
+                "all_but_first": available[1:]}[self.stages]
 
     def describe(self) -> str:
         return {"all": self.position, "all_but_last": f"{self.position} (not after the last)",
-                "last": f"{self.position} (last stage)"}[self.stages]
+                "last": f"{self.position} (last stage)", "first": f"{self.position} (first stage)",
+                "all_but_first": f"{self.position} (not in the first stage)"}[self.stages]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ class AttentionSpec(Strict):
 
     name: str = "none"
     position: Literal[POSITION_NAMES] | None = Field(None, description="null = where the module's paper puts it "
-                                                "(ablate modules), block when it names no place")
+                                                "(ablate modules); for a plugin that names none, where its kind goes "
+                                                "first: block (gate), conv, head")
     stages: list[int] | None = Field(None, description="1-based stages to touch, as papers count; null = all")
     every: int = Field(1, ge=1, description="every n-th block within a stage")
     pattern: str | None = Field(None, description="module-path glob for position: pattern")
