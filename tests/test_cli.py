@@ -26,7 +26,7 @@ def test_modules_lists_every_module_with_kind_and_defaults(run_cli):
 @pytest.mark.parametrize("args, message", [
     (["inspect", "resnet50", "--attention", "cbma"], "unknown attention module 'cbma' (did you mean cbam"),
     (["inspect", "resnt50"], "unknown timm backbone 'resnt50' (did you mean resnet50"),
-    (["inspect", "convnext_atto", "--attention", "se"], "no attention slot for position 'block'"),
+    (["inspect", "densenet121", "--attention", "se"], "neither an attention slot nor a residual branch"),
     (["inspect", "resnet18", "--attention", "se", "--knob", "foo=1"], "takes no knob 'foo'"),
     (["inspect", "resnet18", "--attention", "se", "--knob", "reduction=1024"], "out of range for 64 channels"),
     (["inspect", "resnet18", "--attention", "cbam", "--knob", "kernel_size=4"], "must be odd"),

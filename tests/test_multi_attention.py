@@ -105,9 +105,9 @@ def test_study_dry_run_lists_the_three_cells(run_cli):
             for label in ("plain head", "multi-attention head", "cbam @ block") if line.startswith(label)}
     assert set(rows) == {"plain head", "multi-attention head", "cbam @ block"}, proc.stdout
     assert all(row[0] == "3" for row in rows.values()), proc.stdout
-    assert rows["plain head"][3] == "none"
-    assert rows["multi-attention head"][3:] == ["multi_attention", "head"]
-    assert rows["cbam @ block"][3:] == ["cbam", "block"]
+    assert rows["plain head"][5] == "none"  # after params, GMACs and the step's price (time x, peak MB)
+    assert rows["multi-attention head"][5:] == ["multi_attention", "head"]
+    assert rows["cbam @ block"][5:] == ["cbam", "block"]
     assert float(rows["multi-attention head"][1]) > float(rows["plain head"][1])  # the head adds weights
 
 
