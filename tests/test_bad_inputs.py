@@ -607,7 +607,8 @@ CASES = [
     case("run-local-workers-too-many", ["run", "cli-w1000.yaml", "--launcher", "local", "--workers", "1000"],
          ["--workers (launcher.workers): 1000 local tasks on"], ok_study("cli-w1000"), where="empty"),
     case("inspect-vit-at-block", ["inspect", "vit_tiny_patch16_224", "--attention", "se", "--image-size", "224"],
-         ["model.attention.position: VisionTransformer blocks have no attention slot for position 'block'"]),
+         ["model.attention.position: VisionTransformer blocks have neither an attention slot nor a residual branch "
+          "for position 'block'"]),
     case("run-jobs-too-many", ["run", "cli-jobs1000.yaml", "--jobs", "1000"], ["--jobs: 1000 workers on", "CPU cores"],
          ok_study("cli-jobs1000"), where="empty"),
     # environment variables
