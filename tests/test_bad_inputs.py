@@ -160,7 +160,8 @@ CASES = [
     bad_study("study-seeds-on-demand-until", lambda d: d["study"].update(seeds={"min": 2, "until": "tired"}),
               "study.seeds.until: 'tired' is not allowed ('decided')"),
     bad_study("study-constraint-unknown", lambda d: d["study"].update(constraints={"flops": {"max": 1}}),
-              "study.constraints.flops", "'params_m', 'gmacs', 'params_delta_pct' or 'gmacs_delta_pct'"),
+              "study.constraints.flops", "'params_m', 'gmacs', 'params_delta_pct', 'gmacs_delta_pct', "
+              "'step_time_ratio' or 'peak_mem_mb'"),
     bad_study("study-constraint-bound-key", lambda d: d["study"].update(constraints={"params_m": {"below": 1}}),
               "study.constraints.params_m.below: unknown key (allowed: min, max)"),
     bad_study("study-warm-start-grid", lambda d: d["study"].update(warm_start="tiny"),

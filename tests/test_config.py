@@ -7,10 +7,12 @@ from ablate.spec import OPERATIONAL_KEYS
 
 # the hand-written lists these were before each field said its effect (train.seed and train.channels_last keep a
 # study comparable but are no checkpoint's to resume across)
-HAND_OPERATIONAL = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.channels_last",
+HAND_OPERATIONAL = ("tracking.", "train.seed", "train.progress_bar", "train.compile", "train.deterministic",
+                    "train.channels_last",
                     "train.accelerator", "train.devices", "train.ddp_timeout_s", "train.checkpoint_",
                     "data.num_workers", "data.on_device", "data.download", "data.root")
-HAND_RESUMABLE = ("tracking.", "train.progress_bar", "train.checkpoint_", "train.compile", "train.accelerator",
+HAND_RESUMABLE = ("tracking.", "train.progress_bar", "train.checkpoint_", "train.compile", "train.deterministic",
+                  "train.accelerator",
                   "train.devices", "train.ddp_timeout_s", "data.num_workers", "data.on_device", "data.root",
                   "data.download")
 
@@ -23,11 +25,11 @@ def every_trial_key() -> set[str]:
 def test_the_derived_lists_are_pinned():
     assert OPERATIONAL_KEYS == (
         "data.num_workers", "data.on_device", "data.root", "data.download", "train.accelerator", "train.devices",
-        "train.ddp_timeout_s", "train.channels_last", "train.compile", "train.seed", "train.progress_bar",
-        "train.checkpoint_every", "train.checkpoint_dir", "tracking.")
+        "train.ddp_timeout_s", "train.channels_last", "train.compile", "train.deterministic", "train.seed",
+        "train.progress_bar", "train.checkpoint_every", "train.checkpoint_dir", "tracking.")
     assert RESUMABLE_ACROSS == (
         "data.num_workers", "data.on_device", "data.root", "data.download", "train.accelerator", "train.devices",
-        "train.ddp_timeout_s", "train.compile", "train.progress_bar", "train.checkpoint_every",
+        "train.ddp_timeout_s", "train.compile", "train.deterministic", "train.progress_bar", "train.checkpoint_every",
         "train.checkpoint_dir", "tracking.")
 
 
