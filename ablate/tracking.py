@@ -262,6 +262,17 @@ def tracked_run(client: MlflowClient, experiment_id: str, *, killed_by: tuple[ty
         end_run(client, run_id, status, reason)
 
 
+def set_shared_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    """A tag several workers may write at once (a study's or a configuration's summary): MLflow's SQL store selects
+    then inserts, so two first writes of one key race to a UNIQUE failure; the loser writes again, now an update."""
+    try:
+        client.set_tag(run_id, key, value)
+    except MlflowException as e:
+        if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e):
+            raise
+        client.set_tag(run_id, key, value)
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Params as MLflow writes them (str), URL passwords masked; MlflowClient.log_batch chunks by 100."""
     client.log_batch(run_id, params=[Param(k, mask_secrets(str(v))) for k, v in params.items()])

@@ -109,7 +109,7 @@ class ConfigurationRuns:
             metrics, tags = configuration_record(results, key, cells, refused.get(key))
             tracking.log_metrics(self.client, run, metrics, step=outcome.n)
             for tag, value in tags.items():
-                self.client.set_tag(run, tag, value)
+                tracking.set_shared_tag(self.client, run, tag, value)
             if key not in pending:
                 self.client.set_terminated(run, "FINISHED")
             self.logged[key] = state
@@ -125,8 +125,8 @@ class ConfigurationRuns:
         if best is not None:
             mean, unit = results.outcomes[best].mean, "%" if results.scale == 100 else ""
             metrics[f"best/{results.metric}/mean"] = mean / results.scale
-            self.client.set_tag(self.parent, Tag.BEST_CONFIGURATION, cells[best].run_label)
-            self.client.set_tag(self.parent, Tag.SUMMARY, (
+            tracking.set_shared_tag(self.client, self.parent, Tag.BEST_CONFIGURATION, cells[best].run_label)
+            tracking.set_shared_tag(self.client, self.parent, Tag.SUMMARY, (
                 f"best {cells[best].run_label}: {mean:.2f}{unit} mean over {results.outcomes[best].n} "
                 f"{'fresh ' if confirmed else ''}seed(s); "
                 + ", ".join(f"{v} {k}" for k, v in counts.items())))
