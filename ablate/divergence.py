@@ -64,12 +64,6 @@ class DivergenceWatch:
         self.host.copy_(self.record)
         self._read()
 
-    def reset(self) -> None:
-        """Forget the record (a resumed trial starts from a checkpoint that was written before any divergence)."""
-        if self.record is not None:
-            self.record.zero_()
-            self.host.zero_()
-
     def _allocate(self, device: torch.device) -> None:
         self.record = torch.zeros(4, device=device)
         self.host = torch.zeros(4, pin_memory=device.type == "cuda")

@@ -48,10 +48,6 @@ class StepPrice:
     batch: int  # the images per step it was priced at
     device: str
 
-    def as_cost(self) -> dict[str, float]:
-        """The study.constraints keys it fills."""
-        return {"step_time_ratio": self.step_time_ratio, "peak_mem_mb": self.peak_mem_mb}
-
 
 def price_cells(spec: StudySpec, cells: list[Cell]) -> dict[str, StepPrice]:
     """Each cell's price (by cell key), interleaved with the plain backbones they are relative to."""
