@@ -31,8 +31,9 @@ TINY_BASE = {
 
 
 def write_study(path: Path, **sections) -> Path:
-    """A grid of none / se x seeds 0, 1; a given section replaces the default one."""
-    doc = {"study": {"name": "tiny", "seeds": [0, 1]}, "base": TINY_BASE,
+    """A grid of none / se x seeds 0, 1; a given section replaces the default one. Its steps are not priced
+    (tests/test_step_cost.py prices them): pricing costs a few seconds a study, and CI runs hundreds."""
+    doc = {"study": {"name": "tiny", "seeds": [0, 1], "price_steps": False}, "base": TINY_BASE,
            "space": {"model.attention.name": ["none", "se"]}}
     doc.update(sections)
     path.write_text(yaml.safe_dump(doc))

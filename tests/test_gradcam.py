@@ -34,8 +34,8 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gradcam")
     storage, uri = str(folder / "mlruns" / "optuna.journal"), f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     study = folder / "tiny.yaml"
-    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0, 1]}, "base": TINY_DIGITS_BASE,
-                                     "space": {"model.attention.name": ["none", "cbam"]}}))
+    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0, 1], "price_steps": False},
+                                     "base": TINY_DIGITS_BASE, "space": {"model.attention.name": ["none", "cbam"]}}))
     bare = folder / "bare.yaml"
     bare.write_text(yaml.safe_dump({"study": {"name": "bare"}, "base": NO_WEIGHTS_BASE,
                                     "space": {"model.attention.name": ["none"]}}))

@@ -30,7 +30,7 @@ class ToyWithEpochs(Toy):
 
 
 def write(tmp_path, name, **sections):
-    doc = {"study": {"name": name, "seeds": [0, 1, 2]}, "base": TINY_BASE, **sections}
+    doc = {"study": {"name": name, "seeds": [0, 1, 2], "price_steps": False}, "base": TINY_BASE, **sections}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
     return path

@@ -29,7 +29,7 @@ def toy():
 
 def study_file(tmp_path: Path, name: str, **study) -> Path:
     path = tmp_path / f"{name}.yaml"
-    doc = {"study": {"name": name, **study}, "base": TINY_BASE,
+    doc = {"study": {"name": name, "price_steps": False, **study}, "base": TINY_BASE,
            "space": {"model.attention.name": ["none", "se", "cbam"]}}
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -19,7 +19,7 @@ DELTA = "Δ top-1"
 
 
 def study_file(tmp_path, name, space=None, **sections):
-    doc = {"study": {"name": name, "seeds": [0, 1, 2]}, "base": TINY_BASE,
+    doc = {"study": {"name": name, "seeds": [0, 1, 2], "price_steps": False}, "base": TINY_BASE,
            "space": {"model.attention.name": ["none", "se", "cbam"]} if space is None else space}
     doc.update(sections)
     doc["study"] = {"name": name, **doc["study"]}

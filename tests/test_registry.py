@@ -196,7 +196,7 @@ def test_plugin_flag_imports_a_module_for_the_study_and_its_workers(tmp_path, ru
     """Custom code comes from an explicit --plugin, never from the study file; spawned workers get it too."""
     (tmp_path / "my_gates.py").write_text(PLUGIN_MODULE)
     study = tmp_path / "plugin.yaml"
-    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0]}, "base": TINY_BASE,
+    study.write_text(yaml.safe_dump({"study": {"name": "tiny", "seeds": [0], "price_steps": False}, "base": TINY_BASE,
                                      "space": {"model.attention.name": ["none", "scaled_gate"]}}))
     without = run_cli("run", study, cwd=tmp_path)
     assert without.returncode == 2 and "unknown attention module 'scaled_gate'" in without.stderr

@@ -32,7 +32,7 @@ REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/
 
 
 def study_file(tmp_path, name, space=None, **study):
-    doc = {"study": {"name": name, "seeds": [0], **study}, "base": TINY_BASE,
+    doc = {"study": {"name": name, "seeds": [0], "price_steps": False, **study}, "base": TINY_BASE,
            "space": space or {"model.attention.name": MODULES}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
