@@ -156,6 +156,8 @@ def every_column(table: AblationTable) -> pd.DataFrame:
     out["verdict"] = frame["verdict"]
     for col in [c for c in frame.columns if c.startswith(("paper ", "ours "))]:
         out[col] = _num(frame[col], 2)
+    if "setup" in frame:
+        out["setup"] = frame["setup"].fillna("-")
     for col in ("params match", "GMACs Δ match"):
         if col in frame:
             out[col] = _check(frame[col])
@@ -178,6 +180,8 @@ def against_paper(table: AblationTable) -> pd.DataFrame | None:
     if not any(c.startswith("paper ") for c in frame):
         return None
     out = pd.DataFrame(index=frame.index)
+    if "setup" in frame:  # whether the paper measured this setup, else which part differs: what the judging skips
+        out["setup"] = frame["setup"].fillna("-")
     if "paper params (M)" in frame:
         out["params (M) ours / paper"] = _num(frame["params (M)"], 2) + " / " + _num(frame["paper params (M)"], 2)
         out["params match"] = _check(frame["params match"])
@@ -246,11 +250,15 @@ def dry_run_page(table: pd.DataFrame) -> Page:
     print, and a footnote on how GMACs are counted."""
     digits = lambda col: 4 if col == "ours Δ GMACs" else 3 if "GMACs" in col else 2  # noqa: E731  (as the papers)
     sign = lambda col: "+" if "Δ" in col else ""  # noqa: E731
+    table = table.assign(setup=table["setup"].fillna("-")) if "setup" in table else table
     view = table.apply(lambda col: _check(col) if col.name.endswith("match") else col.map(
         lambda v: "-" if pd.isna(v) else f"{v:{sign(col.name)}.{digits(col.name)}f}") if col.dtype.kind == "f" else col)
     note = ("\n\nDry run: nothing trained. GMACs (multiply-accumulates) by torch.utils.flop_counter; the papers' "
             "\"GFLOPs\" columns count MACs too, with other counters (ResNet-50: 4.089 here, 3.858 in CBAM), so "
-            "compare the differences between rows (Δ: each row against its matched plain cell). " + MATCH_RULE)
+            "compare the differences between rows (Δ: each row against its matched plain cell). " + MATCH_RULE
+            + (" `setup`: whether the paper's row measured this configuration's dataset, backbone, image size, epochs "
+               "and recipe; params and GMACs are matched only on its backbone and image size." if "setup" in table
+               else ""))
     return Page(table, view, note=note)
 
 

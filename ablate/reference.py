@@ -16,6 +16,11 @@ from ablate.replication import Published
 # a study file's reference keys -> the report's column names; other keys describe the row in words
 REFERENCE_COLUMNS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc",
                      "top5_acc": "top-5 acc", "params_m": "params (M)", "gflops": "GMACs", "gmacs": "GMACs"}
+# the setup a row measured, compared with each configuration's own (setup_of); `source` (words) says where it is printed
+SETUP_KEYS = ("dataset", "backbone", "image_size", "epochs", "recipe")
+SIZE_KEYS = ("backbone", "image_size")  # where these agree, params and GMACs are comparable
+WHOLE_NUMBER_SETUP = ("image_size", "epochs")
+DATASET_ALIASES = {"imagenet1k": "imagenet", "in1k": "imagenet", "ilsvrc2012": "imagenet"}
 # keys about the row's numbers: `sd` the paper's seed-to-seed sd of top-1 (points, replication.py), `decimals` the
 # decimals each number was printed with where the study file's text cannot say it (read_printed)
 ABOUT_NUMBERS = ("sd", "decimals")
@@ -36,8 +41,9 @@ def check_reference(reference: list[dict], cells: list | None) -> None:
             if not isinstance(match, dict):
                 raise AblateError(f"match: {match!r} is not a mapping of keys to values", key=None)
             _check_about_numbers(ref)
+            _check_setup(ref)
             for key, value in ref.items():
-                if key in ("match", *ABOUT_NUMBERS):
+                if key in ("match", *ABOUT_NUMBERS, *WHOLE_NUMBER_SETUP):
                     continue
                 close = difflib.get_close_matches(str(key), REFERENCE_COLUMNS, n=1, cutoff=0.7)
                 if key in REFERENCE_COLUMNS:
@@ -61,12 +67,58 @@ def matches(match: dict, params: dict, label: str) -> bool:
     return all(str(label if key == "name" else params.get(key, object())) == str(value) for key, value in match.items())
 
 
-def published_top1(reference: list[dict], params: dict, label: str) -> float:
+def setup_of(cfg) -> dict:
+    """A configuration's setup (its TrialConfig) in a reference row's terms; an image folder is named by its folder
+    (data.root: /data/imagenet is `imagenet`). `recipe` is compared once a configuration names one (train.recipe)."""
+    data = cfg.data
+    dataset = Path(data.root).name if data.name == "imagefolder" and data.root else data.name
+    return {"dataset": dataset, "backbone": cfg.model.backbone, "image_size": data.image_size,
+            "epochs": cfg.train.epochs, "recipe": getattr(cfg.train, "recipe", None)}
+
+
+def _same(key: str, paper, ours) -> bool:
+    """ResNet-50 is resnet50, ImageNet-1K is imagenet: case, spaces and punctuation aside."""
+    paper, ours = (re.sub(r"[^a-z0-9]", "", str(v).lower()) for v in (paper, ours))
+    if key == "dataset":
+        paper, ours = DATASET_ALIASES.get(paper, paper), DATASET_ALIASES.get(ours, ours)
+    return paper == ours
+
+
+def stated_setup(rows: list[dict]) -> dict:
+    """The setup the reference rows naming a configuration state, each key from the first row that states it: a
+    row with only `match` and setup keys is a default (`{match: {}, dataset: ImageNet-1K, image_size: 224}` for
+    the whole study), as for `sd`."""
+    return {key: next(r[key] for r in rows if key in r) for key in SETUP_KEYS if any(key in r for r in rows)}
+
+
+def setup_gap(stated: dict, ours: dict | None, keys=SETUP_KEYS) -> list[str]:
+    """The parts of a stated setup (of `keys`) that differ from a configuration's: [] where all agree, or where
+    nothing is stated (the study file then vouches for the setup, as before rows carried one)."""
+    if ours is None:
+        return []
+    return [key for key in keys if key in stated and ours.get(key) is not None
+            and not _same(key, stated[key], ours[key])]
+
+
+def setup_note(rows: list[dict], ours: dict) -> str | None:
+    """One cell saying whether the reference rows naming a configuration measured its setup: `same`, `different:
+    backbone, image_size`, or None where they state no setup."""
+    stated = stated_setup(rows)
+    if not stated:
+        return None
+    gap = setup_gap(stated, ours)
+    return f"different: {', '.join(gap)}" if gap else "same"
+
+
+def published_top1(reference: list[dict], params: dict, label: str, setup: dict | None = None) -> float:
     """The paper's top-1 accuracy of a configuration in points (the first matching row's top1_acc, or 100 -
     top1_err) with its noise (replication.Published): the row's `sd`, else the first matching row's that carries
     one (a row with only `match` and `sd` is a default, e.g. per dataset: {match: {data.name: cifar10}, sd: 0.16};
-    `match: {}` for the whole study), else NaN."""
+    `match: {}` for the whole study), else NaN. A row whose stated setup differs from the configuration's (`setup`,
+    setup_of) publishes no effect for it: ImageNet's delta says nothing about cluttered digits."""
     rows = [r for r in reference if matches(r.get("match", {}), params, label)]
+    if setup_gap(stated_setup(rows), setup):
+        return float("nan")
     sd = next((r["sd"] for r in rows if "sd" in r), None)
     for ref in rows:
         for key, to_accuracy in (("top1_acc", lambda v: v), ("top1_err", lambda v: 100 - v)):
@@ -74,6 +126,18 @@ def published_top1(reference: list[dict], params: dict, label: str) -> float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return Published(to_accuracy(value), ref.get("sd", sd))  # with its noise, for stats.reproduction
     return float("nan")
+
+
+def _check_setup(ref: dict) -> None:
+    """image_size and epochs: whole numbers >= 1; dataset, backbone and recipe: words."""
+    for key in SETUP_KEYS:
+        if key not in ref:
+            continue
+        value = ref[key]
+        if key in WHOLE_NUMBER_SETUP and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise AblateError(f"{value!r} is not a whole number >= 1 (the {key} the paper trained at)", key=key)
+        if key not in WHOLE_NUMBER_SETUP and not isinstance(value, str):
+            raise AblateError(f"{value!r}: the paper's {key} is a name (e.g. backbone: ResNet-50)", key=key)
 
 
 def _check_about_numbers(ref: dict) -> None:

@@ -21,7 +21,16 @@ from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
 from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
 from ablate.plan import StudyPlan
-from ablate.reference import GMACS_DELTA_RELATIVE, REFERENCE_COLUMNS, half_unit, matches
+from ablate.reference import (
+    GMACS_DELTA_RELATIVE,
+    REFERENCE_COLUMNS,
+    SIZE_KEYS,
+    half_unit,
+    matches,
+    setup_gap,
+    setup_note,
+    stated_setup,
+)
 from ablate.results import (
     METRIC_COLUMNS,
     Comparison,
@@ -32,6 +41,7 @@ from ablate.results import (
     param_columns,
     reported_metric,
     resolve_study,
+    row_setup,
     stored_runs_client,
     study_file,
     trials_frame,
@@ -144,7 +154,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
         table = table.sort_values(["stage", "top-1 acc (%)"], ascending=[True, not against_base.maximize],
                                   na_position="last")
     table.index.name = "config"
-    table = verdicts(with_reference(table, done, spec.cfg.reference if spec else []), against_base.controls, ladder)
+    table = verdicts(with_reference(table, done, spec), against_base.controls, ladder)
     compared = [row for row in table.index if shown.outcomes[row].compared_with is not None]
     if compared and ("paper top-1 acc" in table or "paper top-1 err" in table):  # the paper's effect, by our interval
         table.loc[compared, "paper Δ top-1"] = [shown.outcomes[row].paper_delta for row in compared]
@@ -208,29 +218,41 @@ def verdicts(table: pd.DataFrame, controls: dict[str, str | None], ladder: bool)
     previous = dict(zip(rows, [None] + rows[:-1]))
     ref = {r: (previous[r] if ladder else controls.get(r)) for r in rows}
     ref = {r: b for r, b in ref.items() if b is not None and b != r and b in table.index}
+    apart = table["size differs"].eq(True) if "size differs" in table else pd.Series(False, index=table.index)
     if "paper params (M)" in table:
         gap = (table["params (M)"] - table["paper params (M)"]).abs()
-        table["params match"] = gap.le(table["tol params (M)"] + 1e-9).where(gap.notna())  # 1e-9: float noise
+        table["params match"] = gap.le(table["tol params (M)"] + 1e-9).where(gap.notna() & ~apart)  # 1e-9: noise
     if "paper GMACs" in table:
         for r, b in ref.items():
+            if apart[r] or apart[b]:  # another backbone's or image size's GMACs: nothing to match
+                continue
             ours, paper = (table.at[r, "GMACs"] - table.at[b, "GMACs"],
                            table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
             tolerance = table.at[r, "tol GMACs"] + table.at[b, "tol GMACs"] + GMACS_DELTA_RELATIVE * abs(paper)
             table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
             table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= tolerance + 1e-9 if pd.notna(paper) else np.nan
-    return table.drop(columns=[c for c in table if c.startswith("tol ")])
+    return table.drop(columns=[c for c in table if c.startswith("tol ") or c == "size differs"])
 
 
-def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict]) -> pd.DataFrame:
-    """The paper's numbers beside ours: `paper X` and `ours X` for every numeric reference column we have.
+def with_reference(table: pd.DataFrame, done: pd.DataFrame, spec: StudySpec | None) -> pd.DataFrame:
+    """The paper's numbers beside ours: `paper X` and `ours X` for every numeric reference column we have, and
+    where the rows state the setup they measured, `setup`: `same`, or which part differs (reference.setup_note).
+    A row measured on another backbone or image size has no params or GMACs to match (`size differs`).
 
     `done` maps the table's rows (its `row` column) to their `params` and `label`, which the references `match`."""
     ours = {"top-1 err": "top-1 err (%)", "top-5 err": "top-5 err (%)", "top-1 acc": "top-1 acc (%)",
             "top-5 acc": "top-5 acc (%)", "params (M)": "params (M)", "GMACs": "GMACs"}
+    reference = spec.cfg.reference if spec is not None else []
+    first = done.drop_duplicates("row").set_index("row")
+    setups = {row: row_setup(spec, first.at[row, "params"]) for row in table.index if row in first.index} \
+        if reference else {}
+    named_by: dict[str, list[dict]] = {}
     for ref in reference:
         pairs = zip(done["params"], done["label"], strict=True)
         named = [matches(ref.get("match", {}), params, label) for params, label in pairs]
         rows = done.loc[named, "row"].unique()
+        for row in rows:
+            named_by.setdefault(row, []).append(ref)
         for key, value in ref.items():
             if key in REFERENCE_COLUMNS and isinstance(value, (int, float)) and len(rows):
                 name = REFERENCE_COLUMNS[key]
@@ -238,6 +260,12 @@ def with_reference(table: pd.DataFrame, done: pd.DataFrame, reference: list[dict
                 table.loc[rows, f"tol {name}"] = half_unit(ref, key)  # what the paper's rounding hides
                 if ours[name] in table:  # a dry run has params and GMACs, no accuracy yet
                     table[f"ours {name}"] = table[ours[name]]
+    for row, refs in named_by.items():
+        if setup_gap(stated_setup(refs), setups.get(row), SIZE_KEYS):
+            table.loc[row, "size differs"] = True
+    notes = {row: setup_note(refs, setups[row]) for row, refs in named_by.items() if setups.get(row) is not None}
+    if any(notes.values()):
+        table["setup"] = pd.Series(notes, dtype=object)
     return table
 
 
@@ -260,7 +288,7 @@ def dry_run_table(spec: StudySpec, price, step_price=None) -> pd.DataFrame:
     if not spec.is_grid:
         table["trials"] = spec.cfg.study.trials
     cells_frame = pd.DataFrame([{"label": c.label, "row": c.label, "params": c.params} for c in cells])
-    table = with_reference(table, cells_frame, spec.cfg.reference)
+    table = with_reference(table, cells_frame, spec)
     labels = [c.label for c in cells]
     plain = {c.label for c in cells if module_of(c.params, spec) == "none"}
     controls = one_control(labels, None, ladder=True) if spec.cfg.study.ladder else matched_controls(

@@ -19,9 +19,10 @@ from optuna.trial import TrialState
 from ablate import stats, tracking
 from ablate.config import MODULE_KEY
 from ablate.correct import unpack_correct
+from ablate.errors import AblateError
 from ablate.plan import StudyPlan
-from ablate.reference import published_top1
-from ablate.spec import OPERATIONAL_KEYS, StudySpec, load_study, names_row
+from ablate.reference import published_top1, setup_of
+from ablate.spec import OPERATIONAL_KEYS, StudySpec, load_study, names_row, trial_config
 from ablate.storage import CONFIRM, Attr, resumed_trials
 from ablate.summary import (
     CONFIRMED,
@@ -204,7 +205,8 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str, rows:
                          stages=stages)
     paper = None
     if plan is not None and plan.spec.cfg.reference:
-        paper = {r: published_top1(plan.spec.cfg.reference, first.at[r, "params"], first.at[r, "label"])
+        paper = {r: published_top1(plan.spec.cfg.reference, first.at[r, "params"], first.at[r, "label"],
+                                   row_setup(plan.spec, first.at[r, "params"]))
                  for r in rows if r in first.index}
     images = _images(done, row, metric) if plan is not None and plan.spec.cfg.study.interval == "seeds+images" \
         else None
@@ -213,6 +215,15 @@ def compare_rows(frame: pd.DataFrame, plan: StudyPlan | None, *, row: str, rows:
                        **verdict_rule(plan))
     baseline = next((r for r in rows if controls.get(r) == r), None)
     return Comparison(baseline, outcomes, metric, scale, maximize)
+
+
+def row_setup(spec: StudySpec, params: dict) -> dict | None:
+    """A configuration's setup as its reference rows state theirs (reference.setup_of); None where its params no
+    longer make a valid config (a row the study file dropped)."""
+    try:
+        return setup_of(trial_config(spec, params, 0))
+    except AblateError:
+        return None
 
 
 def verdict_rule(plan: StudyPlan | None) -> dict:

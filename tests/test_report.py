@@ -23,7 +23,7 @@ from ablate.errors import AblateError
 from ablate.formats import COLUMNS, FORMATS, AblationTable, footnote
 from ablate.replication import ASSUMED_SD, prediction_interval
 from ablate.report import ablation_table, dry_run_report
-from ablate.spec import cell_label
+from ablate.spec import cell_label, load_study
 from ablate.stats import delta_ci, mean_ci
 from ablate.storage import make_storage
 
@@ -217,6 +217,30 @@ def test_verdicts_judge_our_numbers_against_the_papers(tiny):
     against = ablate("report", "tiny", cwd=tiny["folder"]).stdout.split("Against the paper:")[1]
     row = next(line for line in against.splitlines() if line.startswith("| attention=se"))
     assert "1.26 / 28.09" in row and "| no " in row and f"{se['Δ top-1']:+.2f} / +1.42" in row and expected in row
+
+
+IMAGENET = {"match": {}, "dataset": "ImageNet-1K", "backbone": "ResNet-50", "image_size": 224, "epochs": 90}
+OURS = {"match": {}, "dataset": "synthetic", "backbone": "resnet10_narrow", "image_size": 16, "epochs": 1}
+
+
+@pytest.mark.parametrize("setup, note", [(IMAGENET, "different: dataset, backbone, image_size, epochs"),
+                                         (OURS, "same"), ({**OURS, "epochs": 100}, "different: epochs")])
+def test_the_paper_is_judged_only_on_the_setup_it_measured(tiny, setup, note):
+    """Reference rows that state their setup: params and GMACs are matched only on the paper's backbone and image
+    size, the paper's effect judged only where the whole setup is ours; elsewhere one column says what differs."""
+    spec = load_study(tiny["study"])
+    spec.cfg.reference = [setup, *REFERENCE]
+    report = record(tiny, spec=spec)
+    df = report.frame
+    assert df["setup"].tolist() == [note, note]
+    size_differs = note.startswith("different") and "backbone" in note
+    assert df["params match"].isna().all() == size_differs
+    se = df.loc["attention=se"]
+    assert (se["effect"] in ("reproduced", "contradicted", "inconclusive")) == (note == "same")
+    if note != "same":  # no effect judged: not "contradicted", and the reproduction table says why
+        assert pd.isna(se["paper Δ top-1"]) and se["effect"] == "-"
+    against = report.render("md").split("Against the paper:")[1]
+    assert f"| {note}" in next(line for line in against.splitlines() if line.startswith("| attention=se"))
 
 
 def test_every_format_writes_every_view_and_an_unknown_one_says_what_is_allowed(tiny):

@@ -9,10 +9,19 @@ import pytest
 from scipy.special import stdtrit
 
 from ablate.errors import AblateError
-from ablate.reference import check_reference, half_unit, printed_decimals, published_top1
+from ablate.reference import (
+    check_reference,
+    half_unit,
+    printed_decimals,
+    published_top1,
+    setup_gap,
+    setup_note,
+    setup_of,
+    stated_setup,
+)
 from ablate.replication import ASSUMED_SD, Published, delta_sd, prediction_interval
 from ablate.report import dry_run_table, verdicts
-from ablate.spec import load_study
+from ablate.spec import load_study, trial_config
 from ablate.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED, reproduction
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -64,6 +73,25 @@ def test_a_reference_rows_sd_is_the_papers_noise_and_its_absence_the_assumed_one
             check_reference([{"match": {"name": "a"}, **bad}], None)
 
 
+def test_a_rows_setup_is_compared_with_the_configurations_own():
+    cbam = load_study(STUDIES / "cbam_vs_se.yaml")
+    ours = setup_of(trial_config(cbam, {}, 0))
+    assert ours == {"dataset": "cluttered-digits", "backbone": "resnet10_narrow", "image_size": 32, "epochs": 5,
+                    "recipe": None}
+    stated = stated_setup(cbam.cfg.reference[:2])  # the study's default row and the plain row: the default's setup
+    assert stated == {"dataset": "ImageNet-1K", "backbone": "ResNet-50", "image_size": 224, "epochs": 90}
+    assert setup_gap(stated, ours) == ["dataset", "backbone", "image_size", "epochs"]
+    assert setup_gap(stated, {"dataset": "imagenet", "backbone": "resnet50", "image_size": 224, "epochs": 90}) == []
+    assert setup_gap({}, ours) == [] and setup_note([{"match": {}}], ours) is None  # nothing stated: as before
+    assert np.isnan(published_top1(cbam.cfg.reference, {"model.attention.name": "se"}, "attention=se", ours))
+    imagenet = {"dataset": "ImageNet", "backbone": "resnet50", "image_size": 224, "epochs": 90}
+    assert published_top1(cbam.cfg.reference, {"model.attention.name": "se"}, "attention=se", imagenet) == 100 - 23.14
+    for bad, key in (({"image_size": "224px"}, "image_size"), ({"epochs": 0}, "epochs"), ({"backbone": 50}, "backbone"),
+                     ({"dataset": ["imagenet"]}, "dataset")):
+        with pytest.raises(AblateError, match=key):
+            check_reference([{"match": {}, **bad}], None)
+
+
 def test_the_printed_precision_is_the_numbers_text_in_the_study_file():
     text = "study: {name: x}\nreference:\n  - {match: {name: a}, params_m: 25.50, gmacs: 3.860, top1_err: 24}\n" \
            "  - match: {name: b}\n    gmacs: 1e-3\n"
@@ -72,7 +100,7 @@ def test_the_printed_precision_is_the_numbers_text_in_the_study_file():
     assert half_unit({"params_m": 1.7}, "params_m") == pytest.approx(0.05)  # no text: the float's own digits
     assert half_unit({"gmacs": 3.864}, "gmacs") == pytest.approx(0.0005)
     rows = load_study(STUDIES / "imagenet_cbam_table.yaml").cfg.reference
-    assert rows[0]["decimals"]["gmacs"] == 3 and rows[3]["decimals"]["gmacs"] == 3  # 3.858; 7.570, read as 7.57
+    assert rows[1]["decimals"]["gmacs"] == 3 and rows[4]["decimals"]["gmacs"] == 3  # 3.858; 7.570, read as 7.57
 
 
 def _judged(ours_params, ours_gmacs, paper_params, paper_gmacs, tol_params, tol_gmacs):
