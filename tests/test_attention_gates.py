@@ -191,3 +191,16 @@ def test_external_memories_start_transposed_but_untied():
     with torch.no_grad():
         m.mk.weight.zero_()
     assert m.mv.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("squeeze, pool", [("avg", lambda x: x.mean((2, 3), keepdim=True)),
+                                           ("max", lambda x: x.amax((2, 3), keepdim=True))])
+@pytest.mark.parametrize("excitation, gate", [("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("relu", torch.relu)])
+def test_se_squeeze_and_excitation_operators_are_the_papers_table_11_and_12(squeeze, pool, excitation, gate):
+    """SE's journal ablations: the squeeze operator (avg / max pooling) and the excitation's gate, which replaces
+    the sigmoid; the weights are the same either way (the default is the paper's SE, parameter for parameter)."""
+    m = create_attention("se", 32, reduction=4, squeeze=squeeze, excitation=excitation)
+    x = torch.randn(2, 32, 5, 5)
+    s = m.fc2(torch.relu(m.fc1(pool(x))))
+    torch.testing.assert_close(m(x), x * gate(s))
+    assert count_params(m) == count_params(create_attention("se", 32, reduction=4))

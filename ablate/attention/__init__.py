@@ -262,7 +262,13 @@ BUILTIN = (
         "se", "ablate.attention.se:SqueezeExcite", kind="gate", placement=Placement("block"),
         source="timm.layers.SEModule",
         paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018 (arXiv:1709.01507)",
-        knobs={"reduction": Knob(int, 16, "channel reduction ratio r", low=1, high="channels")},
+        knobs={
+            "reduction": Knob(int, 16, "channel reduction ratio r", low=1, high="channels"),
+            "squeeze": Knob(str, "avg", "squeeze operator: global average (paper) or max pooling (TPAMI Table 11)",
+                            choices=("avg", "max")),
+            "excitation": Knob(str, "sigmoid", "the excitation's gate (TPAMI Table 12)",
+                               choices=("sigmoid", "tanh", "relu")),
+        },
     ),
     AttentionInfo(
         "sge", "ablate.attention.sge:SpatialGroupEnhance", kind="gate", placement=Placement("block"),
