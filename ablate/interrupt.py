@@ -28,7 +28,7 @@ INTERRUPT = threading.Event()  # set by a signal; the trial stops after its curr
 _SIGNAL: list[int] = []  # the signal that set INTERRUPT
 _DEPTH = [0]  # nesting: a trial's deferral inside the study's keeps a stop asked for between trials
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-# sysexits.h's EX_TEMPFAIL, "try again later": the exit code of a preempted `ablate run` (README: requeue on it)
+# sysexits.h's EX_TEMPFAIL, "try again later": the exit code of a preempted `ablate run` (docs/faults.md: requeue on it)
 REQUEUE_EXIT_CODE = 75
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # submitit's preemption signal is read when submitit is imported (here and in each task): ours is USR1, the
-# signal interrupt.py stops a trial on and the README's sbatch lines use (submitit's own default is USR2)
+# signal interrupt.py stops a trial on and docs/faults.md's sbatch lines use (submitit's own default is USR2)
 os.environ["SUBMITIT_PREEMPT_SIGNAL"] = "USR1"
 
 import optuna  # noqa: E402

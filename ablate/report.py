@@ -9,6 +9,7 @@ The numbers come back as a record, formats.AblationTable; formats.py writes them
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -54,7 +55,6 @@ from ablate.summary import SEARCHED, matched_controls, one_control
 # a configuration's cost: its size from the dry forward, its training step's price (step_cost.py) where measured
 COST_COLUMNS = ["params (M)", "GMACs", "step time ×", "peak mem (MB)"]
 NOT_IN_FILE = " (not in study file)"  # the mark of a row --all shows although the study file dropped it
-
 
 
 # ---------------------------------------------------------------- deltas with confidence intervals
@@ -311,6 +311,36 @@ def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
 
 # ---------------------------------------------------------------- the command
 
+@dataclass(frozen=True)
+class OpenedReport:
+    """A study as the report reads it: the Optuna study, the MLflow client (None where the report needs no runs),
+    the study file (None when moved) and the table made from them."""
+
+    study: optuna.Study
+    client: MlflowClient | None
+    spec: StudySpec | None
+    table: AblationTable
+
+    def trials(self) -> pd.DataFrame:
+        """Every trial of the study as results.trials_frame reads it (the rows the table is made from)."""
+        return trials_frame(self.study, self.client, self.spec)
+
+
+def open_report(study: str | StudySpec, *, storage: str | None = None, tracking_uri: str | None = None, by=None,
+                baseline: str | None = None, show_all: bool = False, writing: bool = False) -> OpenedReport:
+    """STUDY (a name, a study file or a StudySpec) read from its stores into its ablation table, as `ablate report`
+    prints it; `writing`: open MLflow's store even where the table needs nothing of it (to log there)."""
+    resolved = resolve_study(study, tracking_uri)
+    name, spec, tracking_uri = resolved.name, resolved.spec, resolved.tracking_uri
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
+    optuna_study = load(name, storage)
+    client = stored_runs_client(optuna_study, tracking_uri) if writing or needs_runs(optuna_study) else None
+    spec = spec or study_file(optuna_study, client)
+    table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
+                           client=client)
+    return OpenedReport(optuna_study, client, spec, table)
+
+
 def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = None, by: str | None = None,
                  baseline: str | None = None, plots: str | None = None, storage: str | None = None,
                  tracking_uri: str | None = None, show_all: bool = False, columns: str = "compact",
@@ -321,18 +351,13 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     written to the folder `plots` when given and logged with `log`. Without `log` a report only reads, and reads
     MLflow only where the Optuna study lacks something (results.needs_runs)."""
     check_options(fmt, columns)
-    resolved = resolve_study(study, tracking_uri)
-    name, spec, tracking_uri = resolved.name, resolved.spec, resolved.tracking_uri
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the plots' in-memory study is not news
-    optuna_study = load(name, storage)
-    client = stored_runs_client(optuna_study, tracking_uri) if log or needs_runs(optuna_study) else None
-    spec = spec or study_file(optuna_study, client)
-    table = ablation_table(name, by=by, baseline=baseline, spec=spec, show_all=show_all, study=optuna_study,
-                           client=client)
+    opened = open_report(study, storage=storage, tracking_uri=tracking_uri, by=by, baseline=baseline,
+                         show_all=show_all, writing=log)
+    optuna_study, client, table = opened.study, opened.client, opened.table
     text = table.render(fmt, columns)
     if out:
         write_output(out, text, "--out")
-    figures = plotter(table, optuna_study, trials_frame(optuna_study, client, spec)) if plotter else {}
+    figures = plotter(table, optuna_study, opened.trials()) if plotter else {}
     if plots:
         for file, fig in figures.items():
             write_output(Path(plots) / file, png(fig), "--plots")

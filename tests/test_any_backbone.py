@@ -249,7 +249,7 @@ def _print_table():
         print("\n" + table(RESULTS))
 
 
-if __name__ == "__main__":  # the full table and every refusal, for the README
+if __name__ == "__main__":  # the full table and every refusal, for docs/modules.md
     os.environ.setdefault("ABLATE_SWEEP", "all")
     ablate.inject.count_gmacs = _forward_only
     torch.set_num_threads(1)

@@ -221,8 +221,8 @@ def test_study_files_cannot_run_code(tmp_path, run_cli):
     assert not (tmp_path / "pwned").exists()
 
 
-def readme_module_table() -> str:
-    """The README's module table as the registry says it (ablate's own modules, as `ablate modules` lists them)."""
+def modules_page_table() -> str:
+    """docs/modules.md's module table as the registry says it (ablate's own modules, as `ablate modules` lists them)."""
     from ablate.attention import BUILTIN
 
     def show(value):
@@ -236,7 +236,7 @@ def readme_module_table() -> str:
     return "\n".join(lines)
 
 
-def test_the_readme_lists_every_module_as_the_registry_has_it():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme_module_table()
-    assert table in readme, "README.md's module table is stale; put this in its place:\n" + table
+def test_the_modules_page_lists_every_module_as_the_registry_has_it():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "modules.md").read_text()
+    table = modules_page_table()
+    assert table in page, "docs/modules.md's module table is stale; put this in its place:\n" + table
