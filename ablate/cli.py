@@ -282,7 +282,7 @@ def report(
         return
 
     plotter = None
-    if plots:  # matplotlib and Optuna's plots: only when asked (the study's run logs them when it ends)
+    if plots or log:  # matplotlib and Optuna's plots: only when asked (the study's run logs them when it ends)
         from ablate.plots import make_plots as plotter
     text = write_report(study, fmt=fmt, out=out, by=by, baseline=baseline, plots=plots, plotter=plotter,
                         storage=storage, tracking_uri=tracking_uri, show_all=show_all, columns=columns, log=log)
@@ -311,13 +311,14 @@ def gradcam(
 
 @app.command()
 def ui(
-    study: Optional[str] = typer.Argument(None, help="print the link to this study's runs (default: every study's)"),
+    study: Optional[str] = typer.Argument(None, help="print this study's links (default: every study's)"),
     port: int = typer.Option(5000, min=1, max=65535, help="port on the host"),
     host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes your runs"),
     tracking_uri: Optional[str] = TRACKING_URI,
 ):
-    """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise); prints the
-    direct link to each study's runs (its configuration runs, each with its seed runs inside)."""
+    """Serve the MLflow UI over the project's store (loopback only unless --host says otherwise); prints each
+    study's link (its report page: every configuration's mean ± sd, n, delta, verdict and the figure) and the link
+    to its configuration runs (each with its seed runs inside)."""
     from ablate import tracking
     from ablate.server import check_address, serve_ui
 
@@ -329,9 +330,11 @@ def ui(
     if study is not None and study not in links:
         raise AblateError(f"study: no study {study!r} in {tracking.store_uri(tracking_uri)} "
                           f"(studies: {', '.join(links) or 'none yet'})")
-    for name, url in links.items():
+    for name, (landing, runs) in links.items():
         if study in (None, name):
-            typer.echo(f"{name}: {url}")
+            typer.echo(f"{name}: {landing}")  # the report's page once the study has ended, else its runs
+            if landing != runs:
+                typer.echo(f"  configuration runs: {runs}")
     raise typer.Exit(serve_ui(port, host, tracking_uri))
 
 

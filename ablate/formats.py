@@ -4,9 +4,12 @@ report.py computes the numbers; this file only writes them, and imports nothing 
 matplotlib (a report that draws no figure does not pay for it)."""
 from __future__ import annotations
 
+import base64
+import html
 import io
+import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -43,10 +46,18 @@ class AblationTable:
 
     def render(self, fmt: str = "md", columns: str = "compact") -> str:
         """The table as `fmt` writes it: the numbers (CSV, JSON), or the `columns` view a reader sees (Markdown,
-        LaTeX, HTML); Markdown adds the reproduction table (compact, with references) and the footnote."""
-        write, view = writer(fmt), one_of(VIEWS, columns, "--columns")
+        LaTeX, HTML); Markdown and HTML add the reproduction table (compact, with references) and the footnote."""
+        return writer(fmt)(self.page(columns))
+
+    def page(self, columns: str = "compact") -> Page:
+        view = one_of(VIEWS, columns, "--columns")
         against = against_paper(self) if columns == "compact" else None
-        return write(Page(self.frame, view(self), against, footnote(self, columns, against is not None)))
+        return Page(self.frame, view(self), against, footnote(self, columns, against is not None))
+
+    def landing(self, figures: Mapping[str, bytes]) -> str:
+        """The study's landing page in MLflow (the parent run's report/index.html): the compact table, the table
+        against the paper, the footnote and the figures (PNG bytes), one self-contained HTML file."""
+        return html_page(self.page(), f"{self.study}: {self.metric} over seeds", figures)
 
 
 # ---------------------------------------------------------------- cells
@@ -300,10 +311,39 @@ WRITERS: dict[str, Callable[[Page], str]] = {
     "md": _markdown,
     "csv": lambda page: page.numbers.to_csv(),
     "latex": _latex,
-    "html": lambda page: page.view.to_html(),
+    "html": lambda page: html_page(page),
     "json": lambda page: page.numbers.reset_index().to_json(orient="records", indent=2, force_ascii=False),
 }
 FORMATS = tuple(WRITERS)
+
+
+STYLE = """body{font:13px/1.4 system-ui,sans-serif;margin:12px;color:#1f272d}h2{font-size:18px;margin:4px 0}
+table{border-collapse:collapse;margin:8px 0 14px}th,td{border:1px solid #d1d9e1;padding:3px 8px;text-align:right}
+td,tbody th{white-space:nowrap}thead th{background:#f5f7f9}tbody th{text-align:left}
+p.note{max-width:1000px;color:#445461;font-size:12px}img{max-width:100%;display:block;margin:4px 0 12px}
+td.better{color:#1b7a3d;font-weight:600}td.worse{color:#b3261e;font-weight:600}"""
+
+
+def html_page(page: Page, title: str = "", figures: Mapping[str, bytes] | None = None) -> str:
+    """A self-contained HTML page of what Markdown prints (the table, its figures inline as data: URIs, the table
+    against the paper, the footnote): MLflow shows an HTML artifact in a sandboxed iframe, which cannot fetch the
+    run's other artifacts."""
+    def table(view: pd.DataFrame) -> str:
+        out = view.to_html(border=0, index_names=False)  # the row labels say what they are
+        if "verdict" in view:  # the verdict's word as its cell's class too, so that its colour says it
+            for verdict in ("better", "worse"):
+                out = out.replace(f"<td>{verdict}</td>", f'<td class="{verdict}">{verdict}</td>')
+        return out
+
+    note = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(page.note.strip()))
+    parts = [f"<h2>{html.escape(title)}</h2>" if title else "", table(page.view)]
+    parts += [f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+              for name, data in (figures or {}).items()]
+    if page.against is not None:
+        parts += ["<h3>Against the paper</h3>", table(page.against)]
+    parts.append(f'<p class="note">{note}</p>' if note else "")
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(p for p in parts if p) + "\n</body></html>\n")
 
 
 def png(fig) -> bytes:

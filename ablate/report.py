@@ -51,6 +51,7 @@ from ablate.results import (
 from ablate.spec import Cell, StudySpec, grid_cells, keyed_cells, module_of
 from ablate.storage import Attr, load
 from ablate.summary import SEARCHED, matched_controls, one_control
+from ablate.tracking import LANDING
 
 # a configuration's cost: its size from the dry forward, its training step's price (step_cost.py) where measured
 COST_COLUMNS = ["params (M)", "GMACs", "step time ×", "peak mem (MB)"]
@@ -358,12 +359,14 @@ def write_report(study: str | StudySpec, *, fmt: str = "md", out: str | None = N
     if out:
         write_output(out, text, "--out")
     figures = plotter(table, optuna_study, opened.trials()) if plotter else {}
+    images = {file: png(fig) for file, fig in figures.items()}
     if plots:
-        for file, fig in figures.items():
-            write_output(Path(plots) / file, png(fig), "--plots")
+        for file, data in images.items():
+            write_output(Path(plots) / file, data, "--plots")
     parent = optuna_study.user_attrs.get(Attr.PARENT_RUN)
     if log and client is not None:
         client.log_text(parent, text, f"report/report.{fmt}")
         for file, fig in figures.items():
             client.log_figure(parent, fig, f"report/plots/{file}")
+        client.log_text(parent, table.landing(images), LANDING)  # what `ablate ui` opens on
     return text

@@ -30,6 +30,7 @@ from ablate.errors import AblateError, describe, one_line
 
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 MAX_REASON = 4000  # well under MLflow's tag-value limit
+LANDING = "report/index.html"  # a study's parent run: its report, footnote and figures on one page (report.py)
 
 
 class Tag:
@@ -66,6 +67,7 @@ class Tag:
 
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, judges); ours are model training
 EXPERIMENT_KIND = {Tag.EXPERIMENT_KIND: "custom_model_development"}
+TRAINING_VIEW = "workflowType=machine_learning"  # the UI's pages in its model-training view (a URL's query)
 # stopped on purpose (Ctrl-C, sys.exit, and what the caller adds: a pruned trial): KILLED; anything else: FAILED
 KILLED_BY = (KeyboardInterrupt, SystemExit)
 
@@ -213,21 +215,40 @@ def runs_url(server: str, experiment_id: str, objective: str | None = None) -> s
     view; each opens on its result over seeds and its seed runs."""
     metric, _, direction = (objective or "val/acc1 maximize").partition(" ")
     query = urllib.parse.urlencode({
-        "workflowType": "machine_learning", "searchFilter": f"tags.`{Tag.ROLE}` = 'configuration'",
+        **dict(urllib.parse.parse_qsl(TRAINING_VIEW)), "searchFilter": f"tags.`{Tag.ROLE}` = 'configuration'",
         # ordered by a metric (not by date), the filtered runs are listed flat rather than under their parent
         "orderByKey": f"metrics.`{metric}/mean`", "orderByAsc": str(direction == "minimize").lower()},
         quote_via=urllib.parse.quote)
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
-def study_links(server: str, uri: str | None = None) -> dict[str, str]:
-    """Each study's experiment in the store -> the UI's link to its runs (nothing when the store does not exist)."""
+def landing_run(client: MlflowClient, experiment_id: str) -> str | None:
+    """The study's parent run when it holds the landing page (the report logged when the study ended), else None."""
+    found = client.search_runs([experiment_id], f"tags.`{Tag.ROLE}` = 'study'",
+                               order_by=["attributes.start_time DESC"], max_results=1)  # a reset Optuna side: the last
+    if not found:
+        return None
+    run = found[0].info.run_id
+    return run if any(f.path == LANDING for f in client.list_artifacts(run, LANDING.rpartition("/")[0])) else None
+
+
+def study_links(server: str, uri: str | None = None) -> dict[str, tuple[str, str]]:
+    """Each study's experiment in the store -> the UI's links: where it opens (its parent run's landing page once
+    the study has logged its report; until then its configuration runs) and its configuration runs. Nothing when
+    the store does not exist."""
     uri = store_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return {}
-    client = make_client(uri)
-    return {e.name: runs_url(server, e.experiment_id, e.tags.get(Tag.OBJECTIVE)) for e in client.search_experiments()
-            if e.name != "Default"}
+    client, server, links = make_client(uri), server.rstrip("/"), {}
+    for e in client.search_experiments():
+        if e.name == "Default":
+            continue
+        runs = runs_url(server, e.experiment_id, e.tags.get(Tag.OBJECTIVE))
+        parent = landing_run(client, e.experiment_id)
+        # the run page in the model-training view too (without workflowType MLflow 3 shows it in its GenAI one)
+        landing = f"{server}/#/experiments/{e.experiment_id}/runs/{parent}/artifacts/{LANDING}?{TRAINING_VIEW}"
+        links[e.name] = (landing if parent else runs, runs)
+    return links
 
 
 def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:

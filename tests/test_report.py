@@ -1,4 +1,5 @@
 """The report on a tiny real study (run once per module): table, deltas, formats, reference, ladder, errors, UI."""
+import base64
 import io
 import json
 import os
@@ -20,7 +21,7 @@ import yaml
 from helpers import TINY_BASE, ablate, load, start
 
 from ablate.errors import AblateError
-from ablate.formats import COLUMNS, FORMATS, AblationTable, footnote
+from ablate.formats import COLUMNS, FORMATS, AblationTable, compact, footnote
 from ablate.replication import ASSUMED_SD, prediction_interval
 from ablate.report import ablation_table, dry_run_report
 from ablate.spec import cell_label, load_study
@@ -171,6 +172,8 @@ def test_latex_is_booktabs_with_the_rows(tiny):
 def test_html_and_markdown_formats(tiny):
     html = ablate("report", "tiny", "--format", "html", cwd=tiny["folder"]).stdout
     assert "<table" in html and "attention=se" in html
+    # a page a browser shows as it is: the reproduction table and the footnote too, as Markdown prints them
+    assert html.startswith("<!DOCTYPE html>") and "<h3>Against the paper</h3>" in html and "95% CI over seeds" in html
     out = ablate("report", "tiny", cwd=tiny["folder"]).stdout
     ours, against = out.split("\nAgainst the paper:")  # the study has references: the reproduction table follows
     md = ours.splitlines()
@@ -312,6 +315,10 @@ def test_report_and_plots_are_logged_on_the_parent_run_with_log(tiny, tmp_path):
     assert "report/plots/top1_by_config.png" in {a.path for a in client.list_artifacts(parent, "report/plots")}
     text = Path(client.download_artifacts(parent, "report/report.md", str(tmp_path))).read_text()
     assert "attention=se" in text
+    # the landing page `ablate ui` opens: the same table, with the figure (the same PNG) inside it
+    page = Path(client.download_artifacts(parent, "report/index.html", str(tmp_path))).read_text()
+    figure = base64.b64encode((plots / "top1_by_config.png").read_bytes()).decode()
+    assert "attention=se" in page and f'src="data:image/png;base64,{figure}"' in page
 
 
 def test_searched_study_gets_optunas_plots(tmp_path):
@@ -376,9 +383,14 @@ def test_ui_serves_the_parent_and_every_child(tiny, tmp_path):
             configuration = tags[run]["mlflow.parentRunId"]
             assert tags[configuration]["ablate.role"] == "configuration"
             assert tags[configuration]["mlflow.parentRunId"] == parent
-        link = next(line.split(": ", 1)[1] for line in log.read_text().splitlines() if line.startswith("tiny: "))
+        printed = log.read_text().splitlines()
+        landing = next(line.split(": ", 1)[1] for line in printed if line.startswith("tiny: "))
+        link = next(line.split(": ", 1)[1] for line in printed if line.startswith("  configuration runs: "))
+        # the study has ended: the link opens its parent run's report page
+        assert landing == (f"{url}/#/experiments/{experiment.experiment_id}/runs/{parent}/artifacts/report/index.html"
+                           "?workflowType=machine_learning")
         assert link.startswith(f"{url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
-        browse(link, tiny)
+        browse(landing, link, tiny)
         # the MLflow server runs in a session of its own (its workers are one process group): ui's child leads it
         server = int(Path(f"/proc/{ui.pid}/task/{ui.pid}/children").read_text().split()[0])
         ui.send_signal(signal.SIGTERM)  # what a service manager, `timeout` or `kill` sends to the command alone
@@ -403,12 +415,21 @@ def test_ui_serves_the_parent_and_every_child(tiny, tmp_path):
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def browse(link: str, tiny) -> None:
-    """Headless Chromium, as a researcher clicks: the link lists one run per configuration, best mean first; a
-    configuration's page shows its mean, sd, n, delta interval and verdict, and its seed runs."""
+def screenshot_path(name: str) -> Path:
+    """Where a test keeps a screenshot for a person to look at: $ABLATE_TEST_ARTIFACTS, else tests/artifacts/."""
+    folder = Path(os.environ.get("ABLATE_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def browse(landing: str, link: str, tiny) -> None:
+    """Headless Chromium, as a researcher clicks: the landing link shows the report (every configuration's mean ±
+    sd, n, delta with its interval, verdict) and its figure without a click; the runs link lists one run per
+    configuration, best mean first; a configuration's page shows its numbers and its seed runs."""
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("no headless browser: .ci/run installs Debian's chromium and chromium-driver")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -419,15 +440,34 @@ def browse(link: str, tiny) -> None:
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     try:
+        # the UI re-renders as its data arrives: an element read a moment too early is looked up again
+        wait = WebDriverWait(driver, 120, ignored_exceptions=(StaleElementReferenceException,))
+        driver.get(landing)
+        # MLflow shows an HTML artifact in a sandboxed iframe: the report is read from inside it, as it is shown
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "iframe.mlflow-html-iframe"))
+        driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "iframe.mlflow-html-iframe"))
+        shown = wait.until(lambda d: {r.find_element(By.TAG_NAME, "th").text: [c.text for c in r.find_elements(
+            By.TAG_NAME, "td")] for r in d.find_elements(By.CSS_SELECTOR, "table:first-of-type tbody tr")} or None)
+        view = compact(record(tiny))  # the report's own strings: nothing on the page is computed again
+        assert shown == {label: list(row) for label, row in view.iterrows()}
+        headers = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "table:first-of-type thead th")]
+        assert {"top-1 acc (%)", "seeds n / pruned / failed", "Δ top-1 (95% CI)", "verdict"} <= set(headers)
+        assert any("(n 3)" in cell for row in shown.values() for cell in row)  # mean ± sd (n) as a reader sees it
+        figure = driver.find_element(By.TAG_NAME, "img")
+        assert driver.execute_script("return arguments[0].naturalWidth", figure) > 100  # the figure drawn, not broken
+        driver.switch_to.default_content()
+        shot = screenshot_path("mlflow_landing_tiny.png")
+        assert driver.save_screenshot(str(shot))
+        print(f"landing page screenshot: {shot}")
+
         driver.get(link)
-        wait = WebDriverWait(driver, 120)
         rows = lambda d: [a.text for a in d.find_elements(By.CSS_SELECTOR, "a") if a.text in ("none", "se")]  # noqa: E731
         names = wait.until(lambda d: rows(d) if len(rows(d)) == 2 else None)
         means = table(tiny)["top-1 acc (%)"]
         if means["attention=none"] != means["attention=se"]:  # ranked by mean over seeds (a tie: either way)
             assert names == sorted(["none", "se"], key=lambda n: -means[f"attention={n}"])
         assert "2 matching runs" in driver.find_element(By.TAG_NAME, "body").text  # configurations only
-        next(a for a in driver.find_elements(By.CSS_SELECTOR, "a") if a.text == "se").click()
+        wait.until(lambda d: [a.click() for a in d.find_elements(By.CSS_SELECTOR, "a") if a.text == "se"][:1])
         page = wait.until(lambda d: d.find_element(By.TAG_NAME, "body").text if "se · seed 2" in d.find_element(
             By.TAG_NAME, "body").text else None)
         for shown in ("val/acc1/mean", "val/acc1/sd", "val/acc1/delta_low", "val/acc1/delta_high", "seeds",

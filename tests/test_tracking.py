@@ -152,3 +152,18 @@ def test_a_shared_tag_written_by_two_workers_at_once_is_written_again_not_lost()
     assert lost.calls == [("run", "ablate.summary", "best se")] * 2
     with pytest.raises(MlflowException, match="permission"):
         tracking.set_shared_tag(Racing("permission denied"), "run", "k", "v")
+
+
+def test_a_study_opens_on_its_report_once_it_has_one_else_on_its_runs(uri):
+    """`ablate ui`'s links: while a study runs, its configuration runs (the report is logged when it ends); then
+    its parent run's report page, in the model-training view."""
+    client = tracking.make_client(uri)
+    experiment = tracking.get_or_create_experiment(client, "landing-study")
+    parent = tracking.start_run(client, experiment, run_name="landing-study", tags={tracking.Tag.ROLE: "study"})
+    landing, runs = tracking.study_links("http://127.0.0.1:5000/", uri)["landing-study"]
+    assert landing == runs == tracking.runs_url("http://127.0.0.1:5000", experiment)
+    client.log_text(parent, "<table></table>", tracking.LANDING)
+    landing, runs = tracking.study_links("http://127.0.0.1:5000/", uri)["landing-study"]
+    assert landing == (f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent}/artifacts/report/index.html"
+                       "?workflowType=machine_learning")
+    assert runs == tracking.runs_url("http://127.0.0.1:5000", experiment)
