@@ -75,6 +75,7 @@ class Soak:
         self.workers: list[subprocess.Popen | None] = [None] * args.workers
         self.server = None
         self.grid_over = threading.Event()  # ends the injector's wait between faults
+        self.end: float | None = None  # when faults stop: --minutes after the first trial started
         self.studies: list[str] = []
         (folder / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -106,10 +107,10 @@ class Soak:
              "--tracking-uri", f"http://127.0.0.1:{self.port}"], cwd=self.folder, env=env(), stdout=log,
             stderr=subprocess.STDOUT)
 
-    def run_grid(self, study: Path, faults_until: float) -> None:
+    def run_grid(self, study: Path) -> None:
         """The grid to its end: workers started again when they die, the whole grid again when cells are left."""
         self.grid_over.clear()
-        injector = threading.Thread(target=self.inject, args=(faults_until,), daemon=True)
+        injector = threading.Thread(target=self.inject, daemon=True)
         injector.start()
         for slot in range(self.args.workers):
             self.launch(slot, study)
@@ -138,10 +139,15 @@ class Soak:
 
     # ---------------------------------------------------------------- faults
 
-    def inject(self, until: float) -> None:
+    def inject(self) -> None:
+        if self.end is None:  # the faults' time starts with the first trial (workers take a while to start)
+            while not self.trial_running():
+                if self.grid_over.wait(1):
+                    return
+            self.end = time.time() + self.args.minutes * 60
         turn: list[str] = []
         while True:
-            if self.grid_over.wait(self.rng.expovariate(1 / self.args.fault_every)) or time.time() >= until:
+            if self.grid_over.wait(self.rng.expovariate(1 / self.args.fault_every)) or time.time() >= self.end:
                 return
             if not turn:
                 turn = self.rng.sample(self.args.faults, len(self.args.faults))
@@ -207,6 +213,15 @@ class Soak:
         path.write_text(yaml.safe_dump(doc))
         self.studies.append(name)
         return path
+
+    def trial_running(self) -> bool:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.optuna_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with contextlib.suppress(psycopg.Error), psycopg.connect(url, connect_timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0] > 0
+        return False
 
     def cells_left(self, name: str) -> bool:
         import optuna
@@ -293,10 +308,9 @@ def soak(args, folder: Path, pg_url: str, pg_dir: str) -> Soak:
     start = time.time()
     try:
         s.start_server()
-        end = time.time() + args.minutes * 60  # the faults' time starts once the server answers
         n = 0
-        while n == 0 or time.time() < end:
-            s.run_grid(s.write_study(n), end)
+        while n == 0 or (s.end is not None and time.time() < s.end):
+            s.run_grid(s.write_study(n))
             n += 1
         s.wait_outages()
         result = s.check()

@@ -6,6 +6,7 @@ and restarts it with `.ci/postgres restart DIR SECONDS`); skips saying why witho
 """
 import os
 import subprocess
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -26,11 +27,19 @@ DOWN_S = 6  # the server stays down this long: longer than the workers' first ba
 
 
 @pytest.fixture
-def pg_url():
+def pg_dir():
+    """The data directory of the server the test restarts (skips, saying why, without one)."""
+    for name in ("ABLATE_TEST_POSTGRES", DIR_ENV):
+        if not os.environ.get(name):
+            why = os.environ.get("ABLATE_TEST_POSTGRES_ERROR", "(.ci/run starts a server and exports both)")
+            pytest.skip(f"${name} is not set: the test restarts CI's PostgreSQL server {why}")
+    return os.environ[DIR_ENV]
+
+
+@pytest.fixture
+def pg_url(pg_dir):
     """A fresh database on the server the test restarts: created and dropped over connections of their own (the
     restart cuts off any connection held across it)."""
-    if not os.environ.get(DIR_ENV):
-        pytest.skip(f"${DIR_ENV} is not set: the test restarts the server of that directory (.ci/run exports it)")
     database = fresh_database()
     url = next(database)
     yield url
@@ -95,3 +104,21 @@ def test_two_workers_survive_a_database_restart_mid_study(tmp_path, pg_url):
         for metric in ("train/loss", "val/acc1"):  # one value per epoch: no gap, no duplicate
             steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
             assert sorted(steps) == list(range(EPOCHS)), (metric, steps)
+
+
+def test_a_short_soak_with_every_kind_of_fault_loses_and_doubles_nothing(tmp_path, pg_dir):
+    """benchmarks/soak.py's short setting: 2 workers for a minute of random faults of every kind (the disk one needs
+    root for its tmpfs), then its table, whose must-be-zero rows are 0."""
+    if os.geteuid() != 0:
+        pytest.skip("the soak mounts a tmpfs for the full-disk fault: run as root (CI is)")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "1", "--workers", "2",
+                           "--fault-every", "8", "--seeds", "2", "--epochs", "3", "--grace", "20"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=900)
+    table = dict(line.strip("| ").split(" | ") for line in proc.stdout.splitlines() if line.count("|") == 3)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert sum(int(v) for k, v in table.items() if k.startswith("faults injected")) >= 3, proc.stdout
+    assert int(table["trials finished"]) >= 6
+    for row in ("cells run more than once", "cells lost", "trials left RUNNING or WAITING", "runs left RUNNING",
+                "metric histories with a gap or a duplicate"):
+        assert table[row] == "0", (row, proc.stdout)
