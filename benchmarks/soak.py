@@ -70,7 +70,8 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.optuna_url, self.mlflow_url = create_database(pg_url), create_database(pg_url)
         self.port, self.ckpt = free_port(), folder / "checkpoints"
-        self.faults, self.exits, self.reruns, self.lock = Counter(), Counter(), 0, threading.Lock()
+        self.faults, self.exits, self.reruns, self.launches = Counter(), Counter(), 0, 0
+        self.lock = threading.Lock()
         self.busy: set[str] = set()  # outages still in progress: a kind is not injected twice at once
         self.workers: list[subprocess.Popen | None] = [None] * args.workers
         self.server = None
@@ -82,9 +83,9 @@ class Soak:
     # ---------------------------------------------------------------- the processes a scheduler keeps running
 
     def start_server(self) -> None:
-        log = open(self.folder / "logs" / "server.log", "a")
-        self.server = subprocess.Popen(server_command(self.mlflow_url, self.folder / "artifacts", self.port),
-                                       env=env(), stdout=log, stderr=log, start_new_session=True)
+        with open(self.folder / "logs" / "server.log", "a") as log:
+            self.server = subprocess.Popen(server_command(self.mlflow_url, self.folder / "artifacts", self.port),
+                                           env=env(), stdout=log, stderr=log, start_new_session=True)
         deadline = time.time() + 300
         while time.time() < deadline:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
@@ -101,11 +102,14 @@ class Soak:
         self.server.wait()
 
     def launch(self, slot: int, study: Path) -> None:
-        log = open(self.folder / "logs" / f"worker{slot}.log", "a")
-        self.workers[slot] = subprocess.Popen(
-            [sys.executable, "-m", "ablate.cli", "run", str(study), "--storage", self.optuna_url,
-             "--tracking-uri", f"http://127.0.0.1:{self.port}"], cwd=self.folder, env=env(), stdout=log,
-            stderr=subprocess.STDOUT)
+        self.launches += 1
+        if self.launches > 100 * self.args.workers:  # a worker that can never start is a bug, not a fault
+            raise RuntimeError(f"{self.launches} worker launches: see {self.folder / 'logs'}")
+        with open(self.folder / "logs" / f"worker{slot}.log", "a") as log:
+            self.workers[slot] = subprocess.Popen(
+                [sys.executable, "-m", "ablate.cli", "run", str(study), "--storage", self.optuna_url,
+                 "--tracking-uri", f"http://127.0.0.1:{self.port}"], cwd=self.folder, env=env(), stdout=log,
+                stderr=subprocess.STDOUT)
 
     def run_grid(self, study: Path) -> None:
         """The grid to its end: workers started again when they die, the whole grid again when cells are left."""
