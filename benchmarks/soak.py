@@ -50,7 +50,8 @@ PER_EPOCH = ("train/loss", "val/loss", "val/acc1")  # logged once per epoch by e
 def server_command(backend: str, artifacts: Path, port: int) -> list[str]:
     """The MLflow tracking server the workers log to (the one place to adapt when `ablate server` takes more flags)."""
     return [sys.executable, "-m", "ablate.cli", "server", "--backend-store-uri", backend, "--artifacts",
-            str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+            str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # 1: no supervisor to
+    # kill a child that answers its health pings late on a loaded machine
 
 
 def env() -> dict:
