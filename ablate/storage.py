@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from ablate.errors import AblateError, one_line
+from ablate.reconnect import ReconnectingRDBStorage
 from ablate.tracking import mask_secrets
 
 JOURNAL = "mlruns/optuna.journal"
@@ -104,7 +105,9 @@ def check_sqlite(url: str) -> None:
                           f"{', '.join(sorted(tables)[:5])} ...); give Optuna its own file")
 
 
-def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace_period: int = 120):
+def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace_period: int = 120,
+                 outage_s: float = 300):
+    """`outage_s`: how long a database server (not SQLite) may be unreachable before a storage call fails."""
     journal = journal_file(url)
     if journal:  # safe for several processes on one machine
         check_journal(journal)
@@ -124,8 +127,11 @@ def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace
             for attempt in range(5):
                 try:
                     # several machines: heartbeats let another worker retry a dead machine's trial
-                    return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                    beats = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                    if url.startswith("sqlite"):
+                        return RDBStorage(url, **beats)
+                    return ReconnectingRDBStorage(url, outage_s=outage_s, **beats)  # a server may restart
                 except (IntegrityError, ProgrammingError):  # another worker is creating the same schema right now
                     if attempt == 4:
                         raise

@@ -179,6 +179,8 @@ CASES = [
               "study.direction: 'up' is not allowed"),
     bad_study("study-heartbeat-zero", lambda d: d["study"].update(heartbeat_interval=0),
               "study.heartbeat_interval:", "greater than or equal to 1"),
+    bad_study("study-db-outage-negative", lambda d: d["study"].update(db_outage_s=-1),
+              "study.db_outage_s:", "greater than or equal to 0"),
     bad_study("study-adjust-unknown", lambda d: d["study"].update(adjust="bonferroni"),
               "study.adjust: 'bonferroni' is not allowed"),
     bad_study("study-min-effect-negative", lambda d: d["study"].update(min_effect=-0.5),

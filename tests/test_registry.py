@@ -98,7 +98,7 @@ def test_bad_knobs_are_one_line_errors(name, knobs, message):
 
 
 def test_knobs_resolve_to_paper_defaults():
-    assert resolve_knobs("se", {}) == {"reduction": 16}
+    assert resolve_knobs("se", {}) == {"reduction": 16, "squeeze": "avg", "excitation": "sigmoid"}
     assert resolve_knobs("cbam", {"pool_types": "avg+lse"})["pool_types"] == ("avg", "lse")
     cbam = resolve_knobs("cbam", {})
     assert cbam["kernel_size"] == 7 and cbam["pool_types"] == ("avg", "max") and cbam["arrangement"] == "channel_first"

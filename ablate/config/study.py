@@ -129,6 +129,9 @@ class StudySection(Strict):
     # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")
+    db_outage_s: int = Field(300, ge=0, description=(
+        "seconds a restarting database may be unreachable while workers wait and reconnect (keep grace_period "
+        "above it: heartbeats pause too)"))
 
     @property
     def on_demand(self) -> SeedsOnDemand | None:

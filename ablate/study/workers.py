@@ -76,7 +76,7 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
     # a failed trial's traceback is in its run's error.txt; our progress line gives the reason
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     s = plan.spec.cfg.study
-    storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
+    storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period, s.db_outage_s)
     study = open_study(plan, storage, worker)
     client = tracking.make_client(plan.base.tracking.uri)
     experiment_id = tracking.get_or_create_experiment(client, plan.name)
