@@ -30,6 +30,7 @@ ADMIN_ENV = (("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"),
              ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")  # MLflow's, for default_permission
 AUTH_DB = "basic_auth.db"
+AUTH_CACHE_S = 60  # seconds a checked password is trusted (MLflow's auth_cache_ttl_seconds)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,11 @@ def auth_environment(folder: Path, auth_db: str, admin: Admin, default_permissio
     config = configparser.ConfigParser(interpolation=None)
     config["mlflow"] = {"default_permission": default_permission, "database_uri": auth_db,
                         "admin_username": admin.username,
-                        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth"}
+                        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+                        # a password check is a scrypt hash (0.13 s of CPU here) on every request, and a worker sends
+                        # several each epoch: a checked password is trusted for a minute per server process, so a
+                        # changed or deleted user's old password may work that long on the other processes
+                        "auth_cache_ttl_seconds": str(AUTH_CACHE_S)}
     path = folder / "basic_auth.ini"
     with path.open("w") as f:
         config.write(f)
