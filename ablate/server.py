@@ -35,6 +35,8 @@ def server_command(backend: str, artifacts: str | None, port: int, host: str, wo
            "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
     if auth:
         cmd += ["--app-name", "basic-auth"]
+    if workers > 1:  # a worker still loading MLflow's apps on busy cores is slow, not dead (uvicorn's default: 5 s)
+        cmd += ["--uvicorn-opts", "--timeout-worker-healthcheck 60"]
     if artifacts:
         cmd += ["--artifacts-destination", artifacts]
     if allowed_hosts:  # beyond the local network MLflow checks the Host header against this list

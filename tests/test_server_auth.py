@@ -143,11 +143,16 @@ def test_an_authenticated_worker_logs_its_study_and_the_password_goes_nowhere(sh
     ("not-the-password-at-all", "refuses user 'admin' (401: wrong name or password"),
     (None, "asks who you are (401): set $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD"),
 ])
-def test_a_refused_worker_is_one_line_and_writes_nothing(shared, tmp_path, password, expect):
+def test_a_refused_worker_is_one_line_and_writes_nothing(shared, tmp_path, run_cli, monkeypatch, password, expect):
+    """`ablate run` against the real server, through the command's entry point in this process (the server's answer
+    is what is tested, not a second start-up of torch)."""
     path = write_study(tmp_path / "refused.yaml", study={"name": "refused", "seeds": [0]})
-    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password} if password else {}
-    done = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(path), "--tracking-uri", shared["url"]],
-                          cwd=tmp_path, env=bare_env(**creds), capture_output=True, text=True, timeout=600)
+    for name in CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    if password:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    done = run_cli("run", path, "--tracking-uri", shared["url"], cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
     assert lines[0].startswith("ablate: error: tracking.uri: http://127.0.0.1:") and expect in lines[0], lines[0]
