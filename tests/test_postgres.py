@@ -213,7 +213,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:  # busy shared cores: slow
     import urllib.request
 
     deadline = time.time() + timeout
