@@ -340,14 +340,29 @@ def ui(
 
 @app.command()
 def server(
-    backend_store_uri: str = typer.Option(..., help="the runs' database, e.g. postgresql://user:pw@db-host/mlflow"),
+    backend_store_uri: str = typer.Option(..., help="the runs' database, e.g. postgresql://user@db-host/mlflow (the "
+                                          "password from $PGPASSWORD or ~/.pgpass, not the command line)"),
     artifacts: str = typer.Option(..., help="where the server keeps artifacts: a folder on shared storage, s3://..."),
     port: int = typer.Option(5000, min=1, max=65535),
     host: str = typer.Option("0.0.0.0", help="bind address (all interfaces: the workers are on other machines)"),
     workers: int = typer.Option(4, min=1, help="server processes (each takes requests from many ablate workers)"),
     allowed_hosts: Optional[str] = typer.Option(None, help="beyond the local network: the Host names clients use"),
+    admin_password_file: Optional[str] = typer.Option(None, help="a file (mode 600) whose first line is the admin's "
+                                                      "password (default $MLFLOW_AUTH_ADMIN_PASSWORD, else "
+                                                      "$MLFLOW_TRACKING_PASSWORD)"),
+    admin_username: Optional[str] = typer.Option(None, help="the admin user (default $MLFLOW_AUTH_ADMIN_USERNAME, "
+                                                 "else the name paired with the password's variable, else admin)"),
+    auth_db: Optional[str] = typer.Option(None, help="the users' database (default basic_auth.db beside an SQLite "
+                                          "store, else mlruns/basic_auth.db)"),
+    default_permission: str = typer.Option("READ", help="what every user may do to experiments they were given no "
+                                           "permission on: READ, USE, EDIT, MANAGE or NO_PERMISSIONS"),
+    open_: bool = typer.Option(False, "--open", help="no authentication: anyone who reaches the port may read, "
+                               "change and delete every run"),
 ):
-    """An MLflow tracking server for workers on several machines (ablate run --tracking-uri http://HOST:PORT)."""
+    """An MLflow tracking server for workers on several machines (ablate run --tracking-uri http://HOST:PORT). Users
+    sign in (MLflow's basic-auth app); workers pass $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD."""
+    import tempfile
+
     from ablate.server import check_address, serve, server_command
     from ablate.tracking import mask_secrets
 
@@ -356,9 +371,30 @@ def server(
     check_address(host, port)
     if "://" not in artifacts:
         artifacts = Path(artifacts).expanduser().resolve().as_uri()
-    typer.echo(f"MLflow server for {mask_secrets(backend_store_uri)} on {host}:{port}, artifacts in "
-               f"{artifacts}; workers log to it with --tracking-uri http://<this host>:{port}", err=True)
-    raise typer.Exit(serve(server_command(backend_store_uri, artifacts, port, host, workers, allowed_hosts)))
+    cmd = server_command(backend_store_uri, artifacts, port, host, workers, allowed_hosts, auth=not open_)
+    where = f"MLflow server for {mask_secrets(backend_store_uri)} on {host}:{port}, artifacts in {artifacts}"
+    if open_:
+        if admin_password_file or admin_username or auth_db:
+            raise AblateError("--open: serves without authentication; not with --admin-password-file, "
+                              "--admin-username or --auth-db")
+        typer.echo(f"warning: --open: no authentication: anyone who can reach {host}:{port} can read, change and "
+                   "delete every run", err=True)
+        typer.echo(f"{where}; workers log to it with --tracking-uri http://<this host>:{port}", err=True)
+        raise typer.Exit(serve(cmd))
+    from ablate.server_auth import PERMISSIONS, admin_credential, auth_environment, default_auth_db, ensure_admin
+
+    if default_permission.upper() not in PERMISSIONS:
+        raise AblateError(f"--default-permission: {default_permission!r} is not one of {', '.join(PERMISSIONS)}")
+    admin = admin_credential(admin_password_file, admin_username)
+    auth_db = auth_db or default_auth_db(backend_store_uri)
+    done = ensure_admin(auth_db, admin)
+    typer.echo(f"{where}; users in {mask_secrets(auth_db)} ({done}; others get {default_permission.upper()}); "
+               f"workers log to it with --tracking-uri http://<this host>:{port} and $MLFLOW_TRACKING_USERNAME, "
+               "$MLFLOW_TRACKING_PASSWORD", err=True)
+    with tempfile.TemporaryDirectory(prefix="ablate-server-") as folder:  # private (0700): the auth config
+        env = auth_environment(Path(folder), auth_db, admin, default_permission.upper())
+        code = serve(cmd, env)
+    raise typer.Exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """MLflow's UI and tracking server as processes: the commands that start them, the address check before
-they start, and running one until it exits or is stopped (its whole process tree with it)."""
+they start, and running one until it exits or is stopped (its whole process tree with it). The shared server's
+users are server_auth.py's."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 from contextlib import suppress
+from typing import Mapping
 
 from ablate.errors import AblateError
 from ablate.tracking import artifact_root, resolve_uri
@@ -25,11 +27,16 @@ def ui_command(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None
 
 
 def server_command(backend: str, artifacts: str | None, port: int, host: str, workers: int,
-                   allowed_hosts: str | None = None) -> list[str]:
+                   allowed_hosts: str | None = None, auth: bool = True) -> list[str]:
     """The tracking server several machines' workers log to: its store in a database, artifacts proxied (the
-    workers upload them over HTTP into `artifacts`, a folder or bucket the server can write)."""
+    workers upload them over HTTP into `artifacts`, a folder or bucket the server can write); with `auth`, MLflow's
+    basic-auth app in front of it (configured by auth_environment)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
            "--port", str(port), "--workers", str(workers), "--serve-artifacts"]
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
+    if workers > 1:  # a worker still loading MLflow's apps on busy cores is slow, not dead (uvicorn's default: 5 s)
+        cmd += ["--uvicorn-opts", "--timeout-worker-healthcheck 60"]
     if artifacts:
         cmd += ["--artifacts-destination", artifacts]
     if allowed_hosts:  # beyond the local network MLflow checks the Host header against this list
@@ -49,12 +56,12 @@ def check_address(host: str, port: int) -> None:
                           ) from None
 
 
-def serve(cmd: list[str]) -> int:
+def serve(cmd: list[str], env: Mapping[str, str] | None = None) -> int:
     """Run an MLflow server until it exits or we are stopped; Ctrl-C or SIGTERM end its whole process tree.
 
     The server runs in a session of its own so that its worker processes (gunicorn's or uvicorn's) can be ended
     as one group: stopping only the `mlflow` process would leave them holding the port."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def stop(signum, frame):
         raise KeyboardInterrupt

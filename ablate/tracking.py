@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.utils.credentials import read_mlflow_creds
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -125,6 +126,7 @@ def probe_store(uri: str) -> None:
         except (OSError, ValueError) as e:
             raise AblateError(f"tracking.uri: no tracking server answers at {mask_secrets(uri)} "
                               f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+        check_credentials(uri)
     elif uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_file():
@@ -136,6 +138,23 @@ def probe_store(uri: str) -> None:
             header = f.read(16)
         if header and header != b"SQLite format 3\x00":
             raise AblateError(f"tracking.uri: {path} is not an SQLite database")
+
+
+def check_credentials(uri: str) -> None:
+    """A server that asks who we are (`ablate server`) must accept the credentials MLflow's client sends
+    ($MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD, or ~/.mlflow/credentials): one line now, before
+    anything is written, not a 401 in every trial."""
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        if e.get_http_status_code() != 401:
+            return  # not ours to judge here: the first real call reports it
+        user = read_mlflow_creds().username
+        if user:
+            raise AblateError(f"tracking.uri: {mask_secrets(uri)} refuses user {user!r} (401: wrong name or password; "
+                              "they come from $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD)") from None
+        raise AblateError(f"tracking.uri: {mask_secrets(uri)} asks who you are (401): set $MLFLOW_TRACKING_USERNAME "
+                          "and $MLFLOW_TRACKING_PASSWORD to an account of that server") from None
 
 
 def make_client(uri: str | None = None) -> MlflowClient:

@@ -87,12 +87,14 @@ main(["run", *args])
 """
 
 
-def start_worker(log: Path, *args, ready: Path | None = None, go: Path | None = None) -> subprocess.Popen:
-    """`ablate run ARGS` as helpers.start runs it (the same environment), but started by the starting gun
+def start_worker(log: Path, *args, ready: Path | None = None, go: Path | None = None,
+                 env: dict | None = None) -> subprocess.Popen:
+    """`ablate run ARGS` as helpers.start runs it (the same environment, plus `env`), but started by the starting gun
     when `go` is given, and writing to `log`."""
     head = ["-c", SYNCHRONISED, str(ready), str(go)] if go else ["-m", "ablate.cli", "run"]
     with open(log, "w") as out:  # a file, not a pipe: nobody reads while the worker runs
-        return subprocess.Popen([sys.executable, *head, *args], stdout=out, stderr=subprocess.STDOUT, env=cli_env())
+        return subprocess.Popen([sys.executable, *head, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=cli_env(**(env or {})))
 
 
 def fire_together(procs: list[subprocess.Popen], ready: list[Path], go: Path, timeout=120) -> None:
@@ -211,7 +213,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:  # busy shared cores: slow
     import urllib.request
 
     deadline = time.time() + timeout
@@ -226,29 +228,33 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None
     raise AssertionError("the MLflow server did not answer /health")
 
 
-def test_two_workers_log_over_http_to_one_mlflow_server_on_postgresql(tmp_path, pg_url, mlflow_pg_url):
-    """`ablate server` (MLflow on PostgreSQL, artifacts proxied into a folder) and two workers on it."""
+def test_two_workers_log_over_http_to_one_mlflow_server_on_postgresql(tmp_path, pg_url, mlflow_pg_url, monkeypatch):
+    """`ablate server` (MLflow on PostgreSQL, artifacts proxied into a folder, users signing in) and two workers on
+    it, their credentials in MLflow's client variables."""
     import mlflow
 
     port, artifacts = free_port(), tmp_path / "shared-artifacts"
+    credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "pg-test-admin-pw"}
     server = subprocess.Popen([sys.executable, "-m", "ablate.cli", "server", "--backend-store-uri", mlflow_pg_url,
                                "--artifacts", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "2"], env=cli_env(), stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "server.log", "w"))
+                               "--workers", "2"], env=cli_env(MLFLOW_AUTH_ADMIN_PASSWORD="pg-test-admin-pw"),
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(uri, server)
         path = write_study(tmp_path / "pg.yaml", epochs=3)
         logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
         ready, go = [tmp_path / "ready0", tmp_path / "ready1"], tmp_path / "go"
-        procs = [start_worker(log, str(path), "--storage", pg_url, "--tracking-uri", uri, ready=r, go=go)
-                 for log, r in zip(logs, ready)]
+        procs = [start_worker(log, str(path), "--storage", pg_url, "--tracking-uri", uri, ready=r, go=go,
+                              env=credentials) for log, r in zip(logs, ready)]
         fire_together(procs, ready, go)
         outputs = [finish(p, log) for p, log in zip(procs, logs)]
         assert all(trials_completed_by(out) for out in outputs), "a worker ran no trial: no parallel logging shown"
 
         study = load("pg", pg_url)
         assert cells_done(study) == ALL_CELLS
+        for name, value in credentials.items():  # MLflow's client reads them itself
+            monkeypatch.setenv(name, value)
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name("pg")
         every = client.search_runs([experiment.experiment_id])
@@ -273,3 +279,37 @@ def test_two_workers_log_over_http_to_one_mlflow_server_on_postgresql(tmp_path, 
 
     with socket.socket() as s:  # nothing is left holding the port
         assert s.connect_ex(("127.0.0.1", port)) != 0, "a server process outlived ablate server"
+
+
+def test_a_study_takes_its_database_passwords_from_a_pgpass_file_not_the_urls(tmp_path, pg_url, mlflow_pg_url):
+    """libpq's password file (PGPASSFILE, else ~/.pgpass) instead of a password in the URLs, which `ps`, shell
+    history and the study's records would show: Optuna's storage and MLflow's SQL store both open a password-less
+    postgresql:// URL through it."""
+    import mlflow
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(pg_url)
+    if not admin.password:
+        pytest.skip(f"${ENV} has no password to move into a pgpass file")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"{admin.host}:{admin.port or 5432}:*:{admin.username}:{admin.password}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
+
+    def bare(url: str) -> str:
+        return make_url(url).set(password=None).render_as_string(hide_password=False)
+
+    path = helpers.write_study(tmp_path / "pgpass.yaml", study={"name": "pgpass", "seeds": [0]}, base=TINY_BASE,
+                               space={"model.attention.name": ["se"]})
+    env = {k: v for k, v in cli_env(PGPASSFILE=str(pgpass)).items() if k != "PGPASSWORD"}
+    done = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(path), "--storage", bare(pg_url),
+                           "--tracking-uri", bare(mlflow_pg_url)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert cells_done(load("pgpass", pg_url)) == cells(["se"], [0])
+    client = mlflow.MlflowClient(mlflow_pg_url)
+    every = client.search_runs([client.get_experiment_by_name("pgpass").experiment_id])
+    trials = [r for r in every if r.data.tags.get("ablate.role") == "trial"]
+    assert len(trials) == 1 and all(r.info.status == "FINISHED" for r in trials)
+    texts = [done.stdout, done.stderr] + [str(v) for r in every for v in [*r.data.params.values(),
+                                                                            *r.data.tags.values()]]
+    assert not [t for t in texts if admin.password in t], "the database password leaked"

@@ -71,7 +71,8 @@ def test_errors_are_keyed_and_located_by_the_caller():
                               "for 64 channels (int in [1, channels])")
     with pytest.raises(AblateError) as err, at("model.attention.knobs"):
         create_attention("se", 64, kernel_size=3)
-    assert str(err.value) == "model.attention.knobs: module 'se' takes no knob 'kernel_size' (knobs: reduction, squeeze, excitation)"
+    assert str(err.value) == ("model.attention.knobs: module 'se' takes no knob 'kernel_size' (knobs: reduction, "
+                              "squeeze, excitation)")
     with pytest.raises(AblateError) as err, at("model.attention.name"):
         get_attention("sse")
     assert str(err.value) == "model.attention.name: unknown attention module 'sse' (did you mean se, sge?)"
