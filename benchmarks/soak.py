@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -48,10 +49,12 @@ PER_EPOCH = ("train/loss", "val/loss", "val/acc1")  # logged once per epoch by e
 
 
 def server_command(backend: str, artifacts: Path, port: int) -> list[str]:
-    """The MLflow tracking server the workers log to (the one place to adapt when `ablate server` takes more flags)."""
+    """The MLflow tracking server the workers log to, signing users in as on a shared cluster: its admin is the
+    soak's MLFLOW_TRACKING_USERNAME / _PASSWORD (main sets them), its users' database beside the artifacts."""
     return [sys.executable, "-m", "ablate.cli", "server", "--backend-store-uri", backend, "--artifacts",
-            str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # 1: no supervisor to
-    # kill a child that answers its health pings late on a loaded machine
+            str(artifacts), "--auth-db", f"sqlite:///{artifacts.parent / 'basic_auth.db'}", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1"]  # 1: no supervisor to kill a child that answers its health
+    # pings late on a loaded machine
 
 
 def env() -> dict:
@@ -368,6 +371,9 @@ def main(argv=None) -> int:
     unknown = set(args.faults) - set(KINDS)
     if unknown:
         parser.error(f"--faults: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(KINDS)}")
+    # the server's admin and every worker's (and this process's client's) credentials, as a cluster's users pass them
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", "soak")
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", secrets.token_urlsafe(18))
     pg_url, pg_dir = os.environ.get("ABLATE_TEST_POSTGRES"), os.environ.get("ABLATE_TEST_POSTGRES_DIR")
     own = None
     if not (pg_url and pg_dir):
