@@ -330,7 +330,8 @@ def continue_history(client: MlflowClient, run_id: str, earlier_run: str, before
     """A resumed trial's run takes over what its predecessor logged for the epochs before `before` (each metric's
     steps < before, so that every epoch has one value), and the two runs name each other in tags."""
     own = set(client.get_run(run_id).data.metrics)  # logged again by the new run itself (the model's size)
-    history = [m for key in client.get_run(earlier_run).data.metrics if key not in own
+    # a run's system metrics are its own machine's samples, not epochs
+    history = [m for key in client.get_run(earlier_run).data.metrics if key not in own and not key.startswith(SYSTEM)
                for m in client.get_metric_history(earlier_run, key) if m.step < before]
     client.log_batch(run_id, metrics=history)  # MlflowClient chunks it
     client.set_tag(run_id, Tag.RESUMED_FROM_RUN, earlier_run)
@@ -345,4 +346,5 @@ def log_trial_artifacts(client: MlflowClient, run_id: str, config: Mapping[str, 
         client.log_text(run_id, report.to_text(), "insertion_report.txt")
 
 
-WEIGHTS = "model.pt"  # a trial run's trained state_dict (train.log_weights writes it, Grad-CAM reads it)
+WEIGHTS = "model.pt"  # a trial run's evaluated state_dict (tracking.log_weights writes it, Grad-CAM reads it)
+SYSTEM = "system/"  # MLflow's system metrics (system_metrics.py): the machine's samples, not the trial's results

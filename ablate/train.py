@@ -61,7 +61,10 @@ from ablate.epoch_stats import EpochStats
 from ablate.errors import AblateError, one_line
 from ablate.evaluate import FinalScore, score_split
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
+from ablate.logged_model import log_trial_model, signature
 from ablate.models import BuiltModel, build_model
+from ablate.system_metrics import system_metrics
+from ablate.track_inputs import log_datasets
 
 __all__ = ["DivergedError", "TrialResult", "TrialModule", "EpochStats", "MLflowEpochLogger", "make_trainer",
            "run_trial"]
@@ -412,13 +415,15 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
             tags = (tags or {}) | {tracking.Tag.RESUMED_AT_EPOCH: str(resume.epoch)}
         with tracking.tracked_run(client, experiment_id, killed_by=killed_by,
                                   run_name=run_name or cfg.tracking.run_name,
-                                  parent_run_id=parent_run_id, tags=tags) as run_id:
+                                  parent_run_id=parent_run_id, tags=tags) as run_id, \
+                system_metrics(run_id, client.tracking_uri, cfg.tracking.system_metrics):
             size = {"model/params": built.params, "model/gmacs": built.gmacs,
                     **{f"model/{k}": cost[k] for k in STEP_PRICE if cost and k in cost}}
             tracking.log_params(client, run_id, flatten(cfg) | {"model.num_params": built.params,
                                                                 "model.gmacs": built.gmacs})
             tracking.log_metrics(client, run_id, size, 0)
             tracking.log_trial_artifacts(client, run_id, cfg.model_dump(mode="json"), built.report)
+            log_datasets(client, run_id, parts.data.splits())
             if resume is not None and resume.run_id:
                 tracking.continue_history(client, run_id, resume.run_id, before=resume.epoch)
             for callback in parts.durable:
@@ -435,17 +440,21 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
             final = parts.final_score()
             if final is not None and cfg.data.holdout is not None:  # val/* measured the holdout: the table's split
                 tracking.log_metrics(client, run_id, final.metrics("test/"), cfg.train.epochs - 1)
-            if cfg.tracking.log_weights:
-                log_weights(client, run_id, built.model)
-        remove(checkpoint)  # finished: the weights are the run's model.pt
-        # the last value of each metric the run holds (a resumed run's include its predecessor's epochs)
-        metrics = {k: float(v) for k, v in client.get_run(run_id).data.metrics.items()}
+            if cfg.tracking.log_weights:  # the weights val/* and the final score measured (the EMA's, by default)
+                log_weights(client, run_id, parts.module.evaluated)
+                log_trial_model(client, run_id, parts.module.evaluated, signature(
+                    parts.data.in_chans, parts.data.image_size, parts.data.num_classes), cfg.train.epochs - 1)
+        remove(checkpoint)  # finished: the weights are the run's model.pt and its MLflow model
+        # the last value of each metric the run holds (a resumed run's include its predecessor's epochs); the
+        # machine's system/* samples are no result
+        metrics = {k: float(v) for k, v in client.get_run(run_id).data.metrics.items()
+                   if not k.startswith(tracking.SYSTEM)}
     return TrialResult(run_id, metrics, metrics.get("val/acc1_best"),
                        correct=None if final is None else pack_correct(final.correct))
 
 
 def log_weights(client: MlflowClient, run_id: str, model: nn.Module) -> None:
-    """The trained state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
+    """The evaluated weights' state_dict as the run's model.pt artifact (rebuild from config.yaml, then load it)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / tracking.WEIGHTS
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)

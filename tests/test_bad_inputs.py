@@ -467,6 +467,8 @@ CASES = [
               "train.optimizer: 'adamax' is not allowed"),
     bad_trial("trial-bool-wrong-type", lambda d: d["tracking"].update(log_weights="maybe"),
               "tracking.log_weights: Input should be a valid boolean"),
+    bad_trial("trial-system-metrics-not-a-bool", lambda d: d["tracking"].update(system_metrics="often"),
+              "tracking.system_metrics: Input should be a valid boolean"),
     bad_trial("trial-section-not-a-mapping", lambda d: d.update(train=5), "train: Input should be a valid dictionary"),
     bad_trial("trial-drop-rate-out-of-range", lambda d: d["model"].update(drop_rate=1.5), "model.drop_rate:"),
     bad_trial("trial-seed-negative", lambda d: d["train"].update(seed=-1),

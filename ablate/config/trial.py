@@ -112,7 +112,10 @@ class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
     experiment: str = "ablate"
     run_name: str | None = None
-    log_weights: bool = Field(True, description="save the trained state_dict as the run's model.pt (Grad-CAM)")
+    log_weights: bool = Field(True, description="save the evaluated weights as the run's model.pt (Grad-CAM) and as "
+                              "its MLflow model (mlflow.pytorch.load_model('models:/<model_id>'))")
+    system_metrics: bool = Field(True, description="MLflow's system metrics on each trial's run (CPU, memory, GPU "
+                                 "utilisation and memory; every 10 s)")
 
 
 class TrialConfig(Strict):

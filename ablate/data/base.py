@@ -1,6 +1,7 @@
 """The DataModule contract every dataset keeps, and the checks they share (subset sizes, auto-augment specs)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -61,6 +62,11 @@ class DataModule(ResumableOrder, pl.LightningDataModule):
         (val/* without a holdout, test/* with one), scored once after training (evaluate.py)."""
         raise NotImplementedError
 
+    def splits(self) -> list[DataSplit]:
+        """What a trial reads, split by split (training, validation, and with a holdout testing), each with a digest
+        of its content: a trial's run records them as its MLflow dataset inputs."""
+        raise NotImplementedError
+
     def transform_batch(self, batch, train: bool):
         return batch
 
@@ -73,6 +79,33 @@ class DataModule(ResumableOrder, pl.LightningDataModule):
         if self._device_stats[0] != device:
             self._device_stats = device, self.mean.to(device)[:, None, None], self.std.to(device)[:, None, None]
         return self._device_stats[1:]
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """One split a trial reads, as its run records it (an MLflow dataset input)."""
+
+    context: str  # MLflow's input context: "training", "validation" (what selection sees), "testing" (a holdout's
+    # reported split)
+    name: str  # the dataset and its split: "cluttered-digits/train", "cifar10/holdout", "imagefolder/val"
+    digest: str  # of the content: the images and labels held in memory, or an image folder's file names and sizes
+    rows: int
+    folder: str | None = None  # the folder it is read from; None for data made in memory
+    made_by: str | None = None  # what makes it in memory (ablate's module, or the bundled source it starts from)
+
+
+def split_name(cfg: DataBase, split: str) -> str:
+    return f"{cfg.name}/{split}"
+
+
+def content_digest(*tensors: torch.Tensor) -> str:
+    """16 hex digits of SHA-256 over the tensors' shapes, dtypes and bytes: changes with any image or label."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def check_subset(key: str, n: int | None, available: int | None) -> None:

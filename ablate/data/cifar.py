@@ -62,6 +62,7 @@ class CifarDataModule(TensorDataModule):
         val = pick(len(y_val), cfg.val_size, "val_size", gen)
         super().__init__(cfg, x_train[train], y_train[train], x_val[val], y_val[val],
                          num_classes=cfg.class_count)
+        self.data_folder = str(folder.resolve())
 
     @classmethod
     def _read(cls, folder: Path, files: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:

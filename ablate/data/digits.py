@@ -45,6 +45,8 @@ class DigitsDataModule(TensorDataModule):
     stem's input without adding information.
     """
 
+    made_by = "sklearn.datasets.load_digits"
+
     @classmethod
     def shape(cls, cfg: DigitsData) -> tuple[int, int]:
         return cfg.class_count, 1
@@ -78,6 +80,7 @@ class ClutteredDigitsDataModule(TensorDataModule):
     """
 
     crop_padding = 0.0  # placement is already random; a crop could push the digit off the canvas
+    made_by = "ablate.data.digits.synthesize_cluttered (from sklearn.datasets.load_digits)"
 
     @classmethod
     def shape(cls, cfg: ClutteredDigitsData) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -11,7 +13,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.vision import StandardTransform
 
 from ablate.config import ImageFolderData
-from ablate.data.base import DataModule, holdout_split, pick, timm_auto_augment
+from ablate.data.base import DataModule, DataSplit, holdout_split, pick, split_name, timm_auto_augment
 from ablate.errors import AblateError, one_line
 
 
@@ -59,10 +61,22 @@ class ImageFolderDataModule(DataModule):
             self.train_set = Subset(train, chosen[holdout.train].tolist())
             self.selection_set = Subset(seen_as_val, chosen[holdout.held].tolist())
         self.seed_order()  # data.seed's order until build_datamodule gives the trial's train.seed
+        self.root = root
         self.classes = train.classes
         self.num_classes, self.in_chans, self.image_size = len(train.classes), 3, int(cfg.image_size)
         # what timm's create_transform normalises with
         self.mean, self.std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+
+    def splits(self) -> list[DataSplit]:
+        """Each split's digest is over its files' names (with their class folder) and sizes, never the images: a
+        file added, removed, replaced by one of another size, or another data.seed / holdout changes it."""
+        parts = [("training", "train", self.train_set, "train")]
+        if self.selection_set is self.val_set:
+            parts.append(("validation", "val", self.val_set, "val"))
+        else:  # selection sees the holdout carved out of train/; val/ is the reported test/*
+            parts += [("validation", "holdout", self.selection_set, "train"), ("testing", "val", self.val_set, "val")]
+        return [DataSplit(context, split_name(self.cfg, split), files_digest(data, self.root / folder), len(data),
+                          str((self.root / folder).resolve())) for context, split, data, folder in parts]
 
     def transform_batch(self, batch, train: bool):
         x, y = batch
@@ -100,6 +114,16 @@ def _imagefolder_root(cfg: ImageFolderData) -> Path:
             expected = IMAGEFOLDER_LAYOUT.replace("root", str(root))
             raise AblateError(f"data.root: {root / split} not found (imagefolder expects {expected})")
     return root
+
+
+def files_digest(data: Dataset, folder: Path) -> str:
+    """16 hex digits of SHA-256 over each sample's path under `folder` and its size in bytes, in the split's order."""
+    base, rows = (data.dataset, data.indices) if isinstance(data, Subset) else (data, range(len(data)))
+    h = hashlib.sha256()
+    for i in rows:
+        path = base.samples[i][0]
+        h.update(f"{os.path.relpath(path, folder)}\t{os.path.getsize(path)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _subset(data: Dataset, positions: torch.Tensor) -> Dataset:

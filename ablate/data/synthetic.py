@@ -14,6 +14,7 @@ class SyntheticDataModule(TensorDataModule):
     """Random but learnable: each class is a fixed smooth random RGB template, a sample template + noise."""
 
     crop_padding = 0.0
+    made_by = "ablate.data.synthetic"
 
     @classmethod
     def shape(cls, cfg: SyntheticData) -> tuple[int, int]:

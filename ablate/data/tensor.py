@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
 from ablate.config import DataBase
-from ablate.data.base import DataModule, holdout_split, timm_auto_augment
+from ablate.data.base import DataModule, DataSplit, content_digest, holdout_split, split_name, timm_auto_augment
 
 
 class TensorBatchDataset(Dataset):
@@ -45,6 +45,8 @@ class TensorDataModule(DataModule):
     """Shared path for in-memory uint8 datasets: batched fetch, on-device crop/flip/resize/normalise."""
 
     crop_padding = 0.125  # random-crop padding as a fraction of the side (CIFAR's classic 4 px at 32)
+    made_by = "ablate.data"  # what makes the tensors (each dataset names its own); `data_folder`: read from one
+    data_folder: str | None = None
 
     def __init__(self, cfg: DataBase, x_train, y_train, x_val, y_val, num_classes: int):
         super().__init__()
@@ -81,6 +83,18 @@ class TensorDataModule(DataModule):
 
     def reported_dataloader(self):
         return self._loader(TensorBatchDataset(self.x_val, self.y_val), batch_size=self.cfg.batch_size)
+
+    def splits(self) -> list[DataSplit]:
+        """Each split's digest is over its uint8 images and labels as they sit in memory: data.seed, a holdout,
+        a subset size or clutter that changes one image changes it."""
+        parts = [("training", "train", self._training_rows(held=False))]
+        if self.holdout is None:
+            parts.append(("validation", "val", (self.x_val, self.y_val)))
+        else:  # selection sees the holdout; the dataset's own val split is the reported test/*
+            parts += [("validation", "holdout", self._training_rows(held=True)),
+                      ("testing", "val", (self.x_val, self.y_val))]
+        return [DataSplit(context, split_name(self.cfg, split), content_digest(x, y), len(y), self.data_folder,
+                          None if self.data_folder else self.made_by) for context, split, (x, y) in parts]
 
     def _training_rows(self, held: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The training split's images and labels trained on, or (`held`) held out to select on."""
