@@ -27,6 +27,9 @@ TINY_BASE = {
     "model": {"backbone": "resnet10_narrow"},
     "data": {"name": "synthetic", "image_size": 16, "batch_size": 16, "train_size": 32, "val_size": 16},
     "train": {"epochs": 1, "progress_bar": False},
+    # no weights: a LoggedModel costs 0.25 s a trial and MLflow's scan of the packages 2 s a process (the tests of
+    # weights, model.pt and logged models ask for them)
+    "tracking": {"log_weights": False},
 }
 
 

@@ -64,9 +64,10 @@ def fresh_database():
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # FORCE: our own pooled connections
 
 
-def write_study(path: Path, epochs: int, **study) -> Path:
+def write_study(path: Path, epochs: int, weights: bool = False, **study) -> Path:
     return helpers.write_study(path, study={"name": "pg", "seeds": SEEDS, **study},
-                               base=TINY_BASE | {"train": {"epochs": epochs, "progress_bar": False}},
+                               base=TINY_BASE | {"train": {"epochs": epochs, "progress_bar": False},
+                                                 "tracking": {"log_weights": weights}},
                                space={"model.attention.name": MODULES})
 
 
@@ -242,7 +243,7 @@ def test_two_workers_log_over_http_to_one_mlflow_server_on_postgresql(tmp_path, 
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(uri, server)
-        path = write_study(tmp_path / "pg.yaml", epochs=3)
+        path = write_study(tmp_path / "pg.yaml", epochs=3, weights=True)  # model.pt goes through the server
         logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
         ready, go = [tmp_path / "ready0", tmp_path / "ready1"], tmp_path / "go"
         procs = [start_worker(log, str(path), "--storage", pg_url, "--tracking-uri", uri, ready=r, go=go,
