@@ -46,8 +46,7 @@ from ablate.interrupt import INTERRUPT, interruption
 from ablate.spec import cell_digest
 
 __all__ = ["CHECKPOINT", "CheckpointWriteError", "Resume", "AtomicCheckpointIO", "TrialCheckpoint",
-           "config_digest", "checkpoint_root", "cell_checkpoint", "single_checkpoint", "safe_load", "resume_point",
-           "remove"]
+           "config_digest", "checkpoint_root", "cell_checkpoint", "single_checkpoint", "resume_point", "remove"]
 
 CHECKPOINT = "last.ckpt"
 # keys that change how a trial runs or is recorded, not what it computes: a checkpoint resumes across them
@@ -96,17 +95,12 @@ def _set_aside(path: Path, why: str, suffix: str) -> None:
           file=sys.stderr, flush=True)
 
 
-def safe_load(path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint through torch's safe loader: tensors and plain containers, never an import or a call."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 def _refused_global(e: Exception) -> str | None:
     """What the safe loader refused to import or call, when that is why the load failed (else None: corrupt)."""
     if not isinstance(e, pickle.UnpicklingError) or "Weights only load failed" not in str(e):
         return None
-    found = re.search(r"GLOBAL (\S+)|Unsupported operand (\S+)", str(e))
-    return (found.group(1) or found.group(2)) if found else "an object"
+    found = re.search(r"GLOBAL (\S+)", str(e))  # torch's message names the import it refused
+    return found.group(1) if found else "an object"
 
 
 def resume_point(path: Path | None, cfg: TrialConfig) -> Resume | None:
@@ -115,7 +109,7 @@ def resume_point(path: Path | None, cfg: TrialConfig) -> Resume | None:
     if path is None or not path.is_file():
         return None
     try:
-        meta = safe_load(path)["ablate"]
+        meta = torch.load(path, map_location="cpu", weights_only=True)["ablate"]  # data only, never a call
         epoch = int(meta["epoch"])
     except Exception as e:  # noqa: BLE001 (truncated, corrupt, not a checkpoint: all mean "unusable")
         refused = _refused_global(e)
