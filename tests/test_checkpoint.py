@@ -209,10 +209,11 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_moved_aside_unloaded_and_th
     assert aside.name.startswith(f"{CHECKPOINT}.unsafe-")
 
 
-def test_lightning_resumes_through_the_safe_loader_whatever_its_caller_asks(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])  # every rank of a multi-device trial loads the checkpoint too
+def test_lightning_resumes_through_the_safe_loader_whatever_its_caller_asks(tmp_path, devices):
     path, marker = tmp_path / CHECKPOINT, tmp_path / "code-ran"  # swapped in after resume_point read a good one
     planted(path, tiny(), marker)
-    io = ablate.train.make_trainer(tiny().train, [AtomicCheckpointIO()]).strategy.checkpoint_io
+    io = ablate.train.make_trainer(tiny(devices=devices, accelerator="cpu").train).strategy.checkpoint_io
     with pytest.raises(pickle.UnpicklingError, match="GLOBAL posix.system"):
         io.load_checkpoint(path, weights_only=False)
     assert not marker.exists()
