@@ -12,18 +12,27 @@ What: everything Lightning saves (weights, EMA, optimizer, scheduler, loop progr
 and augmentation streams), the process's RNG states (mixup, dropout, drop path) and, under `ablate`, the digest
 of the configuration that wrote it, the trial and MLflow run, and the epochs it holds. A checkpoint is loaded
 only into a configuration with the same digest; an unreadable one is moved aside, and the trial starts over.
+
+A checkpoint is data: it may sit in a shared folder others can write, so it holds only what torch's safe loader
+(torch.load(weights_only=True)) accepts, tensors, numbers, strings, lists, tuples and dicts (numpy's RNG state is
+stored as a tensor), and is only ever read with it, here and in Lightning's resume (AtomicCheckpointIO). A file the
+safe loader refuses (a pickle that would import or call anything) is moved aside as `*.unsafe-<time>`, never
+unpickled, and the trial starts over.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.callbacks import Checkpoint
@@ -86,15 +95,27 @@ def _set_aside(path: Path, why: str, suffix: str) -> None:
           file=sys.stderr, flush=True)
 
 
+def _refused_global(e: Exception) -> str | None:
+    """What the safe loader refused to import or call, when that is why the load failed (else None: corrupt)."""
+    if not isinstance(e, pickle.UnpicklingError) or "Weights only load failed" not in str(e):
+        return None
+    found = re.search(r"GLOBAL (\S+)", str(e))  # torch's message names the import it refused
+    return found.group(1) if found else "an object"
+
+
 def resume_point(path: Path | None, cfg: TrialConfig) -> Resume | None:
-    """The checkpoint at `path` if it is readable and was written by this configuration, else None (after
+    """The checkpoint at `path` if the safe loader reads it and this configuration wrote it, else None (after
     moving a bad one aside, with one line saying why)."""
     if path is None or not path.is_file():
         return None
     try:
-        meta = torch.load(path, map_location="cpu", weights_only=False)["ablate"]
+        meta = torch.load(path, map_location="cpu", weights_only=True)["ablate"]  # data only, never a call
         epoch = int(meta["epoch"])
     except Exception as e:  # noqa: BLE001 (truncated, corrupt, not a checkpoint: all mean "unusable")
+        refused = _refused_global(e)
+        if refused is not None:  # never unpickled: what it would have run did not run
+            _set_aside(path, f"holds {refused}, which the safe loader refuses to load (code, not data)", "unsafe")
+            return None
         _set_aside(path, f"is unreadable ({type(e).__name__}: {one_line(e, 120)})", "corrupt")
         return None
     if meta.get("digest") != config_digest(cfg):
@@ -116,7 +137,12 @@ def remove(path: Path | None) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save, into a temp file that replaces the checkpoint only once it is complete on disk."""
+    """Lightning's torch.save, into a temp file that replaces the checkpoint only once it is complete on disk;
+    Lightning's resume reads it back through the safe loader, whatever weights_only its caller passed."""
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict[str, Any]:
+        # the file may have been replaced since resume_point read it: this load is safe on its own
+        return super().load_checkpoint(path, map_location, weights_only=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
@@ -169,10 +195,13 @@ class TrialCheckpoint(Checkpoint):
         checkpoint["ablate"] = {**self.owner, "epoch": epoch, "mid_epoch": self._mid_epoch}
 
     def state_dict(self) -> dict:
-        return {"rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+        rng = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        kind, keys, *rest = rng["numpy"]  # its key array is the one part the safe loader refuses: as a tensor
+        return {"rng": rng | {"numpy": (kind, torch.from_numpy(keys.astype(np.int64)), *rest)}}
 
     def load_state_dict(self, state: dict) -> None:
-        self._rng = state["rng"]
+        kind, keys, *rest = state["rng"]["numpy"]
+        self._rng = state["rng"] | {"numpy": (kind, keys.numpy().astype(np.uint32), *rest)}
 
     def on_train_start(self, trainer, module):
         self.vote.start(trainer)

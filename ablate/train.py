@@ -342,7 +342,7 @@ class TrialParts:
     def fit(self, resume: Resume | None) -> None:
         try:
             self.trainer.fit(self.module, datamodule=self.data, ckpt_path=resume and resume.path,
-                             weights_only=False)  # our own file: it holds RNG states, not only tensors
+                             weights_only=True)  # a shared folder's file: data only (AtomicCheckpointIO insists)
         except SystemExit:  # Lightning turns a KeyboardInterrupt into sys.exit(1); callers need to see it
             if self.trainer.interrupted:
                 raise interruption() from None

@@ -89,7 +89,7 @@ def sizes() -> None:
                     run_trial(cfg, callbacks=[StopAfterFirstEpoch()], checkpoint=path)
                 except RuntimeError:
                     pass
-                params = sum(p.numel() for p in torch.load(path, weights_only=False)["state_dict"].values()) / 1e6
+                params = sum(p.numel() for p in torch.load(path, weights_only=True)["state_dict"].values()) / 1e6
                 print(f"{backbone:>16} | {classes:>7} | {params:10.2f} | {'on' if ema else 'off':>3} | "
                       f"{path.stat().st_size / 2**20:15.1f}")
     print("(params counted over the saved state dict: with EMA, the averaged copy doubles it; SGD momentum adds "
@@ -133,7 +133,7 @@ def work_lost(kills: int, epochs: int) -> None:
             period = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else epoch_time
             trained = len(ends) + min(1.0, (killed_at - ends[-1]) / period)
             [ckpt] = (folder / "mlruns" / "checkpoints").rglob(CHECKPOINT)
-            resumes_at = torch.load(ckpt, weights_only=False)["ablate"]["epoch"]
+            resumes_at = torch.load(ckpt, weights_only=True)["ablate"]["epoch"]
             lost.append(trained - resumes_at)
             print(f"{k + 1:>4} | {killed_at - first_epoch_end + epoch_time:13.1f} | {trained:14.2f} | "
                   f"{resumes_at:>10} | {lost[-1]:11.2f}")

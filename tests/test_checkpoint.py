@@ -1,5 +1,8 @@
 """Trial checkpoints in this process: written atomically, loaded only into the configuration that wrote them, a
-full disk fails only its trial, a stopped searched trial is queued again and resumed, `ablate train` resumes."""
+full disk fails only its trial, a stopped searched trial is queued again and resumed, `ablate train` resumes, a
+checkpoint whose pickle would run code is never unpickled."""
+import os
+import pickle
 import signal
 from pathlib import Path
 
@@ -12,8 +15,15 @@ from optuna.trial import TrialState
 
 import ablate.train
 from ablate import interrupt
-from ablate.checkpoint import CHECKPOINT, AtomicCheckpointIO, CheckpointWriteError, resume_point
-from ablate.config import TrialConfig
+from ablate.checkpoint import (
+    CHECKPOINT,
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    config_digest,
+    resume_point,
+    single_checkpoint,
+)
+from ablate.config import TrialConfig, load_trial
 from ablate.train import run_trial
 
 EPOCHS = 3
@@ -160,3 +170,59 @@ def test_ablate_train_preempted_exits_75_and_the_same_command_resumes(tmp_path, 
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming at epoch 2 from " in again.stdout
     assert not list((tmp_path / "mlruns" / "checkpoints").rglob(CHECKPOINT))
+
+
+class RunsCode:
+    """What an attacker pickles into a checkpoint: unpickling it calls os.system (here: creates a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def planted(path: Path, cfg: TrialConfig, marker: Path) -> None:
+    """A checkpoint that looks like `cfg`'s own (its digest, epoch 1) and runs code when unpickled."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ablate": {"digest": config_digest(cfg), "epoch": 1, "run_id": None, "trial": None},
+                "state_dict": RunsCode(marker)}, path)
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_moved_aside_unloaded_and_the_trial_starts_over(tmp_path, run_cli):
+    shared = tmp_path / "shared"  # train.checkpoint_dir: a folder other users can write
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump(TINY_BASE | {"train": {
+        "epochs": EPOCHS, "progress_bar": False, "checkpoint_dir": str(shared)}}))
+    path, marker = single_checkpoint(load_trial("trial.yaml")), tmp_path / "code-ran"
+    planted(path, load_trial("trial.yaml"), marker)
+
+    proc = run_cli("train", "trial.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not marker.exists()  # never unpickled
+    [line] = [x for x in proc.stderr.splitlines() if "checkpoint" in x]
+    assert line.startswith(f"ablate: checkpoint {path} holds posix.system, which the safe loader refuses to load "
+                           f"(code, not data): moved to {CHECKPOINT}.unsafe-") and line.endswith("from epoch 0")
+    assert "resuming" not in proc.stdout  # from scratch, to the end
+    [finished] = runs("ablate")
+    assert finished.info.status == "FINISHED" and "ablate.resumed_at_epoch" not in finished.data.tags
+    [aside] = path.parent.iterdir()  # kept for a look, never loaded again
+    assert aside.name.startswith(f"{CHECKPOINT}.unsafe-")
+
+
+@pytest.mark.parametrize("devices", [1, 2])  # every rank of a multi-device trial loads the checkpoint too
+def test_lightning_resumes_through_the_safe_loader_whatever_its_caller_asks(tmp_path, devices):
+    path, marker = tmp_path / CHECKPOINT, tmp_path / "code-ran"  # swapped in after resume_point read a good one
+    planted(path, tiny(), marker)
+    io = ablate.train.make_trainer(tiny(devices=devices, accelerator="cpu").train).strategy.checkpoint_io
+    with pytest.raises(pickle.UnpicklingError, match="GLOBAL posix.system"):
+        io.load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
+
+
+def test_everything_a_resume_needs_round_trips_through_the_safe_loader(tmp_path):
+    cfg = tiny(mixup=0.2, ema=True, ema_decay=0.9, optimizer="adamw", val_every=0.5)  # numpy's RNG draws mixup
+    path = stopped_trial(tmp_path, cfg)
+    saved = torch.load(path, weights_only=True)
+    assert {"state_dict", "loops", "callbacks", "optimizer_states", "lr_schedulers", "ablate"} <= saved.keys()
+    resume = resume_point(path, cfg)
+    assert resume.epoch == 1 and run_trial(cfg, checkpoint=path, resume=resume).status == "FINISHED"

@@ -1,5 +1,7 @@
 """Datamodules: shapes, determinism, disjoint cluttered-digits splits, CIFAR/imagefolder loading and errors."""
+import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -164,6 +166,50 @@ def write_fake_cifar100(root, per_file=3):
                  "fine_labels": rng.integers(0, 100, per_file).tolist()}
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+
+
+def py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch file as CIFAR's own are: a Python 2 protocol-2 pickle (numpy.core's names, byte strings)."""
+    raw = data.tobytes()
+    return (b"\x80\x02}q\x01(U\x04dataq\x02cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04"
+            b"K\x00\x85U\x01b\x87Rq\x05(K\x01J" + struct.pack("<i", len(data)) + b"M\x00\x0c\x86cnumpy\ndtype\nq\x06"
+            b"U\x02u1K\x00K\x01\x87Rq\x07(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
+            + struct.pack("<I", len(raw)) + raw + b"tbU\x06labelsq\x08](" + b"".join(b"K" + bytes([y]) for y in labels)
+            + b"eu.")
+
+
+def test_cifar10_batch_files_as_cifar_ships_them_load(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    images = np.arange(6 * 3072, dtype=np.uint8).reshape(6, 3072)
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(py2_batch(images[i:i + 1], [i]))
+    dm = build_datamodule(data_config(name="cifar10", root=str(tmp_path), batch_size=1, image_size=32))
+    assert sorted(dm.y_train.tolist()) == [0, 1, 2, 3, 4] and dm.y_val.tolist() == [5]
+    assert (dm.x_val.flatten() == torch.from_numpy(images[5])).all()
+
+
+class RunsCode:
+    """A pickle that calls os.system when read (here: creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_batch_file_whose_pickle_would_run_code_is_refused_and_never_run(tmp_path, run_cli):
+    write_fake_cifar10(tmp_path)
+    planted, marker = tmp_path / "cifar-10-batches-py" / "data_batch_3", tmp_path / "code-ran"
+    planted.write_bytes(pickle.dumps({"data": RunsCode(marker), "labels": [0]}))
+    (tmp_path / "trial.yaml").write_text(f"data: {{name: cifar10, root: {tmp_path}}}\n")
+    proc = run_cli("train", "trial.yaml")
+    assert proc.returncode == 2 and not marker.exists()
+    assert proc.stderr == (f"ablate: error: trial.yaml: data.root: {planted} is not a CIFAR-10 batch file "
+                           "(UnpicklingError: it would import posix.system, and a batch file holds arrays and lists "
+                           "only (refused, never called))\n")
+    assert not (tmp_path / "mlruns").exists()  # refused before the store
 
 
 def test_fake_cifar10_loads(tmp_path):

@@ -118,7 +118,7 @@ def test_a_trial_killed_mid_epoch_resumes_from_its_checkpoint_to_the_uninterrupt
     proc, _ = stop_mid_epoch(tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     [saved] = checkpoints(tmp_path)  # the end of epoch 0: a kill writes nothing
-    assert torch.load(saved, weights_only=False)["ablate"]["epoch"] == PAUSE_EPOCH
+    assert torch.load(saved, weights_only=True)["ablate"]["epoch"] == PAUSE_EPOCH
     assert_resumed_like_uninterrupted(tmp_path, uninterrupted, at_epoch=PAUSE_EPOCH)
 
 
@@ -136,7 +136,7 @@ def test_a_preempted_trial_checkpoints_its_batch_exits_75_and_resumes_to_the_uni
     statuses = {r.data.tags.get("optuna.trial", "parent"): (r.info.status, r.data.tags.get("reason")) for r in runs()}
     assert statuses == {"parent": ("KILLED", f"preempted ({name})"), "0": ("KILLED", f"preempted ({name})")}
     [saved] = checkpoints(tmp_path)
-    meta = torch.load(saved, weights_only=False)["ablate"]
+    meta = torch.load(saved, weights_only=True)["ablate"]
     assert meta["mid_epoch"] and meta["epoch"] == PAUSE_EPOCH  # written after the batch the signal came in
 
     assert_resumed_like_uninterrupted(tmp_path, uninterrupted, at_epoch=PAUSE_EPOCH)

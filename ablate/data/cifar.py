@@ -1,4 +1,7 @@
-"""CIFAR-10 and CIFAR-100 from their batch files, read into uint8 tensors (the in-memory path)."""
+"""CIFAR-10 and CIFAR-100 from their batch files, read into uint8 tensors (the in-memory path).
+
+The batch files are pickles in data.root, a folder others may write: they are read by an unpickler that builds
+numpy arrays and plain containers and imports nothing else (a file that would call anything is refused by name)."""
 from __future__ import annotations
 
 import pickle
@@ -12,6 +15,21 @@ from ablate.config import CifarData
 from ablate.data.base import pick
 from ablate.data.tensor import TensorDataModule
 from ablate.errors import AblateError
+
+# what CIFAR's own (Python 2) batch files and numpy's Python 3 pickles of an array import, and nothing else
+ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                 ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: protocol 2's bytes
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """pickle's own reader, restricted to ARRAY_GLOBALS (the Python docs' "Restricting Globals")."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"it would import {module}.{name}, and a batch file holds arrays and lists "
+                                         "only (refused, never called)")
+        return super().find_class(module, name)
 
 
 class CifarDataModule(TensorDataModule):
@@ -75,7 +93,7 @@ class CifarDataModule(TensorDataModule):
                                   "it or remove it and set data.download: true)")
             try:
                 with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
+                    entry = BatchUnpickler(f, encoding="latin1").load()
                 xs.append(torch.from_numpy(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
                 ys.append(torch.as_tensor(entry[cls.label_key], dtype=torch.long))
             except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
