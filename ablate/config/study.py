@@ -84,7 +84,9 @@ def _mapping_or_not(value) -> str:
 
 
 Metric = by_shape(_list_or_not, list=list[Objective], other=str)  # a metric's name, or objectives
-Seeds = by_shape(_mapping_or_not, mapping=SeedsOnDemand, other=Annotated[list[int], Field(min_length=1)])
+# each listed seed becomes a train.seed: its bounds here, so a bad one is named where the user wrote it
+ListedSeed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Seeds = by_shape(_mapping_or_not, mapping=SeedsOnDemand, other=Annotated[list[ListedSeed], Field(min_length=1)])
 SpaceValues = by_shape(_mapping_or_not, mapping=Range, other=list)  # a range, or choices
 
 

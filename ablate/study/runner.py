@@ -62,9 +62,10 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
     check_cells(spec)  # bad models and missing data folders fail here, before any store exists
     check_trainers(plan)
     s = spec.cfg.study
+    # a store that cannot be used: one line now, before the journal (or a database) holds the study
+    tracking.probe_store(tracking.store_uri(plan.base.tracking.uri))
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period)
     uri = tracking.resolve_uri(plan.base.tracking.uri)
-    tracking.probe_store(uri)  # a server that does not answer: one line now, before the study is created
     journal = journal_file(storage_url)
     with setup_lock(storage, spec.name, journal):  # another `ablate run` of the same study waits here
         if force_new:
