@@ -705,6 +705,8 @@ CASES = [
          ["tracking.uri: cannot create /proc/ablate/m.db"]),
     bad_study("study-seed-negative", lambda d: d["study"].update(seeds=[0, -1]),
               "study.seeds.1: Input should be greater than or equal to 0 (got -1)", forbid=["train.seed"]),
+    case("env-tracking-uri-under-proc", ["run", "cli-eproc.yaml"], ["tracking.uri: cannot create /proc/ablate/m.db"],
+         ok_study("cli-eproc"), where="empty", env={"MLFLOW_TRACKING_URI": "sqlite:////proc/ablate/m.db"}),
     bad_study("study-seed-too-big", lambda d: d["study"].update(seeds=[2**32]),
               "study.seeds.0: Input should be less than or equal to 4294967295"),
 ]
@@ -805,3 +807,17 @@ def test_a_read_only_tracking_store_is_one_line_not_minutes_of_retries(stores, t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"ablate: error: tracking.uri: {ro} is read-only (runs, their metrics and reports " \
                                   "are written there); make it writable or copy it"
+
+
+def test_ctrl_c_while_the_study_file_loads_is_one_line_exit_130(tmp_path, run_cli, monkeypatch):
+    """Ctrl-C before the study is set up: typer turns it into exit 130 without a word; ablate says it in one line."""
+    import ablate.spec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate.spec, "load_study", interrupted)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study_doc("s")))
+    proc = run_cli("run", "s.yaml", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (130, "ablate: interrupted", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
