@@ -526,6 +526,8 @@ CASES = [
     bad_study("study-launcher-bad-time", lambda d: d.update(launcher={"time": "two hours"}), "launcher.time"),
     bad_study("study-launcher-sbatch-not-an-option", lambda d: d.update(launcher={"sbatch": ["qos=high"]}),
               "launcher.sbatch", "--key=value"),
+    bad_study("study-launcher-bad-mem", lambda d: d.update(launcher={"mem": "lots"}), "launcher.mem",
+              "'lots' is not a memory size sbatch takes"),
     bad_study("study-launcher-unknown-key", lambda d: d.update(launcher={"gpus": 2}), "launcher.gpus"),
     bad_study("study-launcher-zero-workers", lambda d: d.update(launcher={"workers": 0}), "launcher.workers"),
     case("run-storage-unreachable-postgres", ["run", "cli-pg.yaml", "--storage", PG_URL],

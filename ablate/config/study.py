@@ -192,6 +192,14 @@ class LauncherConfig(Strict):
         slurm_minutes(v)  # refuse what sbatch would refuse, now
         return v
 
+    @field_validator("mem")
+    @classmethod
+    def _slurm_memory(cls, v):
+        # sbatch --mem's grammar (a number, one unit letter): refused now, not once the job is queued
+        if v is not None and not re.fullmatch(r"[0-9]+[KMGTkmgt]?", v):
+            raise ValueError(f"{v!r} is not a memory size sbatch takes (a whole number with K, M, G or T, e.g. 64G)")
+        return v
+
     @field_validator("sbatch")
     @classmethod
     def _sbatch_lines(cls, v):
