@@ -156,12 +156,16 @@ def _probe_creatable(path: Path) -> None:
     retry a file it cannot create for minutes (under /proc, on a read-only file system, where a folder is a file)."""
     missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()][::-1]
     made: list[Path] = []
+    # a name as long as the store's, never the store itself: another process's MLflow may be creating that now
+    probe = path.with_name(("." + path.name)[:len(path.name)])
     try:
         for folder in missing:
             folder.mkdir()
             made.append(folder)
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        path.unlink()
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        probe.unlink()
+    except FileExistsError:
+        pass  # something is there already: the folder takes files
     except OSError as e:
         raise AblateError(f"tracking.uri: cannot create {shown(path)} ({os_reason(e)})") from None
     finally:
