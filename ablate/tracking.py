@@ -137,7 +137,7 @@ def probe_store(uri: str) -> None:
         with at("tracking.uri"):
             kind = path_kind(path)  # a name too long, a loop of links: said as such
         if kind is None:
-            return _probe_creatable(path)
+            return _probe_creatable(path, uri)
         if kind != "file":
             what = "a folder" if kind == "folder" else "not a regular file"
             raise AblateError(f"tracking.uri: {shown(path)} is {what}; give the SQLite file's path "
@@ -151,7 +151,7 @@ def probe_store(uri: str) -> None:
             raise AblateError(f"tracking.uri: {path} is not an SQLite database")
 
 
-def _probe_creatable(path: Path) -> None:
+def _probe_creatable(path: Path, uri: str) -> None:
     """A new SQLite store's file can be created (its missing folders too): tried, and undone, now; MLflow would
     retry a file it cannot create for minutes (under /proc, on a read-only file system, where a folder is a file)."""
     missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()][::-1]
@@ -167,7 +167,7 @@ def _probe_creatable(path: Path) -> None:
     except FileExistsError:
         pass  # something is there already: the folder takes files
     except OSError as e:
-        raise AblateError(f"tracking.uri: cannot create {shown(path)} ({os_reason(e)})") from None
+        raise AblateError(f"tracking.uri: cannot create {shown(path)} for {shown(uri)} ({os_reason(e)})") from None
     finally:
         for folder in reversed(made):
             with suppress(OSError):
