@@ -25,6 +25,16 @@ STORAGE = typer.Option(None, "--storage", help="Optuna storage: a journal file (
 TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default sqlite:///mlruns/mlflow.db)")
 
 
+# what a command said when Ctrl-C stopped it: typer turns any other KeyboardInterrupt into exit 130 without a word
+_SAID_STOPPED: list[str] = []
+
+
+def _stopped(message: str) -> typer.Exit:
+    typer.echo(message, err=True)
+    _SAID_STOPPED.append(message)
+    return typer.Exit(130)
+
+
 def _plugins(names: list[str]) -> None:
     if names:
         from ablate.attention import load_plugins
@@ -201,8 +211,7 @@ def run(
         typer.echo(f"\nablate: {e}: the running trials' checkpoints are saved; resume with: {again}", err=True)
         raise typer.Exit(REQUEUE_EXIT_CODE) from None
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: finished trials are kept; resume with: {again}", err=True)
-        raise typer.Exit(130) from None
+        raise _stopped(f"\ninterrupted: finished trials are kept; resume with: {again}") from None
     except WorkerDied as e:  # a worker process died (OOM killer, kill -9): not bad input
         typer.echo(f"ablate: {e}: {again}", err=True)
         raise typer.Exit(1) from None
@@ -222,8 +231,7 @@ def _launch(loaded, launcher: str, workers: int | None, storage: str | None, for
         wait(loaded, launched, storage)
     except KeyboardInterrupt:
         stop = f"scancel {launched.job}" if launcher == "slurm" else "Ctrl-C reached them too"
-        typer.echo(f"\nstopped waiting; the tasks keep running ({stop}); follow them with: {status}", err=True)
-        raise typer.Exit(130) from None
+        raise _stopped(f"\nstopped waiting; the tasks keep running ({stop}); follow them with: {status}") from None
     tracking_uri = loaded.base.get("tracking", {}).get("uri")
     typer.echo(write_report(loaded, storage=storage, tracking_uri=tracking_uri, plotter=make_plots, log=True))
 
@@ -401,8 +409,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file is noise
     command = typer.main.get_command(app)
+    _SAID_STOPPED.clear()
     try:
         code = command.main(args=argv, prog_name="ablate", standalone_mode=False)
+        if code == 130 and not _SAID_STOPPED:  # Ctrl-C before a command could say what it kept (loading, setup)
+            print("ablate: interrupted", file=sys.stderr)
         # without standalone mode click returns typer.Exit's code instead of exiting with it
         sys.exit(code if isinstance(code, int) else 0)
     except AblateError as e:

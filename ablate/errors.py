@@ -8,6 +8,9 @@ that knows the section wraps the call in `with at("model.attention.knobs"):` (th
 """
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
@@ -42,18 +45,59 @@ def within(source: str) -> Iterator[None]:
         raise AblateError(f"{source}: {e}") from None
 
 
+# what the system's terse words mean here ('File name too long': of a name, or of the whole path?)
+_OS_HINTS = {errno.ENAMETOOLONG: "at most 255 bytes a name, 4096 a path", errno.ELOOP: "a loop of symbolic links",
+             errno.ENOTDIR: "a part of the path is a file, not a folder"}
+
+
+def os_reason(e: OSError) -> str:
+    """An OSError on a path as a few words: 'File name too long (at most 255 bytes a name, 4096 a path)'."""
+    hint = _OS_HINTS.get(e.errno)
+    return f"{e.strerror or type(e).__name__}{f' ({hint})' if hint else ''}"
+
+
+def shown(path: str | Path) -> str:
+    """A path as an error line quotes it: a 5000-character path is its two ends."""
+    text = str(path)
+    return text if len(text) <= 160 else f"{text[:60]}...{text[-60:]} ({len(text)} characters)"
+
+
+def path_kind(path: str | Path) -> str | None:
+    """'file', 'folder' or 'other' (a FIFO, a device, a socket) at `path`, None where nothing is; a path the system
+    cannot look up (a name too long, a loop of links, no rights) is an AblateError saying why."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise AblateError(f"{shown(path)}: {os_reason(e)}") from None
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "other"
+
+
+def missing_reason(path: str | Path) -> str:
+    """Why nothing is at `path`: 'no such file', or which of its folders is a file."""
+    for parent in Path(path).parents:
+        with suppress(OSError):
+            if parent.exists() and not parent.is_dir():
+                return f"no such file ({shown(parent)} is a file, not a folder)"
+    return "no such file"
+
+
 def check_output(path: str | Path, flag: str, folder: bool = False) -> Path:
     """An output the user named (`--out FILE`, `--plots FOLDER`): refuse a folder for a file and a file for a
     folder, before any work; missing parent folders are created when it is written."""
     path = Path(path)
     try:
-        is_dir, exists = path.is_dir(), path.exists()
-    except OSError as e:  # a name too long for the file system
-        raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
-    if not folder and is_dir:
-        raise AblateError(f"{flag}: {path} is a folder; give a file name")
-    if folder and exists and not is_dir:
-        raise AblateError(f"{flag}: {path} is a file; give a folder for the plots")
+        kind = path_kind(path)
+    except AblateError as e:  # a name too long for the file system, a loop of links
+        raise AblateError(f"{flag}: cannot write {e}") from None
+    if not folder and kind == "folder":
+        raise AblateError(f"{flag}: {shown(path)} is a folder; give a file name")
+    if folder and kind not in (None, "folder"):
+        raise AblateError(f"{flag}: {shown(path)} is a file; give a folder for the plots")
+    missing = missing_reason(path) if kind is None else ""
+    if missing.startswith("no such file ("):  # a/b.md where a is a file: no folder can be made for it
+        raise AblateError(f"{flag}: cannot write {shown(path)}: {missing.removeprefix('no such file (')[:-1]}")
     return path
 
 
@@ -67,7 +111,7 @@ def writing(path: str | Path, flag: str) -> Iterator[None]:
         with suppress(OSError):
             if Path(path).is_file():
                 Path(path).unlink()
-        raise AblateError(f"{flag}: cannot write {path} ({type(e).__name__}: {e.strerror or e})") from None
+        raise AblateError(f"{flag}: cannot write {shown(path)} ({type(e).__name__}: {e.strerror or e})") from None
 
 
 def write_output(path: str | Path, data: str | bytes, flag: str) -> None:

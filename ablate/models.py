@@ -12,7 +12,7 @@ from torch import nn
 
 import ablate.backbones  # noqa: F401  (registers our small CPU backbones with timm before any lookup)
 from ablate.config import ModelConfig
-from ablate.errors import AblateError, at, describe, one_line
+from ablate.errors import AblateError, at, describe, one_line, path_kind, shown
 from ablate.inject import InsertionReport, inject
 
 
@@ -71,8 +71,11 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Mod
 def check_weights(path: str) -> None:
     """A keyed AblateError unless `path` is a weights file timm can load (a state dict, saved by torch or as
     safetensors); memory-mapped, so a large file costs no memory."""
-    if not Path(path).is_file():
-        raise AblateError(f"no weights file at {path}", key="checkpoint")
+    with at("checkpoint"):
+        kind = path_kind(path)  # a name too long, a loop of links: said as such
+    if kind != "file":
+        raise AblateError(f"no weights file at {shown(path)}{' (a folder)' if kind == 'folder' else ''}",
+                          key="checkpoint")
     try:
         if path.endswith(".safetensors"):
             with safe_open(path, framework="pt"):  # reads the header: the weights stay on disk

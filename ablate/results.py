@@ -59,10 +59,17 @@ class ResolvedStudy:
 
 def resolve_study(study: str | StudySpec, tracking_uri: str | None = None) -> ResolvedStudy:
     """STUDY as the commands take it: a name, a study file or a loaded StudySpec."""
-    if isinstance(study, StudySpec) or study.endswith((".yaml", ".yml")) or Path(study).is_file():
+    if isinstance(study, StudySpec) or study.endswith((".yaml", ".yml")) or _is_file(study):
         spec = study if isinstance(study, StudySpec) else load_study(study)
         return ResolvedStudy(spec.name, spec, tracking_uri or spec.base.get("tracking", {}).get("uri"))
     return ResolvedStudy(study, None, tracking_uri)
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except OSError:  # a name no file can have (too long): a study's name, then
+        return False
 
 
 def stored_runs_client(study: optuna.Study, tracking_uri: str | None) -> MlflowClient | None:

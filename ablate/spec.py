@@ -39,7 +39,7 @@ from ablate.config import (
     parse_trial,
     validation_error,
 )
-from ablate.errors import AblateError, at, within
+from ablate.errors import AblateError, at, path_kind, within
 from ablate.reference import check_reference, read_printed
 
 # trial-config keys that change how a trial runs, not what it computes: editing them keeps old trials comparable
@@ -189,7 +189,9 @@ def _check_labels(spec: StudySpec, cells: list[Cell]) -> None:
 def _load_space(study_path: Path, include: str) -> tuple[dict, Path]:
     """An `include:`d search space file: its keys and where it was found."""
     for candidate in (Path(include), study_path.parent / include, study_path.parent.parent / include):
-        if candidate.is_file():
+        with within(str(study_path)), at("include"):
+            kind = path_kind(candidate)  # a name too long, a loop of links: said as such
+        if kind == "file":
             data = load_yaml(candidate)
             others = sorted(set(data) - {"space"}) if "space" in data else []
             if others or "include" in data:  # a study file's base or include would be dropped without a word

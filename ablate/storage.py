@@ -24,7 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from ablate.errors import AblateError, one_line
+from ablate.errors import AblateError, at, one_line, path_kind, shown
 from ablate.reconnect import ReconnectingRDBStorage
 from ablate.tracking import mask_secrets
 
@@ -75,7 +75,12 @@ def check_journal(journal: str) -> None:
     """A file that is there must be an Optuna journal (JSON records, one a line): the MLflow database or a study
     file given as --storage would be read as garbage, or appended to."""
     path = Path(journal)
-    if not path.is_file() or not path.stat().st_size:
+    with at("--storage"):
+        kind = path_kind(path)  # a name too long, a loop of links: said as such
+    if kind == "other":  # a FIFO would block the read
+        raise AblateError(f"--storage: {shown(journal)} is not a regular file (a FIFO, a device or a socket); give a "
+                          f"journal file (default {JOURNAL})")
+    if kind != "file" or not path.stat().st_size:
         return
     with path.open("rb") as f:
         first = f.readline(1 << 16)
@@ -143,8 +148,10 @@ def make_storage(url: str | None, jobs: int, heartbeat_interval: int = 30, grace
 def load(study_name: str, url: str | None = None) -> optuna.Study:
     """An existing study, to read it (reports, Grad-CAM); never creates one, nor an empty journal."""
     journal = journal_file(url)
-    if journal and not Path(journal).is_file():
-        raise AblateError(f"unknown study {study_name!r}: no Optuna journal at {journal}")
+    if journal:
+        check_journal(journal)
+        if not Path(journal).is_file():
+            raise AblateError(f"unknown study {study_name!r}: no Optuna journal at {shown(journal)}")
     try:
         return optuna.load_study(study_name=study_name, storage=make_storage(url, 1))
     except KeyError:

@@ -27,7 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ablate.errors import AblateError, describe, one_line
+from ablate.errors import AblateError, at, describe, one_line, os_reason, path_kind, shown
 
 HOME = "mlruns"  # the project's tracking home, relative to the working directory
 MAX_REASON = 4000  # well under MLflow's tag-value limit
@@ -115,22 +115,38 @@ def artifact_root(uri: str) -> str | None:
     return (Path.cwd().resolve() / HOME / "artifacts").as_uri()
 
 
+# a database server's port when its URL names none: probed like a tracking server's
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
 def probe_store(uri: str) -> None:
-    """Fail in seconds with one line where MLflow would retry for minutes or write into the wrong file: a server
-    that refuses connections, an SQLite file that is not MLflow's database or cannot be written."""
+    """Fail in seconds with one line, and leave nothing behind, where MLflow would retry for minutes or write into
+    the wrong file: a server or database that refuses connections, an SQLite file that is not MLflow's database,
+    cannot be written or cannot be created, MLflow's retired file store."""
     parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
+    scheme = parts.scheme.split("+")[0]  # postgresql+psycopg: the dialect, then the driver
+    if scheme in ("", "file") and not uri.startswith("databricks"):
+        raise AblateError(f"tracking.uri: {shown(uri)} is MLflow's file store, which MLflow 3 retired; give "
+                          "sqlite:///PATH/mlflow.db, a database URL or http://HOST:PORT")
+    if scheme in DEFAULT_PORTS and parts.hostname:
         try:
-            socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
-                                     timeout=5).close()
+            socket.create_connection((parts.hostname, parts.port or DEFAULT_PORTS[scheme]), timeout=5).close()
         except (OSError, ValueError) as e:
-            raise AblateError(f"tracking.uri: no tracking server answers at {mask_secrets(uri)} "
+            what = "tracking server" if scheme.startswith("http") else "database server"
+            raise AblateError(f"tracking.uri: no {what} answers at {mask_secrets(uri)} "
                               f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
-        check_credentials(uri)
+        if scheme.startswith("http"):  # a database has no accounts of MLflow's: only a server asks who we are
+            check_credentials(uri)
     elif uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            return
+        with at("tracking.uri"):
+            kind = path_kind(path)  # a name too long, a loop of links: said as such
+        if kind is None:
+            return _probe_creatable(path, uri)
+        if kind != "file":
+            what = "a folder" if kind == "folder" else "not a regular file"
+            raise AblateError(f"tracking.uri: {shown(path)} is {what}; give the SQLite file's path "
+                              "(sqlite:///PATH/mlflow.db)")
         if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
             raise AblateError(f"tracking.uri: {path} is read-only (runs, their metrics and reports are written "
                               "there); make it writable or copy it")
@@ -157,9 +173,32 @@ def check_credentials(uri: str) -> None:
                           "and $MLFLOW_TRACKING_PASSWORD to an account of that server") from None
 
 
+def _probe_creatable(path: Path, uri: str) -> None:
+    """A new SQLite store's file can be created (its missing folders too): tried, and undone, now; MLflow would
+    retry a file it cannot create for minutes (under /proc, on a read-only file system, where a folder is a file)."""
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()][::-1]
+    made: list[Path] = []
+    # a name as long as the store's, never the store itself: another process's MLflow may be creating that now
+    probe = path.with_name(("." + path.name)[:len(path.name)])
+    try:
+        for folder in missing:
+            folder.mkdir()
+            made.append(folder)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        probe.unlink()
+    except FileExistsError:
+        pass  # something is there already: the folder takes files
+    except OSError as e:
+        raise AblateError(f"tracking.uri: cannot create {shown(path)} for {shown(uri)} ({os_reason(e)})") from None
+    finally:
+        for folder in reversed(made):
+            with suppress(OSError):
+                folder.rmdir()
+
+
 def make_client(uri: str | None = None) -> MlflowClient:
+    probe_store(store_uri(uri))  # before resolve_uri makes a folder for a store that cannot be used
     uri = resolve_uri(uri)
-    probe_store(uri)
     try:
         return MlflowClient(tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 (an unknown scheme, a missing driver ...)

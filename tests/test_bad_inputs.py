@@ -30,6 +30,11 @@ REPO = Path(ablate.__file__).resolve().parents[1]  # the shipped studies/ and se
 
 TINY_TRIAL = copy.deepcopy(TINY_BASE) | {"tracking": {"experiment": "bad-inputs"}}
 DIR = object()  # a `files` value: make a directory, not a file
+FIFO = object()  # ... a named pipe (reading one blocks until something writes to it)
+
+
+class Link(str):
+    """A `files` value: a symbolic link to this target (two naming each other are a loop, for root too)."""
 PASSWORD = "s3cretpw"
 PG_URL = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"  # nothing listens on port 1: refused at once
 
@@ -42,7 +47,9 @@ REAL_PROCESS = {"study-yaml-syntax", "base-unknown-backbone", "space-knob-exceed
                 # round two: file text (encoding, YAML limits, duplicate keys), values that do not fit, configs that
                 # fail only in training, stores, outputs, other commands and the environment, a different study
                 # (the other classes' cases take the same code path in-process: ~25 s a process here is the budget's)
-                "study-yaml-deep-nesting", "base-accelerator-gpu", "env-plugins-missing"}
+                "study-yaml-deep-nesting", "base-accelerator-gpu", "env-plugins-missing",
+                # round three: the system refusing a path the user named, a tracking store that cannot be created
+                "study-file-name-too-long", "run-tracking-uri-under-proc"}
 
 
 def ablate_cli(*args, cwd, env=None):
@@ -524,6 +531,8 @@ CASES = [
     bad_study("study-launcher-bad-time", lambda d: d.update(launcher={"time": "two hours"}), "launcher.time"),
     bad_study("study-launcher-sbatch-not-an-option", lambda d: d.update(launcher={"sbatch": ["qos=high"]}),
               "launcher.sbatch", "--key=value"),
+    bad_study("study-launcher-bad-mem", lambda d: d.update(launcher={"mem": "lots"}), "launcher.mem",
+              "'lots' is not a memory size sbatch takes"),
     bad_study("study-launcher-unknown-key", lambda d: d.update(launcher={"gpus": 2}), "launcher.gpus"),
     bad_study("study-launcher-zero-workers", lambda d: d.update(launcher={"workers": 0}), "launcher.workers"),
     case("run-storage-unreachable-postgres", ["run", "cli-pg.yaml", "--storage", PG_URL],
@@ -638,6 +647,75 @@ CASES = [
          {"report-bad.yaml": study_doc("report-bad", lambda d: d["study"].update(sampler="anneal"))}),
     case("gradcam-images-zero", ["gradcam", "tiny", "--images", "0"], ["'--images'"]),
     case("ui-port-not-int", ["ui", "--port", "abc"], ["'--port'"]),
+
+    # ------------------------------------------------------------ round three: paths the system refuses (for root
+    # too: chmod stops no root), stores that cannot be created, a study's seeds
+    case("study-file-name-too-long", ["run", "s" * 300 + ".yaml"],
+         ["(305 characters): File name too long (at most 255 bytes a name, 4096 a path)"], where="empty"),
+    case("study-path-too-long", ["run", "/".join(["abcdefghij"] * 500) + ".yaml"],
+         ["abcdefghij/abcdefghij", "(5504 characters): File name too long"], where="empty"),
+    case("study-path-through-a-file", ["run", "thr-file.yaml/x.yaml"],
+         ["thr-file.yaml/x.yaml: no such file (thr-file.yaml is a file, not a folder)"], {"thr-file.yaml": "x: 1\n"}),
+    case("study-symlink-loop", ["run", "loop-a.yaml"], ["loop-a.yaml: Too many levels of symbolic links"],
+         {"loop-a.yaml": Link("loop-b.yaml"), "loop-b.yaml": Link("loop-a.yaml")}),
+    case("study-fifo", ["run", "fifo-study.yaml"],
+         ["fifo-study.yaml: not a regular file (a FIFO, a device or a socket); give a YAML file"],
+         {"fifo-study.yaml": FIFO}),
+    case("study-is-a-folder-named", ["run", "mlruns"], ["mlruns: a folder; give a YAML file"]),
+    bad_study("include-name-too-long", lambda d: d.update(include=["i" * 300 + ".yaml"]),
+              "include:", "File name too long"),
+    bad_study("base-checkpoint-name-too-long", lambda d: d["base"]["model"].update(checkpoint="w" * 300 + ".pt"),
+              "model.checkpoint:", "File name too long"),
+    bad_study("base-cifar10-root-through-a-file",
+              lambda d: d["base"]["data"].update(name="cifar10", root="thr-file.yaml/cifar"),
+              "data.root", "not found under thr-file.yaml/cifar", files={"thr-file.yaml": "x: 1\n"}),
+    bad_study("base-cifar10-root-name-too-long", lambda d: d["base"]["data"].update(name="cifar10", root="c" * 300),
+              "data.root:", "File name too long"),
+    case("trial-fifo", ["train", "fifo-trial.yaml"], ["fifo-trial.yaml: not a regular file"],
+         {"fifo-trial.yaml": FIFO}),
+    case("trial-file-name-too-long", ["train", "t" * 300 + ".yaml"], ["File name too long"], where="empty"),
+    case("report-study-name-too-long", ["report", "n" * 300], ["unknown study 'nnnn"]),
+    case("report-study-file-name-too-long", ["report", "n" * 300 + ".yaml"], ["File name too long"]),
+    case("report-out-through-a-file", ["report", "tiny", "--out", "a-file.txt/r.md"],
+         ["--out: cannot write a-file.txt/r.md: a-file.txt is a file, not a folder"], {"a-file.txt": "x"}),
+    case("report-plots-through-a-file", ["report", "tiny", "--plots", "a-file.txt/plots"],
+         ["--plots: cannot write a-file.txt/plots: a-file.txt is a file, not a folder"], {"a-file.txt": "x"}),
+    case("report-out-symlink-loop", ["report", "tiny", "--out", "loop-a.yaml"],
+         ["--out: cannot write loop-a.yaml: Too many levels of symbolic links"],
+         {"loop-a.yaml": Link("loop-b.yaml"), "loop-b.yaml": Link("loop-a.yaml")}),
+    case("report-storage-fifo", ["report", "tiny", "--storage", "fifo-journal"],
+         ["--storage: fifo-journal is not a regular file (a FIFO, a device or a socket)"], {"fifo-journal": FIFO}),
+    case("run-storage-name-too-long", ["run", "cli-slong.yaml", "--storage", "j" * 300],
+         ["--storage: jjjj", "File name too long"], ok_study("cli-slong"), where="empty"),
+    case("run-tracking-uri-under-proc", ["run", "cli-proc.yaml", "--tracking-uri", "sqlite:////proc/ablate/m.db"],
+         ["tracking.uri: cannot create /proc/ablate/m.db"], ok_study("cli-proc"), where="empty"),
+    case("run-tracking-uri-through-a-file", ["run", "cli-thr.yaml", "--tracking-uri", "sqlite:///a-file.txt/new/m.db"],
+         ["tracking.uri: cannot create a-file.txt/new/m.db", "Not a directory"],
+         {**ok_study("cli-thr"), "a-file.txt": "x"}),
+    case("run-tracking-uri-name-too-long", ["run", "cli-tlong.yaml", "--tracking-uri",
+                                            f"sqlite:///new/deeper/{'m' * 300}.db"],
+         ["tracking.uri: cannot create new/deeper/mmm", "File name too long"], ok_study("cli-tlong"), where="empty"),
+    case("run-tracking-uri-is-a-folder", ["run", "cli-tdir.yaml", "--tracking-uri", "sqlite:///mlruns"],
+         ["tracking.uri: mlruns is a folder; give the SQLite file's path"], ok_study("cli-tdir")),
+    case("run-tracking-uri-file-store", ["run", "cli-tfile.yaml", "--tracking-uri", "file:./old-mlruns"],
+         ["tracking.uri: file:./old-mlruns is MLflow's file store, which MLflow 3 retired"], ok_study("cli-tfile"),
+         where="empty"),
+    case("run-tracking-uri-plain-folder", ["run", "cli-tplain.yaml", "--tracking-uri", "old-mlruns"],
+         ["tracking.uri: old-mlruns is MLflow's file store"], ok_study("cli-tplain"), where="empty"),
+    case("run-tracking-postgres-refused", ["run", "cli-tpg.yaml", "--tracking-uri", PG_URL],
+         ["tracking.uri: no database server answers at postgresql://u:***@127.0.0.1:1/db"], ok_study("cli-tpg"),
+         where="empty", forbid=[PASSWORD]),
+    bad_trial("trial-tracking-uri-under-proc", None, "tracking.uri: cannot create /proc/ablate/m.db",
+              args=["tracking.uri=sqlite:////proc/ablate/m.db"], named=False),
+    case("report-log-tracking-uri-under-proc", ["report", "tiny", "--log", "--tracking-uri",
+                                                "sqlite:////proc/ablate/m.db"],
+         ["tracking.uri: cannot create /proc/ablate/m.db"]),
+    bad_study("study-seed-negative", lambda d: d["study"].update(seeds=[0, -1]),
+              "study.seeds.1: Input should be greater than or equal to 0 (got -1)", forbid=["train.seed"]),
+    case("env-tracking-uri-under-proc", ["run", "cli-eproc.yaml"], ["tracking.uri: cannot create /proc/ablate/m.db"],
+         ok_study("cli-eproc"), where="empty", env={"MLFLOW_TRACKING_URI": "sqlite:////proc/ablate/m.db"}),
+    bad_study("study-seed-too-big", lambda d: d["study"].update(seeds=[2**32]),
+              "study.seeds.0: Input should be less than or equal to 4294967295"),
 ]
 
 
@@ -650,6 +728,12 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(request, tmp_path, ru
         path = folder / name
         if content is DIR:
             path.mkdir(exist_ok=True)
+        elif content is FIFO:
+            if not path.exists():
+                os.mkfifo(path)
+        elif isinstance(content, Link):
+            if not path.is_symlink():
+                path.symlink_to(content)
         elif isinstance(content, bytes):
             path.write_bytes(content)
         else:
@@ -730,3 +814,17 @@ def test_a_read_only_tracking_store_is_one_line_not_minutes_of_retries(stores, t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"ablate: error: tracking.uri: {ro} is read-only (runs, their metrics and reports " \
                                   "are written there); make it writable or copy it"
+
+
+def test_ctrl_c_while_the_study_file_loads_is_one_line_exit_130(tmp_path, run_cli, monkeypatch):
+    """Ctrl-C before the study is set up: typer turns it into exit 130 without a word; ablate says it in one line."""
+    import ablate.spec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate.spec, "load_study", interrupted)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study_doc("s")))
+    proc = run_cli("run", "s.yaml", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (130, "ablate: interrupted", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, missing_reason, os_reason, path_kind, shown
 
 # a study, trial or search space file is a few KiB: anything far bigger or deeper is a mistake or an attack
 MAX_YAML_BYTES = 1 << 20
@@ -74,17 +74,26 @@ def read_yaml(path: Path, text: str | None = None):
     """The YAML document in `path` (or `text`, read from it) under _Loader's limits; errors name the file."""
     try:
         if text is None:
-            if path.stat().st_size > MAX_YAML_BYTES:
-                raise AblateError(f"{path.stat().st_size} bytes, more than the {MAX_YAML_BYTES} a config file may have")
-            text = decode(path.read_bytes())
+            text = decode(read_config_bytes(path))
         return yaml.load(text, Loader=_Loader)
     except AblateError as e:
-        raise AblateError(f"{path}: {e}") from None
+        raise AblateError(f"{shown(path)}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise AblateError(f"{path}: YAML syntax error{at}: {problem}") from None
+        raise AblateError(f"{shown(path)}: YAML syntax error{at}: {problem}") from None
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """A config file's bytes, its size checked before it is read; what the system refuses as an AblateError."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise AblateError(f"{size} bytes, more than the {MAX_YAML_BYTES} a config file may have")
+        return path.read_bytes()
+    except OSError as e:  # permission denied, an I/O error: a file that was there a moment ago
+        raise AblateError(f"cannot read it ({os_reason(e)})") from None
 
 
 def decode(raw: bytes) -> str:
@@ -103,8 +112,12 @@ def decode(raw: bytes) -> str:
 def load_yaml(path: str | Path) -> dict:
     """Safe-load a YAML mapping; syntax errors become one line with the file and position."""
     path = Path(path)
-    if not path.is_file():
-        raise AblateError(f"{path}: no such file")
+    kind = path_kind(path)  # a name too long, a loop of links: AblateError
+    if kind is None:
+        raise AblateError(f"{shown(path)}: {missing_reason(path)}")
+    if kind != "file":  # a FIFO would block the read until something writes to it
+        what = "a folder" if kind == "folder" else "not a regular file (a FIFO, a device or a socket)"
+        raise AblateError(f"{shown(path)}: {what}; give a YAML file")
     data = read_yaml(path)
     if data is None:
         return {}

@@ -84,7 +84,9 @@ def _mapping_or_not(value) -> str:
 
 
 Metric = by_shape(_list_or_not, list=list[Objective], other=str)  # a metric's name, or objectives
-Seeds = by_shape(_mapping_or_not, mapping=SeedsOnDemand, other=Annotated[list[int], Field(min_length=1)])
+# each listed seed becomes a train.seed: its bounds here, so a bad one is named where the user wrote it
+ListedSeed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Seeds = by_shape(_mapping_or_not, mapping=SeedsOnDemand, other=Annotated[list[ListedSeed], Field(min_length=1)])
 SpaceValues = by_shape(_mapping_or_not, mapping=Range, other=list)  # a range, or choices
 
 
@@ -191,6 +193,14 @@ class LauncherConfig(Strict):
     @classmethod
     def _slurm_time(cls, v):
         slurm_minutes(v)  # refuse what sbatch would refuse, now
+        return v
+
+    @field_validator("mem")
+    @classmethod
+    def _slurm_memory(cls, v):
+        # sbatch --mem's grammar (a number, one unit letter): refused now, not once the job is queued
+        if v is not None and not re.fullmatch(r"[0-9]+[KMGTkmgt]?", v):
+            raise ValueError(f"{v!r} is not a memory size sbatch takes (a whole number with K, M, G or T, e.g. 64G)")
         return v
 
     @field_validator("sbatch")

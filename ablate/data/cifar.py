@@ -14,7 +14,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from ablate.config import CifarData
 from ablate.data.base import pick
 from ablate.data.tensor import TensorDataModule
-from ablate.errors import AblateError
+from ablate.errors import AblateError, at, path_kind
 
 # what CIFAR's own (Python 2) batch files and numpy's Python 3 pickles of an array import, and nothing else
 ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -62,7 +62,9 @@ class CifarDataModule(TensorDataModule):
                               "or where to put it with data.download: true)")
         root = Path(cfg.root).expanduser()
         folder = root / base
-        if not folder.is_dir() and not cfg.download:
+        with at("data.root"):
+            kind = path_kind(folder)  # a name too long, a loop of links: said as such
+        if kind != "folder" and not cfg.download:
             raise AblateError(f"data.root: {cls.title} not found under {root} (expected {folder}; put the "
                               "dataset there or set data.download: true)")
         return root, folder

@@ -14,7 +14,7 @@ from torchvision.datasets.vision import StandardTransform
 
 from ablate.config import ImageFolderData
 from ablate.data.base import DataModule, DataSplit, holdout_split, pick, split_name, timm_auto_augment
-from ablate.errors import AblateError, one_line
+from ablate.errors import AblateError, at, one_line, path_kind
 
 
 class ImageFolderDataModule(DataModule):
@@ -110,7 +110,9 @@ def _imagefolder_root(cfg: ImageFolderData) -> Path:
         raise AblateError(f"data.root: required for imagefolder (a folder laid out as {IMAGEFOLDER_LAYOUT})")
     root = Path(cfg.root).expanduser()
     for split in ("train", "val"):
-        if not (root / split).is_dir():
+        with at("data.root"):
+            kind = path_kind(root / split)  # a name too long, a loop of links: said as such
+        if kind != "folder":
             expected = IMAGEFOLDER_LAYOUT.replace("root", str(root))
             raise AblateError(f"data.root: {root / split} not found (imagefolder expects {expected})")
     return root

@@ -62,8 +62,8 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
     check_cells(spec)  # bad models and missing data folders fail here, before any store exists
     check_trainers(plan)
     s = spec.cfg.study
-    # a server that does not answer or refuses our credentials: one line now, before the Optuna storage (a new
-    # journal file) or the study is created
+    # a store that cannot be used (a server that does not answer or refuses our credentials, a file that cannot be
+    # made): one line now, before the journal (or a database) holds the study
     tracking.probe_store(tracking.store_uri(plan.base.tracking.uri))
     storage = make_storage(storage_url, jobs, s.heartbeat_interval, s.grace_period, s.db_outage_s)
     uri = tracking.resolve_uri(plan.base.tracking.uri)
