@@ -82,6 +82,8 @@ def make_plots(table: AblationTable, study: optuna.Study, frame: pd.DataFrame | 
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # too few trials to tell the params apart: the figure shows it (equal bars), the warning adds nothing
+                warnings.filterwarnings("ignore", ".*quantiles select the same set of trials.*")
                 ax = plot(source, target=target) if target else plot(source)
         except Exception:  # noqa: BLE001 (e.g. importances need several finished trials)
             continue
