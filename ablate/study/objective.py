@@ -26,6 +26,7 @@ from ablate.spec import constraint_excess, knob_applies, refusal
 from ablate.step_cost import price_records
 from ablate.storage import Attr
 from ablate.study.optuna_setup import validations_per_epoch
+from ablate.study.params import record_params
 from ablate.study.progress import say
 from ablate.study.trials import is_confirmation, sampled, search_trials
 from ablate.tracking import Tag
@@ -158,6 +159,8 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
             raise optuna.TrialPruned("no grid cell left")  # no configuration: never a row of the table
         attrs = trial.user_attrs
         cell, seed = Cell.from_attrs(attrs[Attr.CELL], attrs[Attr.PARAMS], attrs[Attr.LABEL]), attrs[Attr.SEED]
+        if plan.spec.is_grid:
+            record_params(trial, plan, cell)  # what Optuna's viewers show; the cell is the user attrs'
     else:
         if Attr.SEED not in trial.user_attrs and surplus(trial, plan):  # sampled, but the budget is spent
             trial.set_user_attr(Attr.FAIL_REASON, "no search trial left")

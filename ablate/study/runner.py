@@ -24,6 +24,7 @@ from ablate.study.optuna_setup import (
     set_aside,
     warm_start,
 )
+from ablate.study.params import param_space
 from ablate.study.progress import resolve
 from ablate.study.queue import enqueue_missing, grid_prices, recover, refused_cells, requeue_stopped
 from ablate.study.workers import WorkerDied, _worker, spawn_workers
@@ -84,6 +85,7 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
         recover(study, storage, client, experiment_id, journal=journal is not None)
         if spec.is_grid:
             plan.step_prices = grid_prices(study, plan)  # before the constraints, which may limit them
+            param_space(study, plan)  # before the queue: each key's kind, as the trials' Optuna params record it
             refused = refused_cells(plan)
             study.set_user_attr(Attr.REFUSED, refused)  # the report lists them, with why
             enqueue_missing(study, plan, {k: c for k, c in plan.cells.items() if k not in refused})
