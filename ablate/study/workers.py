@@ -177,6 +177,8 @@ def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: s
     bar = progress == "bar" and study is not None
     procs = [ctx.Process(target=_worker_process, args=(plan, storage_url, jobs, w, parent, trainer,
                                                        QUIET if bar else "lines")) for w in range(jobs)]
+    pairs = wanted(plan)
+    watch = StudyBar(study, pairs, planned_trials(plan, pairs)) if bar else None  # before any trial can end
     for p in procs:
         p.start()
 
@@ -188,11 +190,10 @@ def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: s
 
     # SIGINT too: a shell's background job inherits it ignored, and Python then installs no handler of its own
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    pairs = wanted(plan)
-    watch = StudyBar(study, pairs, planned_trials(plan, pairs)) if bar else None
     try:
         while watch is not None and any(p.is_alive() for p in procs):
-            wait([p.sentinel for p in procs], timeout=1)  # a trial may end any moment: poll the storage each second
+            # a trial may end any moment: poll the storage each second (a worker's end wakes us sooner)
+            wait([p.sentinel for p in procs if p.is_alive()], timeout=1)
             watch.poll(study)
         for p in procs:
             p.join()
@@ -206,7 +207,8 @@ def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: s
             p.join()
         raise
     finally:
-        if watch is not None:
+        if watch is not None:  # the lines of the trials that ended since the last look, and the final state
+            watch.poll(study)
             watch.close(study)
         for s, handler in previous.items():
             signal.signal(s, handler)
