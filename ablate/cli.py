@@ -174,6 +174,8 @@ def run(
                                            "(options in the study's launcher: section) instead of running here"),
     workers: Optional[int] = typer.Option(None, min=1, help="with --launcher: array tasks (default launcher.workers)"),
     plugin: List[str] = PLUGIN,
+    progress: str = typer.Option("auto", help="auto (a study bar over each trial's bar at a terminal, else one "
+                                 "line per trial), bar or lines"),
 ):
     """Run (or resume) an Optuna study of tracked trials; extra args are dotted overrides."""
     _plugins(plugin)
@@ -206,7 +208,7 @@ def run(
         _launch(loaded, launcher, workers, storage, force_new)
         return
     try:
-        run_study(loaded, jobs=jobs, storage_url=storage, force_new=force_new)
+        run_study(loaded, jobs=jobs, storage_url=storage, force_new=force_new, progress=progress)
     except Preempted as e:  # exit 75: a scheduler requeues the job, and the same command resumes it
         typer.echo(f"\nablate: {e}: the running trials' checkpoints are saved; resume with: {again}", err=True)
         raise typer.Exit(REQUEUE_EXIT_CODE) from None

@@ -16,12 +16,13 @@ from ablate.results import param_columns
 
 
 def plot_study(study: optuna.Study, frame: pd.DataFrame) -> optuna.Study:
-    """The study Optuna's plots read. Grid trials carry their configuration as user attrs (an edited grid must
-    not meet Optuna's fixed categorical value spaces), so for them: an in-memory copy whose finished trials
-    have those params, each key a categorical over the values the study took."""
+    """The study Optuna's plots read. A grid's trials carry their configuration as user attrs (their Optuna params,
+    study/params.py, show it to viewers, but a key may be missing on old trials and ranges differ per edit), so for
+    them: an in-memory copy whose finished trials have those params, each key a categorical over the values the
+    study took."""
     finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if any(t.params for t in finished):
-        return study  # searched: the trials hold their sampled params
+    if any(t.params and "fixed_params" not in t.system_attrs for t in finished):
+        return study  # searched: the trials hold their sampled params (a grid's are queued, and ranges per edit)
     keys = param_columns(frame)
     values = frame.set_index("number")
     choices = {k: sorted({str(v) for v in values[k].dropna()}) for k in keys}
@@ -82,6 +83,8 @@ def make_plots(table: AblationTable, study: optuna.Study, frame: pd.DataFrame | 
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # too few trials to tell the params apart: the figure shows it (equal bars), the warning adds nothing
+                warnings.filterwarnings("ignore", ".*quantiles select the same set of trials.*")
                 ax = plot(source, target=target) if target else plot(source)
         except Exception:  # noqa: BLE001 (e.g. importances need several finished trials)
             continue

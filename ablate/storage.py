@@ -57,6 +57,7 @@ class Attr:
     CORRECT = "ablate.correct"  # trial: per-image correctness on the reported split (correct.pack_correct)
     STEP_COST = "ablate.step_cost"  # study: {cell key: step price} of a grid (step_cost.py); searched trial: its own
     WARM_FROM = "warm_start_of"  # trial: a finished trial of this earlier study, copied in for the sampler (warm_start)
+    PARAM_SPACE = "ablate.param_space"  # study: each grid key's kind, as its trials' Optuna params hold it (params.py)
 
 
 def resumed_trials(trials) -> set[int]:

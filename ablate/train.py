@@ -324,6 +324,9 @@ def quiet_lightning():
             warnings.filterwarnings("ignore", ".*sync_dist=True.*")
             # rank-local BatchNorm buffers during the epoch are what we want (averaged at its end, as timm does)
             warnings.filterwarnings("ignore", ".*`broadcast_buffers` is deprecated.*")
+            # a trial is one process ablate started (its ranks too, distributed.py); a launched study's tasks already
+            # run under srun (submitit's sbatch script): Lightning's advice to prepend srun is wrong for both
+            warnings.filterwarnings("ignore", ".*The `srun` command is available on your system but is not used.*")
             yield
     finally:
         log.setLevel(level)

@@ -26,6 +26,8 @@ from ablate.spec import constraint_excess, knob_applies, refusal
 from ablate.step_cost import price_records
 from ablate.storage import Attr
 from ablate.study.optuna_setup import validations_per_epoch
+from ablate.study.params import record_params
+from ablate.study.progress import say
 from ablate.study.trials import is_confirmation, sampled, search_trials
 from ablate.tracking import Tag
 
@@ -157,6 +159,8 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
             raise optuna.TrialPruned("no grid cell left")  # no configuration: never a row of the table
         attrs = trial.user_attrs
         cell, seed = Cell.from_attrs(attrs[Attr.CELL], attrs[Attr.PARAMS], attrs[Attr.LABEL]), attrs[Attr.SEED]
+        if plan.spec.is_grid:
+            record_params(trial, plan, cell)  # what Optuna's viewers show; the cell is the user attrs'
     else:
         if Attr.SEED not in trial.user_attrs and surplus(trial, plan):  # sampled, but the budget is spent
             trial.set_user_attr(Attr.FAIL_REASON, "no search trial left")
@@ -174,8 +178,8 @@ def plan_trial(trial: optuna.Trial, plan: StudyPlan) -> TrialPlan:
     # a stopped trial's checkpoint: carry on from there (None overwrites what a heartbeat retry copied)
     trial.set_user_attr(Attr.RESUMED, resume and {"trial": resume.trial, "epoch": resume.epoch})
     if resume is not None:
-        print(f"[{plan.name}] trial {trial.number} ({cell.label}, seed {seed}) resumes at epoch "
-              f"{resume.epoch} from trial {resume.trial}'s checkpoint", flush=True)
+        say(f"[{plan.name}] trial {trial.number} ({cell.label}, seed {seed}) resumes at epoch {resume.epoch} from "
+            f"trial {resume.trial}'s checkpoint")
     return TrialPlan(cell, seed, cfg, checkpoint, resume, run_name(plan, trial.number, cell, seed), cost)
 
 
@@ -209,9 +213,10 @@ def record_result(trial: optuna.Trial, plan: StudyPlan, result: train.TrialResul
     return values[0] if len(values) == 1 else values  # maximise/minimise per study.metric
 
 
-def make_objective(plan: StudyPlan, configuration_run, run=None):
+def make_objective(plan: StudyPlan, configuration_run, run=None, bars=None):
     """The Optuna objective: plan -> run -> record. `configuration_run(cell)` gives the MLflow run a trial's run is
-    the child of (its configuration's); `run` trains a trial config (default train.run_trial)."""
+    the child of (its configuration's); `run` trains a trial config (default train.run_trial); `bars(progress_bar)`
+    the trial's progress bar callbacks (progress.Progress.trial_callbacks; none: Lightning's default bar)."""
     objectives = plan.spec.cfg.study.objectives()
     run = run or train.run_trial  # looked up now: a plugin may have wrapped it
 
@@ -220,6 +225,7 @@ def make_objective(plan: StudyPlan, configuration_run, run=None):
             planned = plan_trial(trial, plan)
             callbacks = [PruningCallback(trial, objectives[0].metric, prunable(trial, plan))] if len(
                 objectives) == 1 else []
+            callbacks += bars(planned.cfg.train.progress_bar) if bars else []
             result = run(planned.cfg, callbacks=callbacks, parent_run_id=configuration_run(planned.cell),
                          tags=planned.tags(plan.name, trial.number), killed_by=(optuna.TrialPruned,),
                          checkpoint=planned.checkpoint, resume=planned.resume, owner={"trial": trial.number},

@@ -24,6 +24,7 @@ from ablate.step_cost import price_records
 from ablate.storage import Attr
 from ablate.study.configurations import study_results
 from ablate.study.objective import configuration
+from ablate.study.params import fixed_params
 from ablate.study.trials import is_confirmation, own_trials
 from ablate.tracking import Tag
 
@@ -118,10 +119,12 @@ def enqueue_missing(study: optuna.Study, plan: StudyPlan, cells: dict[str, Cell]
     have = accounted(study.get_trials(deepcopy=False), plan)
     # seeds on demand: a seed a cell was given before (then killed) is queued again too, so that it resumes
     tried = study_results(study, plan).tried if plan.spec.cfg.study.on_demand else {}
+    space = study.user_attrs.get(Attr.PARAM_SPACE, {})  # the cell's values as Optuna params, for Optuna's viewers
     for seed in sorted(set(first).union(*tried.values())):
         for key, cell in cells.items():
             if (key, seed) not in have and (seed in first or seed in tried.get(key, ())):
-                study.enqueue_trial({}, user_attrs=configuration(cell, seed), skip_if_exists=False)
+                study.enqueue_trial(fixed_params(cell, space, plan.cells.values()),
+                                    user_attrs=configuration(cell, seed), skip_if_exists=False)
 
 
 def requeue_stopped(study: optuna.Study, plan: StudyPlan) -> None:
@@ -196,7 +199,8 @@ def add_seeds(study: optuna.Study, plan: StudyPlan) -> int:
         add = dict(list(add.items())[:room])
     queued = 0
     for key, seeds in add.items():
-        fixed = dict(cells[key].params) if not spec.is_grid else {}
+        fixed = dict(cells[key].params) if not spec.is_grid else fixed_params(
+            cells[key], study.user_attrs.get(Attr.PARAM_SPACE, {}), plan.cells.values())
         for seed in sorted(seeds):
             study.enqueue_trial(fixed, user_attrs=configuration(cells[key], seed), skip_if_exists=False)
             queued += 1

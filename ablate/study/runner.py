@@ -24,6 +24,8 @@ from ablate.study.optuna_setup import (
     set_aside,
     warm_start,
 )
+from ablate.study.params import param_space
+from ablate.study.progress import resolve
 from ablate.study.queue import enqueue_missing, grid_prices, recover, refused_cells, requeue_stopped
 from ablate.study.workers import WorkerDied, _worker, spawn_workers
 from ablate.tracking import Tag
@@ -85,6 +87,7 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
         recover(study, storage, client, experiment_id, journal=journal is not None)
         if spec.is_grid:
             plan.step_prices = grid_prices(study, plan)  # before the constraints, which may limit them
+            param_space(study, plan)  # before the queue: each key's kind, as the trials' Optuna params record it
             refused = refused_cells(plan)
             study.set_user_attr(Attr.REFUSED, refused)  # the report lists them, with why
             enqueue_missing(study, plan, {k: c for k, c in plan.cells.items() if k not in refused})
@@ -105,18 +108,20 @@ def prepare_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: st
 
 
 def run_study(spec: StudySpec | StudyPlan, *, jobs: int = 1, storage_url: str | None = None, force_new: bool = False,
-              trainer=None) -> optuna.Study:
+              trainer=None, progress: str = "lines") -> optuna.Study:
     """Run (or resume) the study to the end; returns the Optuna study. Overrides are already in `spec`.
-    `trainer` trains one trial config (default train.run_trial; tests pass a stand-in)."""
+    `trainer` trains one trial config (default train.run_trial; tests pass a stand-in). `progress`: auto, bar or
+    lines (progress.MODES)."""
     plan = spec if isinstance(spec, StudyPlan) else StudyPlan(spec)
+    shown = resolve(progress)
     prepared = prepare_study(plan, jobs=jobs, storage_url=storage_url, force_new=force_new)
     study, client, parent = prepared.study, prepared.client, prepared.parent
     status, reason = "FINISHED", None
     try:
         if jobs == 1:
-            _worker(plan, storage_url, 1, 0, parent, trainer)
+            _worker(plan, storage_url, 1, 0, parent, trainer, shown)
         else:
-            spawn_workers(plan, storage_url, jobs, parent, trainer)
+            spawn_workers(plan, storage_url, jobs, parent, trainer, shown, study)
         if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             status = None  # other workers (launched tasks, other machines) are still at it: the last one ends it
     except KeyboardInterrupt as e:  # Ctrl-C, or Preempted: 'preempted (SIGTERM)'

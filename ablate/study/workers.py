@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from multiprocessing.connection import wait
 
 import optuna
 import torch
@@ -17,14 +18,14 @@ from ablate import tracking
 from ablate.errors import AblateError, Preempted
 from ablate.interrupt import REQUEUE_EXIT_CODE, STOP_SIGNALS, check_interrupt, deferred_interrupt, stop_exception
 from ablate.plan import StudyPlan
-from ablate.storage import Attr, journal_file, make_storage, resumed_trials, setup_lock
+from ablate.storage import Attr, journal_file, make_storage, setup_lock
 from ablate.study.configurations import ConfigurationRuns
 from ablate.study.confirmation import confirmation_seeds, confirms, enqueue_confirmation
 from ablate.study.objective import make_objective
 from ablate.study.optuna_setup import open_study
+from ablate.study.progress import QUIET, Progress, StudyBar
 from ablate.study.queue import add_seeds, alive, end_orphaned_runs
-from ablate.study.trials import own_trials, search_trials
-from ablate.summary import TrialCounts
+from ablate.study.trials import search_trials
 
 
 class WorkerDied(Exception):
@@ -65,8 +66,9 @@ def planned_trials(plan: StudyPlan, pairs: set[tuple[str, int]] | None) -> int |
 
 
 def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, parent_run_id: str,
-            trainer=None) -> None:
-    """One process's trial loop. Spawned workers get their own accelerator when there are enough."""
+            trainer=None, progress: str = "lines") -> None:
+    """One process's trial loop. Spawned workers get their own accelerator when there are enough. `progress`:
+    'lines', 'bar' (the study bar, drawn by this process) or progress.QUIET (the parent draws it)."""
     if jobs > 1:
         devices = os.environ.get("ABLATE_WORKER_DEVICES")
         if devices:
@@ -81,13 +83,14 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
     client = tracking.make_client(plan.base.tracking.uri)
     experiment_id = tracking.get_or_create_experiment(client, plan.name)
     runs = ConfigurationRuns(plan, client, experiment_id, parent_run_id)
-    objective = make_objective(plan, runs, trainer)
+    pairs = wanted(plan)
+    shown = Progress(progress, study, pairs, planned_trials(plan, pairs))
+    objective = make_objective(plan, runs, trainer, shown.trial_callbacks)
     journal = journal_file(storage_url)
     heartbeats = journal is None  # RDB: other machines' dead trials get failed as we go
-    pairs = wanted(plan)
-    total = planned_trials(plan, pairs)
     streak = FailureStreak()
-    with deferred_interrupt():  # Ctrl-C stops the running trial at its next batch, or the loop before the next trial
+    # Ctrl-C stops the running trial at its next batch, or the loop before the next trial; the bar ends either way
+    with deferred_interrupt(), shown:
         while True:
             check_interrupt()
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -103,7 +106,7 @@ def _worker(plan: StudyPlan, storage_url: str | None, jobs: int, worker: int, pa
             if not plan.spec.is_grid and not waiting and len(search_trials(study)) >= s.trials and not \
                     confirmation_turn(study, plan, storage, journal):
                 return
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(total, pairs), streak])
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_progress(shown), streak])
             runs.summarise(study)
             if s.on_demand:
                 with setup_lock(storage, plan.name, journal):  # two workers must not queue the same seed
@@ -156,44 +159,26 @@ def _worker_process(*args) -> None:
         sys.exit(130)
 
 
-def _progress(total: int | None, pairs: set[tuple[str, int]] | None):
-    """The line printed after each trial; counts only trials with a configuration (of the file, for a grid).
-    `total` None: seeds on demand, the trials queued so far."""
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if Attr.LABEL not in trial.user_attrs:
-            return  # a worker that found no grid cell left: nothing ran
-        trials = [t for t in own_trials(study) if Attr.LABEL in t.user_attrs
-                  and (pairs is None or (t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)) in pairs)]
-        continued = resumed_trials(trials)
-        count = TrialCounts.of(trials)
-        refused = "".join(f", {n} {what}" for n, what in ((count.stopped, "stopped"), (count.refused, "refused")) if n)
-        shown = total if total is not None else len({(t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED))
-                                                     for t in trials if t.number not in continued})
-        best = ""
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        if len(study.directions) == 1 and complete:
-            pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-            b = pick(complete, key=lambda t: t.value)
-            best = f" | best {b.value:.4f} (trial {b.number}: {b.user_attrs.get(Attr.LABEL, '')})"
-        reason = f" ({trial.user_attrs[Attr.FAIL_REASON]})" if Attr.FAIL_REASON in trial.user_attrs else ""
-        if trial.user_attrs.get(Attr.RESUMED):
-            reason += f" (resumed at epoch {trial.user_attrs[Attr.RESUMED]['epoch']})"
-        print(f"[{study.study_name}] trial {trial.number} {trial.state.name.lower()}{reason} | {count.done}/{shown} "
-              f"done, {count.pruned} pruned, {count.failed} failed{refused}{best}", flush=True)
-
-    return report
+def _progress(progress: Progress) -> Progress:
+    """The Optuna callback after each trial (a seam: tests wrap it to act between two trials)."""
+    return progress
 
 
 # complexity over 10 on purpose: starting, forwarding a signal to and reaping N processes is one story
-def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: str, trainer=None) -> None:  # noqa: C901
+def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: str, trainer=None,  # noqa: C901
+                  progress: str = "lines", study: optuna.Study | None = None) -> None:
     """`--jobs N`: N worker processes on this machine (one accelerator each when there are enough); a signal to us
-    reaches them too, and each checkpoints and stops its trial."""
+    reaches them too, and each checkpoints and stops its trial. With `progress` 'bar' this process draws the study
+    bar from `study`'s storage while they run, and the workers print nothing of their own."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
     if torch.cuda.is_available() and len(visible.split(",")) >= jobs:  # one trial per GPU
         os.environ["ABLATE_WORKER_DEVICES"] = visible
     ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch/threads state
-    procs = [ctx.Process(target=_worker_process, args=(plan, storage_url, jobs, w, parent, trainer))
-             for w in range(jobs)]
+    bar = progress == "bar" and study is not None
+    procs = [ctx.Process(target=_worker_process, args=(plan, storage_url, jobs, w, parent, trainer,
+                                                       QUIET if bar else "lines")) for w in range(jobs)]
+    pairs = wanted(plan)
+    watch = StudyBar(study, pairs, planned_trials(plan, pairs)) if bar else None  # before any trial can end
     for p in procs:
         p.start()
 
@@ -206,6 +191,10 @@ def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: s
     # SIGINT too: a shell's background job inherits it ignored, and Python then installs no handler of its own
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
+        while watch is not None and any(p.is_alive() for p in procs):
+            # a trial may end any moment: poll the storage each second (a worker's end wakes us sooner)
+            wait([p.sentinel for p in procs if p.is_alive()], timeout=1)
+            watch.poll(study)
         for p in procs:
             p.join()
     except KeyboardInterrupt:  # Ctrl-C at a terminal reaches the workers too; a kill only us
@@ -218,6 +207,9 @@ def spawn_workers(plan: StudyPlan, storage_url: str | None, jobs: int, parent: s
             p.join()
         raise
     finally:
+        if watch is not None:  # the lines of the trials that ended since the last look, and the final state
+            watch.poll(study)
+            watch.close(study)
         for s, handler in previous.items():
             signal.signal(s, handler)
     if any(p.exitcode == REQUEUE_EXIT_CODE for p in procs):  # a worker was preempted on its own
