@@ -131,9 +131,11 @@ class StudySection(Strict):
     # PostgreSQL only: a worker silent this long is dead, and its trial is retried by another worker
     heartbeat_interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(120, ge=1, description="seconds without a heartbeat before a trial is failed")
-    db_outage_s: int = Field(300, ge=0, description=(
-        "seconds a restarting database may be unreachable while workers wait and reconnect (keep grace_period "
-        "above it: heartbeats pause too)"))
+    # a minute, the outage: with the default heartbeats (30 s) and grace (120 s) a trial whose heartbeats an
+    # outage paused is back (60 + 30 + an 8 s backoff step) before anyone may take it for dead and run it again
+    db_outage_s: int = Field(60, ge=0, description=(
+        "seconds a restarting database may be unreachable while workers wait and reconnect (keep db_outage_s + "
+        "heartbeat_interval below grace_period: heartbeats pause too)"))
 
     @property
     def on_demand(self) -> SeedsOnDemand | None:
