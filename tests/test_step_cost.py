@@ -100,7 +100,7 @@ def test_a_limit_on_the_step_needs_the_step_priced(tmp_path, run_cli):
 
 
 def test_the_dry_run_shows_each_steps_price(tmp_path, run_cli, fixed_prices):
-    proc = run_cli("run", write_study(tmp_path / "tiny.yaml"), "--dry-run")
+    proc = run_cli("run", write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0, 1]}), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step time ×" in proc.stdout and "peak mem (MB)" in proc.stdout
     spec = load_study(tmp_path / "tiny.yaml")
