@@ -99,11 +99,18 @@ class Soak:
         raise RuntimeError(f"the MLflow server did not start: {self.folder / 'logs' / 'server.log'}")
 
     def stop_server(self) -> None:
+        """The tracking server gone: SIGTERM, on which `ablate server` ends MLflow's whole process tree (MLflow runs in
+        a session of its own, which a kill of this process's group would leave serving after the soak)."""
         if self.server is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.server.pid, signal.SIGKILL)
-        self.server.wait()
+            self.server.send_signal(signal.SIGTERM)
+        try:
+            self.server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait()
 
     def launch(self, slot: int, study: Path) -> None:
         self.launches += 1
