@@ -35,6 +35,14 @@ class DataBase(Strict):
     val_size: int | None = Field(None, ge=1)
     auto_augment: str | None = Field(None, description="timm spec: 'rand-m9-mstd0.5' (RandAugment), 'original'")
     hflip: float = Field(0.0, ge=0, le=1)
+    repeated_aug: int = Field(1, ge=1, le=16, description="repeated augmentation: each image this many times per "
+                              "epoch, each copy augmented on its own, in an epoch of the usual length (timm's "
+                              "RepeatAugSampler; ResNet strikes back: 3)")
+    test_size: int | None = Field(None, ge=8, le=2048, description="side of the evaluated input; null = image_size "
+                                  "(ResNet strikes back A3 trains at 160 px and tests at 224)")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="test crop ratio: resize to test_size / crop_pct, "
+                                   "centre-crop test_size; null = the dataset's default (imagefolder: timm's 0.875, "
+                                   "in-memory data: no crop)")
     # data.seed fixes the dataset itself: which images are in each split (and the holdout), the synthesised
     # images, the subsets; so every seed and configuration of a study is scored on the same images
     seed: int = SEED

@@ -49,6 +49,8 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
+    recipe: str | None = Field(None, description="a named preset of train and data keys (ablate recipes), each "
+                               "cited; a key the file sets itself wins over the recipe's")
     epochs: int = Field(10, ge=1)
     optimizer: Literal[OPTIMIZERS] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -62,6 +64,10 @@ class TrainConfig(Strict):
                                         description="multistep schedule: the epochs where lr decays")
     decay_rate: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax cross-entropy; bce: timm's BinaryCrossEntropy "
+                                       "on one-hot (or mixup's soft) targets, as ResNet strikes back trains")
+    bce_target_threshold: float | None = Field(None, gt=0, lt=1, description="loss: bce: targets above it become 1 "
+                                               "(timm's bce_target_thresh; ResNet strikes back: 0.2)")
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
     ema: bool = False
