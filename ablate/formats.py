@@ -38,6 +38,7 @@ class AblationTable:
     adjust: str = "none"  # how a family of comparisons shares the level (study.adjust: holm or none)
     margin: float | None = None  # study.min_effect: inside it, `equivalent`
     looks: tuple[int, ...] | None = None  # seeds on demand's looks (min..max): Pocock's boundary spends the level
+    missing: tuple[str, ...] = ()  # the declared ablations of the study's modules it has not run (paper_plan)
 
     @property
     def top1(self) -> bool:
@@ -239,7 +240,15 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
             f"{label} ({why})" for label, why in table.refused.items()) + "."
     if columns == "compact":
         note += " More columns: --columns all."
-    return note
+    return note + checklist(table.missing)
+
+
+def checklist(missing) -> str:
+    """The ablations a reviewer will ask for: each declared ablation of the study's modules it has not run."""
+    if not missing:
+        return ""
+    return ("\n\nNot yet run, of the ablations its modules declare (`ablate plan MODULE` writes them as a study):\n"
+            + "".join(f"\n- {line}" for line in missing))
 
 
 def _level(table: AblationTable) -> str:

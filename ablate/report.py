@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
-from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
+from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, checklist, dry_run_page, png, writer
+from ablate.paper_plan import missing_ablations
 from ablate.plan import StudyPlan
 from ablate.reference import (
     GMACS_DELTA_RELATIVE,
@@ -165,7 +166,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
                          per_seed=per_seed, refused=refused, hidden=0 if show_all else hidden,
                          classes=num_classes(spec), covers=_covers(against_base), metric=against_base.metric,
-                         **verdict_rule(plan))
+                         missing=tuple(missing_ablations(spec)) if spec is not None else (), **verdict_rule(plan))
 
 
 def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:
@@ -307,7 +308,9 @@ def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
     table = dry_run_table(spec, price)
     table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
-    return write(dry_run_page(table))
+    page = dry_run_page(table)
+    page.note += checklist(missing_ablations(spec))
+    return write(page)
 
 
 # ---------------------------------------------------------------- the command
