@@ -20,8 +20,8 @@ from ablate.spec import grid_cells, load_study
 
 PLANNED = sorted({declared(i.name).module for i in list_attention() if declared(i.name) is not None})
 # a small network the module fits at a small size, to build every cell in seconds (params: the image size aside)
-SMALL = {"gate": ("resnet18", 64), "head": ("resnet18", 64), "conv": ("resnet26", 64)}
-SIZED = {"halo": 256}  # halo's blocks of 8 must tile every stage's features
+SMALL = {"gate": ("resnet10_narrow", 64), "head": ("resnet10_narrow", 64), "conv": ("resnet26", 64)}
+WIDER = {"coord": ("resnet18", 64), "halo": ("resnet26", 256)}  # r=64 needs 64 channels; 8-px blocks tile 256 px
 
 
 def _write(tmp_path, module: str, backbone: str | None = None):
@@ -58,8 +58,8 @@ def test_the_plan_loads_and_its_cells_cover_every_declared_value(tmp_path, modul
 @pytest.mark.parametrize("module", [m for m in PLANNED if m not in ("se", "cbam")])
 def test_every_cell_of_the_plan_builds_at_a_small_size(tmp_path, module):
     """se and cbam are priced on ResNet-50 below; the rest are built on a small network at a small size."""
-    backbone, size = SMALL[get_attention(module).kind]
-    spec = load_study(_write(tmp_path, module, backbone), [f"data.image_size={SIZED.get(module, size)}"])
+    backbone, size = WIDER.get(module, SMALL[get_attention(module).kind])
+    spec = load_study(_write(tmp_path, module, backbone), [f"data.image_size={size}"])
     for cell in grid_cells(spec):
         build_cell(spec, cell.params, cell.location, data=False)
 

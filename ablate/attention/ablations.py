@@ -147,6 +147,12 @@ NOT_FROM_PAPER = (
         Ablation(KNOB + "kernel_size", "neighbourhood size k", (3, 5), default=3),
         Ablation(KNOB + "stride", "pooling of the centres", (1, 2), default=2),
     )),
+    PaperAblations("fca", None, (  # of the 18 official frequency sets, the top-k ones: how many frequencies
+        Ablation(KNOB + "freq_sel", "DCT frequencies (top-k)", ("top1", "top2", "top4", "top8", "top16", "top32"),
+                 default="top16"),
+        Ablation(KNOB + "reduction", "excitation reduction ratio r", (8, 16, 32), default=16),
+        Ablation(KNOB + "dct_size", "DCT filter size", (7, 14), default=7),
+    )),
     PaperAblations("halo", None, (  # a block must tile every stage's features: 8 at 224-256 px on a ResNet
         Ablation(KNOB + "block_size", "query block size b", (4, 8), default=8),
         Ablation(KNOB + "halo_size", "halo h", (1, 2, 3), default=3),
