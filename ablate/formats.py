@@ -53,7 +53,8 @@ class AblationTable:
     def page(self, columns: str = "compact") -> Page:
         view = one_of(VIEWS, columns, "--columns")
         against = against_paper(self) if columns == "compact" else None
-        return Page(self.frame, view(self), against, footnote(self, columns, against is not None))
+        note = footnote(self, columns, against is not None) + checklist(self.missing)  # what a reviewer will ask
+        return Page(self.frame, view(self), against, note)
 
     def landing(self, figures: Mapping[str, bytes]) -> str:
         """The study's landing page in MLflow (the parent run's report/index.html): the compact table, the table
@@ -240,7 +241,7 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
             f"{label} ({why})" for label, why in table.refused.items()) + "."
     if columns == "compact":
         note += " More columns: --columns all."
-    return note + checklist(table.missing)
+    return note
 
 
 def checklist(missing) -> str:

@@ -155,6 +155,7 @@ def _header(entry: PaperAblations, setup: PaperSetup, backbone: str, skipped: li
              "Dry run (our params and GMACs beside the paper's; no data needed): ablate run THIS_FILE --dry-run",
              f"Run: ablate run THIS_FILE (needs {setup.dataset} under the base's data.root)."]
     lines += [f"Not generated: {s}." for s in skipped]
+    lines += [f"{a.source}, {a.title}: {a.note}." for a in entry.ablations if a.note]
     lines += [f"Ablations not from the paper (the registry's choices or a grid round the default, no numbers): "
               f"{', '.join(a.key for a in entry.ablations if not a.source)}."] \
         if any(not a.source for a in entry.ablations) else []

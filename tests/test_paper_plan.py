@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import TINY_BASE
+from helpers import TINY_BASE, write_study
 
 from ablate.attention import get_attention, list_attention
 from ablate.attention.ablations import COMPONENTS, NAME, POSITION, declared
@@ -117,6 +117,17 @@ def test_the_checklist_lists_exactly_the_ablations_a_reduction_study_left_out(tm
     assert missing[0].startswith("partially run: se reduction ratio r, missing 2/4/32 (")
     assert not any("squeeze" in line for line in missing)
     assert "- not run: se excitation" in checklist(missing)
+
+
+def test_ablate_report_lists_what_the_study_has_not_run(tmp_path, run_cli):
+    """The tiny study (plain vs SE, one seed): its report ends with SE's five ablations, each not run."""
+    study = write_study(tmp_path / "tiny.yaml", study={"name": "tiny", "seeds": [0], "price_steps": False})
+    assert run_cli("run", study, cwd=tmp_path).returncode == 0
+    proc = run_cli("report", "tiny", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = [line for line in proc.stdout.splitlines() if line.startswith("- not run: se ")]
+    assert len(listed) == 5 and "reduction ratio r 2/4/8/16/32" in listed[0] and "Table 14" in listed[-1]
+    assert "- not run" not in run_cli("report", "tiny", "--format", "csv", cwd=tmp_path).stdout  # numbers only
 
 
 def test_a_component_plans_its_papers_study_and_a_module_without_knobs_none(tmp_path, run_cli):
