@@ -56,14 +56,16 @@ def _yaml_value(value):
 
 
 def cell_name(ablation: Ablation, value) -> str:
-    """'reduction r=8 (Table 10)', 'SE-PRE (Table 14)', 'squeeze max (Table 11)'."""
+    """'reduction r=8 (Table 10)', 'SE-PRE (Table 14)', 'squeeze max (Table 11)', 'extent=2 (not from the paper)'."""
     source = ablation.source or "not from the paper"
     if value in ablation.labels:
         what = ablation.labels[value]
     elif isinstance(value, str):
         what = f"{ablation.key} {value}"
+    elif ablation.key in ABBREVIATIONS:
+        what = f"{ablation.key} {ABBREVIATIONS[ablation.key]}={text(value)}"
     else:
-        what = f"{ablation.key} {ABBREVIATIONS.get(ablation.key, ablation.key)}={text(value)}"
+        what = f"{ablation.key}={text(value)}"
     module = ablation.with_params.get(NAME)
     return f"{module + ' ' if module else ''}{what} ({source})"
 

@@ -134,3 +134,27 @@ def test_a_component_plans_its_papers_study_and_a_module_without_knobs_none(tmp_
     assert plan_study("cbam_channel") == plan_study("cbam") and COMPONENTS["cbam_spatial"] == "cbam"
     proc = run_cli("plan", "attn_pool", cwd=tmp_path)
     assert proc.returncode == 2 and "module: module 'attn_pool' has no knobs" in proc.stderr
+
+
+def test_a_plugin_declares_its_papers_ablations(monkeypatch):
+    from torch import nn
+
+    from ablate.attention import Knob, register_attention, registry
+    from ablate.attention.ablations import Ablation
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the test's module leaves with the test
+
+    @register_attention("plan_test_gate", kind="gate", paper="Nobody, A gate, 2026",
+                        knobs={"width": Knob(int, 4, "hidden width", low=1, high=64)},
+                        ablations=(Ablation("model.attention.knobs.width", "hidden width", (2, 4, 8), "Table 2", 4,
+                                            published={8: {"top1_err": 30.1}}),))
+    class PlanTestGate(nn.Module):
+        def __init__(self, channels: int, width: int = 4):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    study = plan_study("plan_test_gate", "resnet10_narrow")
+    assert "{name: width=8 (Table 2), model.attention.knobs.width: 8}" in study
+    assert "{match: {name: width=8 (Table 2)}, top1_err: 30.10, source: Table 2}" in study

@@ -170,6 +170,8 @@ def declared(module: str) -> PaperAblations | None:
     if module in DECLARED:
         return DECLARED[module]
     info = get_attention(module)
+    if info.ablations:  # a plugin's own (register_attention(..., ablations=...))
+        return PaperAblations(module, None, info.ablations)
     axes = tuple(Ablation(f"model.attention.knobs.{name}", knob.help or name, values, None, knob.default)
                  for name, knob in info.knobs.items() if len(values := knob_grid(knob)) > 1)
     return PaperAblations(module, None, axes) if axes else None
