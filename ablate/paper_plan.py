@@ -154,7 +154,8 @@ def _header(entry: PaperAblations, setup: PaperSetup, backbone: str, skipped: li
               "another backbone the report reads `different: backbone`.") if entry.setup is not None else
              (f"No table of its paper is declared: the base is ablate's default setup ({setup.dataset}, "
               f"{setup.backbone}, {setup.image_size} px) and there are no reference rows."),
-             "Dry run (our params and GMACs beside the paper's; no data needed): ablate run THIS_FILE --dry-run",
+             "Dry run (our params and GMACs beside the paper's; no data needed): ablate run THIS_FILE --dry-run "
+             "(add study.price_steps=false to skip timing each cell's training step: minutes on a CPU)",
              f"Run: ablate run THIS_FILE (needs {setup.dataset} under the base's data.root)."]
     lines += [f"Not generated: {s}." for s in skipped]
     lines += [f"{a.source}, {a.title}: {a.note}." for a in entry.ablations if a.note]

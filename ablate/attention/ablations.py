@@ -64,7 +64,7 @@ class PaperAblations:
 
 
 SE_PAPER = PaperSetup(
-    "Hu et al., TPAMI 2019 (arXiv:1709.01507v4)", "ImageNet-1K", "resnet50", 224, recipe="resnet_classic",
+    "Hu et al., TPAMI 2019 (arXiv:1709.01507v4)", "ImageNet-1K", "resnet50", 224, recipe="hu2018_se",
     baseline={"top1_err": 23.30, "top5_err": 6.55, "params_m": 25.6}, baseline_source="Table 10 (original)")
 # Tables 10-14 (Section 6, ablation study): SE-ResNet-50 on ImageNet, single-crop 224 px top-1 / top-5 error (%).
 # Table 13's "stage 2/3/4" are conv2_x..conv4_x, timm's layer1..layer3, which ablate counts as stages 1..3 (the
