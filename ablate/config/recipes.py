@@ -12,6 +12,7 @@ keys, the study fingerprint) records every value that ran. No torch here.
 from __future__ import annotations
 
 import copy
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,8 @@ _RSB_SOURCE = ("Wightman, Touvron, Jegou, \"ResNet strikes back: an improved tra
 _RSB_NOTE = ("lr is for a global batch of 2048 (LAMB); ablate does not rescale lr with data.batch_size, so a smaller "
              "batch needs its lr chosen by hand. The 3 repeats of repeated augmentation are timm's RepeatAugSampler "
              "default; the BCE target threshold 0.2 is from third-party configs of these recipes, not read in Table 1 "
-             "here. Bicubic resizing, random erasing and timm's min_lr are not set: ablate's defaults stand")
+             "here. Bicubic resizing (timm's cfgs: interpolation bicubic) and a min_lr are not set: ablate's defaults "
+             "stand")
 _RSB_DETAILS = {"train.bce_target_threshold": "third-party RSB configs (target_thresh: 0.2); timm: --bce-target-thresh",
                 "data.repeated_aug": "mmpretrain RepeatAugSampler / timm RepeatAugSampler(num_repeats=3)"}
 
@@ -168,9 +170,9 @@ def recipe_text(name: str | None = None) -> str:
         width = max(map(len, recipe.values))
         lines = [key]
         lines += [f"  {dotted.ljust(width)}  {_shown(value)}" for dotted, value in recipe.values.items()]
-        lines.append(f"  source: {recipe.source}")
-        lines += [f"  source of {dotted}: {why}" for dotted, why in recipe.details.items()]
-        lines.append(f"  not reproduced: {recipe.note}")
+        said = [f"source: {recipe.source}", *(f"source of {k}: {why}" for k, why in recipe.details.items()),
+                f"not reproduced: {recipe.note}"]
+        lines += [textwrap.fill(text, 118, initial_indent="  ", subsequent_indent="    ") for text in said]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + ("" if name else f"\n\n{len(blocks)} recipes (train.recipe: NAME; a key the file "
                                                     "sets itself wins)")
