@@ -8,7 +8,7 @@ import pytest
 import yaml
 from helpers import TINY_BASE, call_main
 
-from ablate.config import RECIPES, ImageFolderData, TrainConfig, TrialConfig, apply_overrides, flatten, parse_trial
+from ablate.config import RECIPES, ImageFolderData, TrainConfig, TrialConfig, flatten, load_trial, parse_trial
 from ablate.errors import AblateError
 from ablate.reference import published_top1, setup_gap, setup_of, stated_setup
 from ablate.report import dry_run_table
@@ -36,9 +36,10 @@ def test_unknown_recipe_names_the_key_and_the_allowed_ones():
         parse_trial({"train": {"recipe": "rsb_a9"}}, "t.yaml")
 
 
-def test_keys_the_file_sets_win_over_the_recipe_in_a_file_an_override_and_the_notebook():
-    raw = {"data": {"name": "imagefolder", "root": "x", "batch_size": 64}, "train": {"recipe": "rsb_a2", "lr": 0.001}}
-    cfg = parse_trial(apply_overrides(raw, ["train.epochs=3", "model.drop_path_rate=0.1"]))
+def test_keys_the_file_sets_win_over_the_recipe_in_a_file_an_override_and_the_notebook(tmp_path):
+    raw = {"data": {"name": "imagefolder", "root": "x", "batch_size": 64}, "train": {"lr": 0.001}}
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump(raw))  # `ablate train trial.yaml train.recipe=rsb_a2 ...`
+    cfg = load_trial(tmp_path / "trial.yaml", ["train.recipe=rsb_a2", "train.epochs=3", "model.drop_path_rate=0.1"])
     assert (cfg.train.lr, cfg.train.epochs, cfg.data.batch_size, cfg.model.drop_path_rate) == (0.001, 3, 64, 0.1)
     assert (cfg.train.optimizer, cfg.train.loss, cfg.data.repeated_aug) == ("lamb", "bce", 3)  # the rest: the recipe's
     built = TrialConfig(train=TrainConfig(recipe="rsb_a3", lr=0.001), data=ImageFolderData(root="x", batch_size=64))
