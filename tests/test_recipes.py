@@ -11,7 +11,7 @@ from helpers import TINY_BASE, call_main
 from ablate.config import RECIPES, ImageFolderData, TrainConfig, TrialConfig, flatten, load_trial, parse_trial
 from ablate.errors import AblateError
 from ablate.reference import published_top1, setup_gap, setup_of, stated_setup
-from ablate.report import dry_run_table
+from ablate.report import dry_run_report, dry_run_table
 from ablate.spec import grid_cells, load_study, trial_config
 from ablate.study.optuna_setup import fingerprint
 
@@ -139,5 +139,7 @@ def test_the_rsb_study_dry_runs_beside_timms_rows():
         assert table.at[row, "paper top-1 acc"] == top1 and table.at[row, "setup"] == "same"
         assert table.at[row, "params match"]
     assert table["paper top-1 acc"].isna().sum() == 2  # ECA: timm publishes no ecaresnet50 under these recipes
+    printed = dry_run_report(spec, price)
+    assert all(f"| {top1:.2f} " in printed for top1 in timm.values()) and "recipe=rsb_a3, attention=eca" in printed
     cfg = trial_config(spec, {"train.recipe": "rsb_a3"}, 0)
     assert (cfg.train.epochs, cfg.data.image_size, cfg.data.num_classes) == (100, 160, 1000)

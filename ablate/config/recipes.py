@@ -92,7 +92,7 @@ RECIPES: dict[str, Recipe] = {
                "the authors' README (github.com/hujie-frank/SENet: \"the results reported in the paper were obtained "
                "by training the networks with a larger batch size (1024) and learning rate (0.6)\"). 100 epochs and lr "
                "/ 10 every 30 epochs as issue 26 states them (section and page not checked here); momentum 0.9 and "
-               "weight decay 1e-4 as resnet_classic",
+               "weight decay 1e-4 are resnet_classic's (not checked against the SE paper here)",
         note="the authors' augmentation also rotates (+-10 degrees) and jitters pixels (+-20), which ablate does not; "
              "their test is a 224 centre crop of the image resized to 256. lr 0.6 is for batch 1024: ablate does not "
              "rescale lr with data.batch_size"),
