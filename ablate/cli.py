@@ -72,6 +72,14 @@ def modules(plugin: List[str] = PLUGIN):
     typer.echo(f"{len(infos)} modules")
 
 
+@app.command()
+def recipes(name: Optional[str] = typer.Argument(None, help="one recipe, e.g. rsb_a2; none: all")):
+    """Every named training recipe (train.recipe): its values and where each comes from."""
+    from ablate.config import recipe_text
+
+    typer.echo(recipe_text(name))
+
+
 def _show(value) -> str:
     if isinstance(value, tuple):
         return "+".join(map(str, value))

@@ -69,10 +69,12 @@ def matches(match: dict, params: dict, label: str) -> bool:
 
 def setup_of(cfg) -> dict:
     """A configuration's setup (its TrialConfig) in a reference row's terms; an image folder is named by its folder
-    (data.root: /data/imagenet is `imagenet`). `recipe` is compared once a configuration names one (train.recipe)."""
+    (data.root: /data/imagenet is `imagenet`). `image_size` is the size top-1 is measured at (data.test_size where
+    set: ResNet strikes back's A3 trains at 160 px and is published at 224). `recipe` is compared once a
+    configuration names one (train.recipe)."""
     data = cfg.data
     dataset = Path(data.root).name if data.name == "imagefolder" and data.root else data.name
-    return {"dataset": dataset, "backbone": cfg.model.backbone, "image_size": data.image_size,
+    return {"dataset": dataset, "backbone": cfg.model.backbone, "image_size": data.test_size or data.image_size,
             "epochs": cfg.train.epochs, "recipe": getattr(cfg.train, "recipe", None)}
 
 

@@ -248,6 +248,8 @@ CASES = [
     # search spaces
     bad_study("space-unknown-module", lambda d: d["space"].update({"model.attention.name": ["none", "sse"]}),
               "space.model.attention.name: unknown attention module 'sse'"),
+    bad_study("space-unknown-recipe", lambda d: d["space"].update({"train.recipe": ["rsb_a3", "rsb_a9"]}),
+              "space: train.recipe: Value error, 'rsb_a9' is not a recipe (allowed: "),
     bad_study("space-module-not-a-list", lambda d: d["space"].update({"model.attention.name": "se"}),
               "space.model.attention.name", "Input should be a valid list"),
     bad_study("space-unknown-knob", lambda d: d["space"].update({"model.attention.knobs.kernal_size": [3]}),
@@ -473,6 +475,9 @@ CASES = [
     bad_trial("trial-negative-lr", lambda d: d["train"].update(lr=-0.1), "train.lr: Input should be greater than 0"),
     bad_trial("trial-unknown-optimizer", lambda d: d["train"].update(optimizer="adamax"),
               "train.optimizer: 'adamax' is not allowed"),
+    bad_trial("trial-unknown-recipe", lambda d: d["train"].update(recipe="rsb_a9"),
+              "train.recipe: Value error, 'rsb_a9' is not a recipe (allowed: he2016_cifar, resnet_classic, hu2018_se, "
+              "rsb_a1, rsb_a2, rsb_a3"),
     bad_trial("trial-bool-wrong-type", lambda d: d["tracking"].update(log_weights="maybe"),
               "tracking.log_weights: Input should be a valid boolean"),
     bad_trial("trial-system-metrics-not-a-bool", lambda d: d["tracking"].update(system_metrics="often"),

@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ablate.config.base import Strict, effect, seed_field
 from ablate.config.data import ClutteredDigitsData, DataConfig
 from ablate.config.loading import apply_overrides, load_yaml
 from ablate.config.messages import validation_error
+from ablate.config.recipes import expand_recipe, recipe_error
 
 POSITION_NAMES = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")  # ablate.inject.POSITIONS' keys
 MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
@@ -97,6 +98,14 @@ class TrainConfig(Strict):
                                        description="where resume checkpoints live; null = beside the "
                                                    "tracking store (mlruns/checkpoints)")
 
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v):
+        problem = recipe_error(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_mode(cls, v):
@@ -130,6 +139,12 @@ class TrialConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra=effect("record"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data, info: ValidationInfo):
+        # here, so that every way to a trial (file, study cell, space axis, override, notebook) gets the expansion;
+        # assigning a section to a built config (info.field_name) sets it as given
+        return data if info.field_name is not None else expand_recipe(data)
 
 
 def parse_trial(data: dict, source: str = "config") -> TrialConfig:

@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.checkpoint import checkpoint_root
-from ablate.config import TrialConfig
+from ablate.config import RECIPE_KEY, TrialConfig
 from ablate.errors import AblateError
 from ablate.plan import StudyPlan
 from ablate.spec import OPERATIONAL_KEYS, StudySpec, flatten, trial_config
@@ -77,7 +77,9 @@ BEHAVIOUR_BEFORE = {"data.order": "fixed", "train.eval": "raw"}
 def fingerprint(spec: StudySpec) -> dict:
     """What every trial of the study shares and must keep sharing to stay comparable: the resolved base config
     (less operational keys) and the objectives. Stored on the Optuna study when it is created."""
-    base = {k: v for k, v in flatten(trial_config(spec, {}, 0)).items() if not k.startswith(OPERATIONAL_KEYS)}
+    # a recipe's name is left out: its values are in the base, so naming the recipe a base spelled out changes nothing
+    base = {k: v for k, v in flatten(trial_config(spec, {}, 0)).items()
+            if not k.startswith(OPERATIONAL_KEYS) and k != RECIPE_KEY}
     metric = [f"{o.metric} {o.direction}" for o in spec.cfg.study.objectives()]
     return {"base": json.loads(json.dumps(base, default=str)), "metric": metric}
 
