@@ -118,8 +118,10 @@ def plan_study(module: str, backbone: str | None = None, command: str | None = N
 
 
 def _data(setup: PaperSetup) -> dict:
+    """The base's data section; with a recipe its batch size is the recipe's (hu2018_se: 1024 for its lr 0.6)."""
     key = "".join(c for c in setup.dataset.lower() if c.isalnum())
-    return {**DATA.get(key, DATA["imagenet1k"]), "image_size": setup.image_size}
+    data = {**DATA.get(key, DATA["imagenet1k"]), "image_size": setup.image_size}
+    return {k: v for k, v in data.items() if not (setup.recipe and k == "batch_size")}
 
 
 def _flow(row: dict) -> str:
