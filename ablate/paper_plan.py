@@ -85,18 +85,20 @@ def plan_study(module: str, backbone: str | None = None, command: str | None = N
     cells = [{"name": default_name}, {"name": plain_name, MODULE_KEY: "none"}]
     reference = [{"match": {}, "dataset": setup.dataset, "backbone": setup.backbone, "image_size": setup.image_size,
                   **({"epochs": setup.epochs} if setup.epochs else {}),
-                  **({"recipe": setup.recipe} if setup.recipe else {}), "source": setup.paper}] \
+                  **({"recipe": setup.recipe} if setup.recipe and setup.recipe_stated else {}),
+                  "source": setup.paper}] \
         if entry.setup is not None else []  # without the paper's tables no row may claim what it measured
     if setup.baseline:
         reference.append({"match": {"name": plain_name}, **setup.baseline, "source": setup.baseline_source})
-    skipped, default_published = [], None
+    skipped, default_published = [], dict(setup.default)
+    default_sources = [setup.default_source] if setup.default else []
     for ablation in entry.ablations:
         for value in ablation.values:
             published = ablation.published.get(value)
             if not ablation.with_params and value == ablation.default:  # the default cell, shared by every axis
-                if published and default_published is None:
-                    default_published = published
-                    reference.append({"match": {"name": default_name}, **published, "source": ablation.source})
+                if published and set(published) - set(default_published):  # a table adds a number (Table 13: GMACs)
+                    default_published = {**published, **default_published}
+                    default_sources.append(ablation.source)
                 continue
             if not _applies(ablation, value):
                 skipped.append(f"{ablation.key} {text(value)} ({ablation.source}): not a position of this ablate")
@@ -105,6 +107,9 @@ def plan_study(module: str, backbone: str | None = None, command: str | None = N
             cells.append({"name": name, **ablation.with_params, ablation.axis: _yaml_value(value)})
             if published:
                 reference.append({"match": {"name": name}, **published, "source": ablation.source})
+    if default_published:
+        reference.insert(1 + bool(setup.baseline) if reference else 0,
+                         {"match": {"name": default_name}, **default_published, "source": ", ".join(default_sources)})
     data = _data(setup)
     doc = {
         "study": {"name": f"{entry.module}_paper" + ("" if backbone == setup.backbone else f"_{backbone}"),
@@ -152,8 +157,11 @@ def _header(entry: PaperAblations, setup: PaperSetup, backbone: str, skipped: li
              f"ablate declares for {entry.module} (ablate/attention/ablations.py).",
              f"Paper: {setup.paper}; its ablations: {sources}.",
              (f"Its setup: {setup.dataset}, {setup.backbone}, {setup.image_size} px"
-              + (f", train.recipe {setup.recipe}" if setup.recipe else "") + "; the reference rows state it, so on "
-              "another backbone the report reads `different: backbone`.") if entry.setup is not None else
+              + (f", train.recipe {setup.recipe}" if setup.recipe and setup.recipe_stated else "")
+              + "; the reference rows state it, so on another backbone the report reads `different: backbone`."
+              + ("" if setup.recipe_stated or not setup.recipe else f" The paper's own training is no ablate recipe: "
+                 f"this study trains {setup.recipe}, the closest, and its rows state no recipe (see "
+                 "ablate/attention/ablations.py).")) if entry.setup is not None else
              (f"No table of its paper is declared: the base is ablate's default setup ({setup.dataset}, "
               f"{setup.backbone}, {setup.image_size} px) and there are no reference rows."),
              "Dry run (our params and GMACs beside the paper's; no data needed): ablate run THIS_FILE --dry-run "

@@ -232,6 +232,8 @@ def verdicts(table: pd.DataFrame, controls: dict[str, str | None], ladder: bool)
                            table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
             tolerance = table.at[r, "tol GMACs"] + table.at[b, "tol GMACs"] + GMACS_DELTA_RELATIVE * abs(paper)
             table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
+            if "GMACs Δ match" not in table:  # object: a first row without the paper's GMACs must not make it float
+                table["GMACs Δ match"] = pd.Series(np.nan, index=table.index, dtype=object)
             table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= tolerance + 1e-9 if pd.notna(paper) else np.nan
     return table.drop(columns=[c for c in table if c.startswith("tol ") or c == "size differs"])
 
