@@ -12,7 +12,8 @@ from ablate.config.loading import apply_overrides, load_yaml
 from ablate.config.messages import validation_error
 from ablate.config.recipes import expand_recipe, recipe_error
 
-POSITION_NAMES = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")  # ablate.inject.POSITIONS' keys
+POSITION_NAMES = ("block", "block_out", "branch_in", "shortcut", "stage", "stem", "head", "conv",  # inject.POSITIONS'
+                  "pattern")
 MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
 KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
