@@ -367,7 +367,7 @@ def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, ra
     if data.cfg.batch_size % ranks(cfg.train):
         raise AblateError(f"data.batch_size: {cfg.data.batch_size} does not split over {ranks(cfg.train)} devices "
                           "(train.devices; the batch size is the whole step's, as papers give it)")
-    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
+    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size, data.test_size)
     module = TrialModule(built.model, cfg.train, data.num_classes)
     durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, owner)]
                if checkpoint is not None and cfg.train.checkpoint_every else [])

@@ -431,6 +431,16 @@ CASES = [
               "data.test_size: Input should be greater than or equal to 8"),
     bad_trial("trial-crop-pct-above-one", lambda d: d["data"].update(crop_pct=1.5),
               "data.crop_pct: Input should be less than or equal to 1"),
+    # a model whose shapes are fixed at the trained side (BoTNet's position embeddings) cannot be evaluated at another
+    bad_study("base-test-size-fixed-shape-model",
+              lambda d: d["base"]["data"].update(image_size=32, test_size=40) or d.update(
+                  space={"model.attention.name": ["none", "bot_mhsa"]}),
+              "cell attention=bot_mhsa: data.test_size: resnet10_narrow with bot_mhsa, built for 32 px inputs, "
+              "cannot run on 40 px ones"),
+    bad_trial("trial-test-size-fixed-shape-model",
+              lambda d: d["model"].update(attention={"name": "bot_mhsa"}) or d["data"].update(image_size=32,
+                                                                                              test_size=40),
+              "data.test_size: resnet10_narrow with bot_mhsa, built for 32 px inputs, cannot run on 40 px ones"),
     bad_trial("trial-crop-pct-zero", lambda d: d["data"].update(crop_pct=0), "data.crop_pct: Input should be "
               "greater than 0"),
     bad_study("base-checkpoint-not-weights", lambda d: d["base"]["model"].update(checkpoint="notweights.pt"),
