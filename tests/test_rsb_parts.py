@@ -251,6 +251,19 @@ def test_imagefolder_evaluates_at_test_size_with_timms_crop(tmp_path):
     assert torch.equal(x[0], expected)
 
 
+def test_imagefolder_repeats_each_image_in_its_order_and_augments_each_copy(tmp_path):
+    from test_data import write_image_folder
+
+    write_image_folder(tmp_path, per_class=6)  # 12 training images, batches of 6
+    dm = build_datamodule(data_config(name="imagefolder", root=str(tmp_path), image_size=16, batch_size=6,
+                                      repeated_aug=3), train_seed=0)
+    loader = dm.train_dataloader()
+    [first, second] = [list(b) for b in loader.batch_sampler]  # the usual two batches
+    assert first[:3] == [first[0]] * 3 and first[3:] == [first[3]] * 3 and second[:3] == [second[0]] * 3
+    x, _ = next(iter(loader))  # timm's per-sample random-resized crop: each copy its own
+    assert not torch.equal(x[0], x[1]) or not torch.equal(x[1], x[2])
+
+
 # ---------------------------------------------------------------- all of them, one trial on two devices
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="this torch build has no gloo backend")
