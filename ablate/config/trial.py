@@ -114,6 +114,15 @@ class TrainConfig(Strict):
             raise ValueError(f"{v!r} is neither true/false nor a torch.compile mode ({', '.join(COMPILE_MODES)})")
         return v
 
+    @field_validator("bce_target_threshold")
+    @classmethod
+    def _threshold_needs_bce(cls, v, info):
+        # train.loss is declared before it, so it is validated already (absent from info.data only when invalid)
+        if v is not None and info.data.get("loss", "bce") != "bce":
+            raise ValueError(f"only train.loss: bce binarises its targets, and train.loss is {info.data['loss']!r} "
+                             "(set train.loss: bce, or leave bce_target_threshold null)")
+        return v
+
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod
     def _batches(cls, v, info):
