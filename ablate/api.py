@@ -27,7 +27,8 @@ def list_modules(filter: str = "", kind: str | None = None) -> list[str]:  # `fi
 
 
 def list_positions() -> list[str]:
-    """Where a module can go (docs/modules.md's Positions table): block, block_out, stage, stem, head, conv, pattern."""
+    """Where a module can go (docs/modules.md's Positions table): block, block_out, branch_in, shortcut, stage, stem,
+    head, conv, pattern."""
     return list(POSITION_NAMES)
 
 

@@ -19,13 +19,15 @@ A block where no candidate passes (DenseNet's concatenating layers, a plain conv
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, at
 
+INPUT = ContextVar("INPUT", default=(3, 224))  # (in_chans, image_size) of the inject call, for site finders' probes
 SHORTCUT_NAMES = frozenset({"downsample", "shortcut", "skip", "short_cut"})
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # adding a child to these changes what they run
 
@@ -91,6 +93,28 @@ def find_blocks(model: nn.Module) -> list[Block]:
         blocks.append(Block(name, stage, counts.get(stage, 0)))
         counts[stage] = counts.get(stage, 0) + 1
     return blocks
+
+
+def blocks_for(model: nn.Module, spec) -> list[Block]:
+    """The model's blocks for a block-wise position (`spec`: an AttentionSpec), or a one-line refusal."""
+    with at("position"):
+        blocks = find_blocks(model)
+    if not blocks:
+        raise AblateError(f"{type(model).__name__}: no residual blocks found for position {spec.position!r} "
+                          f"(use head or pattern)", key="position")
+    return blocks
+
+
+def select_blocks(blocks: list[Block], spec) -> list[Block]:
+    """The blocks `spec.stages` and `spec.every` pick."""
+    available = sorted({b.stage for b in blocks})
+    if spec.stages:
+        missing = [s for s in spec.stages if s not in available]
+        if missing:
+            raise AblateError(f"stage {missing[0]} does not exist "
+                              f"(this backbone has stages {available[0]}-{available[-1]})", key="stages")
+    wanted = set(spec.stages or available)
+    return [b for b in blocks if b.stage in wanted and b.index % spec.every == 0]
 
 
 def hook_holder(model: nn.Module, path: str) -> tuple[nn.Module, str, str]:

@@ -23,7 +23,9 @@ def build_cell(spec: StudySpec, params: dict, location: str, data: bool = True) 
             with at("model"):
                 check_weights(cfg.model.checkpoint)
         model_cfg = cfg.model.model_copy(update={"pretrained": False, "checkpoint": None})  # shapes only
-        return build_model(model_cfg, *dataset_shape(cfg.data), cfg.data.image_size), cfg
+        # with the data checks, the evaluated side too (data.test_size); pricing builds at the trained side only
+        test_size = cfg.data.test_size if data else None
+        return build_model(model_cfg, *dataset_shape(cfg.data), cfg.data.image_size, test_size), cfg
 
 
 def check_cells(spec: StudySpec) -> None:

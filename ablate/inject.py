@@ -7,7 +7,10 @@ paper placement (its registry entry), `block` where the paper names none:
              already holds a module (EfficientNet's SE) keeps it; ours runs right after it. A block without the
              slot (ConvNeXt, CSPNet, NFNet, ByobNet, ...) takes it after the module that ends its residual
              branch (blocks.branch_ends); a block without a residual branch (DenseNet, VGG) takes none.
-  block_out  after each block's output.
+  block_out  after each block's output (SE-POST of the SE paper's Fig. 5 on ResNet; `block` is its standard SE).
+  branch_in  on the input of each block's residual branch, the identity path untouched (SE-PRE), and
+  shortcut   on each block's identity path, after its projection if any (SE-Identity): ResNet-style residual
+             units only (ablate/residual_sites.py).
   stage      after the last block of each stage (between stages, where BAM sits).
   stem       after the stem (on the first block's input).
   head       before global pooling; a `head`-kind module replaces the global pooling itself.
@@ -33,7 +36,6 @@ Errors are AblateErrors keyed relative to the attention spec ("position: ...", "
 from __future__ import annotations
 
 import fnmatch
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Callable, Literal
@@ -42,14 +44,14 @@ import torch
 from torch import nn
 
 from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
-from ablate.blocks import Block, branch_ends, find_blocks, hook_holder, spatial_conv  # noqa: F401 (API)
+from ablate.blocks import INPUT, Block, blocks_for, branch_ends, find_blocks, hook_holder, select_blocks, spatial_conv
 from ablate.config import AttentionSpec
 from ablate.cost import count_gmacs, count_params
 from ablate.errors import AblateError, at, describe, one_line
 from ablate.head import replace_pool
+from ablate.residual_sites import branch_in_sites, shortcut_sites
 
 SLOT = "se"  # timm's name for the attention slot inside a block
-INPUT = ContextVar("INPUT", default=(3, 224))  # (in_chans, image_size) of the inject call, for site finders' probes
 
 
 @dataclass
@@ -115,27 +117,6 @@ def _apply_attn_in(holder, attr, module, args):
     return (getattr(holder, attr)(args[0]),) + tuple(args[1:])
 
 
-def _blocks(model: nn.Module, spec: AttentionSpec) -> list[Block]:
-    with at("position"):
-        blocks = find_blocks(model)
-    if not blocks:
-        raise AblateError(f"{type(model).__name__}: no residual blocks found for position {spec.position!r} "
-                          f"(use head or pattern)", key="position")
-    return blocks
-
-
-def _select(blocks: list[Block], spec: AttentionSpec) -> list[Block]:
-    """The blocks `spec.stages` and `spec.every` pick."""
-    available = sorted({b.stage for b in blocks})
-    if spec.stages:
-        missing = [s for s in spec.stages if s not in available]
-        if missing:
-            raise AblateError(f"stage {missing[0]} does not exist "
-                              f"(this backbone has stages {available[0]}-{available[-1]})", key="stages")
-    wanted = set(spec.stages or available)
-    return [b for b in blocks if b.stage in wanted and b.index % spec.every == 0]
-
-
 def _last_per_stage(blocks: list[Block]) -> list[Block]:
     last = {}
     for b in blocks:
@@ -153,7 +134,7 @@ def _has_3x3(block: nn.Module) -> bool:
 
 def _block_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
     """timm's `se` slot where a block has one; otherwise after the module that ends its residual branch."""
-    chosen = _select(_blocks(model, spec), spec)
+    chosen = select_blocks(blocks_for(model, spec), spec)
     slotless = [b.path for b in chosen if not hasattr(model.get_submodule(b.path), SLOT)]
     ends = branch_ends(model, slotless, *INPUT.get()) if slotless else {}
     sites = [(f"{b.path}.{SLOT}", "slot") if b.path not in slotless else (ends[b.path], "out")
@@ -165,15 +146,15 @@ def _block_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple
 
 
 def _block_out_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
-    return [(b.path, "out") for b in _select(_blocks(model, spec), spec)]
+    return [(b.path, "out") for b in select_blocks(blocks_for(model, spec), spec)]
 
 
 def _stage_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
-    return [(b.path, "out") for b in _last_per_stage(_select(_blocks(model, spec), spec))]
+    return [(b.path, "out") for b in _last_per_stage(select_blocks(blocks_for(model, spec), spec))]
 
 
 def _stem_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
-    return [(_blocks(model, spec)[0].path, "in")]  # the first block's input is the stem's output; no stages
+    return [(blocks_for(model, spec)[0].path, "in")]  # the first block's input is the stem's output; no stages
 
 
 def _head_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
@@ -185,7 +166,7 @@ def _head_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[
 
 
 def _conv_sites(model: nn.Module, spec: AttentionSpec, kind: str) -> list[tuple[str, str]]:
-    chosen = _select(_blocks(model, spec), spec)
+    chosen = select_blocks(blocks_for(model, spec), spec)
     convs = {b.path: "conv2" if _has_3x3(model.get_submodule(b.path)) else spatial_conv(model.get_submodule(b.path))
              for b in chosen}
     in_chans = INPUT.get()[0]  # a conv that reads the image is a stem's, in families whose matcher counts it a block
@@ -219,6 +200,8 @@ _GATE = frozenset({"gate"})
 POSITIONS: dict[str, Position] = {
     "block": Position(_block_sites, _GATE),
     "block_out": Position(_block_out_sites, _GATE),
+    "branch_in": Position(branch_in_sites, _GATE),
+    "shortcut": Position(shortcut_sites, _GATE),
     "stage": Position(_stage_sites, _GATE),
     "stem": Position(_stem_sites, _GATE),
     "head": Position(_head_sites, frozenset({"gate", "head"})),

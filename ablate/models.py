@@ -91,9 +91,11 @@ def check_weights(path: str) -> None:
         raise AblateError(f"{path} holds a {type(state).__name__}, not a state dict of weights", key="checkpoint")
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: int) -> BuiltModel:
+def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: int,
+                test_size: int | None = None) -> BuiltModel:
     """The backbone with its attention; errors are located in the trial config (model.backbone,
-    model.attention.position, model.attention.knobs.reduction, ...)."""
+    model.attention.position, model.attention.knobs.reduction, ...). `test_size`: the side it is evaluated at
+    (data.test_size), checked by a forward when it is not the side it is built for."""
     try:
         with at("model"):
             model = create_backbone(cfg, num_classes, in_chans)
@@ -103,4 +105,22 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: i
     except (AssertionError, RuntimeError) as e:  # timm's input checks: a ViT's fixed size, a map shrunk to 0 px
         raise AblateError(f"{cfg.backbone} cannot run on {in_chans} x {image_size} x {image_size} inputs "
                           f"({one_line(describe(e), 200)})", key="data.image_size") from None
+    if test_size is not None and test_size != image_size:
+        check_evaluated_size(model, cfg, in_chans, image_size, test_size)
     return BuiltModel(model, report)
+
+
+@torch.no_grad()
+def check_evaluated_size(model: nn.Module, cfg: ModelConfig, in_chans: int, image_size: int, test_size: int) -> None:
+    """One forward at the evaluated side, in eval mode: a model whose shapes are fixed at the side it was built for
+    (a ViT, BoTNet's position embeddings) fails here, not after its first epoch of training."""
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, in_chans, test_size, test_size))
+    except (AssertionError, RuntimeError) as e:
+        what = cfg.backbone if cfg.attention.name == "none" else f"{cfg.backbone} with {cfg.attention.name}"
+        raise AblateError(f"{what}, built for {image_size} px inputs, cannot run on {test_size} px ones "
+                          f"({one_line(describe(e), 200)}; test_size: null evaluates at data.image_size)",
+                          key="data.test_size") from None
+    finally:
+        model.train(was_training)

@@ -10,9 +10,10 @@ before the store is touched. Lightning's log level and warning filters are set f
 ablate changes nothing in a notebook.
 
 Every trick is a TrainConfig key and timm's implementation: create_optimizer_v2 (no weight decay on
-biases and norms), create_scheduler_v2 stepped per update, LabelSmoothingCrossEntropy, Mixup/CutMix with
-SoftTargetCrossEntropy, ModelEmaV3. Stochastic depth and dropout are model keys (timm.create_model);
-precision (Lightning's mixed precision), channels_last and compile (torch.compile) are train keys.
+biases and norms), create_scheduler_v2 stepped per update, the criterion train.loss names (losses.py: timm's
+cross-entropy or BinaryCrossEntropy, on Mixup/CutMix's soft targets when they are on), ModelEmaV3. Stochastic
+depth and dropout are model keys (timm.create_model); precision (Lightning's mixed precision), channels_last and
+compile (torch.compile) are train keys. val/loss is cross-entropy on the evaluated logits whatever train.loss is.
 
 What a trial measures: val/* are the evaluated weights (the EMA's with train.ema under train.eval: ema, as timm's
 train.py selects on them; val/*_raw and val/*_ema then each set) on the split selection sees (a data.holdout, else
@@ -40,7 +41,6 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, distribute_bn
@@ -62,6 +62,7 @@ from ablate.errors import AblateError, one_line
 from ablate.evaluate import FinalScore, score_split
 from ablate.interrupt import StopOnInterrupt, deferred_interrupt, interruption
 from ablate.logged_model import log_trial_model, signature
+from ablate.losses import training_criterion
 from ablate.models import BuiltModel, build_model
 from ablate.system_metrics import system_metrics
 from ablate.track_inputs import log_datasets
@@ -116,9 +117,7 @@ class TrialModule(pl.LightningModule):
         # timm folds label smoothing into mixup's soft targets; without mixup it smooths the loss itself
         self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, num_classes=num_classes,
                            label_smoothing=cfg.label_smoothing) if cfg.mixup or cfg.cutmix else None
-        self.criterion = (SoftTargetCrossEntropy() if self.mixup is not None
-                          else LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing
-                          else nn.CrossEntropyLoss())
+        self.criterion = training_criterion(cfg, soft_targets=self.mixup is not None)  # train.loss (losses.py)
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         if self.ema is not None:
             self.ema.requires_grad_(False)  # averaged, never trained
@@ -368,7 +367,7 @@ def _setup(cfg: TrialConfig, callbacks, checkpoint: Path | None, owner: dict, ra
     if data.cfg.batch_size % ranks(cfg.train):
         raise AblateError(f"data.batch_size: {cfg.data.batch_size} does not split over {ranks(cfg.train)} devices "
                           "(train.devices; the batch size is the whole step's, as papers give it)")
-    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size)
+    built = build_model(cfg.model, data.num_classes, data.in_chans, data.image_size, data.test_size)
     module = TrialModule(built.model, cfg.train, data.num_classes)
     durable = ([TrialCheckpoint(checkpoint, cfg.train.checkpoint_every, owner)]
                if checkpoint is not None and cfg.train.checkpoint_every else [])
@@ -446,7 +445,7 @@ def run_trial(cfg: TrialConfig, *, callbacks=(), parent_run_id: str | None = Non
             if cfg.tracking.log_weights:  # the weights val/* and the final score measured (the EMA's, by default)
                 log_weights(client, run_id, parts.module.evaluated)
                 log_trial_model(client, run_id, parts.module.evaluated, signature(
-                    parts.data.in_chans, parts.data.image_size, parts.data.num_classes), cfg.train.epochs - 1)
+                    parts.data.in_chans, parts.data.test_size, parts.data.num_classes), cfg.train.epochs - 1)
         remove(checkpoint)  # finished: the weights are the run's model.pt and its MLflow model
         # the last value of each metric the run holds (a resumed run's include its predecessor's epochs); the
         # machine's system/* samples are no result

@@ -106,7 +106,7 @@ HEAVY = {"convmixer", "davit", "focalnet", "inception_resnet_v2", "inception_v4"
          "pnasnet", "res2net", "selecsls", "tresnet", "vgg", "vitamin", "xception", "xception_aligned",
          "tiny_vit", "repvit", "efficientformer", "rdnet", "efficientvit_msra", "fastvit", "iformer", "shvit",
          "lowformer"}
-POSITIONS = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")
+POSITIONS = ("block", "block_out", "branch_in", "shortcut", "stage", "stem", "head", "conv", "pattern")
 # (module, position): a gate everywhere a gate goes, a second gate in the block, a conv module (split attention:
 # SK's default 32 groups do not divide the test models' narrow widths, a one-line refusal), a head module
 CASES = [("se", p) for p in POSITIONS if p != "conv"] + [("cbam", "block"), ("split_attn", "conv"),

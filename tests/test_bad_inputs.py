@@ -414,6 +414,37 @@ CASES = [
               "data.train_size: 5000 is more than the 1438 samples available"),
     bad_study("base-unknown-auto-augment", lambda d: d["base"]["data"].update(auto_augment="randaug-m9"),
               "data.auto_augment: 'randaug-m9' is not a timm auto-augment spec"),
+    # the training parts ResNet-strikes-back recipes need: the loss, repeated augmentation, the evaluated input
+    bad_trial("trial-loss-unknown", lambda d: d["train"].update(loss="focal"),
+              "train.loss: 'focal' is not allowed ('ce' or 'bce')"),
+    bad_trial("trial-bce-threshold-without-bce", lambda d: d["train"].update(bce_target_threshold=0.2),
+              "train.bce_target_threshold: ", "train.loss is 'ce' (set train.loss: bce, or leave "
+              "bce_target_threshold null)"),
+    bad_study("base-bce-threshold-not-a-fraction",
+              lambda d: d["base"]["train"].update(loss="bce", bce_target_threshold=1.5),
+              "base: train.bce_target_threshold: Input should be less than 1"),
+    bad_study("space-bce-threshold-without-bce", lambda d: d["space"].update({"train.bce_target_threshold": [0.2]}),
+              "train.bce_target_threshold: ", "train.loss is 'ce'"),
+    bad_trial("trial-repeated-aug-zero", lambda d: d["data"].update(repeated_aug=0),
+              "data.repeated_aug: Input should be greater than or equal to 1"),
+    bad_study("base-repeated-aug-not-a-number", lambda d: d["base"]["data"].update(repeated_aug="three"),
+              "base: data.repeated_aug: Input should be a valid integer", "'three'"),
+    bad_trial("trial-test-size-too-small", lambda d: d["data"].update(test_size=4),
+              "data.test_size: Input should be greater than or equal to 8"),
+    bad_trial("trial-crop-pct-above-one", lambda d: d["data"].update(crop_pct=1.5),
+              "data.crop_pct: Input should be less than or equal to 1"),
+    # a model whose shapes are fixed at the trained side (BoTNet's position embeddings) cannot be evaluated at another
+    bad_study("base-test-size-fixed-shape-model",
+              lambda d: d["base"]["data"].update(image_size=32, test_size=40) or d.update(
+                  space={"model.attention.name": ["none", "bot_mhsa"]}),
+              "cell attention=bot_mhsa: data.test_size: resnet10_narrow with bot_mhsa, built for 32 px inputs, "
+              "cannot run on 40 px ones"),
+    bad_trial("trial-test-size-fixed-shape-model",
+              lambda d: d["model"].update(attention={"name": "bot_mhsa"}) or d["data"].update(image_size=32,
+                                                                                              test_size=40),
+              "data.test_size: resnet10_narrow with bot_mhsa, built for 32 px inputs, cannot run on 40 px ones"),
+    bad_trial("trial-crop-pct-zero", lambda d: d["data"].update(crop_pct=0), "data.crop_pct: Input should be "
+              "greater than 0"),
     bad_study("base-checkpoint-not-weights", lambda d: d["base"]["model"].update(checkpoint="notweights.pt"),
               "model.checkpoint: notweights.pt is not a weights file torch can load",
               files={"notweights.pt": "model: {backbone: resnet18}\n"}),

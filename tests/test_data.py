@@ -286,7 +286,7 @@ def test_every_dataset_keeps_the_datamodule_contract(name, tmp_path):
     check_data(cfg)
     dm = build_datamodule(cfg)
     assert dataset_shape(cfg) == (dm.num_classes, dm.in_chans)  # what a dry run builds the model for
-    assert dm.image_size == 16 and len(dm.classes) == dm.num_classes
+    assert dm.image_size == dm.test_size == 16 and len(dm.classes) == dm.num_classes  # test_size: null
     assert dm.mean.shape == dm.std.shape == (dm.in_chans,) and bool((dm.std > 0).all())
     x, y = dm.transform_batch(next(iter(dm.val_dataloader())), train=False)
     assert x.shape[1:] == (dm.in_chans, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64

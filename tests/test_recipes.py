@@ -47,6 +47,12 @@ def test_keys_the_file_sets_win_over_the_recipe_in_a_file_an_override_and_the_no
     assert (built.train.epochs, built.data.image_size, built.data.test_size) == (100, 160, 224)
 
 
+def test_a_file_that_chooses_another_loss_does_not_get_the_recipes_bce_threshold():
+    cfg = parse_trial({"train": {"recipe": "rsb_a2", "loss": "ce"}})  # an ablation of the loss under A2
+    assert (cfg.train.loss, cfg.train.bce_target_threshold, cfg.train.optimizer) == ("ce", None, "lamb")
+    assert parse_trial({"train": {"recipe": "rsb_a2"}}).train.bce_target_threshold == 0.2
+
+
 def _study(tmp_path, **doc) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"study": {"name": "recipes", "seeds": [0]}, **doc}))

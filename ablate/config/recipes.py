@@ -22,6 +22,9 @@ from ablate.errors import AblateError
 
 RECIPE_KEY = "train.recipe"
 SECTIONS = ("model", "data", "train")  # a recipe's keys are `section.key`, one level under a trial section
+# a recipe value that only means something beside another of its values: dropped when the trial sets that key itself
+# (rsb_a2 with `train.loss: ce` trains cross-entropy, without a BCE threshold the file never wrote)
+GOES_WITH = {"train.bce_target_threshold": "train.loss"}
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ def expand_recipe(data: Any) -> Any:
         return data
     out = {key: (_given(value) if key in SECTIONS else value) for key, value in data.items()}
     for dotted, value in RECIPES[name].values.items():
+        if dotted in GOES_WITH and _sets(data, GOES_WITH[dotted]):
+            continue
         section, key = dotted.split(".", 1)
         node = out.get(section)
         if node is None:
@@ -157,6 +162,13 @@ def expand_recipe(data: Any) -> Any:
             node = out[section] = dict(node)
         node.setdefault(key, copy.deepcopy(value))
     return out
+
+
+def _sets(data: dict, dotted: str) -> bool:
+    """Whether a raw trial config sets `dotted` itself."""
+    section, key = dotted.split(".", 1)
+    node = _given(data.get(section))
+    return isinstance(node, dict) and key in node
 
 
 def recipe_text(name: str | None = None) -> str:

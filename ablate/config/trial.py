@@ -12,7 +12,8 @@ from ablate.config.loading import apply_overrides, load_yaml
 from ablate.config.messages import validation_error
 from ablate.config.recipes import expand_recipe, recipe_error
 
-POSITION_NAMES = ("block", "block_out", "stage", "stem", "head", "conv", "pattern")  # ablate.inject.POSITIONS' keys
+POSITION_NAMES = ("block", "block_out", "branch_in", "shortcut", "stage", "stem", "head", "conv",  # inject.POSITIONS'
+                  "pattern")
 MODULE_KEY = "model.attention.name"  # the dotted key of a trial's attention module
 KNOB_PREFIX = "model.attention.knobs."  # dotted keys under it are the module's knobs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -111,6 +112,15 @@ class TrainConfig(Strict):
     def _compile_mode(cls, v):
         if isinstance(v, str) and v not in COMPILE_MODES:  # pydantic's union message would only speak of booleans
             raise ValueError(f"{v!r} is neither true/false nor a torch.compile mode ({', '.join(COMPILE_MODES)})")
+        return v
+
+    @field_validator("bce_target_threshold")
+    @classmethod
+    def _threshold_needs_bce(cls, v, info):
+        # train.loss is declared before it, so it is validated already (absent from info.data only when invalid)
+        if v is not None and info.data.get("loss", "bce") != "bce":
+            raise ValueError(f"only train.loss: bce binarises its targets, and train.loss is {info.data['loss']!r} "
+                             "(set train.loss: bce, or leave bce_target_threshold null)")
         return v
 
     @field_validator("limit_train_batches", "limit_val_batches")

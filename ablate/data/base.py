@@ -16,7 +16,8 @@ from ablate.errors import AblateError
 class DataModule(ResumableOrder, pl.LightningDataModule):
     """What every datamodule provides.
 
-    Instances: `num_classes`, `in_chans`, `image_size`; `mean` and `std`, the per-channel normalisation in
+    Instances: `num_classes`, `in_chans`, `image_size` (the side trained on), `test_size` (the side evaluated:
+    data.test_size, else image_size); `mean` and `std`, the per-channel normalisation in
     [0, 1] units (so an input can be shown as an image again); `classes`, one name per class; the dataloaders,
     whose training batches come from `shuffled_batches` (order.py: resumable, sharded, drawn from `order_seed`,
     which `seed_order` sets); `val_dataloader` is the split selection sees (val/*: the data.holdout carved out of
@@ -31,6 +32,7 @@ class DataModule(ResumableOrder, pl.LightningDataModule):
     num_classes: int
     in_chans: int
     image_size: int
+    test_size: int
     mean: torch.Tensor
     std: torch.Tensor
     classes: list[str]

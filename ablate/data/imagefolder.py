@@ -40,7 +40,9 @@ class ImageFolderDataModule(DataModule):
         uint8 = cfg.on_device
         train_tf = create_transform(cfg.image_size, is_training=True, auto_augment=cfg.auto_augment,
                                     hflip=cfg.hflip, use_prefetcher=uint8)
-        val_tf = create_transform(cfg.image_size, is_training=False, use_prefetcher=uint8)
+        # the evaluated input: data.test_size, resized to test_size / crop_pct and centre-cropped (null: timm's 0.875)
+        self.test_size = int(cfg.test_size or cfg.image_size)
+        val_tf = create_transform(self.test_size, is_training=False, crop_pct=cfg.crop_pct, use_prefetcher=uint8)
         try:
             train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
         except FileNotFoundError as e:

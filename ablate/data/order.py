@@ -7,13 +7,22 @@ seed the same batches). A fresh loader replays the same order. Their state (both
 training got) goes into the trial's Lightning checkpoint, so a resumed trial draws the batches the uninterrupted one
 would have. On several devices every rank draws the same order and takes its slice of each batch; the validation set
 is sharded every N-th sample.
+
+data.repeated_aug: N draws the order as timm's RepeatAugSampler does (DeiT's repeated augmentation): a shuffled
+permutation with each index N times in a row, cut to the usual epoch (len(data) samples, so an epoch has the
+batches it has without it), each copy augmented on its own (crops and flips are drawn per batch position, timm's
+transforms per sample); its per-epoch seed is drawn from the same resumable stream. On R devices each rank takes
+every R-th sample of a batch (timm's rank-strided split), so the copies of an image go to different ranks.
+Unlike timm's default, the epoch is not rounded down to a multiple of 256 samples (timm's selected_round): the
+epoch keeps the batch count, and the schedule the length, of a trial without repeats.
 """
 from __future__ import annotations
 
 import itertools
 
 import torch
-from torch.utils.data import BatchSampler, Dataset, RandomSampler, Subset
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import BatchSampler, Dataset, RandomSampler, Sampler, Subset
 
 from ablate.errors import AblateError
 
@@ -40,8 +49,11 @@ class ResumableOrder:
         if ranks > 1 and len(data) < self.cfg.batch_size:  # every rank must get the same number of batches
             raise AblateError(f"data.batch_size: {self.cfg.batch_size} is more than the {len(data)} training samples "
                               f"of a trial on {ranks} devices")
-        self._batches = ResumableBatchSampler(RandomSampler(data, generator=self._shuffle), self.cfg.batch_size,
-                                              drop_last=len(data) >= self.cfg.batch_size, rank=rank, ranks=ranks)
+        repeats = self.cfg.repeated_aug
+        order = (RandomSampler(data, generator=self._shuffle) if repeats == 1
+                 else RepeatedOrder(len(data), repeats, generator=self._shuffle))
+        self._batches = ResumableBatchSampler(order, self.cfg.batch_size, drop_last=len(data) >= self.cfg.batch_size,
+                                              rank=rank, ranks=ranks, strided=repeats > 1)
         # each rank crops and flips its own images with its own stream
         self._aug_gen = torch.Generator().manual_seed(self.order_seed + 2 + 7919 * rank)
         resume, self._resume = self._resume, None
@@ -75,15 +87,35 @@ class ResumableOrder:
         return data if ranks == 1 else Subset(data, range(rank, len(data), ranks))
 
 
+class RepeatedOrder(Sampler[int]):
+    """timm's RepeatAugSampler on one replica, without its rounding to 256 (len(data) samples an epoch), seeded each
+    epoch from `generator` (timm's seeds with the epoch number alone): the trial's order, replayed from its state."""
+
+    def __init__(self, size: int, repeats: int, generator: torch.Generator):
+        self.generator = generator  # ResumableBatchSampler saves and restores its state
+        self.timm = RepeatAugSampler(range(size), num_replicas=1, rank=0, num_repeats=repeats, selected_round=0)
+
+    def __len__(self) -> int:
+        return len(self.timm)
+
+    def __iter__(self):
+        # timm seeds its permutation with set_epoch's number: here one drawn from the trial's order stream
+        self.timm.set_epoch(int(torch.randint(2**62, (), generator=self.generator)))
+        return iter(self.timm)
+
+
 class ResumableBatchSampler(BatchSampler):
     """Batches of a shuffled sampler that can restart part-way into an epoch: it remembers the state its
     generator drew the epoch's order from, and a restored one draws that order again and skips the batches
     already trained on, without loading them. On several devices each rank takes its slice of every batch (the
-    batch size is the whole step's), so the order and the batch count are the same on every rank."""
+    batch size is the whole step's), so the order and the batch count are the same on every rank: a contiguous
+    slice, or with `strided` every `ranks`-th sample from its rank's on (timm's RepeatAugSampler's split, which puts
+    the copies of an image on different ranks)."""
 
-    def __init__(self, sampler: RandomSampler, batch_size: int, drop_last: bool, rank: int = 0, ranks: int = 1):
+    def __init__(self, sampler: RandomSampler | RepeatedOrder, batch_size: int, drop_last: bool, rank: int = 0,
+                 ranks: int = 1, strided: bool = False):
         super().__init__(sampler, batch_size, drop_last or ranks > 1)
-        self.rank, self.ranks = rank, ranks
+        self.rank, self.ranks, self.strided = rank, ranks, strided
         self.epoch_order: torch.Tensor | None = None  # the generator's state this epoch's order was drawn from
         self.resume_at: tuple[torch.Tensor, int] | None = None  # (that state, batches to skip), used once
 
@@ -96,5 +128,7 @@ class ResumableBatchSampler(BatchSampler):
         batches = itertools.islice(super().__iter__(), skip, None)
         if self.ranks == 1:
             return batches
+        if self.strided:
+            return (batch[self.rank::self.ranks] for batch in batches)
         share = self.batch_size // self.ranks
         return (batch[self.rank * share:(self.rank + 1) * share] for batch in batches)

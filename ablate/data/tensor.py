@@ -1,15 +1,19 @@
 """The in-memory path: small datasets live as uint8 (N, C, H, W) tensors, so a batch is one indexing op (no
 per-sample Python), and augmentation (random crop, hflip) and normalisation run batched on the device after
-Lightning moves the uint8 batch there. Only `auto_augment` runs per sample: it is timm's PIL implementation (same
+Lightning moves the uint8 batch there; so do the evaluated input's resize and centre crop (data.test_size,
+data.crop_pct). Only `auto_augment` runs per sample: it is timm's PIL implementation (same
 semantics and spec strings as the imagefolder path), applied inside the DataLoader so `num_workers` parallelises it.
 `x_train` and `x_val` are the dataset's own splits as data.train_size / val_size chose them; a data.holdout is a set
 of rows of `x_train`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
 from ablate.config import DataBase
@@ -55,6 +59,7 @@ class TensorDataModule(DataModule):
         self.num_classes = int(num_classes)
         self.in_chans = int(x_train.shape[1])
         self.image_size = int(cfg.image_size)
+        self.test_size = int(cfg.test_size or cfg.image_size)
         self.classes = [str(c) for c in range(self.num_classes)]
         self.mean, self.std = channel_stats(x_train)
         self.auto_augment = timm_auto_augment(cfg.auto_augment, x_train.shape[-1], self.mean.tolist())
@@ -112,9 +117,7 @@ class TensorDataModule(DataModule):
         if train:
             x = self._crop_flip(x)
         x = x.float().div_(255)
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+        x = resized(x, self.image_size) if train else evaluated_view(x, self.test_size, self.cfg.crop_pct)
         mean, std = self._stats(x.device)
         return (x - mean) / std, y
 
@@ -134,6 +137,23 @@ class TensorDataModule(DataModule):
             flip = to_device(torch.rand(b, generator=self._aug_gen) < self.cfg.hflip, x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x.contiguous()
+
+
+def resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] at side `size`: bilinear, antialiased (as torchvision resizes tensors)."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def evaluated_view(x: torch.Tensor, size: int, crop_pct: float | None) -> torch.Tensor:
+    """What validation feeds the model (data.test_size, data.crop_pct): with a crop ratio, timm's eval transform
+    batched on the device (resize the shorter side to floor(size / crop_pct), bilinear, then centre-crop `size`, by
+    torchvision's own functions); without one, the whole image resized to `size`."""
+    if crop_pct is None:
+        return resized(x, size)
+    x = TF.resize(x, [math.floor(size / crop_pct)], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(x, [size])
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
