@@ -11,9 +11,8 @@ import yaml
 from helpers import TINY_BASE, write_study
 
 from ablate.attention import get_attention, list_attention
-from ablate.attention.ablations import COMPONENTS, NAME, POSITION, declared
+from ablate.attention.ablations import COMPONENTS, NAME, declared
 from ablate.cells import build_cell
-from ablate.config import POSITION_NAMES
 from ablate.formats import checklist
 from ablate.paper_plan import missing_ablations, plan_study, text
 from ablate.spec import grid_cells, load_study
@@ -43,16 +42,12 @@ def test_the_plan_loads_and_its_cells_cover_every_declared_value(tmp_path, modul
     for ablation in declared(module).ablations:
         for value in ablation.values:
             owner = _params_text({NAME: module, **ablation.with_params})
-            if ablation.axis == POSITION and value not in POSITION_NAMES:
-                assert f"Not generated: position {value}" in header  # said, not silently dropped
-                continue
             covered = [c for c in cells if c.get(ablation.axis, text(ablation.default)) == text(value)
                        and c.get(NAME, module) == owner[NAME]]
             assert covered, f"{module}: {ablation.axis}={value!r} has no cell"
     names = [c.name for c in grid_cells(spec)]
     assert names[0] == f"{module} (the paper's default)" and len(set(names)) == len(names)
-    assert all(line.startswith("partially run") and "integration strategy" in line
-               for line in missing_ablations(spec))  # the plan runs its own ablations, but positions not yet here
+    assert missing_ablations(spec) == [] and "Not generated" not in header  # the plan runs every one of them
 
 
 @pytest.mark.parametrize("module", [m for m in PLANNED if m not in ("se", "cbam")])
@@ -78,8 +73,9 @@ def test_se_plan_dry_runs_our_params_beside_table_10(tmp_path, run_cli):
     assert "28.100" in words and "28.088" in words and words[words.index("same") + 1] == "True"
     stage4 = next(line for line in lines if line.startswith("SE_Stage_4 (Table 13)"))
     assert "26.400" in stage4 and "26.350" in stage4  # conv4_x is ablate's stage 3: +0.79M
-    assert any(line.startswith("- partially run: se integration strategy") for line in lines) or \
-        "branch_in" in POSITION_NAMES  # the checklist under the table, until the positions land
+    pre = next(line for line in lines if line.startswith("SE-PRE (Table 14)")).split()
+    assert "27.562" in pre and "22.230" in pre  # on each branch's (narrower) input: fewer params than SE's 28.09
+    assert not any(line.startswith("- ") for line in lines)  # no checklist: the plan runs all of SE's ablations
     assert not (tmp_path / "mlruns").exists()
 
 

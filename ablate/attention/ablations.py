@@ -103,7 +103,8 @@ SE = PaperAblations("se", SE_PAPER, (
              published={"block": SE_DEFAULT_ERR, "branch_in": {"top1_err": 22.23, "top5_err": 6.00},
                         "block_out": {"top1_err": 22.78, "top5_err": 6.35},
                         "shortcut": {"top1_err": 22.20, "top5_err": 6.15}},
-             note="SE-POST is after the summation (Fig. 5); ablate's block_out is after the whole block"),
+             note="SE-POST is after the summation (Fig. 5); ablate's block_out is after the sum and its ReLU, "
+                  "as timm's ResNet block ends"),
 ))
 
 CBAM_PAPER = PaperSetup(
