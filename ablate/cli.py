@@ -128,6 +128,35 @@ def inspect(
     typer.echo(built.report.to_text())
 
 
+@app.command()
+def plan(
+    module: str = typer.Argument(..., help="registered module name, e.g. se (see `ablate modules`)"),
+    backbone: Optional[str] = typer.Option(None, help="timm model name (default: the paper's, e.g. resnet50)"),
+    out: Optional[str] = typer.Option(None, help="write the study file here (default: print it)"),
+    plugin: List[str] = PLUGIN,
+):
+    """A study file holding MODULE's paper's own ablations as cells, its published numbers as reference rows."""
+    _plugins(plugin)
+    from ablate.errors import at, check_output, write_output
+    from ablate.paper_plan import plan_study
+
+    if out:
+        check_output(out, "--out")
+    if backbone is not None:
+        from ablate.models import check_backbone
+
+        with at("--backbone"):
+            check_backbone(backbone)
+    with at("module"):
+        text = plan_study(module, backbone, " ".join(["ablate plan", module, *(["--backbone", backbone] if backbone
+                                                                               else [])]))
+    if out:
+        write_output(out, text, "--out")
+        typer.echo(f"wrote {out}; dry run: ablate run {out} --dry-run")
+    else:
+        typer.echo(text, nl=False)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train(
     ctx: typer.Context,
@@ -199,11 +228,14 @@ def run(
     launcher = check_arguments(launcher, jobs, workers, loaded.cfg.launcher, cores)
     if dry_run:  # plain text with each cell's dotted params; `ablate report --dry-run` renders the formats
         from ablate.cells import cell_cost
+        from ablate.formats import checklist
+        from ablate.paper_plan import missing_ablations
         from ablate.report import dry_run_table
         from ablate.step_cost import price_records
 
         steps = price_records if loaded.cfg.study.price_steps else None  # each training step, timed side by side
-        typer.echo(dry_run_table(loaded, cell_cost, steps).to_string(float_format="{:.3f}".format))
+        typer.echo(dry_run_table(loaded, cell_cost, steps).to_string(float_format="{:.3f}".format)
+                   + checklist(missing_ablations(loaded)))
         return
     from ablate.errors import Preempted
     from ablate.interrupt import REQUEUE_EXIT_CODE

@@ -38,6 +38,7 @@ class AblationTable:
     adjust: str = "none"  # how a family of comparisons shares the level (study.adjust: holm or none)
     margin: float | None = None  # study.min_effect: inside it, `equivalent`
     looks: tuple[int, ...] | None = None  # seeds on demand's looks (min..max): Pocock's boundary spends the level
+    missing: tuple[str, ...] = ()  # the declared ablations of the study's modules it has not run (paper_plan)
 
     @property
     def top1(self) -> bool:
@@ -52,7 +53,8 @@ class AblationTable:
     def page(self, columns: str = "compact") -> Page:
         view = one_of(VIEWS, columns, "--columns")
         against = against_paper(self) if columns == "compact" else None
-        return Page(self.frame, view(self), against, footnote(self, columns, against is not None))
+        note = footnote(self, columns, against is not None) + checklist(self.missing)  # what a reviewer will ask
+        return Page(self.frame, view(self), against, note)
 
     def landing(self, figures: Mapping[str, bytes]) -> str:
         """The study's landing page in MLflow (the parent run's report/index.html): the compact table, the table
@@ -240,6 +242,14 @@ def footnote(table: AblationTable, columns: str, reproduction: bool) -> str:
     if columns == "compact":
         note += " More columns: --columns all."
     return note
+
+
+def checklist(missing) -> str:
+    """The ablations a reviewer will ask for: each declared ablation of the study's modules it has not run."""
+    if not missing:
+        return ""
+    return ("\n\nNot yet run, of the ablations its modules declare (`ablate plan MODULE` writes them as a study):\n"
+            + "".join(f"\n- {line}" for line in missing))
 
 
 def _level(table: AblationTable) -> str:

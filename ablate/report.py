@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 
 from ablate.config import MODULE_KEY
 from ablate.errors import AblateError, write_output
-from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, dry_run_page, png, writer
+from ablate.formats import DELTA, DELTA_PREV, AblationTable, check_options, checklist, dry_run_page, png, writer
+from ablate.paper_plan import missing_ablations
 from ablate.plan import StudyPlan
 from ablate.reference import (
     GMACS_DELTA_RELATIVE,
@@ -165,7 +166,7 @@ def ablation_table(study_name: str, *, storage: str | None = None, tracking_uri:
     return AblationTable(frame=table, study=study_name, baseline=against_base.baseline, ladder=ladder,
                          per_seed=per_seed, refused=refused, hidden=0 if show_all else hidden,
                          classes=num_classes(spec), covers=_covers(against_base), metric=against_base.metric,
-                         **verdict_rule(plan))
+                         missing=tuple(missing_ablations(spec)) if spec is not None else (), **verdict_rule(plan))
 
 
 def _result_columns(table: pd.DataFrame, comparison: Comparison) -> None:
@@ -231,6 +232,8 @@ def verdicts(table: pd.DataFrame, controls: dict[str, str | None], ladder: bool)
                            table.at[r, "paper GMACs"] - table.at[b, "paper GMACs"])
             tolerance = table.at[r, "tol GMACs"] + table.at[b, "tol GMACs"] + GMACS_DELTA_RELATIVE * abs(paper)
             table.loc[r, ["ours Δ GMACs", "paper Δ GMACs"]] = [ours, paper]
+            if "GMACs Δ match" not in table:  # object: a first row without the paper's GMACs must not make it float
+                table["GMACs Δ match"] = pd.Series(np.nan, index=table.index, dtype=object)
             table.loc[r, "GMACs Δ match"] = abs(ours - paper) <= tolerance + 1e-9 if pd.notna(paper) else np.nan
     return table.drop(columns=[c for c in table if c.startswith("tol ") or c == "size differs"])
 
@@ -307,7 +310,9 @@ def dry_run_report(study: str | StudySpec, price, fmt: str = "md") -> str:
         raise AblateError(f"--dry-run: {study!r} is not a study file (a dry run reads the file, not the store)")
     table = dry_run_table(spec, price)
     table = table.drop(columns=[c for c in table if "." in c])  # the cell's dotted keys: the row label says them
-    return write(dry_run_page(table))
+    page = dry_run_page(table)
+    page.note += checklist(missing_ablations(spec))
+    return write(page)
 
 
 # ---------------------------------------------------------------- the command

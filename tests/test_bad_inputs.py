@@ -583,6 +583,12 @@ CASES = [
     case("run-plugin-missing", ["run", "cli-plugin.yaml", "--plugin", "no_such_plugin_mod"],
          ["--plugin: cannot import 'no_such_plugin_mod'", "ModuleNotFoundError"], ok_study("cli-plugin")),
     case("inspect-unknown-backbone", ["inspect", "resnt50"], ["model.backbone: unknown timm backbone 'resnt50'"]),
+    # ablate plan: a paper's ablations as a study file; nothing written on bad input
+    case("plan-unknown-module", ["plan", "sx", "--out", "sx.yaml"], ["module: unknown attention module 'sx'", "se"],
+         forbid=["sx.yaml"]),
+    case("plan-unknown-backbone", ["plan", "se", "--backbone", "resnt50", "--out", "se.yaml"],
+         ["--backbone: unknown timm backbone 'resnt50'", "resnet50"]),
+    case("plan-module-without-ablations", ["plan", "attn_pool"], ["module: module 'attn_pool' has no knobs"]),
     case("inspect-unknown-attention", [*INSPECT, "--attention", "cbma"], ["unknown attention module 'cbma'"]),
     case("inspect-unknown-position", [*INSPECT, "--attention", "se", "--position", "middle"],
          ["attention.position: 'middle' is not allowed"]),

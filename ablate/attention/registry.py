@@ -157,6 +157,7 @@ class AttentionInfo:
     # conv kind: the module applies its own norm + activation, so the block's following ones go
     includes_norm_act: bool = False
     placement: Placement | None = None  # where the paper puts it; None: the paper names no single place
+    ablations: tuple = ()  # a plugin's own paper ablations (ablate.attention.ablations.Ablation), for `ablate plan`
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -200,9 +201,12 @@ def register_attention(
     source: str = "ablate",
     includes_norm_act: bool = False,
     placement: Placement | None = None,
+    ablations: tuple = (),
 ):
-    """Class decorator (a plugin's way in): make `cls` available as `name`, with its metadata checked now."""
-    info = AttentionInfo(name, None, kind, paper, dict(knobs or {}), source, includes_norm_act, placement)
+    """Class decorator (a plugin's way in): make `cls` available as `name`, with its metadata checked now;
+    `ablations`: its paper's (ablate.attention.ablations.Ablation rows), else `ablate plan` makes one per knob."""
+    info = AttentionInfo(name, None, kind, paper, dict(knobs or {}), source, includes_norm_act, placement,
+                         tuple(ablations))
 
     def decorate(cls):
         add_attention(replace(info, target=cls))
