@@ -245,6 +245,18 @@ def _branch_end(block: nn.Module, path: str, trace: _Trace) -> str | None:
     return None
 
 
+def dry_forward(model: nn.Module, in_chans: int, image_size: int) -> None:
+    """One forward of a zero image in eval mode without grad, the model's mode given back: what hooks read shapes
+    and inputs from."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, image_size, image_size))
+    finally:
+        model.train(was_training)
+
+
 def branch_ends(model: nn.Module, paths: list[str], in_chans: int, image_size: int) -> dict[str, str]:
     """For each block path, the path of the module that ends its residual branch (absent: none found)."""
     was_training = model.training

@@ -44,7 +44,17 @@ import torch
 from torch import nn
 
 from ablate.attention import AttentionInfo, Placement, create_attention, get_attention
-from ablate.blocks import INPUT, Block, blocks_for, branch_ends, find_blocks, hook_holder, select_blocks, spatial_conv
+from ablate.blocks import (  # noqa: F401 (API)
+    INPUT,
+    Block,
+    blocks_for,
+    branch_ends,
+    dry_forward,
+    find_blocks,
+    hook_holder,
+    select_blocks,
+    spatial_conv,
+)
 from ablate.config import AttentionSpec
 from ablate.cost import count_gmacs, count_params
 from ablate.errors import AblateError, at, describe, one_line
@@ -359,13 +369,9 @@ def _probe_shapes(model: nn.Module, sites, in_chans: int, image_size: int) -> di
         mod = model.get_submodule(path)
         register = mod.register_forward_hook if installer.hook == "post" else mod.register_forward_pre_hook
         handles.append(register(recorder(path)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, image_size, image_size))
+        dry_forward(model, in_chans, image_size)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
         for parent, attr in probes:

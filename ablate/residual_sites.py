@@ -25,10 +25,9 @@ among them a pre-activation unit (ablate's ResNet-164), whose conv1 and projecti
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ablate.blocks import INPUT, Block, blocks_for, select_blocks
+from ablate.blocks import INPUT, Block, blocks_for, dry_forward, select_blocks
 from ablate.errors import AblateError
 
 BRANCH_START, IDENTITY = "conv1", "downsample"  # timm's ResNet names: the branch's first layer, the identity path
@@ -58,14 +57,9 @@ def _reads_of_the_input(model: nn.Module, blocks: list[Block]) -> dict[str, dict
         handles.append(block.register_forward_pre_hook(enter(b.path)))
         for name in (BRANCH_START, IDENTITY):
             handles.append(getattr(block, name).register_forward_pre_hook(read(b.path, name)))
-    in_chans, image_size = INPUT.get()
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, image_size, image_size))
+        dry_forward(model, *INPUT.get())
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
         for block in probes:

@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import mlflow.store.db.utils as mlflow_db  # noqa: E402 (the thread settings come first, before anything loads torch)
+import torch  # noqa: E402
 from helpers import call_main  # noqa: E402
 
 
@@ -37,6 +38,16 @@ def _mlflow_store_template(tmp_path_factory):
     mlflow_db._initialize_tables = initialize
     yield
     mlflow_db._initialize_tables = real
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny tensors
+    and resnet50 probes run several times faster on one of 2 busy cores than with two threads contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -15,13 +15,7 @@ def conv(name, stride=1, channels=C_IN, out_channels=C_OUT, hw=HW, **knobs):
     return create_attention(name, channels, out_channels=out_channels, stride=stride, feat_size=(hw, hw), **knobs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tensors this small run 10x slower when intra-op threads contend for 2 busy cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread on 2 busy cores
 
 
 @pytest.fixture(autouse=True)

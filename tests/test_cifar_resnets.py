@@ -20,12 +20,7 @@ SIZE = 32
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 110- and 164-layer probes on 32 px: several times faster on one of 2 busy cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread on 2 busy cores
 
 
 @pytest.mark.parametrize("name, published", [

@@ -14,12 +14,7 @@ from ablate.models import build_model
 STRATEGIES = {"block": "standard", "branch_in": "SE-PRE", "block_out": "SE-POST", "shortcut": "SE-Identity"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread on 2 busy cores
 
 
 def plain_resnet(name="resnet18"):

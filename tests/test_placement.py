@@ -8,13 +8,7 @@ from ablate.config import AttentionSpec, ModelConfig
 from ablate.inject import with_placement
 from ablate.models import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # resnet50 probes on 2 busy cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread on 2 busy cores
 
 
 def built(backbone, image_size=64, classes=1000, **attention):

@@ -10,13 +10,7 @@ from ablate.cost import count_params
 from ablate.errors import AblateError
 from ablate.models import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 busy shared cores: resnet50 builds and probes run faster on one
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread on 2 busy cores
 
 
 def injected_params(name, knobs=None):
