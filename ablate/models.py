@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 
 import ablate.backbones  # noqa: F401  (registers our small CPU backbones with timm before any lookup)
+from ablate.blocks import dry_forward
 from ablate.config import ModelConfig
 from ablate.errors import AblateError, at, describe, one_line, path_kind, shown
 from ablate.inject import InsertionReport, inject
@@ -110,17 +111,13 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: i
     return BuiltModel(model, report)
 
 
-@torch.no_grad()
 def check_evaluated_size(model: nn.Module, cfg: ModelConfig, in_chans: int, image_size: int, test_size: int) -> None:
     """One forward at the evaluated side, in eval mode: a model whose shapes are fixed at the side it was built for
     (a ViT, BoTNet's position embeddings) fails here, not after its first epoch of training."""
-    was_training = model.training
     try:
-        model.eval()(torch.zeros(1, in_chans, test_size, test_size))
+        dry_forward(model, in_chans, test_size)
     except (AssertionError, RuntimeError) as e:
         what = cfg.backbone if cfg.attention.name == "none" else f"{cfg.backbone} with {cfg.attention.name}"
         raise AblateError(f"{what}, built for {image_size} px inputs, cannot run on {test_size} px ones "
                           f"({one_line(describe(e), 200)}; test_size: null evaluates at data.image_size)",
                           key="data.test_size") from None
-    finally:
-        model.train(was_training)
